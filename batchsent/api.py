@@ -1,0 +1,70 @@
+"""Python entry points for scripts and notebooks: score a file or a DataFrame."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import DEFAULT_MODEL, JobConfig
+from .errors import ColumnNotFound, InputError
+from .job import Progress, RunSummary, run
+from .postprocess import column_names, prediction_arrays
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .model import Classifier
+
+
+def score_file(
+    input: str | Path,
+    output: str | Path | None = None,
+    *,
+    classifier: Classifier | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> RunSummary:
+    """Score a CSV/TSV/Parquet file; ``options`` are JobConfig fields (column, model, prefix...)."""
+    config = JobConfig(input=Path(input), output=None if output is None else Path(output), **options)
+    return run(config, progress=progress, classifier=classifier)
+
+
+def score_dataframe(
+    df: pd.DataFrame,
+    column: str = "text",
+    *,
+    classifier: Classifier | None = None,
+    model: str = DEFAULT_MODEL,
+    prefix: str = "sentiment_",
+    all_scores: bool = False,
+    **classifier_options: Any,
+) -> pd.DataFrame:
+    """A copy of ``df`` with the prediction columns appended (``df`` itself is not changed).
+
+    Pass a loaded ``classifier`` to reuse it; otherwise ``model`` is loaded with
+    ``classifier_options`` (device, batch_size, max_length...).
+    """
+    if column not in df.columns:
+        raise ColumnNotFound(f"no column {column!r}; the DataFrame has {', '.join(map(repr, df.columns))}")
+    texts = [_text_or_none(value, column) for value in df[column].tolist()]
+    if classifier is None:
+        from .model import Classifier
+
+        classifier = Classifier(model, **classifier_options)
+    scores = classifier.predict(texts)
+    arrays = prediction_arrays(scores.probabilities, classifier.labels, all_scores)
+    result = df.copy()
+    for name, array in zip(column_names(classifier.labels, prefix, all_scores), arrays, strict=True):
+        result[name] = array.to_numpy(zero_copy_only=False)
+    return result
+
+
+def _text_or_none(value: Any, column: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if type(value).__name__ in {"NAType", "NaTType"}:
+        return None
+    raise InputError(f"column {column!r} holds {type(value).__name__} values, not text")

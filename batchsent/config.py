@@ -1,0 +1,124 @@
+"""JobConfig: every option of a scoring job, merged defaults < job file < flags.
+
+The built-in default model is the seed's Hub id; ``BATCHSENT_MODEL`` replaces that
+default, a ``--config`` TOML job file overrides both, and command-line flags override
+the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+DEFAULT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_TOKEN_BUDGET = 8192
+DEFAULT_CHUNK_ROWS = 4096
+MODEL_ENV = "BATCHSENT_MODEL"
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device_name(device: str) -> None:
+    """Reject a device string batchsent does not understand (no torch needed)."""
+    if not DEVICE_PATTERN.match(device):
+        raise UsageError(f"--device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One scoring job. ``output`` None means ``<input stem>.scored<suffix>`` beside the input."""
+
+    input: Path
+    output: Path | None = None
+    column: str = "text"
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    max_length: int | None = None
+    device: str = "auto"
+    prefix: str = "sentiment_"
+    all_scores: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "token_budget", "chunk_rows", "max_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        check_device_name(self.device)
+
+    @property
+    def output_path(self) -> Path:
+        if self.output is not None:
+            return self.output
+        return self.input.with_name(f"{self.input.stem}.scored{self.input.suffix}")
+
+
+_PATH_KEYS = {"input", "output"}
+_KEY_TYPES: dict[str, tuple[type, ...]] = {
+    "input": (str,),
+    "output": (str,),
+    "column": (str,),
+    "model": (str,),
+    "revision": (str,),
+    "batch_size": (int,),
+    "token_budget": (int,),
+    "max_length": (int,),
+    "device": (str,),
+    "prefix": (str,),
+    "all_scores": (bool,),
+    "overwrite": (bool,),
+    "quiet": (bool,),
+    "chunk_rows": (int,),
+}
+assert set(_KEY_TYPES) == {f.name for f in fields(JobConfig)}
+
+
+def read_job_file(path: Path) -> dict[str, Any]:
+    """Options from a TOML job file; relative paths in it are taken from the file's folder."""
+    try:
+        with open(path, "rb") as stream:
+            raw = tomllib.load(stream)
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise UsageError(f"--config {path}: {error}") from error
+    options: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        expected = _KEY_TYPES.get(name)
+        if expected is None:
+            known = ", ".join(sorted(k.replace("_", "-") for k in _KEY_TYPES))
+            raise UsageError(f"--config {path}: unknown key {key!r}; known keys: {known}")
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+            raise UsageError(f"--config {path}: {key} must be {expected[0].__name__}, got {value!r}")
+        options[name] = (path.parent / Path(value).expanduser()) if name in _PATH_KEYS else value
+    return options
+
+
+def build_config(
+    flags: Mapping[str, Any], job_file: Path | None = None, environ: Mapping[str, str] = os.environ
+) -> JobConfig:
+    """Merge defaults, ``BATCHSENT_MODEL``, the job file and flags (None = not given)."""
+    options: dict[str, Any] = {}
+    if environ.get(MODEL_ENV):
+        options["model"] = environ[MODEL_ENV]
+    if job_file is not None:
+        options.update(read_job_file(job_file))
+    options.update({key: value for key, value in flags.items() if value is not None})
+    if options.get("input") is None:
+        raise UsageError("no INPUT file given (as an argument, or as input = ... in --config)")
+    options["input"] = Path(options["input"])
+    if options.get("output") is not None:
+        options["output"] = Path(options["output"])
+    return JobConfig(**options)

@@ -1,0 +1,261 @@
+"""Classifier: loads a Hugging Face sequence-classification model once and scores texts.
+
+Work is split in two steps so a caller can overlap them: ``encode`` (tokenize a chunk
+once, plan length-sorted batches; no torch) and ``run`` (the forward passes). The
+class has the shape of a Ray Data callable class: ``__init__`` loads, ``predict``
+takes a batch of texts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .batching import plan_batches
+from .config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_TOKEN_BUDGET, check_device_name
+from .errors import ModelLoadError, UsageError
+from .postprocess import activate, activation_for
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class EncodedChunk:
+    """A chunk of texts tokenized once, with its batch plan.
+
+    Token ids of the non-blank rows are stored flat (``offsets`` marks where each row
+    starts) so a padded batch is built with array indexing, not a loop per row.
+    """
+
+    size: int
+    rows: np.ndarray
+    lengths: np.ndarray
+    offsets: np.ndarray
+    flat_ids: np.ndarray
+    flat_type_ids: np.ndarray | None
+    truncated: np.ndarray
+    blank: np.ndarray
+    batches: list[np.ndarray]
+
+
+@dataclass
+class Scores:
+    """Per-row results: probabilities (NaN rows where the text was blank)."""
+
+    probabilities: np.ndarray
+    truncated: np.ndarray
+    blank: np.ndarray
+
+
+def resolve_device(device: str) -> Any:
+    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a torch.device that exists here."""
+    import torch
+
+    check_device_name(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA device is available to this torch ({torch.__version__})")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: Apple MPS is not available on this machine")
+    return torch.device(device)
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _not_downloadable(model: str, reason: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"model '{model}' is not in the local Hugging Face cache and could not be downloaded ({reason}); "
+        "pass --model PATH with a directory saved by save_pretrained, or download it once while online"
+    )
+
+
+def _from_pretrained(source: str, revision: str | None, local_only: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    options = {"revision": revision or "main", "local_files_only": local_only}
+    tokenizer = AutoTokenizer.from_pretrained(source, **options)
+    model, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True, **options)
+    missing = [key for key in info.get("missing_keys", ()) if key]
+    if missing:
+        raise ModelLoadError(
+            f"model '{source}' has no trained classification head (missing weights: {', '.join(sorted(missing)[:3])}); "
+            "batchsent needs a fine-tuned sequence-classification model"
+        )
+    return tokenizer, model
+
+
+def load_pretrained(model: str, revision: str | None = None) -> tuple[Any, Any]:
+    """Load tokenizer and model from a local directory, the cache, or the Hub.
+
+    The local cache is tried first so a cached model loads with no network traffic;
+    the Hub is asked only on a cache miss and when HF_HUB_OFFLINE is not set.
+    """
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"--model {model}: is a file; expected a model directory or a Hub id")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"--model {model}: the directory holds no model (no config.json)")
+        try:
+            return _from_pretrained(str(path), None, local_only=True)
+        except ModelLoadError:
+            raise
+        except Exception as error:
+            raise ModelLoadError(f"cannot load the model in {model}: {_first_line(error)}") from error
+    if not _HUB_ID.match(model):
+        raise ModelLoadError(f"--model {model}: no such directory, and not a Hugging Face Hub id")
+    try:
+        return _from_pretrained(model, revision, local_only=True)
+    except ModelLoadError:
+        raise
+    except Exception as cache_miss:
+        if _offline():
+            raise _not_downloadable(model, "HF_HUB_OFFLINE is set") from cache_miss
+    try:
+        return _from_pretrained(model, revision, local_only=False)
+    except ModelLoadError:
+        raise
+    except Exception as error:
+        raise _not_downloadable(model, _first_line(error)) from error
+
+
+def _model_length_limit(tokenizer: Any, config: Any) -> int:
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit is None or limit > 1_000_000:  # transformers' "no limit set" sentinel
+        limit = getattr(config, "max_position_embeddings", 512)
+    return int(limit)
+
+
+class Classifier:
+    """A sequence-classification model ready to score texts.
+
+    ``predict(texts)`` returns probabilities as the transformers text-classification
+    pipeline computes them (softmax, or sigmoid for one-label and multi-label models),
+    with truncation at ``max_length`` (default: the model's limit).
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        revision: str | None = None,
+        device: str = "auto",
+        max_length: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+    ) -> None:
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be positive, got {batch_size}")
+        if token_budget < 1:
+            raise UsageError(f"--token-budget must be positive, got {token_budget}")
+        if max_length is not None and max_length < 1:
+            raise UsageError(f"--max-length must be positive, got {max_length}")
+        import torch
+
+        self._torch = torch
+        self.device = resolve_device(device)
+        self.tokenizer, self.model = load_pretrained(model, revision)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ModelLoadError(f"model '{model}' has no fast tokenizer (tokenizer.json); batchsent needs one")
+        self.model.to(self.device).eval()
+        config = self.model.config
+        self.name = model
+        self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+        self.activation = activation_for(config)
+        limit = _model_length_limit(self.tokenizer, config)
+        if max_length is not None and max_length > limit:
+            raise UsageError(f"--max-length {max_length} exceeds the model's limit of {limit} tokens")
+        self.max_length = max_length or limit
+        self.batch_size = batch_size
+        self.token_budget = token_budget
+        self._pad_id = self.tokenizer.pad_token_id or 0
+        self._pad_type_id = getattr(self.tokenizer, "pad_token_type_id", 0) or 0
+        self._wants_type_ids = "token_type_ids" in self.tokenizer.model_input_names
+        # A private copy: calls through ``self.tokenizer`` change the shared backend's
+        # truncation state, and a saved tokenizer.json may carry state of its own.
+        self._encoder = type(self.tokenizer.backend_tokenizer).from_str(self.tokenizer.backend_tokenizer.to_str())
+        self._encoder.no_padding()
+        self._encoder.enable_truncation(
+            self.max_length, stride=0, strategy="longest_first", direction=self.tokenizer.truncation_side
+        )
+
+    def encode(self, texts: Sequence[str | None]) -> EncodedChunk:
+        """Tokenize ``texts`` once (truncating) and plan their batches; blanks are skipped."""
+        texts = list(texts)
+        blank = np.fromiter((_is_blank(text) for text in texts), dtype=bool, count=len(texts))
+        rows = np.flatnonzero(~blank)
+        encodings = self._encoder.encode_batch([texts[i] for i in rows], add_special_tokens=True)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(rows))
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        flat_ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int64, count=total)
+        flat_type_ids = None
+        if self._wants_type_ids:
+            flat_type_ids = np.fromiter(
+                itertools.chain.from_iterable(e.type_ids for e in encodings), np.int64, count=total
+            )
+        truncated = np.zeros(len(texts), dtype=bool)
+        truncated[rows] = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(rows))
+        batches = plan_batches(lengths, self.token_budget, self.batch_size)
+        return EncodedChunk(len(texts), rows, lengths, offsets, flat_ids, flat_type_ids, truncated, blank, batches)
+
+    def run(self, chunk: EncodedChunk) -> Scores:
+        """Run the model over an encoded chunk; rows come back in input order."""
+        torch = self._torch
+        probabilities = np.full((chunk.size, len(self.labels)), np.nan, dtype=np.float32)
+        with torch.inference_mode():
+            for batch in chunk.batches:
+                logits = self.model(**self._batch_inputs(chunk, batch)).logits
+                probabilities[chunk.rows[batch]] = activate(logits.float().cpu().numpy(), self.activation)
+        return Scores(probabilities, chunk.truncated, chunk.blank)
+
+    def predict(self, texts: Sequence[str | None]) -> Scores:
+        """Score ``texts``: one row of probabilities per text, in ``self.labels`` order."""
+        return self.run(self.encode(texts))
+
+    __call__ = predict
+
+    def _batch_inputs(self, chunk: EncodedChunk, batch: np.ndarray) -> dict[str, Any]:
+        """Right-padded model inputs for one planned batch."""
+        lengths = chunk.lengths[batch]
+        columns = np.arange(int(lengths.max()))
+        mask = columns[None, :] < lengths[:, None]
+        index = np.where(mask, chunk.offsets[batch][:, None] + columns[None, :], 0)
+        inputs = {
+            "input_ids": np.where(mask, chunk.flat_ids[index], self._pad_id),
+            "attention_mask": mask.astype(np.int64),
+        }
+        if chunk.flat_type_ids is not None:
+            inputs["token_type_ids"] = np.where(mask, chunk.flat_type_ids[index], self._pad_type_id)
+        return {name: self._torch.from_numpy(value).to(self.device) for name, value in inputs.items()}
+
+
+def _is_blank(text: Any) -> bool:
+    if text is None:
+        return True
+    if isinstance(text, str):
+        return not text.strip()
+    if isinstance(text, float) and text != text:  # NaN, as pandas marks a missing value
+        return True
+    raise TypeError(f"texts must be strings or None, got {type(text).__name__}")
