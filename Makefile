@@ -1,0 +1,38 @@
+# batchsent: every target creates the virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch: a plain `pip install torch` would pull a multi-GB CUDA build.
+# On a GPU machine, run: make TORCH_SPEC=torch score ...
+TORCH_SPEC ?= torch==2.13.0
+
+INPUT ?= data/sample/reviews.csv
+COLUMN ?= text
+OUTPUT ?=
+MODEL ?=
+OVERWRITE ?=
+SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
+
+.DEFAULT_GOAL := help
+.PHONY: help score test clean
+
+help: ## List the targets
+	@echo "Usage: make <target> [VAR=value]"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-8s %s\n", $$1, $$2}'
+	@echo "Variables: INPUT=$(INPUT) COLUMN=$(COLUMN) OUTPUT=<input>.scored.<suffix> MODEL=<hub id or dir> OVERWRITE=1"
+
+$(BIN)/batchsent: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $@
+
+score: $(BIN)/batchsent ## Score INPUT (default: the shipped sample) into OUTPUT
+	$(BIN)/batchsent score $(SCORE_ARGS)
+
+test: $(BIN)/batchsent ## Run the test suite
+	$(BIN)/python -m pytest -q
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
