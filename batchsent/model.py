@@ -77,6 +77,21 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def _hub_unreachable_reason() -> str | None:
+    """Why the Hub cannot be reached, from one request with no retries (None: reachable).
+
+    The Hub client retries a failed connection for about half a minute per file; asking
+    once first turns an offline cache miss into an immediate, clear error.
+    """
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=10)
+    except Exception as error:  # noqa: BLE001 - any failure to connect means unreachable
+        return f"cannot reach {constants.ENDPOINT}: {_first_line(error)}"
+    return None
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
@@ -131,6 +146,9 @@ def load_pretrained(model: str, revision: str | None = None) -> tuple[Any, Any]:
     except Exception as cache_miss:
         if _offline():
             raise _not_downloadable(model, "HF_HUB_OFFLINE is set") from cache_miss
+        unreachable = _hub_unreachable_reason()
+        if unreachable:
+            raise _not_downloadable(model, unreachable) from cache_miss
     try:
         return _from_pretrained(model, revision, local_only=False)
     except ModelLoadError:

@@ -213,3 +213,11 @@ def test_every_command_has_help():
         assert result.exit_code == 0
         assert "Score" in result.stdout
     assert "--token-budget" in runner.invoke(app, ["score", "--help"]).stdout
+
+
+def test_unreachable_hub_fails_at_once_with_one_line(reviews, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    bad(invoke(reviews, "--model", "someone/not-cached-model"), 2, "cannot reach http://127.0.0.1:9")
