@@ -14,7 +14,7 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score test clean
+.PHONY: help score test bench bench-sweep bench-memory clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -33,6 +33,15 @@ score: $(BIN)/batchsent ## Score INPUT (default: the shipped sample) into OUTPUT
 
 test: $(BIN)/batchsent ## Run the test suite
 	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/batchsent ## Throughput vs the transformers pipeline (writes benchmarks/results/bench.json)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+bench-sweep: $(BIN)/batchsent ## Rows/s per token budget, to pick the default
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py --sweep 512,1024,2048,4096,8192,16384 --out benchmarks/results/sweep.json
+
+bench-memory: $(BIN)/batchsent ## Peak RSS of scoring 100k and 1M short rows
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/memory.py $(BENCH_ARGS)
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

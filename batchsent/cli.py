@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_ROWS, DEFAULT_MODEL, DEFAULT_TOKEN_BUDGET, build_config
+from .config import DEFAULT_CHUNK_ROWS, DEFAULT_MODEL, build_config
+from .device import CPU_LIMITS, CUDA_LIMITS
 from .errors import BatchsentError
 from .job import run
 from .progress import BarProgress, LogProgress
@@ -70,16 +71,27 @@ def score(
         Optional[str], typer.Option(help="Hub branch, tag or commit to pin the model to. [default: main]")
     ] = None,
     batch_size: Annotated[
-        Optional[int], typer.Option(help=f"Most rows in one model batch. [default: {DEFAULT_BATCH_SIZE}]")
+        Optional[int],
+        typer.Option(help=f"Most rows in one model batch. [default: {CPU_LIMITS.rows} on CPU, {CUDA_LIMITS.rows} on CUDA]"),
     ] = None,
     token_budget: Annotated[
         Optional[int],
-        typer.Option(help=f"Most padded tokens (rows x longest row) in one batch. [default: {DEFAULT_TOKEN_BUDGET}]"),
+        typer.Option(
+            help="Most padded tokens (rows x longest row) in one batch. "
+            f"[default: {CPU_LIMITS.tokens} on CPU, {CUDA_LIMITS.tokens} on CUDA]"
+        ),
     ] = None,
     max_length: Annotated[
         Optional[int], typer.Option(help="Truncate texts to this many tokens. [default: the model's limit]")
     ] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps. [default: auto]")] = None,
+    dtype: Annotated[
+        Optional[str],
+        typer.Option(help="auto, float32, float16 or bfloat16. [default: auto = float16 on CUDA, float32 elsewhere]"),
+    ] = None,
+    threads: Annotated[
+        Optional[int], typer.Option(help="Torch intra-op threads. [default: torch's own choice]")
+    ] = None,
     prefix: Annotated[
         Optional[str], typer.Option(help="Prefix of the prediction columns. [default: sentiment_]")
     ] = None,
@@ -113,6 +125,8 @@ def score(
         "token_budget": token_budget,
         "max_length": max_length,
         "device": device,
+        "dtype": dtype,
+        "threads": threads,
         "prefix": prefix,
         "all_scores": all_scores,
         "chunk_rows": chunk_rows,

@@ -8,42 +8,36 @@ the file.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .device import check_device_name, check_dtype_name
 from .errors import UsageError
 
 DEFAULT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_TOKEN_BUDGET = 8192
 DEFAULT_CHUNK_ROWS = 4096
 MODEL_ENV = "BATCHSENT_MODEL"
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-def check_device_name(device: str) -> None:
-    """Reject a device string batchsent does not understand (no torch needed)."""
-    if not DEVICE_PATTERN.match(device):
-        raise UsageError(f"--device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
 
 
 @dataclass(frozen=True)
 class JobConfig:
-    """One scoring job. ``output`` None means ``<input stem>.scored<suffix>`` beside the input."""
+    """One scoring job. ``output`` None means ``<input stem>.scored<suffix>`` beside the input;
+    ``batch_size`` and ``token_budget`` None mean the device's defaults (see device.py)."""
 
     input: Path
     output: Path | None = None
     column: str = "text"
     model: str = DEFAULT_MODEL
     revision: str | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    token_budget: int = DEFAULT_TOKEN_BUDGET
+    batch_size: int | None = None
+    token_budget: int | None = None
     max_length: int | None = None
     device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
     prefix: str = "sentiment_"
     all_scores: bool = False
     overwrite: bool = False
@@ -51,11 +45,12 @@ class JobConfig:
     chunk_rows: int = DEFAULT_CHUNK_ROWS
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "token_budget", "chunk_rows", "max_length"):
+        for name in ("batch_size", "token_budget", "chunk_rows", "max_length", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
         check_device_name(self.device)
+        check_dtype_name(self.dtype)
 
     @property
     def output_path(self) -> Path:
@@ -75,6 +70,8 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
     "token_budget": (int,),
     "max_length": (int,),
     "device": (str,),
+    "dtype": (str,),
+    "threads": (int,),
     "prefix": (str,),
     "all_scores": (bool,),
     "overwrite": (bool,),

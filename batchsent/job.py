@@ -161,9 +161,11 @@ def run(
                 config.model,
                 revision=config.revision,
                 device=config.device,
+                dtype=config.dtype,
                 max_length=config.max_length,
                 batch_size=config.batch_size,
                 token_budget=config.token_budget,
+                threads=config.threads,
             )
         names = column_names(classifier.labels, config.prefix, config.all_scores)
         _check_new_columns(names, reader.schema, config.input)

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from .batching import plan_batches
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_TOKEN_BUDGET, check_device_name
+from .config import DEFAULT_MODEL
+from .device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype, to_device
 from .errors import ModelLoadError, UsageError
 from .postprocess import activate, activation_for
 
@@ -51,24 +52,6 @@ class Scores:
     probabilities: np.ndarray
     truncated: np.ndarray
     blank: np.ndarray
-
-
-def resolve_device(device: str) -> Any:
-    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a torch.device that exists here."""
-    import torch
-
-    check_device_name(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA device is available to this torch ({torch.__version__})")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: Apple MPS is not available on this machine")
-    return torch.device(device)
 
 
 def _offline() -> bool:
@@ -178,24 +161,31 @@ class Classifier:
         *,
         revision: str | None = None,
         device: str = "auto",
+        dtype: str = "auto",
         max_length: int | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        token_budget: int = DEFAULT_TOKEN_BUDGET,
+        batch_size: int | None = None,
+        token_budget: int | None = None,
+        threads: int | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be positive, got {batch_size}")
-        if token_budget < 1:
-            raise UsageError(f"--token-budget must be positive, got {token_budget}")
-        if max_length is not None and max_length < 1:
-            raise UsageError(f"--max-length must be positive, got {max_length}")
+        for option, value in (("batch-size", batch_size), ("token-budget", token_budget),
+                              ("max-length", max_length), ("threads", threads)):  # fmt: skip
+            if value is not None and value < 1:
+                raise UsageError(f"--{option} must be positive, got {value}")
         import torch
 
         self._torch = torch
         self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device.type)
+        check_dtype_supported(self.dtype, self.device)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        limits = batch_limits(self.device.type)
+        self.batch_size = batch_size or limits.rows
+        self.token_budget = token_budget or limits.tokens
         self.tokenizer, self.model = load_pretrained(model, revision)
         if not getattr(self.tokenizer, "is_fast", False):
             raise ModelLoadError(f"model '{model}' has no fast tokenizer (tokenizer.json); batchsent needs one")
-        self.model.to(self.device).eval()
+        self.model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
         config = self.model.config
         self.name = model
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
@@ -204,8 +194,6 @@ class Classifier:
         if max_length is not None and max_length > limit:
             raise UsageError(f"--max-length {max_length} exceeds the model's limit of {limit} tokens")
         self.max_length = max_length or limit
-        self.batch_size = batch_size
-        self.token_budget = token_budget
         self._pad_id = self.tokenizer.pad_token_id or 0
         self._pad_type_id = getattr(self.tokenizer, "pad_token_type_id", 0) or 0
         self._wants_type_ids = "token_type_ids" in self.tokenizer.model_input_names
@@ -266,7 +254,7 @@ class Classifier:
         }
         if chunk.flat_type_ids is not None:
             inputs["token_type_ids"] = np.where(mask, chunk.flat_type_ids[index], self._pad_type_id)
-        return {name: self._torch.from_numpy(value).to(self.device) for name, value in inputs.items()}
+        return {name: to_device(value, self.device) for name, value in inputs.items()}
 
 
 def _is_blank(text: Any) -> bool:

@@ -128,9 +128,17 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(reviews, binary_model,
     bad(invoke(reviews, "--max-length", "-3", *model), 2, "--max-length must be positive")
     bad(invoke(reviews, "--max-length", "4096", *model), 2, "exceeds the model's limit of 512")
     bad(invoke(reviews, "--device", "tpu", *model), 2, "--device 'tpu'")
+    bad(invoke(reviews, "--dtype", "float16", "--device", "cpu", *model), 2, "--dtype float16 needs a CUDA device")
+    bad(invoke(reviews, "--dtype", "fp8", *model), 2, "--dtype 'fp8'")
+    bad(invoke(reviews, "--threads", "0", *model), 2, "--threads must be positive")
     bad(invoke(reviews, "-o", tmp_path / "nodir" / "x.csv", *model), 2, "does not exist")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "reviews.csv"]
     assert digest(reviews) == before
+
+
+def test_threads_and_token_budget_flags_run(reviews, binary_model, tmp_path):
+    result = invoke(reviews, "-o", tmp_path / "t.csv", "--model", binary_model, "--threads", "1", "--token-budget", "64")
+    assert result.exit_code == 0, result.stderr
 
 
 def test_existing_output_needs_overwrite(reviews, binary_model):

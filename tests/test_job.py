@@ -1,0 +1,90 @@
+"""The streaming job: prefetch order and bounds, and what batches the model really runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import varied_texts
+
+from batchsent.batching import padded_tokens, plan_batches
+from batchsent.job import _prefetched
+from batchsent.model import Classifier
+
+
+def test_prefetch_keeps_order():
+    assert list(_prefetched(iter(range(100)), depth=2)) == list(range(100))
+
+
+def test_prefetch_runs_at_most_depth_ahead():
+    produced = []
+
+    def items():
+        for i in range(10):
+            produced.append(i)
+            yield i
+
+    stream = _prefetched(items(), depth=1)
+    assert next(stream) == 0
+    time.sleep(0.3)
+    # one item handed over, one waiting in the queue, one held by the blocked producer
+    assert len(produced) <= 3
+    stream.close()
+
+
+def test_prefetch_raises_producer_errors_in_order():
+    def items():
+        yield 1
+        raise ValueError("bad chunk")
+
+    stream = _prefetched(items(), depth=1)
+    assert next(stream) == 1
+    with pytest.raises(ValueError, match="bad chunk"):
+        next(stream)
+
+
+def test_stopping_early_stops_the_producer():
+    before = threading.active_count()
+    stream = _prefetched(iter(range(1000)), depth=1)
+    next(stream)
+    stream.close()
+    assert threading.active_count() == before
+
+
+class CountingModel:
+    """Wraps a model and records the shape of every batch it runs."""
+
+    def __init__(self, model):
+        self.model = model
+        self.shapes: list[tuple[int, int]] = []
+
+    def __call__(self, **inputs):
+        self.shapes.append(tuple(inputs["input_ids"].shape))
+        return self.model(**inputs)
+
+
+@pytest.mark.parametrize(("budget", "rows"), [(2048, 128), (300, 8), (1, 64)])
+def test_the_model_runs_exactly_the_planned_batches(binary_model, budget, rows):
+    classifier = Classifier(str(binary_model), device="cpu", token_budget=budget, batch_size=rows)
+    counting = CountingModel(classifier.model)
+    classifier.model = counting
+    texts = varied_texts(50, seed=4)
+    chunk = classifier.encode(texts)
+    classifier.run(chunk)
+    plan = plan_batches(chunk.lengths, budget, rows)
+    assert counting.shapes == [(len(b), int(chunk.lengths[b].max())) for b in plan]
+    for batch_rows, width in counting.shapes:
+        assert batch_rows <= rows and (batch_rows * width <= budget or batch_rows == 1)
+    assert sum(r for r, _ in counting.shapes) == 50
+    assert sum(r * w for r, w in counting.shapes) == padded_tokens(chunk.lengths, plan)
+
+
+def test_defaults_come_from_the_device(binary_model):
+    from batchsent.device import CPU_LIMITS
+
+    classifier = Classifier(str(binary_model), device="cpu")
+    assert (classifier.batch_size, classifier.token_budget) == (CPU_LIMITS.rows, CPU_LIMITS.tokens)
+    assert classifier.dtype == "float32"
+    assert np.isfinite(classifier.predict(["fine"]).probabilities).all()
