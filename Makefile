@@ -18,7 +18,7 @@ SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-13s %s\n", $$1, $$2}'
 	@echo "Variables: INPUT=$(INPUT) COLUMN=$(COLUMN) OUTPUT=<input>.scored.<suffix> MODEL=<hub id or dir> OVERWRITE=1"
 
 $(BIN)/batchsent: pyproject.toml

@@ -53,9 +53,10 @@ def score_dataframe(
 
         classifier = Classifier(model, **classifier_options)
     scores = classifier.predict(texts)
-    arrays = prediction_arrays(scores.probabilities, classifier.labels, all_scores)
+    arrays = prediction_arrays(scores.probabilities, classifier.labels, all_scores, scores.windows)
+    names = column_names(classifier.labels, prefix, all_scores, scores.windows is not None)
     result = df.copy()
-    for name, array in zip(column_names(classifier.labels, prefix, all_scores), arrays, strict=True):
+    for name, array in zip(names, arrays, strict=True):
         result[name] = array.to_numpy(zero_copy_only=False)
     return result
 

@@ -38,3 +38,21 @@ def plan_batches(lengths: Sequence[int] | np.ndarray, token_budget: int, max_row
 def padded_tokens(lengths: np.ndarray, batches: list[np.ndarray]) -> int:
     """Tokens the model processes for this plan, padding included."""
     return int(sum(len(batch) * int(lengths[batch].max()) for batch in batches if len(batch)))
+
+
+def window_spans(tokens: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """[start, end) spans of windows of ``size`` tokens overlapping by ``stride`` tokens.
+
+    The first window starts at 0, each next one ``size - stride`` later, and the last
+    ends at ``tokens`` (it may be shorter); a sequence that fits gives one window.
+    """
+    if size < 1 or not 0 <= stride < size:
+        raise ValueError("need size >= 1 and 0 <= stride < size")
+    spans = []
+    start = 0
+    while True:
+        end = min(start + size, tokens)
+        spans.append((start, end))
+        if end >= tokens:
+            return spans
+        start += size - stride

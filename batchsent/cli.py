@@ -99,6 +99,17 @@ def score(
         Optional[bool],
         typer.Option("--all-scores/--no-all-scores", help="Add one PREFIXscore_LABEL column per label.", show_default=False),
     ] = None,
+    long_text: Annotated[
+        Optional[str],
+        typer.Option(help="truncate: score the first --max-length tokens; chunk: score every token in windows. [default: truncate]"),
+    ] = None,
+    stride: Annotated[
+        Optional[int], typer.Option(help="With --long-text chunk: tokens shared by consecutive windows. [default: 64]")
+    ] = None,
+    aggregate: Annotated[
+        Optional[str],
+        typer.Option(help="With --long-text chunk: mean, max (most confident window) or first. [default: mean]"),
+    ] = None,
     chunk_rows: Annotated[
         Optional[int], typer.Option(help=f"Rows read, sorted and written together. [default: {DEFAULT_CHUNK_ROWS}]")
     ] = None,
@@ -130,6 +141,9 @@ def score(
         "prefix": prefix,
         "all_scores": all_scores,
         "chunk_rows": chunk_rows,
+        "long_text": long_text,
+        "stride": stride,
+        "aggregate": aggregate,
         "overwrite": overwrite,
         "quiet": quiet,
     }

@@ -16,10 +16,28 @@ from typing import Any
 
 from .device import check_device_name, check_dtype_name
 from .errors import UsageError
+from .postprocess import AGGREGATIONS
 
 DEFAULT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
 DEFAULT_CHUNK_ROWS = 4096
 MODEL_ENV = "BATCHSENT_MODEL"
+
+
+LONG_TEXT_MODES = ("truncate", "chunk")
+DEFAULT_STRIDE = 64
+
+
+def check_long_text_options(long_text: str, stride: int | None, aggregate: str | None) -> tuple[str, int, str]:
+    """Validate ``--long-text``, ``--stride`` and ``--aggregate``; fill chunk-mode defaults."""
+    if long_text not in LONG_TEXT_MODES:
+        raise UsageError(f"--long-text {long_text!r}: expected truncate or chunk")
+    if long_text != "chunk" and (stride is not None or aggregate is not None):
+        raise UsageError("--stride and --aggregate need --long-text chunk")
+    if aggregate is not None and aggregate not in AGGREGATIONS:
+        raise UsageError(f"--aggregate {aggregate!r}: expected mean, max or first")
+    if stride is not None and stride < 0:
+        raise UsageError(f"--stride must be zero or positive, got {stride}")
+    return long_text, DEFAULT_STRIDE if stride is None else stride, aggregate or "mean"
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,9 @@ class JobConfig:
     overwrite: bool = False
     quiet: bool = False
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    long_text: str = "truncate"
+    stride: int | None = None
+    aggregate: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "token_budget", "chunk_rows", "max_length", "threads"):
@@ -51,6 +72,9 @@ class JobConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
         check_device_name(self.device)
         check_dtype_name(self.dtype)
+        check_long_text_options(self.long_text, self.stride, self.aggregate)
+        if self.stride is not None and self.max_length is not None and self.stride >= self.max_length:
+            raise UsageError(f"--stride {self.stride} must be smaller than the window (--max-length {self.max_length})")
 
     @property
     def output_path(self) -> Path:
@@ -77,6 +101,9 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
     "overwrite": (bool,),
     "quiet": (bool,),
     "chunk_rows": (int,),
+    "long_text": (str,),
+    "stride": (int,),
+    "aggregate": (str,),
 }
 assert set(_KEY_TYPES) == {f.name for f in fields(JobConfig)}
 

@@ -109,6 +109,9 @@ class CsvReader(Reader):
         self._stream = open(path, "rb")  # noqa: SIM115 - closed by close()
         try:
             names = self._open(None).schema.names
+            if len(names) == 1:
+                # With one column an empty line is an empty cell, not a line to skip.
+                self._parse.ignore_empty_lines = False
             self._stream.seek(0)
             self._reader = self._open({name: pa.string() for name in names})
         except BaseException:

@@ -54,6 +54,7 @@ class RunSummary:
     truncated: int
     elapsed: float
     label_counts: dict[str, int] = field(default_factory=dict)
+    chunked: bool = False
 
     @property
     def rows_per_second(self) -> float:
@@ -62,8 +63,9 @@ class RunSummary:
     def line(self) -> str:
         labels = ", ".join(f"{label} {count:,}" for label, count in self.label_counts.items())
         return (
-            f"{self.rows:,} rows: {self.scored:,} scored, {self.empty:,} empty, {self.truncated:,} truncated "
-            f"in {self.elapsed:.1f} s ({self.rows_per_second:,.0f} rows/s)"
+            f"{self.rows:,} rows: {self.scored:,} scored, {self.empty:,} empty, {self.truncated:,} "
+            + ("over the limit (scored in windows) " if self.chunked else "truncated ")
+            + f"in {self.elapsed:.1f} s ({self.rows_per_second:,.0f} rows/s)"
             + (f"; {labels}" if labels else "")
             + f" -> {self.output}"
         )
@@ -151,7 +153,9 @@ def run(
     reader = io.open_reader(config.input)
     try:
         column = reader.text_column(config.column)
-        _check_new_columns(column_names([], config.prefix, False), reader.schema, config.input)
+        _check_new_columns(
+            column_names([], config.prefix, False, config.long_text == "chunk"), reader.schema, config.input
+        )
         if classifier is None:
             if on_model_loading is not None:
                 on_model_loading()
@@ -166,11 +170,15 @@ def run(
                 batch_size=config.batch_size,
                 token_budget=config.token_budget,
                 threads=config.threads,
+                long_text=config.long_text,
+                stride=config.stride,
+                aggregate=config.aggregate,
             )
-        names = column_names(classifier.labels, config.prefix, config.all_scores)
+        chunked = classifier.long_text == "chunk"
+        names = column_names(classifier.labels, config.prefix, config.all_scores, chunked)
         _check_new_columns(names, reader.schema, config.input)
         schema = reader.schema
-        for new_field in output_fields(classifier.labels, config.prefix, config.all_scores):
+        for new_field in output_fields(classifier.labels, config.prefix, config.all_scores, chunked):
             schema = schema.append(new_field)
         return _score(config, reader, column, classifier, schema, output, progress, started)
     finally:
@@ -199,7 +207,7 @@ def _score(
     try:
         for batch, chunk, bytes_done in _prefetched(encoded(), PREFETCH_DEPTH):
             scores = classifier.run(chunk)
-            arrays = prediction_arrays(scores.probabilities, classifier.labels, config.all_scores)
+            arrays = prediction_arrays(scores.probabilities, classifier.labels, config.all_scores, scores.windows)
             writer.write(pa.RecordBatch.from_arrays(batch.columns + arrays, schema=schema))
             rows += batch.num_rows
             empty += int(scores.blank.sum())
@@ -216,6 +224,6 @@ def _score(
         if progress is not None:
             progress.close()
     ordered = {label: label_counts[label] for label in classifier.labels if label_counts[label]}
-    return RunSummary(
-        config.input, output, rows, rows - empty, empty, truncated, time.monotonic() - started, ordered
-    )
+    elapsed = time.monotonic() - started
+    chunked = classifier.long_text == "chunk"
+    return RunSummary(config.input, output, rows, rows - empty, empty, truncated, elapsed, ordered, chunked)

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from .batching import plan_batches
-from .config import DEFAULT_MODEL
+from .batching import plan_batches, window_spans
+from .config import DEFAULT_MODEL, check_long_text_options
 from .device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype, to_device
 from .errors import ModelLoadError, UsageError
-from .postprocess import activate, activation_for
+from .postprocess import activate, activation_for, aggregate_windows
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -43,15 +43,21 @@ class EncodedChunk:
     truncated: np.ndarray
     blank: np.ndarray
     batches: list[np.ndarray]
+    owners: np.ndarray | None = None
 
 
 @dataclass
 class Scores:
-    """Per-row results: probabilities (NaN rows where the text was blank)."""
+    """Per-row results: probabilities (NaN rows where the text was blank).
+
+    ``truncated`` marks rows longer than the model's limit; in chunk mode they were
+    scored in ``windows`` windows instead of being cut (``windows`` is None otherwise).
+    """
 
     probabilities: np.ndarray
     truncated: np.ndarray
     blank: np.ndarray
+    windows: np.ndarray | None = None
 
 
 def _offline() -> bool:
@@ -152,7 +158,10 @@ class Classifier:
 
     ``predict(texts)`` returns probabilities as the transformers text-classification
     pipeline computes them (softmax, or sigmoid for one-label and multi-label models),
-    with truncation at ``max_length`` (default: the model's limit).
+    with truncation at ``max_length`` (default: the model's limit). With
+    ``long_text="chunk"``, a longer text is scored in windows of ``max_length`` tokens
+    overlapping by ``stride`` and its windows' probabilities are aggregated
+    (``mean``, ``max`` or ``first``).
     """
 
     def __init__(
@@ -166,11 +175,15 @@ class Classifier:
         batch_size: int | None = None,
         token_budget: int | None = None,
         threads: int | None = None,
+        long_text: str = "truncate",
+        stride: int | None = None,
+        aggregate: str | None = None,
     ) -> None:
         for option, value in (("batch-size", batch_size), ("token-budget", token_budget),
                               ("max-length", max_length), ("threads", threads)):  # fmt: skip
             if value is not None and value < 1:
                 raise UsageError(f"--{option} must be positive, got {value}")
+        self.long_text, self.stride, self.aggregate = check_long_text_options(long_text, stride, aggregate)
         import torch
 
         self._torch = torch
@@ -204,12 +217,33 @@ class Classifier:
         self._encoder.enable_truncation(
             self.max_length, stride=0, strategy="longest_first", direction=self.tokenizer.truncation_side
         )
+        if self.long_text == "chunk":
+            self._prepare_windows()
+
+    def _prepare_windows(self) -> None:
+        """Learn the special tokens around one sequence, to wrap every window in them."""
+        self._full_encoder = type(self._encoder).from_str(self._encoder.to_str())
+        self._full_encoder.no_truncation()
+        probe = self._full_encoder.encode("hello world", add_special_tokens=True)
+        content = [i for i, special in enumerate(probe.special_tokens_mask) if not special]
+        first, last = content[0], content[-1] + 1
+        self._prefix = (np.array(probe.ids[:first], np.int64), np.array(probe.type_ids[:first], np.int64))
+        self._suffix = (np.array(probe.ids[last:], np.int64), np.array(probe.type_ids[last:], np.int64))
+        self._content_type_id = probe.type_ids[first]
+        self.window_content = self.max_length - first - (len(probe.ids) - last)
+        if self.stride >= self.window_content:
+            raise UsageError(
+                f"--stride {self.stride} must be smaller than a window's {self.window_content} text tokens "
+                "(--max-length minus the special tokens)"
+            )
 
     def encode(self, texts: Sequence[str | None]) -> EncodedChunk:
-        """Tokenize ``texts`` once (truncating) and plan their batches; blanks are skipped."""
+        """Tokenize ``texts`` once (truncating, or into windows) and plan batches; blanks are skipped."""
         texts = list(texts)
         blank = np.fromiter((_is_blank(text) for text in texts), dtype=bool, count=len(texts))
         rows = np.flatnonzero(~blank)
+        if self.long_text == "chunk":
+            return self._encode_windows(texts, rows, blank)
         encodings = self._encoder.encode_batch([texts[i] for i in rows], add_special_tokens=True)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(rows))
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -226,15 +260,50 @@ class Classifier:
         batches = plan_batches(lengths, self.token_budget, self.batch_size)
         return EncodedChunk(len(texts), rows, lengths, offsets, flat_ids, flat_type_ids, truncated, blank, batches)
 
+    def _encode_windows(self, texts: list, rows: np.ndarray, blank: np.ndarray) -> EncodedChunk:
+        """Every non-blank row as windows of at most ``max_length`` tokens, specials included."""
+        encodings = self._full_encoder.encode_batch([texts[i] for i in rows], add_special_tokens=False)
+        (prefix_ids, prefix_types), (suffix_ids, suffix_types) = self._prefix, self._suffix
+        ids_pieces, type_pieces, lengths, owners = [], [], [], []
+        truncated = np.zeros(len(texts), dtype=bool)
+        for position, encoding in enumerate(encodings):
+            ids = np.array(encoding.ids, dtype=np.int64)
+            truncated[rows[position]] = len(ids) > self.window_content
+            for start, end in window_spans(len(ids), self.window_content, self.stride):
+                ids_pieces += [prefix_ids, ids[start:end], suffix_ids]
+                type_pieces += [prefix_types, np.full(end - start, self._content_type_id, np.int64), suffix_types]
+                lengths.append(len(prefix_ids) + end - start + len(suffix_ids))
+                owners.append(position)
+        lengths_array = np.array(lengths, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths_array, out=offsets[1:])
+        flat_ids = np.concatenate(ids_pieces) if ids_pieces else np.zeros(0, np.int64)
+        flat_type_ids = None
+        if self._wants_type_ids:
+            flat_type_ids = np.concatenate(type_pieces) if type_pieces else np.zeros(0, np.int64)
+        batches = plan_batches(lengths_array, self.token_budget, self.batch_size)
+        owners_array = np.array(owners, dtype=np.int64)
+        return EncodedChunk(
+            len(texts), rows, lengths_array, offsets, flat_ids, flat_type_ids, truncated, blank, batches, owners_array
+        )
+
     def run(self, chunk: EncodedChunk) -> Scores:
         """Run the model over an encoded chunk; rows come back in input order."""
         torch = self._torch
-        probabilities = np.full((chunk.size, len(self.labels)), np.nan, dtype=np.float32)
+        sequences = np.empty((len(chunk.lengths), len(self.labels)), dtype=np.float32)
         with torch.inference_mode():
             for batch in chunk.batches:
                 logits = self.model(**self._batch_inputs(chunk, batch)).logits
-                probabilities[chunk.rows[batch]] = activate(logits.float().cpu().numpy(), self.activation)
-        return Scores(probabilities, chunk.truncated, chunk.blank)
+                sequences[batch] = activate(logits.float().cpu().numpy(), self.activation)
+        probabilities = np.full((chunk.size, len(self.labels)), np.nan, dtype=np.float32)
+        windows = None
+        if chunk.owners is None:
+            probabilities[chunk.rows] = sequences
+        else:
+            probabilities[chunk.rows] = aggregate_windows(sequences, chunk.owners, len(chunk.rows), self.aggregate)
+            windows = np.zeros(chunk.size, dtype=np.int64)
+            windows[chunk.rows] = np.bincount(chunk.owners, minlength=len(chunk.rows))
+        return Scores(probabilities, chunk.truncated, chunk.blank, windows)
 
     def predict(self, texts: Sequence[str | None]) -> Scores:
         """Score ``texts``: one row of probabilities per text, in ``self.labels`` order."""

@@ -43,24 +43,30 @@ def activate(logits: np.ndarray, activation: str) -> np.ndarray:
     raise ValueError(f"unknown activation {activation!r}")
 
 
-def column_names(labels: Sequence[str], prefix: str, all_scores: bool) -> list[str]:
-    """Names of the prediction columns, in output order."""
+def column_names(labels: Sequence[str], prefix: str, all_scores: bool, chunked: bool = False) -> list[str]:
+    """Names of the prediction columns, in output order (``<prefix>chunks`` last when chunking)."""
     names = [f"{prefix}label", f"{prefix}score"]
     if all_scores:
         names += [f"{prefix}score_{label}" for label in labels]
+    if chunked:
+        names.append(f"{prefix}chunks")
     return names
 
 
-def output_fields(labels: Sequence[str], prefix: str, all_scores: bool) -> list[pa.Field]:
-    """Arrow fields of the prediction columns: a string label, then float32 scores."""
-    names = column_names(labels, prefix, all_scores)
-    return [pa.field(names[0], pa.string())] + [pa.field(name, pa.float32()) for name in names[1:]]
+def output_fields(labels: Sequence[str], prefix: str, all_scores: bool, chunked: bool = False) -> list[pa.Field]:
+    """Arrow fields of the prediction columns: a string label, float32 scores, an int32 window count."""
+    names = column_names(labels, prefix, all_scores, chunked)
+    types = [pa.string()] + [pa.float32()] * (len(names) - 1 - chunked) + [pa.int32()] * chunked
+    return [pa.field(name, value_type) for name, value_type in zip(names, types, strict=True)]
 
 
-def prediction_arrays(probabilities: np.ndarray, labels: Sequence[str], all_scores: bool) -> list[pa.Array]:
+def prediction_arrays(
+    probabilities: np.ndarray, labels: Sequence[str], all_scores: bool, windows: np.ndarray | None = None
+) -> list[pa.Array]:
     """Columns for ``probabilities`` (rows x labels; NaN rows are blank texts -> nulls).
 
-    The label is the argmax (first on ties, as the pipeline) and the score its value.
+    The label is the argmax (first on ties, as the pipeline) and the score its value;
+    ``windows`` (chunk mode) adds the number of windows each row was scored in.
     """
     probabilities = np.asarray(probabilities, dtype=np.float32)
     blank = np.isnan(probabilities).all(axis=1) if probabilities.size else np.zeros(len(probabilities), bool)
@@ -72,4 +78,33 @@ def prediction_arrays(probabilities: np.ndarray, labels: Sequence[str], all_scor
     ]
     if all_scores:
         arrays += [pa.array(probabilities[:, i], type=pa.float32(), mask=blank) for i in range(len(labels))]
+    if windows is not None:
+        arrays.append(pa.array(windows, type=pa.int32(), mask=blank))
     return arrays
+
+
+AGGREGATIONS = ("mean", "max", "first")
+
+
+def aggregate_windows(probabilities: np.ndarray, owners: np.ndarray, rows: int, how: str) -> np.ndarray:
+    """One row of probabilities per owner from the windows of long texts.
+
+    ``owners[i]`` is the row (0..rows-1) window ``i`` belongs to; windows of a row come
+    in text order and every row has at least one. ``mean`` averages the windows'
+    probabilities, ``max`` takes the window whose top probability is highest (the most
+    confident decides), ``first`` takes the first window.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    if how == "mean":
+        sums = np.zeros((rows, probabilities.shape[1]), dtype=np.float64)
+        np.add.at(sums, owners, probabilities)
+        return (sums / np.bincount(owners, minlength=rows)[:, None]).astype(np.float32)
+    if how == "first":
+        _, first = np.unique(owners, return_index=True)
+        return probabilities[first]
+    if how == "max":
+        confidence = probabilities.max(axis=1)
+        order = np.lexsort((-confidence, owners))  # by owner, most confident first
+        _, first = np.unique(owners[order], return_index=True)
+        return probabilities[order[first]]
+    raise ValueError(f"unknown aggregation {how!r}")

@@ -101,6 +101,6 @@ def varied_texts(count: int, seed: int = 0, longest_words: int = 700) -> list[st
     rng = random.Random(seed)
     texts = []
     for i in range(count):
-        words = 1 + int(rng.random() ** 3 * longest_words) if i % 10 else longest_words - rng.randrange(100)
+        words = 1 + int(rng.random() ** 3 * longest_words) if i % 10 else longest_words - rng.randrange(longest_words // 7 + 1)
         texts.append(" ".join(rng.choice(WORDS) for _ in range(words)))
     return texts

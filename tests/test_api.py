@@ -49,6 +49,6 @@ def test_score_file_returns_the_summary(tmp_path, binary_classifier):
     source = tmp_path / "in.csv"
     source.write_text("text\nnice\n\nawful\n")
     summary = score_file(source, tmp_path / "out.parquet", classifier=binary_classifier)
-    assert (summary.rows, summary.scored, summary.empty, summary.truncated) == (2, 2, 0, 0)
+    assert (summary.rows, summary.scored, summary.empty, summary.truncated) == (3, 2, 1, 0)
     assert sum(summary.label_counts.values()) == 2
-    assert summary.line().startswith("2 rows: 2 scored, 0 empty, 0 truncated in ")
+    assert summary.line().startswith("3 rows: 2 scored, 1 empty, 0 truncated in ")

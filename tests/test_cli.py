@@ -131,6 +131,11 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(reviews, binary_model,
     bad(invoke(reviews, "--dtype", "float16", "--device", "cpu", *model), 2, "--dtype float16 needs a CUDA device")
     bad(invoke(reviews, "--dtype", "fp8", *model), 2, "--dtype 'fp8'")
     bad(invoke(reviews, "--threads", "0", *model), 2, "--threads must be positive")
+    bad(invoke(reviews, "--stride", "8", *model), 2, "--stride and --aggregate need --long-text chunk")
+    bad(invoke(reviews, "--long-text", "chunk", "--aggregate", "vote", *model), 2, "--aggregate 'vote'")
+    bad(invoke(reviews, "--long-text", "chunk", "--stride", "-1", *model), 2, "--stride must be zero or positive")
+    bad(invoke(reviews, "--long-text", "chunk", "--stride", "64", "--max-length", "64", *model), 2,
+        "--stride 64 must be smaller than the window")  # fmt: skip
     bad(invoke(reviews, "-o", tmp_path / "nodir" / "x.csv", *model), 2, "does not exist")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "reviews.csv"]
     assert digest(reviews) == before
@@ -139,6 +144,16 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(reviews, binary_model,
 def test_threads_and_token_budget_flags_run(reviews, binary_model, tmp_path):
     result = invoke(reviews, "-o", tmp_path / "t.csv", "--model", binary_model, "--threads", "1", "--token-budget", "64")
     assert result.exit_code == 0, result.stderr
+
+
+def test_chunk_mode_adds_the_window_count(tmp_path, binary_model):
+    source = tmp_path / "long.csv"
+    source.write_text("text\n" + "fine words " * 400 + "\nshort\n\n")
+    output = tmp_path / "long.scored.parquet"
+    result = invoke(source, "-o", output, "--model", binary_model, "--long-text", "chunk", "--aggregate", "max")
+    assert result.exit_code == 0, result.stderr
+    assert "1 over the limit (scored in windows)" in result.stderr
+    assert pq.read_table(output).column("sentiment_chunks").to_pylist() == [2, 1, None]
 
 
 def test_existing_output_needs_overwrite(reviews, binary_model):

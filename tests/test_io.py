@@ -159,3 +159,10 @@ def test_bom_is_not_part_of_the_header(tmp_path):
     assert io.open_reader(path).schema.names == ["text", "id"]
 
 
+
+
+def test_single_column_csv_keeps_empty_lines_as_empty_cells(tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("text\nfirst\n\nthird\n")
+    rows = [r for b in io.open_reader(path).batches(10) for r in b.column(0).to_pylist()]
+    assert rows == ["first", "", "third"]
