@@ -89,6 +89,12 @@ def score(
         Optional[str],
         typer.Option(help="auto, float32, float16 or bfloat16. [default: auto = float16 on CUDA, float32 elsewhere]"),
     ] = None,
+    backend: Annotated[
+        Optional[str], typer.Option(help="torch, or onnx (ONNX Runtime; pip install 'batchsent[onnx]'). [default: torch]")
+    ] = None,
+    quantize: Annotated[
+        Optional[str], typer.Option(help="int8: dynamic int8 quantization of the Linear layers (CPU). [default: off]")
+    ] = None,
     threads: Annotated[
         Optional[int], typer.Option(help="Torch intra-op threads. [default: torch's own choice]")
     ] = None,
@@ -138,6 +144,8 @@ def score(
         "device": device,
         "dtype": dtype,
         "threads": threads,
+        "backend": backend,
+        "quantize": quantize,
         "prefix": prefix,
         "all_scores": all_scores,
         "chunk_rows": chunk_rows,

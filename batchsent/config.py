@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .backends import check_backend_options
 from .device import check_device_name, check_dtype_name
 from .errors import UsageError
 from .postprocess import AGGREGATIONS
@@ -64,6 +65,8 @@ class JobConfig:
     long_text: str = "truncate"
     stride: int | None = None
     aggregate: str | None = None
+    backend: str = "torch"
+    quantize: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "token_budget", "chunk_rows", "max_length", "threads"):
@@ -73,6 +76,7 @@ class JobConfig:
         check_device_name(self.device)
         check_dtype_name(self.dtype)
         check_long_text_options(self.long_text, self.stride, self.aggregate)
+        check_backend_options(self.backend, self.quantize, self.dtype)
         if self.stride is not None and self.max_length is not None and self.stride >= self.max_length:
             raise UsageError(f"--stride {self.stride} must be smaller than the window (--max-length {self.max_length})")
 
@@ -104,6 +108,8 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
     "long_text": (str,),
     "stride": (int,),
     "aggregate": (str,),
+    "backend": (str,),
+    "quantize": (str,),
 }
 assert set(_KEY_TYPES) == {f.name for f in fields(JobConfig)}
 

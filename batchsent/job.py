@@ -173,6 +173,8 @@ def run(
                 long_text=config.long_text,
                 stride=config.stride,
                 aggregate=config.aggregate,
+                backend=config.backend,
+                quantize=config.quantize,
             )
         chunked = classifier.long_text == "chunk"
         names = column_names(classifier.labels, config.prefix, config.all_scores, chunked)

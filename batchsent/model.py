@@ -19,7 +19,8 @@ import numpy as np
 
 from .batching import plan_batches, window_spans
 from .config import DEFAULT_MODEL, check_long_text_options
-from .device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype, to_device
+from .backends import OnnxRunner, TorchRunner, check_backend_options, onnx_model, quantize_torch_int8
+from .device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype
 from .errors import ModelLoadError, UsageError
 from .postprocess import activate, activation_for, aggregate_windows
 
@@ -178,18 +179,23 @@ class Classifier:
         long_text: str = "truncate",
         stride: int | None = None,
         aggregate: str | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
     ) -> None:
         for option, value in (("batch-size", batch_size), ("token-budget", token_budget),
                               ("max-length", max_length), ("threads", threads)):  # fmt: skip
             if value is not None and value < 1:
                 raise UsageError(f"--{option} must be positive, got {value}")
         self.long_text, self.stride, self.aggregate = check_long_text_options(long_text, stride, aggregate)
+        check_backend_options(backend, quantize, dtype)
         import torch
 
-        self._torch = torch
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device.type)
         check_dtype_supported(self.dtype, self.device)
+        if quantize == "int8" and backend == "torch" and self.device.type != "cpu":
+            raise UsageError(f"--quantize int8 with the torch backend runs on CPU only, not {self.device.type}")
+        self.backend, self.quantize = backend, quantize
         if threads is not None:
             torch.set_num_threads(threads)
         limits = batch_limits(self.device.type)
@@ -219,6 +225,15 @@ class Classifier:
         )
         if self.long_text == "chunk":
             self._prepare_windows()
+        self.exported = False
+        if backend == "onnx":
+            sample = self.encode(["a short sample", "a somewhat longer sample text for the export"])
+            path, self.exported = onnx_model(model, self.model, self._batch_inputs(sample, sample.batches[0]), quantize)
+            self._runner: TorchRunner | OnnxRunner = OnnxRunner(path, self.device, threads)
+        else:
+            if quantize == "int8":
+                self.model = quantize_torch_int8(self.model)
+            self._runner = TorchRunner(self.model, self.device)
 
     def _prepare_windows(self) -> None:
         """Learn the special tokens around one sequence, to wrap every window in them."""
@@ -289,12 +304,9 @@ class Classifier:
 
     def run(self, chunk: EncodedChunk) -> Scores:
         """Run the model over an encoded chunk; rows come back in input order."""
-        torch = self._torch
         sequences = np.empty((len(chunk.lengths), len(self.labels)), dtype=np.float32)
-        with torch.inference_mode():
-            for batch in chunk.batches:
-                logits = self.model(**self._batch_inputs(chunk, batch)).logits
-                sequences[batch] = activate(logits.float().cpu().numpy(), self.activation)
+        for batch in chunk.batches:
+            sequences[batch] = activate(self._runner(self._batch_inputs(chunk, batch)), self.activation)
         probabilities = np.full((chunk.size, len(self.labels)), np.nan, dtype=np.float32)
         windows = None
         if chunk.owners is None:
@@ -311,8 +323,8 @@ class Classifier:
 
     __call__ = predict
 
-    def _batch_inputs(self, chunk: EncodedChunk, batch: np.ndarray) -> dict[str, Any]:
-        """Right-padded model inputs for one planned batch."""
+    def _batch_inputs(self, chunk: EncodedChunk, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Right-padded model inputs (numpy) for one planned batch."""
         lengths = chunk.lengths[batch]
         columns = np.arange(int(lengths.max()))
         mask = columns[None, :] < lengths[:, None]
@@ -323,7 +335,7 @@ class Classifier:
         }
         if chunk.flat_type_ids is not None:
             inputs["token_type_ids"] = np.where(mask, chunk.flat_type_ids[index], self._pad_type_id)
-        return {name: to_device(value, self.device) for name, value in inputs.items()}
+        return inputs
 
 
 def _is_blank(text: Any) -> bool:

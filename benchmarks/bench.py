@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import FIXTURE_MODEL, review_mix  # noqa: E402
+from corpus import FIXTURE_MODEL, review_mix, sst2_labelled  # noqa: E402
 
 import batchsent  # noqa: E402
 from batchsent.config import JobConfig  # noqa: E402
@@ -100,7 +100,9 @@ def run_pipeline(model_dir: str, texts: list[str], labels: list[str]) -> tuple[f
     return seconds, probabilities
 
 
-def measure(name: str, model_dir: str, texts: list[str], threads: int, peak: float, budget: int | None) -> dict:
+def measure(
+    name: str, model_dir: str, texts: list[str], threads: int, peak: float, budget: int | None, variants: bool
+) -> dict:
     options = {} if budget is None else {"token_budget": budget}
     classifier = Classifier(model_dir, device="cpu", **options)
     torch.set_num_threads(threads)
@@ -160,7 +162,72 @@ def measure(name: str, model_dir: str, texts: list[str], threads: int, peak: flo
         100 * np.mean([a == b for a, b in zip(end_to_end_labels, reference_labels)]), 3
     )
     result["max_abs_delta_prob"] = float(np.abs(scores.probabilities - reference).max())
+    if variants:
+        result["variants"] = measure_variants(model_dir, texts, threads, scores, classifier_seconds, pipeline_seconds)
     return result
+
+
+VARIANTS = {
+    "torch bfloat16": {"dtype": "bfloat16"},
+    "torch int8": {"quantize": "int8"},
+    "onnx float32": {"backend": "onnx"},
+    "onnx int8": {"backend": "onnx", "quantize": "int8"},
+}
+
+
+def measure_variants(model_dir, texts, threads, exact, exact_seconds, pipeline_seconds) -> list[dict]:
+    """Each backend/precision on the same texts: speed against torch fp32 and the pipeline, drift from fp32."""
+    from batchsent.device import cpu_has_bf16, read_cpu_flags
+
+    rows = []
+    for name, options in VARIANTS.items():
+        if options.get("dtype") == "bfloat16" and not cpu_has_bf16(read_cpu_flags()):
+            print(f"  {name}: skipped, no native bfloat16 on this CPU", flush=True)
+            continue
+        classifier = Classifier(model_dir, device="cpu", threads=threads, **options)
+        chunk = classifier.encode(texts)
+        classifier.predict(texts[:8])
+        start = time.perf_counter()
+        scores = classifier.run(chunk)
+        seconds = time.perf_counter() - start
+        delta = np.abs(scores.probabilities - exact.probabilities)
+        rows.append({
+            "variant": name,
+            "rows_per_s": round(len(texts) / seconds, 2),
+            "ratio_vs_torch_fp32": round(exact_seconds / seconds, 2),
+            "ratio_vs_pipeline": round(pipeline_seconds / seconds, 2),
+            "label_agreement_pct": round(100 * float(np.mean(scores.probabilities.argmax(1) == exact.probabilities.argmax(1))), 2),
+            "max_abs_delta_prob": float(delta.max()),
+            "mean_abs_delta_prob": float(delta.mean()),
+        })  # fmt: skip
+        print(
+            f"  {name:15} {rows[-1]['rows_per_s']:8.2f} rows/s  x{rows[-1]['ratio_vs_torch_fp32']} fp32, "
+            f"x{rows[-1]['ratio_vs_pipeline']} pipeline; labels agree {rows[-1]['label_agreement_pct']}%, "
+            f"|dprob| max {delta.max():.2e} mean {delta.mean():.2e}",
+            flush=True,
+        )
+    return rows
+
+
+def sst2_accuracy(model_dir: str, threads: int, phrases: int) -> list[dict]:
+    """Accuracy against SST-2 gold labels of fp32 and of each variant (real fixture model only)."""
+    pairs = sst2_labelled()[-phrases:]
+    if not pairs:
+        return []
+    texts, gold = [t for t, _ in pairs], np.array([g for _, g in pairs])
+    rows = []
+    for name, options in {"torch float32": {}, **VARIANTS}.items():
+        from batchsent.device import cpu_has_bf16, read_cpu_flags
+
+        if options.get("dtype") == "bfloat16" and not cpu_has_bf16(read_cpu_flags()):
+            continue
+        classifier = Classifier(model_dir, device="cpu", threads=threads, **options)
+        predicted = classifier.predict(texts).probabilities.argmax(1)
+        positive = classifier.labels.index("POSITIVE")
+        accuracy = float(np.mean((predicted == positive) == (gold == 1)))
+        rows.append({"variant": name, "phrases": len(texts), "accuracy": round(accuracy, 4)})
+        print(f"  SST-2 accuracy {name:15} {accuracy:.4f} on {len(texts)} phrases", flush=True)
+    return rows
 
 
 def sweep(name: str, model_dir: str, texts: list[str], threads: int, budgets: list[int]) -> list[dict]:
@@ -180,11 +247,13 @@ def sweep(name: str, model_dir: str, texts: list[str], threads: int, budgets: li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=0, help="texts per model (default: 500 minilm, 300 distilbert)")
+    parser.add_argument("--rows", type=int, default=0, help="texts per model (default: 400 minilm, 240 distilbert)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="minilm,distilbert")
     parser.add_argument("--token-budget", type=int, default=None, help="default: batchsent's own")
     parser.add_argument("--sweep", default="", help="comma-separated token budgets to sweep instead")
+    parser.add_argument("--no-variants", action="store_true", help="skip bfloat16, int8 and ONNX rows")
+    parser.add_argument("--sst2-phrases", type=int, default=1000, help="gold-labelled phrases for accuracy")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
     args = parser.parse_args()
 
@@ -204,23 +273,30 @@ def main() -> None:
         wanted = args.models.split(",")
         if "minilm" in wanted:
             if FIXTURE_MODEL.is_dir():
-                models["minilm"] = (str(FIXTURE_MODEL), args.rows or 500)
+                models["minilm"] = (str(FIXTURE_MODEL), args.rows or 400)
             else:
                 print("minilm: ../shared/models/minilm-sst2 is absent; skipped", flush=True)
         if "distilbert" in wanted:
-            models["distilbert"] = (str(distilbert_shaped(Path(scratch) / "distilbert")), args.rows or 300)
+            models["distilbert"] = (str(distilbert_shaped(Path(scratch) / "distilbert")), args.rows or 240)
         for name, (directory, rows) in models.items():
             texts = review_mix(rows, seed=0)
             if args.sweep:
                 budgets = [int(b) for b in args.sweep.split(",")]
                 report["results"] += sweep(name, directory, texts, args.threads, budgets)
                 continue
-            result = measure(name, directory, texts, args.threads, peak, args.token_budget)
+            print_header(name, len(texts))
+            result = measure(name, directory, texts, args.threads, peak, args.token_budget, not args.no_variants)
+            if name == "minilm" and not args.no_variants:
+                result["sst2_accuracy"] = sst2_accuracy(directory, args.threads, args.sst2_phrases)
             report["results"].append(result)
             print_result(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written: {args.out}")
+
+
+def print_header(name: str, rows: int) -> None:
+    print(f"\n== {name}: {rows} rows", flush=True)
 
 
 def print_result(r: dict) -> None:

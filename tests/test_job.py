@@ -69,7 +69,7 @@ class CountingModel:
 def test_the_model_runs_exactly_the_planned_batches(binary_model, budget, rows):
     classifier = Classifier(str(binary_model), device="cpu", token_budget=budget, batch_size=rows)
     counting = CountingModel(classifier.model)
-    classifier.model = counting
+    classifier._runner.model = counting
     texts = varied_texts(50, seed=4)
     chunk = classifier.encode(texts)
     classifier.run(chunk)

@@ -25,8 +25,8 @@ def test_course_sentences_give_the_printed_ids_padded_with_zeros(binary_classifi
     inputs = binary_classifier._batch_inputs(chunk, batch)
     width = len(COURSE_IDS[first])
     rows = {int(position): i for i, position in enumerate(chunk.rows[batch])}
-    ids = inputs["input_ids"].numpy()
-    mask = inputs["attention_mask"].numpy()
+    ids = inputs["input_ids"]
+    mask = inputs["attention_mask"]
     assert ids[rows[0]].tolist() == COURSE_IDS[first]
     assert ids[rows[1]].tolist() == COURSE_IDS[second] + [0] * (width - len(COURSE_IDS[second]))
     assert mask[rows[1]].tolist() == [1] * 8 + [0] * (width - 8)

@@ -1,0 +1,170 @@
+"""Runners: padded numpy inputs in, float32 logits out, with torch or ONNX Runtime.
+
+The Classifier tokenizes, batches and post-processes the same way whatever runs the
+model. ``--quantize int8`` is dynamic int8 quantization of the Linear layers (weights
+int8, activations quantized per batch): with torch through ``torch.ao`` on CPU, with
+ONNX Runtime through its own ``quantize_dynamic`` on the exported graph. ONNX exports
+are cached under the Hugging Face cache, keyed by what they were made from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .device import to_device
+from .errors import ModelLoadError, UsageError
+
+BACKENDS = ("torch", "onnx")
+QUANTIZATIONS = ("int8",)
+ONNX_OPSET = 17
+EXPORT_FORMAT = 1  # bump when the way models are exported changes
+
+
+def check_backend_options(backend: str, quantize: str | None, dtype: str) -> None:
+    """Refuse backend/precision combinations before anything loads."""
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend!r}: expected torch or onnx")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise UsageError(f"--quantize {quantize!r}: expected int8")
+    if backend == "onnx" and importlib.util.find_spec("onnxruntime") is None:
+        raise UsageError("--backend onnx needs onnxruntime: pip install 'batchsent[onnx]'")
+    if quantize == "int8" and importlib.util.find_spec("onnx") is None and backend == "onnx":
+        raise UsageError("--quantize int8 with --backend onnx needs onnx: pip install 'batchsent[onnx]'")
+    if backend == "onnx" and dtype not in ("auto", "float32"):
+        raise UsageError(f"--backend onnx runs float32 (or --quantize int8), not --dtype {dtype}")
+    if quantize == "int8" and dtype not in ("auto", "float32"):
+        raise UsageError(f"--quantize int8 starts from float32 weights; drop --dtype {dtype}")
+
+
+class TorchRunner:
+    """Runs a transformers model on its device under ``torch.inference_mode``."""
+
+    def __init__(self, model: Any, device: Any) -> None:
+        self.model = model
+        self.device = device
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            tensors = {name: to_device(value, self.device) for name, value in inputs.items()}
+            return self.model(**tensors).logits.float().cpu().numpy()
+
+
+def quantize_torch_int8(model: Any) -> Any:
+    """Dynamic int8 quantization of every Linear layer (CPU only)."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao is deprecated in favour of torchao; it still runs
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class OnnxRunner:
+    """Runs an exported model with ONNX Runtime (CUDA provider on CUDA devices)."""
+
+    def __init__(self, path: Path, device: Any, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UsageError("--backend onnx on CUDA needs onnxruntime-gpu (the CUDA execution provider)")
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        elif device.type != "cpu":
+            raise UsageError(f"--backend onnx runs on cpu or cuda, not {device.type}")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {name: value for name, value in inputs.items() if name in self.input_names}
+        return np.asarray(self.session.run(["logits"], feed)[0], dtype=np.float32)
+
+
+def onnx_cache_root() -> Path:
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("BATCHSENT_ONNX_CACHE", Path(constants.HF_HOME) / "batchsent" / "onnx"))
+
+
+def export_key(model_ref: str, model: Any, input_names: list[str], quantize: str | None) -> str:
+    """Hash of what an export depends on: model identity, revision, config, weights, options."""
+    path = Path(model_ref).expanduser()
+    identity: dict[str, Any] = {"format": EXPORT_FORMAT, "opset": ONNX_OPSET, "inputs": input_names}
+    identity["quantize"] = quantize
+    identity["config"] = model.config.to_json_string(use_diff=False)
+    if path.is_dir():
+        identity["path"] = str(path.resolve())
+        identity["weights"] = sorted(
+            (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.suffix in {".safetensors", ".bin"}
+        )
+    else:
+        identity["hub_id"] = model_ref
+        identity["commit"] = getattr(model.config, "_commit_hash", None)
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def onnx_model(model_ref: str, model: Any, sample: dict[str, np.ndarray], quantize: str | None) -> tuple[Path, bool]:
+    """Path of the cached ONNX export for this model (exported now if missing) and whether it was."""
+    names = list(sample)
+    directory = onnx_cache_root() / export_key(model_ref, model, names, quantize)
+    target = directory / ("model.int8.onnx" if quantize == "int8" else "model.onnx")
+    if target.is_file():
+        return target, False
+    directory.mkdir(parents=True, exist_ok=True)
+    float_path = directory / "model.onnx"
+    if not float_path.is_file():
+        _atomic(float_path, lambda temporary: _export(model, sample, temporary))
+    if quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
+        try:
+            _atomic(target, lambda tmp: quantize_dynamic(str(float_path), str(tmp), weight_type=QuantType.QInt8))
+        finally:
+            root.setLevel(level)
+    return target, True
+
+
+def _export(model: Any, sample: dict[str, np.ndarray], path: Path) -> None:
+    import torch
+
+    names = list(sample)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
+    tensors = {name: torch.from_numpy(value) for name, value in sample.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches
+        try:
+            torch.onnx.export(
+                model.float().cpu(), args=(), kwargs=tensors, f=str(path), input_names=names,
+                output_names=["logits"], dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False,
+            )  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - any exporter failure means this model cannot go to ONNX
+            raise ModelLoadError(f"cannot export this model to ONNX: {str(error).splitlines()[0]}") from error
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Write ``path`` through a temporary name in its folder, so readers never see half a file."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
