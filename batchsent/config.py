@@ -80,6 +80,12 @@ class JobConfig:
         if self.stride is not None and self.max_length is not None and self.stride >= self.max_length:
             raise UsageError(f"--stride {self.stride} must be smaller than the window (--max-length {self.max_length})")
 
+    def classifier_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``Classifier`` (besides the model) that this job sets."""
+        names = ("revision", "device", "dtype", "max_length", "batch_size", "token_budget", "threads",
+                 "long_text", "stride", "aggregate", "backend", "quantize")  # fmt: skip
+        return {name: getattr(self, name) for name in names}
+
     @property
     def output_path(self) -> Path:
         if self.output is not None:

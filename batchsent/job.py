@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -142,7 +142,6 @@ def run(
     config: JobConfig,
     progress: Progress | None = None,
     classifier: Classifier | None = None,
-    on_model_loading: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Score ``config.input`` into ``config.output_path`` and return what was done.
 
@@ -157,25 +156,9 @@ def run(
             column_names([], config.prefix, False, config.long_text == "chunk"), reader.schema, config.input
         )
         if classifier is None:
-            if on_model_loading is not None:
-                on_model_loading()
             from .model import Classifier
 
-            classifier = Classifier(
-                config.model,
-                revision=config.revision,
-                device=config.device,
-                dtype=config.dtype,
-                max_length=config.max_length,
-                batch_size=config.batch_size,
-                token_budget=config.token_budget,
-                threads=config.threads,
-                long_text=config.long_text,
-                stride=config.stride,
-                aggregate=config.aggregate,
-                backend=config.backend,
-                quantize=config.quantize,
-            )
+            classifier = Classifier(config.model, **config.classifier_options())
         chunked = classifier.long_text == "chunk"
         names = column_names(classifier.labels, config.prefix, config.all_scores, chunked)
         _check_new_columns(names, reader.schema, config.input)

@@ -88,3 +88,13 @@ def test_defaults_come_from_the_device(binary_model):
     assert (classifier.batch_size, classifier.token_budget) == (CPU_LIMITS.rows, CPU_LIMITS.tokens)
     assert classifier.dtype == "float32"
     assert np.isfinite(classifier.predict(["fine"]).probabilities).all()
+
+
+def test_job_options_reach_every_classifier_parameter():
+    import inspect
+    from pathlib import Path
+
+    from batchsent.config import JobConfig
+
+    parameters = set(inspect.signature(Classifier.__init__).parameters) - {"self", "model"}
+    assert set(JobConfig(input=Path("x.csv")).classifier_options()) == parameters
