@@ -23,6 +23,7 @@ import numpy as np
 
 from .device import to_device
 from .errors import ModelLoadError, UsageError
+from .identity import model_identity
 
 BACKENDS = ("torch", "onnx")
 QUANTIZATIONS = ("int8",)
@@ -103,18 +104,8 @@ def onnx_cache_root() -> Path:
 
 def export_key(model_ref: str, model: Any, input_names: list[str], quantize: str | None) -> str:
     """Hash of what an export depends on: model identity, revision, config, weights, options."""
-    path = Path(model_ref).expanduser()
-    identity: dict[str, Any] = {"format": EXPORT_FORMAT, "opset": ONNX_OPSET, "inputs": input_names}
-    identity["quantize"] = quantize
-    identity["config"] = model.config.to_json_string(use_diff=False)
-    if path.is_dir():
-        identity["path"] = str(path.resolve())
-        identity["weights"] = sorted(
-            (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.suffix in {".safetensors", ".bin"}
-        )
-    else:
-        identity["hub_id"] = model_ref
-        identity["commit"] = getattr(model.config, "_commit_hash", None)
+    identity = {"format": EXPORT_FORMAT, "opset": ONNX_OPSET, "inputs": input_names, "quantize": quantize}
+    identity["model"] = model_identity(model_ref, model)
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

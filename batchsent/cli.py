@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
+import threading
+import time
 import traceback as tb
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,11 +18,12 @@ import typer
 from . import __version__
 from .config import DEFAULT_CHUNK_ROWS, DEFAULT_MODEL, build_config
 from .device import CPU_LIMITS, CUDA_LIMITS
-from .errors import BatchsentError
+from .errors import BatchsentError, Interrupted
 from .job import run
+from .manifest import build_manifest, write_manifest
 from .progress import BarProgress, LogProgress
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_SIGTERM = 0, 1, 2, 130, 143
 
 app = typer.Typer(
     add_completion=False,
@@ -128,10 +134,22 @@ def score(
     quiet: Annotated[
         Optional[bool], typer.Option("--quiet/--no-quiet", "-q", help="No progress; errors and summary only.", show_default=False)
     ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from its last committed chunk.")
+    ] = False,
+    manifest: Annotated[
+        Optional[Path], typer.Option(help="Write a JSON manifest of the run here (also when it fails).")
+    ] = None,
+    log_format: Annotated[
+        str, typer.Option(help="text, or json (one JSON object per line) for progress, errors and the summary.")
+    ] = "text",
     traceback: Annotated[bool, typer.Option("--traceback", help="Show the full traceback of an unexpected error.")] = False,
 ) -> None:
     """Score the text column of INPUT and write it back with prediction columns."""
     _quiet_libraries()
+    if log_format not in ("text", "json"):
+        _Reporter("text").fail(f"--log-format {log_format!r}: expected text or json", EXIT_USAGE)
+    report = _Reporter(log_format)
     flags = {
         "input": input,
         "output": output,
@@ -154,25 +172,122 @@ def score(
         "aggregate": aggregate,
         "overwrite": overwrite,
         "quiet": quiet,
+        "resume": resume or None,
     }
     try:
         job = build_config(flags, config)
-        progress = None if job.quiet else (BarProgress() if sys.stderr.isatty() else LogProgress())
-        summary = run(job, progress=progress)
     except BatchsentError as error:
-        _fail(str(error), error.exit_code)
+        report.fail(str(error), error.exit_code)
+    record: dict = {}
+    started_at = time.time()
+    outcome: tuple[int, str | None] = (EXIT_OK, None)
+    stopper = _StopOnSignal(report)
+    try:
+        with stopper:
+            summary = run(job, progress=_progress(job, log_format), stop=stopper.requested, record=record)
+    except Interrupted:
+        code = EXIT_SIGTERM if stopper.signal == signal.SIGTERM else EXIT_INTERRUPTED
+        name = signal.Signals(stopper.signal).name if stopper.signal else "a stop request"
+        outcome = (code, f"interrupted by {name}{_committed_hint(record, 'run the same command with --resume to continue')}")
     except KeyboardInterrupt:
-        _fail("interrupted; no output was written", EXIT_INTERRUPTED)
+        outcome = (EXIT_INTERRUPTED, f"interrupted; no output was written{_committed_hint(record, '--resume continues')}")
+    except BatchsentError as error:
+        hint = _committed_hint(record, "rerun with --resume once fixed") if error.exit_code == EXIT_FAILED else ""
+        outcome = (error.exit_code, f"{_first_line(str(error))}{hint}")
     except Exception as error:  # noqa: BLE001 - the one place unexpected errors become exit 1
         if traceback:
             tb.print_exc()
-        _fail(f"{type(error).__name__}: {error} (rerun with --traceback for details)", EXIT_FAILED)
-    typer.echo(f"done: {summary.line()}", err=True)
+        hint = _committed_hint(record, "rerun with --resume once fixed")
+        outcome = (EXIT_FAILED, f"{type(error).__name__}: {_first_line(str(error))}{hint} (--traceback shows details)")
+    if manifest is not None:
+        try:
+            write_manifest(manifest, build_manifest(job, record, started_at, time.time(), *outcome))
+        except OSError as error:
+            report.error(f"cannot write the manifest {manifest}: {error}")
+            outcome = (outcome[0] or EXIT_FAILED, outcome[1])
+    if outcome[1] is not None:
+        report.fail(outcome[1], outcome[0])
+    report.summary(summary)
 
 
-def _fail(message: str, code: int) -> None:
-    typer.echo(f"error: {message.strip().splitlines()[0] if message.strip() else message}", err=True)
-    raise typer.Exit(code)
+def _first_line(message: str) -> str:
+    lines = message.strip().splitlines()
+    return lines[0] if lines else message
+
+
+def _committed_hint(record: dict, advice: str) -> str:
+    state = record.get("state")
+    if state is None or not state.chunks:
+        return ""
+    return f"; {state.rows:,} rows are committed: {advice}"
+
+
+def _progress(job, log_format: str):
+    if job.quiet:
+        return None
+    if sys.stderr.isatty() and log_format == "text":
+        return BarProgress()
+    return LogProgress(json_lines=log_format == "json")
+
+
+class _Reporter:
+    """Errors, notes and the summary on stderr: plain lines, or JSON objects with --log-format json."""
+
+    def __init__(self, log_format: str) -> None:
+        self.json = log_format == "json"
+
+    def _emit(self, level: str, message: str, **fields) -> None:
+        if self.json:
+            stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            typer.echo(json.dumps({"time": stamp, "level": level, "message": message, **fields}), err=True)
+        else:
+            typer.echo(f"{level if level != 'summary' else 'done'}: {message}", err=True)
+
+    def note(self, message: str) -> None:
+        self._emit("note", message)
+
+    def error(self, message: str) -> None:
+        self._emit("error", _first_line(message))
+
+    def fail(self, message: str, code: int) -> None:
+        self.error(message)
+        raise typer.Exit(code)
+
+    def summary(self, summary) -> None:
+        fields = {} if not self.json else {
+            "rows": summary.rows, "scored": summary.scored, "empty": summary.empty, "truncated": summary.truncated,
+            "elapsed_seconds": round(summary.elapsed, 3), "label_counts": summary.label_counts,
+            "output": str(summary.output),
+        }  # fmt: skip
+        self._emit("summary", summary.line(), **fields)
+
+
+class _StopOnSignal:
+    """First SIGINT/SIGTERM: stop at the next batch boundary; a second one quits at once."""
+
+    def __init__(self, report: _Reporter) -> None:
+        self.report = report
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        self.report.note(f"{signal.Signals(signum).name}: stopping after the current batch (Ctrl-C again quits now)")
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def main() -> None:

@@ -67,6 +67,7 @@ class JobConfig:
     aggregate: str | None = None
     backend: str = "torch"
     quantize: str | None = None
+    resume: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "token_budget", "chunk_rows", "max_length", "threads"):
@@ -116,6 +117,7 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
     "aggregate": (str,),
     "backend": (str,),
     "quantize": (str,),
+    "resume": (bool,),
 }
 assert set(_KEY_TYPES) == {f.name for f in fields(JobConfig)}
 

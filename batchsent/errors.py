@@ -41,3 +41,9 @@ class ScoringError(BatchsentError):
     """Something failed while the job was running (write error, model failure)."""
 
     exit_code = 1
+
+
+class Interrupted(BatchsentError):
+    """The run was asked to stop (Ctrl-C, SIGTERM); committed progress is kept for --resume."""
+
+    exit_code = 130

@@ -11,18 +11,19 @@ import os
 import queue
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import io
+from .checkpoint import Checkpoint, CommittedState, ResumeMismatch, first_difference
 from .config import JobConfig
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, ScoringError
+from .identity import input_fingerprint, model_identity
 from .postprocess import column_names, output_fields, prediction_arrays
 
 if TYPE_CHECKING:
@@ -79,7 +80,8 @@ def check_output(config: JobConfig) -> Path:
         raise OutputError(f"{output}: the output would replace the input; choose another --output")
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")
-    if output.exists() and not config.overwrite:
+    resuming = config.resume and Checkpoint(output).exists()  # killed between the rename and the clean-up
+    if output.exists() and not config.overwrite and not resuming:
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
     parent = output.parent
     if not parent.is_dir():
@@ -138,77 +140,158 @@ def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
                 pass
 
 
+RESULT_OPTIONS = ("column", "revision", "max_length", "batch_size", "token_budget", "device", "dtype", "threads",
+                  "chunk_rows", "prefix", "all_scores", "long_text", "stride", "aggregate", "backend", "quantize")  # fmt: skip
+
+
+def _fingerprint(config: JobConfig, output: Path) -> dict[str, Any]:
+    """What the committed rows depend on, before the model loads (the model is added after)."""
+    options = {name: getattr(config, name) for name in RESULT_OPTIONS}
+    options["output_format"] = io.file_format(output, output=True)
+    return {"input": input_fingerprint(config.input), "options": options}
+
+
+def _model_fingerprint(config: JobConfig, classifier: Classifier) -> dict[str, Any]:
+    identity = model_identity(config.model, classifier.model)
+    effective = {name: getattr(classifier, name) for name in ("batch_size", "token_budget", "max_length", "dtype")}
+    return {**identity, "device_type": classifier.device.type, **effective}
+
+
 def run(
     config: JobConfig,
     progress: Progress | None = None,
     classifier: Classifier | None = None,
+    stop: Callable[[], bool] | None = None,
+    record: dict[str, Any] | None = None,
 ) -> RunSummary:
     """Score ``config.input`` into ``config.output_path`` and return what was done.
 
-    A ready ``classifier`` may be passed to reuse a loaded model across jobs.
+    Each chunk is committed to a progress folder beside the output; the output itself
+    appears, complete, only at the end. ``config.resume`` continues an interrupted run.
+    ``stop()`` is asked before every batch: when it returns True the job raises
+    ``Interrupted``, its committed progress kept. ``record`` (a dict) is filled with
+    what a run manifest reports, also when the job fails. A ready ``classifier`` may be
+    passed to reuse a loaded model across jobs.
     """
     started = time.monotonic()
+    record = {} if record is None else record
     output = check_output(config)
+    checkpoint = Checkpoint(output)
+    if checkpoint.exists() and not config.resume:
+        if not config.overwrite:
+            committed = checkpoint.load().rows
+            raise OutputError(
+                f"{output}: an interrupted run left {committed:,} committed rows in {checkpoint.directory.name}; "
+                "pass --resume to continue it or --overwrite to start over"
+            )
+        checkpoint.remove()
     reader = io.open_reader(config.input)
     try:
         column = reader.text_column(config.column)
         _check_new_columns(
             column_names([], config.prefix, False, config.long_text == "chunk"), reader.schema, config.input
         )
+        fingerprint = _fingerprint(config, output)
+        state = checkpoint.load() if config.resume and checkpoint.exists() else None
+        if state is not None:
+            _check_resumable(state.fingerprint, fingerprint, ("input", "options"))
         if classifier is None:
             from .model import Classifier
 
             classifier = Classifier(config.model, **config.classifier_options())
+        fingerprint["model"] = _model_fingerprint(config, classifier)
+        record.update(model=fingerprint["model"], labels=classifier.labels, device=str(classifier.device),
+                      dtype=classifier.dtype)  # fmt: skip
+        if state is not None:
+            _check_resumable(state.fingerprint, fingerprint, ("model",))
         chunked = classifier.long_text == "chunk"
         names = column_names(classifier.labels, config.prefix, config.all_scores, chunked)
         _check_new_columns(names, reader.schema, config.input)
         schema = reader.schema
         for new_field in output_fields(classifier.labels, config.prefix, config.all_scores, chunked):
             schema = schema.append(new_field)
-        return _score(config, reader, column, classifier, schema, output, progress, started)
+        if state is None:
+            state = checkpoint.start(fingerprint)
+        record.update(state=state, resumed_from_rows=state.rows)
+        job = _Job(config, reader, column, classifier, schema, checkpoint, state, record)
+        job.score(progress, stop)
+        job.finish(output)
     finally:
         reader.close()
+    return RunSummary(
+        config.input, output, state.rows, state.rows - state.empty, state.empty, state.truncated,
+        time.monotonic() - started, {k: state.label_counts[k] for k in classifier.labels if k in state.label_counts},
+        classifier.long_text == "chunk",
+    )  # fmt: skip
 
 
-def _score(
-    config: JobConfig,
-    reader: io.Reader,
-    column: int,
-    classifier: Classifier,
-    schema: pa.Schema,
-    output: Path,
-    progress: Progress | None,
-    started: float,
-) -> RunSummary:
-    def encoded() -> Iterator[tuple[pa.RecordBatch, EncodedChunk, int]]:
-        for batch in reader.batches(config.chunk_rows):
-            yield batch, classifier.encode(io.text_values(batch.column(column))), reader.bytes_read()
+def _check_resumable(old: dict[str, Any], new: dict[str, Any], parts: tuple[str, ...]) -> None:
+    for part in parts:
+        changed = first_difference(old.get(part, {}), new.get(part, {}), f"{part}.")
+        if changed:
+            raise ResumeMismatch(f"cannot resume: {changed} changed since the interrupted run; pass --overwrite to start over")
 
-    rows = empty = truncated = 0
-    label_counts: Counter[str] = Counter()
-    if progress is not None:
-        progress.start(reader.total_rows, reader.total_bytes)
-    writer = io.AtomicWriter(output, schema)
-    try:
-        for batch, chunk, bytes_done in _prefetched(encoded(), PREFETCH_DEPTH):
-            scores = classifier.run(chunk)
-            arrays = prediction_arrays(scores.probabilities, classifier.labels, config.all_scores, scores.windows)
-            writer.write(pa.RecordBatch.from_arrays(batch.columns + arrays, schema=schema))
-            rows += batch.num_rows
-            empty += int(scores.blank.sum())
-            truncated += int(scores.truncated.sum())
-            for entry in pc.value_counts(arrays[0].drop_null()).to_pylist():
-                label_counts[entry["values"]] += entry["counts"]
-            if progress is not None:
-                progress.advance(rows, bytes_done)
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
+
+@dataclass
+class _Job:
+    """The scoring loop of one run, over the chunks not yet committed."""
+
+    config: JobConfig
+    reader: io.Reader
+    column: int
+    classifier: Classifier
+    schema: pa.Schema
+    checkpoint: Checkpoint
+    state: CommittedState
+    record: dict[str, Any]
+
+    def _encoded(self) -> Iterator[tuple[pa.RecordBatch, EncodedChunk, int]]:
+        for index, batch in enumerate(self.reader.batches(self.config.chunk_rows)):
+            if index < self.state.chunks:
+                continue  # committed by an earlier run
+            yield batch, self.classifier.encode(io.text_values(batch.column(self.column))), self.reader.bytes_read()
+
+    def score(self, progress: Progress | None, stop: Callable[[], bool] | None) -> None:
+        config, classifier, state = self.config, self.classifier, self.state
         if progress is not None:
-            progress.close()
-    ordered = {label: label_counts[label] for label in classifier.labels if label_counts[label]}
-    elapsed = time.monotonic() - started
-    chunked = classifier.long_text == "chunk"
-    return RunSummary(config.input, output, rows, rows - empty, empty, truncated, elapsed, ordered, chunked)
+            progress.start(self.reader.total_rows, self.reader.total_bytes)
+        try:
+            for batch, chunk, bytes_done in _prefetched(self._encoded(), PREFETCH_DEPTH):
+                scores = classifier.run(chunk, stop=stop)
+                arrays = prediction_arrays(scores.probabilities, classifier.labels, config.all_scores, scores.windows)
+                counts = CommittedState({}, 1, batch.num_rows, int(scores.blank.sum()), int(scores.truncated.sum()))
+                for entry in pc.value_counts(arrays[0].drop_null()).to_pylist():
+                    counts.label_counts[entry["values"]] = entry["counts"]
+                try:
+                    self.checkpoint.commit(state, pa.RecordBatch.from_arrays(batch.columns + arrays, schema=self.schema), counts)
+                except OSError as error:
+                    raise ScoringError(f"cannot save progress in {self.checkpoint.directory}: {error}") from error
+                if progress is not None:
+                    progress.advance(state.rows, bytes_done)
+        except InputError as error:
+            if state.chunks:  # the file went bad after rows were committed: a failure while running
+                raise ScoringError(str(error)) from error
+            self.checkpoint.remove()
+            raise
+        except BaseException:
+            if not state.chunks:
+                self.checkpoint.remove()
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+
+    def finish(self, output: Path) -> None:
+        """Assemble the output from the committed parts, rename it into place, drop the progress."""
+        writer = io.AtomicWriter(output, self.schema)
+        try:
+            for batch in self.checkpoint.parts(self.state):
+                writer.write(batch)
+            writer.commit()
+        except OSError as error:
+            writer.abort()
+            raise ScoringError(f"{output}: cannot write the output: {error}") from error
+        except BaseException:
+            writer.abort()
+            raise
+        self.checkpoint.remove()

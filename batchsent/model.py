@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from .batching import plan_batches, window_spans
 from .config import DEFAULT_MODEL, check_long_text_options
 from .backends import OnnxRunner, TorchRunner, check_backend_options, onnx_model, quantize_torch_int8
 from .device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype
-from .errors import ModelLoadError, UsageError
+from .errors import Interrupted, ModelLoadError, UsageError
 from .postprocess import activate, activation_for, aggregate_windows
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -302,10 +302,15 @@ class Classifier:
             len(texts), rows, lengths_array, offsets, flat_ids, flat_type_ids, truncated, blank, batches, owners_array
         )
 
-    def run(self, chunk: EncodedChunk) -> Scores:
-        """Run the model over an encoded chunk; rows come back in input order."""
+    def run(self, chunk: EncodedChunk, stop: Callable[[], bool] | None = None) -> Scores:
+        """Run the model over an encoded chunk; rows come back in input order.
+
+        ``stop()`` is asked before each batch; True raises ``Interrupted``.
+        """
         sequences = np.empty((len(chunk.lengths), len(self.labels)), dtype=np.float32)
         for batch in chunk.batches:
+            if stop is not None and stop():
+                raise Interrupted("stopped at a batch boundary")
             sequences[batch] = activate(self._runner(self._batch_inputs(chunk, batch)), self.activation)
         probabilities = np.full((chunk.size, len(self.labels)), np.nan, dtype=np.float32)
         windows = None

@@ -6,8 +6,10 @@ of the file size (their row count is unknown until the end), with rows/s beside 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from datetime import datetime, timezone
 from typing import TextIO
 
 from tqdm import tqdm
@@ -18,8 +20,8 @@ LOG_INTERVAL_SECONDS = 10.0
 class BarProgress:
     """A tqdm bar on stderr."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self._stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stderr
         self._bar: tqdm | None = None
         self._by_rows = True
         self._started = 0.0
@@ -51,9 +53,10 @@ class BarProgress:
 class LogProgress:
     """One plain, timestamped line every ``interval`` seconds (for cron and CI logs)."""
 
-    def __init__(self, stream: TextIO = sys.stderr, interval: float = LOG_INTERVAL_SECONDS) -> None:
-        self._stream = stream
-        self._interval = interval
+    def __init__(self, stream: TextIO | None = None, interval: float | None = None, json_lines: bool = False) -> None:
+        self._stream = stream or sys.stderr
+        self._json = json_lines
+        self._interval = LOG_INTERVAL_SECONDS if interval is None else interval
         self._total_rows: int | None = None
         self._total_bytes = 0
         self._started = self._last = 0.0
@@ -72,8 +75,12 @@ class LogProgress:
         else:
             share = bytes_done / self._total_bytes if self._total_bytes else 1.0
         rate = rows_done / max(now - self._started, 1e-9)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        print(f"{stamp} progress: {rows_done:,} rows ({share:.0%}), {rate:,.0f} rows/s", file=self._stream, flush=True)
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if self._json:
+            fields = {"time": stamp, "level": "progress", "rows": rows_done, "share": round(share, 4), "rows_per_second": round(rate, 1)}
+            print(json.dumps(fields), file=self._stream, flush=True)
+        else:
+            print(f"{stamp} progress: {rows_done:,} rows ({share:.0%}), {rate:,.0f} rows/s", file=self._stream, flush=True)
 
     def close(self) -> None:
         pass
