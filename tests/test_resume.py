@@ -210,3 +210,15 @@ def test_cron_progress_lines_are_timestamped(binary_model, tmp_path, corpus, mon
     lines = result.stderr.strip().splitlines()
     assert any(" progress: " in line and line[:4].isdigit() for line in lines[:-1])
     assert lines[-1].startswith("done: 1,200 rows")
+
+
+def test_a_bad_row_deep_in_the_file_is_exit_1_with_its_line(tmp_path, binary_model):
+    source = tmp_path / "big.csv"
+    good = "".join(f"{i},a short and plain review number {i}\n" for i in range(30_000))
+    source.write_text("id,text\n" + good + "30000,one,field,too many\n")
+    assert source.stat().st_size > 1 << 20  # past the reader's first block
+    result = runner.invoke(app, ["score", str(source), "--model", str(binary_model), "-o", str(tmp_path / "o.csv")])
+    assert result.exit_code == 1, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "big.csv: line 30002: expected 2 fields, got 4" in message and "rows are committed" in message
+    assert not (tmp_path / "o.csv").exists() and Checkpoint(tmp_path / "o.csv").exists()
