@@ -14,7 +14,7 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score test bench bench-sweep bench-memory clean
+.PHONY: help score report test bench bench-sweep bench-memory clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -30,6 +30,9 @@ $(BIN)/batchsent: pyproject.toml
 
 score: $(BIN)/batchsent ## Score INPUT (default: the shipped sample) into OUTPUT
 	$(BIN)/batchsent score $(SCORE_ARGS)
+
+report: $(BIN)/batchsent ## HTML report of the scored INPUT (REPORT=<scored stem>.report.html, BY=column, GOLD=column)
+	$(BIN)/batchsent report $(if $(OUTPUT),$(OUTPUT),$(basename $(INPUT)).scored$(suffix $(INPUT))) $(if $(REPORT),-o $(REPORT)) $(if $(BY),--by $(BY)) $(if $(GOLD),--gold $(GOLD))
 
 test: $(BIN)/batchsent ## Run the test suite
 	$(BIN)/python -m pytest -q

@@ -21,6 +21,7 @@ from .device import CPU_LIMITS, CUDA_LIMITS
 from .errors import BatchsentError, Interrupted
 from .job import run
 from .manifest import build_manifest, write_manifest
+from .report import ReportOptions
 from .progress import BarProgress, LogProgress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_SIGTERM = 0, 1, 2, 130, 143
@@ -134,6 +135,9 @@ def score(
     quiet: Annotated[
         Optional[bool], typer.Option("--quiet/--no-quiet", "-q", help="No progress; errors and summary only.", show_default=False)
     ] = None,
+    report: Annotated[
+        Optional[Path], typer.Option(help="Also write an HTML report of the output here at the end.")
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run from its last committed chunk.")
     ] = False,
@@ -149,7 +153,7 @@ def score(
     _quiet_libraries()
     if log_format not in ("text", "json"):
         _Reporter("text").fail(f"--log-format {log_format!r}: expected text or json", EXIT_USAGE)
-    report = _Reporter(log_format)
+    reporter = _Reporter(log_format)
     flags = {
         "input": input,
         "output": output,
@@ -177,11 +181,11 @@ def score(
     try:
         job = build_config(flags, config)
     except BatchsentError as error:
-        report.fail(str(error), error.exit_code)
+        reporter.fail(str(error), error.exit_code)
     record: dict = {}
     started_at = time.time()
     outcome: tuple[int, str | None] = (EXIT_OK, None)
-    stopper = _StopOnSignal(report)
+    stopper = _StopOnSignal(reporter)
     try:
         with stopper:
             summary = run(job, progress=_progress(job, log_format), stop=stopper.requested, record=record)
@@ -203,11 +207,55 @@ def score(
         try:
             write_manifest(manifest, build_manifest(job, record, started_at, time.time(), *outcome))
         except OSError as error:
-            report.error(f"cannot write the manifest {manifest}: {error}")
+            reporter.error(f"cannot write the manifest {manifest}: {error}")
             outcome = (outcome[0] or EXIT_FAILED, outcome[1])
     if outcome[1] is not None:
-        report.fail(outcome[1], outcome[0])
-    report.summary(summary)
+        reporter.fail(outcome[1], outcome[0])
+    reporter.summary(summary)
+    if report is not None:
+        _write_report(reporter, summary.output, report, ReportOptions(prefix=job.prefix, text=job.column),
+                      summary.truncated)  # fmt: skip
+
+
+@app.command("report")
+def report_command(
+    scored_file: Annotated[Path, typer.Argument(help="A file written by batchsent score.", show_default=False)],
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="HTML file. [default: SCORED_FILE_STEM.report.html]")
+    ] = None,
+    by: Annotated[Optional[str], typer.Option(help="Column to break label shares down by (product, region...).")] = None,
+    gold: Annotated[Optional[str], typer.Option(help="Column of human labels: accuracy, precision, recall, F1.")] = None,
+    text: Annotated[Optional[str], typer.Option(help="Text column shown in examples. [default: text, if present]")] = None,
+    prefix: Annotated[str, typer.Option(help="Prefix of the prediction columns.")] = "sentiment_",
+    examples: Annotated[int, typer.Option(help="Example rows per table.")] = 5,
+    low_confidence: Annotated[float, typer.Option(help="Scores below this count as low confidence.")] = 0.6,
+) -> None:
+    """Write a self-contained HTML report of a scored file: labels, scores, breakdowns, examples."""
+    reporter = _Reporter("text")
+    target = output or scored_file.with_name(f"{scored_file.name.split('.')[0]}.report.html")
+    try:
+        options = ReportOptions(prefix=prefix, by=by, gold=gold, text=text, examples=examples,
+                                low_confidence=low_confidence)  # fmt: skip
+    except BatchsentError as error:
+        reporter.fail(str(error), error.exit_code)
+    _write_report(reporter, scored_file, target, options, None)
+
+
+def _write_report(reporter: _Reporter, scored: Path, target: Path, options, truncated: int | None) -> None:
+    from .report import collect
+    from .report_html import render, write_report
+
+    if target.suffix.lower() not in (".html", ".htm"):
+        reporter.fail(f"{target}: a report is an .html file", EXIT_USAGE)
+    if not target.parent.is_dir():
+        reporter.fail(f"{target}: the folder {target.parent} does not exist", EXIT_USAGE)
+    try:
+        write_report(target, render(collect(scored, options, truncated)))
+    except BatchsentError as error:
+        reporter.fail(str(error), error.exit_code)
+    except OSError as error:
+        reporter.fail(f"{target}: cannot write the report: {error}", EXIT_FAILED)
+    reporter.note(f"report written to {target}")
 
 
 def _first_line(message: str) -> str:

@@ -1,0 +1,217 @@
+"""One self-contained HTML page from ReportStats: inline CSS, charts as inline SVG.
+
+Charts are drawn with matplotlib (Agg backend) and embedded as SVG markup, so the file
+makes no network request and opens on an air-gapped laptop. Every piece of text from
+the data is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import io as pyio
+import os
+import tempfile
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from .report import HISTOGRAM_BINS, ReportStats, metrics, top_groups
+
+PALETTE = ["#3b6fb6", "#d1495b", "#edae49", "#66a182", "#8d6cab", "#00798c", "#c3834c", "#5c5c5c"]
+
+STYLE = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
+main{max-width:1100px;margin:0 auto;padding:24px}
+h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:28px 0 10px}
+.meta{color:#5b6475;font-size:13px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin-top:18px}
+.card{background:#fff;border:1px solid #e1e4ea;border-radius:8px;padding:12px 16px;min-width:120px}
+.card b{display:block;font-size:22px}.card span{color:#5b6475;font-size:12px;text-transform:uppercase}
+section{background:#fff;border:1px solid #e1e4ea;border-radius:8px;padding:16px 20px;margin-top:18px}
+.chart svg{max-width:100%;height:auto}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{border-bottom:1px solid #eceef2;padding:6px 8px;text-align:left;vertical-align:top}
+th{background:#f2f4f7}td.num{text-align:right;white-space:nowrap}
+td.text{max-width:640px;white-space:pre-wrap;word-break:break-word}
+"""
+
+
+def _svg(figure) -> str:
+    """A matplotlib figure as inline SVG markup (no XML prolog, no metadata)."""
+    import matplotlib.pyplot as plt
+
+    buffer = pyio.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight",
+                   metadata={"Creator": None, "Date": None, "Format": None, "Type": None})  # fmt: skip
+    plt.close(figure)
+    markup = buffer.getvalue()
+    return markup[markup.index("<svg") :]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False, "svg.fonttype": "none"})
+    return plt
+
+
+def _colors(labels: list[str]) -> dict[str, str]:
+    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
+
+
+def label_chart(stats: ReportStats) -> str:
+    plt = _pyplot()
+    labels = stats.labels()
+    colors = _colors(labels)
+    counts = [stats.label_counts[label] for label in labels]
+    figure, axis = plt.subplots(figsize=(7, 0.5 + 0.45 * max(len(labels), 2)))
+    bars = axis.barh(labels[::-1], counts[::-1], color=[colors[label] for label in labels[::-1]])
+    total = max(stats.scored, 1)
+    for bar, count in zip(bars, counts[::-1], strict=True):
+        axis.annotate(f" {count:,} ({count / total:.1%})", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                      va="center", fontsize=9)  # fmt: skip
+    axis.set_xlim(0, max(counts, default=1) * 1.3)
+    axis.set_xlabel("rows")
+    return _svg(figure)
+
+
+def histogram_chart(stats: ReportStats) -> str:
+    plt = _pyplot()
+    labels = stats.labels()
+    colors = _colors(labels)
+    edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
+    figure, axes = plt.subplots(1, len(labels), figsize=(3.4 * len(labels), 2.6), squeeze=False, sharey=False)
+    for axis, label in zip(axes[0], labels, strict=True):
+        axis.bar(edges[:-1], stats.histograms.get(label, np.zeros(HISTOGRAM_BINS)), width=edges[1] - edges[0],
+                 align="edge", color=colors[label])  # fmt: skip
+        axis.axvline(stats.options.low_confidence, color="#5c5c5c", linestyle="--", linewidth=1)
+        axis.set_title(label, fontsize=10)
+        axis.set_xlim(0, 1)
+        axis.set_xlabel("score")
+    axes[0][0].set_ylabel("rows")
+    return _svg(figure)
+
+
+def group_chart(stats: ReportStats) -> str:
+    plt = _pyplot()
+    labels = stats.labels()
+    colors = _colors(labels)
+    groups = top_groups(stats)[::-1]
+    figure, axis = plt.subplots(figsize=(8, 0.6 + 0.38 * len(groups)))
+    left = np.zeros(len(groups))
+    names = [f"{name} ({sum(c.values()):,})" for name, c in groups]
+    for label in labels:
+        shares = np.array([c[label] / max(sum(c.values()), 1) for _, c in groups])
+        axis.barh(names, shares, left=left, color=colors[label], label=label)
+        left += shares
+    axis.set_xlim(0, 1)
+    axis.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x:.0%}"))
+    axis.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 6), frameon=False)
+    return _svg(figure)
+
+
+def confusion_chart(stats: ReportStats, gold_axis: list[str], predicted_axis: list[str]) -> str:
+    plt = _pyplot()
+    matrix = np.array([[stats.confusion[(g, p)] for p in predicted_axis] for g in gold_axis])
+    figure, axis = plt.subplots(figsize=(1.6 + 1.1 * len(predicted_axis), 1.2 + 0.8 * len(gold_axis)))
+    axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(len(predicted_axis)), predicted_axis)
+    axis.set_yticks(range(len(gold_axis)), gold_axis)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("gold")
+    peak = matrix.max() if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        axis.text(j, i, f"{count:,}", ha="center", va="center", color="white" if count > peak / 2 else "#1d2330")
+    return _svg(figure)
+
+
+def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset(), text: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(
+            f'<td class="{"num" if i in numeric else "text" if i in text else ""}">{escape(cell)}</td>'
+            for i, cell in enumerate(row)
+        ) + "</tr>"
+        for row in rows
+    )  # fmt: skip
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render(stats: ReportStats) -> str:
+    """The report page."""
+    options = stats.options
+    cards = [("rows", stats.rows), ("scored", stats.scored), ("empty", stats.empty)]
+    if stats.truncated is not None:
+        cards.append(("truncated", stats.truncated))
+    cards.append((f"score < {options.low_confidence:g}", stats.low_confidence))
+    parts = [
+        f"<h1>Scoring report: {escape(stats.source.name)}</h1>",
+        f'<div class="meta">{escape(str(stats.source))} · generated '
+        f'{datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} by batchsent</div>',
+        '<div class="cards">' + "".join(f"<div class=card><b>{v:,}</b><span>{escape(k)}</span></div>" for k, v in cards)
+        + "</div>",
+    ]  # fmt: skip
+    if stats.scored:
+        parts.append(f'<section id="labels"><h2>Labels</h2><div class="chart">{label_chart(stats)}</div></section>')
+        parts.append(
+            f'<section id="scores"><h2>Scores by label</h2><div class="chart">{histogram_chart(stats)}</div>'
+            f'<p class="meta">Dashed line: the low-confidence threshold ({options.low_confidence:g}).</p></section>'
+        )
+    if options.by and stats.groups:
+        parts.append(
+            f'<section id="groups"><h2>Labels by {escape(options.by)}</h2>'
+            f'<div class="chart">{group_chart(stats)}</div></section>'
+        )
+    if options.gold and stats.confusion:
+        accuracy, rows, gold_axis, predicted_axis = metrics(stats)
+        table = _table(
+            ["label", "precision", "recall", "F1", "support"],
+            [[m.label, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", f"{m.support:,}"] for m in rows],
+            numeric={1, 2, 3, 4},
+        )
+        parts.append(
+            f'<section id="gold"><h2>Against the gold labels in {escape(options.gold)}</h2>'
+            f"<p>Accuracy <b>{accuracy:.3f}</b> on {sum(stats.confusion.values()):,} rows with both labels.</p>"
+            f'{table}<div class="chart">{confusion_chart(stats, gold_axis, predicted_axis)}</div></section>'
+        )
+    if options.examples:
+        least = sorted(stats.least_confident, reverse=True)
+        parts.append(
+            f'<section id="low-confidence"><h2>Least confident rows ({stats.low_confidence:,} below '
+            f"{options.low_confidence:g})</h2>"
+            + _table(["row", "label", "score", "text"], [[f"{r:,}", lab, f"{-s:.3f}", t] for s, r, lab, t in least],
+                     numeric={0, 2}, text={3})  # fmt: skip
+            + "</section>"
+        )
+        for label in stats.labels():
+            best = sorted(stats.most_confident.get(label, []), reverse=True)
+            parts.append(
+                f'<section class="examples"><h2>Most confident {escape(label)}</h2>'
+                + _table(["row", "score", "text"], [[f"{-r:,}", f"{s:.3f}", t] for s, r, t in best],
+                         numeric={0, 1}, text={2})  # fmt: skip
+                + "</section>"
+            )
+    body = "\n".join(parts)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>batchsent report: {escape(stats.source.name)}</title>"
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
+        f"<body><main>\n{body}\n</main></body></html>\n"
+    )
+
+
+def write_report(path: Path, html: str) -> None:
+    """Write the page through a temporary name in the same folder."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.write(html)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
