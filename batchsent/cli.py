@@ -138,6 +138,14 @@ def score(
     report: Annotated[
         Optional[Path], typer.Option(help="Also write an HTML report of the output here at the end.")
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="local, or ray (Ray Data; INPUT may be a file, folder or glob; pip install 'batchsent[ray]').")
+    ] = "local",
+    ray_address: Annotated[
+        Optional[str], typer.Option(help="With --engine ray: the cluster to join. [default: a local Ray for this job]")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="With --engine ray: scoring actors (each loads the model once).")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(help="With --engine ray: GPUs per actor (fractions allowed).")] = 0.0,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run from its last committed chunk.")
     ] = False,
@@ -182,6 +190,13 @@ def score(
         job = build_config(flags, config)
     except BatchsentError as error:
         reporter.fail(str(error), error.exit_code)
+    if engine not in ("local", "ray"):
+        reporter.fail(f"--engine {engine!r}: expected local or ray", EXIT_USAGE)
+    if engine == "ray":
+        _score_on_ray(reporter, job, input, ray_address, workers, gpus_per_worker, resume, manifest, report)
+        return
+    if ray_address is not None or workers != 1 or gpus_per_worker:
+        reporter.fail("--ray-address, --workers and --gpus-per-worker need --engine ray", EXIT_USAGE)
     record: dict = {}
     started_at = time.time()
     outcome: tuple[int, str | None] = (EXIT_OK, None)
@@ -215,6 +230,22 @@ def score(
     if report is not None:
         _write_report(reporter, summary.output, report, ReportOptions(prefix=job.prefix, text=job.column),
                       summary.truncated)  # fmt: skip
+
+
+def _score_on_ray(reporter, job, input, address, workers, gpus_per_worker, resume, manifest, report) -> None:
+    from .ray_engine import run_ray
+
+    if resume or manifest is not None or report is not None:
+        reporter.fail("--resume, --manifest and --report are for the local engine", EXIT_USAGE)
+    try:
+        summary = run_ray(job, str(input if input is not None else job.input), address, workers, gpus_per_worker)
+    except BatchsentError as error:
+        reporter.fail(str(error), error.exit_code)
+    except KeyboardInterrupt:
+        reporter.fail("interrupted; no output was written", EXIT_INTERRUPTED)
+    except Exception as error:  # noqa: BLE001 - Ray's own failures become exit 1
+        reporter.fail(f"{type(error).__name__}: {_first_line(str(error))}", EXIT_FAILED)
+    reporter.summary(summary)
 
 
 @app.command("report")

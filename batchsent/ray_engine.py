@@ -1,0 +1,208 @@
+"""--engine ray: the same scoring on Ray Data, across cores, GPUs and nodes.
+
+Ray reads the files (CSV/TSV with every column as text, as the local engine does), a
+callable class wrapping the same Classifier and post-processing scores each batch (the
+model loads once per actor), and Ray writes a folder of Parquet or CSV files. Inputs,
+columns and the output folder are checked before the cluster does any work.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from . import io
+from .config import JobConfig
+from .errors import InputError, OutputError, UsageError
+from .job import RunSummary
+from .postprocess import column_names, prediction_arrays
+
+
+def check_ray_installed() -> None:
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.data") is None:
+        raise UsageError("--engine ray needs Ray Data: pip install 'batchsent[ray]'")
+
+
+def expand_inputs(spec: str) -> list[Path]:
+    """A file, a folder (its CSV/TSV/Parquet files) or a glob, as a sorted list of one format."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        paths = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in io.FORMATS)
+    elif any(ch in spec for ch in "*?["):
+        paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec)) if Path(p).is_file())
+    else:
+        paths = [path]
+    if not paths:
+        raise InputError(f"{spec}: no CSV, TSV or Parquet files there")
+    formats = {io.file_format(p) for p in paths}
+    if len(formats) > 1:
+        raise InputError(f"{spec}: mixes {' and '.join(sorted(formats))} files; give one format at a time")
+    return paths
+
+
+def check_inputs(paths: list[Path], config: JobConfig) -> pa.Schema:
+    """The same checks and messages as the local engine, on every file, before Ray starts."""
+    schema = None
+    for path in paths:
+        reader = io.open_reader(path)
+        try:
+            reader.text_column(config.column)
+            taken = [n for n in column_names([], config.prefix, False) if n in reader.schema.names]
+            if taken:
+                raise InputError(f"{path}: already has column(s) {', '.join(map(repr, taken))}; choose another --prefix")
+            if schema is None:
+                schema = reader.schema
+            elif reader.schema.names != schema.names:
+                raise InputError(f"{path}: its columns differ from {paths[0].name}'s")
+        finally:
+            reader.close()
+    return schema
+
+
+def default_output(spec: str) -> Path:
+    path = Path(spec).expanduser()
+    if any(ch in spec for ch in "*?[") and not path.exists():
+        raise UsageError("--engine ray with a glob needs --output DIR")
+    base = path if path.is_dir() else path.with_suffix("")
+    return base.with_name(f"{base.name}.scored")
+
+
+class RayScorer:
+    """Map-batches callable: the local engine's Classifier and columns, loaded once per actor."""
+
+    def __init__(self, model: str, options: dict[str, Any], column: str, prefix: str, all_scores: bool,
+                 counter: Any) -> None:  # fmt: skip
+        from .model import Classifier
+
+        self.classifier = Classifier(model, **options)
+        self.column, self.all_scores, self.counter = column, all_scores, counter
+        self.names = column_names(self.classifier.labels, prefix, all_scores, self.classifier.long_text == "chunk")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = io.text_values(pa.concat_arrays(batch.column(self.column).chunks) if batch.num_rows else pa.array([], pa.string()))
+        scores = self.classifier.predict(texts)
+        arrays = prediction_arrays(scores.probabilities, self.classifier.labels, self.all_scores, scores.windows)
+        labels = Counter(label for label in arrays[0].to_pylist() if label is not None)
+        self.counter.add.remote(batch.num_rows, int(scores.blank.sum()), int(scores.truncated.sum()), dict(labels))
+        for name, array in zip(self.names, arrays, strict=True):
+            batch = batch.append_column(name, array)
+        return batch
+
+
+def _counter_class() -> Any:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Totals:
+        def __init__(self) -> None:
+            self.rows = self.empty = self.truncated = 0
+            self.labels: Counter[str] = Counter()
+
+        def add(self, rows: int, empty: int, truncated: int, labels: dict[str, int]) -> None:
+            self.rows += rows
+            self.empty += empty
+            self.truncated += truncated
+            self.labels.update(labels)
+
+        def totals(self) -> tuple[int, int, int, dict[str, int]]:
+            return self.rows, self.empty, self.truncated, dict(self.labels)
+
+    return Totals
+
+
+def run_ray(
+    config: JobConfig, input_spec: str, address: str | None, workers: int, gpus_per_worker: float
+) -> RunSummary:
+    """Score ``input_spec`` on Ray into an output folder; returns the local engine's summary."""
+    started = time.monotonic()
+    check_ray_installed()
+    if workers < 1 or gpus_per_worker < 0:
+        raise UsageError("--workers must be positive and --gpus-per-worker zero or more")
+    paths = expand_inputs(input_spec)
+    check_inputs(paths, config)
+    output = config.output or default_output(input_spec)
+    fmt = io.FORMATS.get(output.suffix.lower(), "parquet")
+    if output.exists() and not config.overwrite:
+        raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
+    if not output.parent.is_dir():
+        raise OutputError(f"{output}: the folder {output.parent} does not exist")
+
+    import ray
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR if config.quiet else logging.WARNING)
+    started_here = not ray.is_initialized()
+    if started_here:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                 logging_level="ERROR")  # fmt: skip
+    try:
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = not config.quiet
+        dataset = _read(ray.data, paths)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        options = config.classifier_options()
+        if options["threads"] is None and gpus_per_worker == 0:
+            options["threads"] = max(1, cpus // workers)
+        if gpus_per_worker > 0 and options["device"] == "auto":
+            options["device"] = "cuda"
+        counter = _counter_class().remote()
+        scored = dataset.map_batches(
+            RayScorer,
+            fn_constructor_kwargs={"model": config.model, "options": options, "column": config.column,
+                                   "prefix": config.prefix, "all_scores": config.all_scores, "counter": counter},
+            batch_format="pyarrow",
+            batch_size=config.chunk_rows,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=min(0.5, cpus / (workers + 1)),  # whole-CPU actors would starve the read and write tasks
+            num_gpus=gpus_per_worker or None,
+        )  # fmt: skip
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+        try:
+            if fmt == "parquet":
+                scored.write_parquet(str(staging))
+            else:
+                delimiter = "\t" if fmt == "tsv" else ","
+                scored.write_csv(str(staging), arrow_csv_args_fn=lambda: {"write_options": pacsv.WriteOptions(delimiter=delimiter)})
+            rows, empty, truncated, labels = ray.get(counter.totals.remote())
+            if output.exists():
+                shutil.rmtree(output) if output.is_dir() else output.unlink()
+            os.replace(staging, output)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    finally:
+        if started_here:
+            ray.shutdown()
+    ordered = dict(sorted(labels.items(), key=lambda item: -item[1]))
+    return RunSummary(Path(input_spec), output, rows, rows - empty, empty, truncated, time.monotonic() - started,
+                      ordered, config.long_text == "chunk")  # fmt: skip
+
+
+def _read(data: Any, paths: list[Path]) -> Any:
+    fmt = io.file_format(paths[0])
+    files = [str(p) for p in paths]
+    if fmt == "parquet":
+        return data.read_parquet(files)
+    reader = io.open_reader(paths[0])
+    names = reader.schema.names
+    reader.close()
+    delimiter = "\t" if fmt == "tsv" else ","
+    return data.read_csv(
+        files,
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if fmt == "csv" else False,
+                                         newlines_in_values=fmt == "csv"),
+        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False),
+    )  # fmt: skip

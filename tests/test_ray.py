@@ -1,0 +1,87 @@
+"""--engine ray: row-level equality with the local engine, same bad-input messages."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from batchsent.cli import app
+
+pytestmark = pytest.mark.ray
+runner = CliRunner()
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def two_files(tmp_path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    lines = (SAMPLE / "reviews.csv").read_text().splitlines(keepends=True)
+    (folder / "part-1.csv").write_text("".join(lines[:25]))
+    (folder / "part-2.csv").write_text(lines[0] + "".join(lines[25:]))
+    return folder
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+@needs_ray
+def test_ray_rows_equal_the_local_engine(two_files, binary_model, tmp_path, local_ray):
+    expected = []
+    for source in sorted(two_files.iterdir()):
+        target = tmp_path / f"{source.stem}.local.csv"
+        assert runner.invoke(app, ["score", str(source), "--model", str(binary_model), "-o", str(target)]).exit_code == 0
+        expected += read_rows(target)
+    output = tmp_path / "scored"
+    result = runner.invoke(app, ["score", str(two_files), "--engine", "ray", "--workers", "2", "--model",
+                                 str(binary_model), "-o", str(output), "--all-scores", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "done: 42 rows: 40 scored, 2 empty, 0 truncated" in result.stderr
+    got = pq.read_table(sorted(output.glob("*.parquet"))).to_pylist()
+    assert [{k: r[k] for k in ("id", "product", "region", "rating", "text")} for r in got] == [
+        {k: r[k] for k in ("id", "product", "region", "rating", "text")} for r in expected
+    ]
+    assert [r["sentiment_label"] or "" for r in got] == [r["sentiment_label"] for r in expected]
+    ours = np.array([r["sentiment_score"] if r["sentiment_score"] is not None else np.nan for r in got], dtype=float)
+    theirs = np.array([float(r["sentiment_score"]) if r["sentiment_score"] else np.nan for r in expected])
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_a_bad_column_is_reported_as_by_the_local_engine(two_files, binary_model):
+    result = runner.invoke(app, ["score", str(two_files), "--engine", "ray", "-c", "body", "--model", str(binary_model)])
+    assert result.exit_code == 2
+    assert "part-1.csv: no column 'body'; the file has 'id', 'product', 'region', 'rating', 'text'" in result.stderr
+    empty = two_files.parent / "nothing"
+    empty.mkdir()
+    result = runner.invoke(app, ["score", str(empty), "--engine", "ray", "--model", str(binary_model)])
+    assert result.exit_code == 2 and "no CSV, TSV or Parquet files there" in result.stderr
+
+
+def test_missing_extra_says_what_to_install(two_files, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("ray") else real(name, *a))
+    result = runner.invoke(app, ["score", str(two_files), "--engine", "ray"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --engine ray needs Ray Data: pip install 'batchsent[ray]'"
+
+
+def test_ray_only_options_need_the_ray_engine(two_files):
+    result = runner.invoke(app, ["score", str(two_files / "part-1.csv"), "--workers", "2"])
+    assert result.exit_code == 2 and "need --engine ray" in result.stderr
