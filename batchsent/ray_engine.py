@@ -186,7 +186,7 @@ def run_ray(
     finally:
         if started_here:
             ray.shutdown()
-    ordered = dict(sorted(labels.items(), key=lambda item: -item[1]))
+    ordered = dict(sorted(labels.items()))
     return RunSummary(Path(input_spec), output, rows, rows - empty, empty, truncated, time.monotonic() - started,
                       ordered, config.long_text == "chunk")  # fmt: skip
 
