@@ -14,7 +14,6 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 from .device import to_device
 from .errors import ModelLoadError, UsageError
 from .identity import model_identity
+from .io import atomic_file
 
 BACKENDS = ("torch", "onnx")
 QUANTIZATIONS = ("int8",)
@@ -119,7 +119,8 @@ def onnx_model(model_ref: str, model: Any, sample: dict[str, np.ndarray], quanti
     directory.mkdir(parents=True, exist_ok=True)
     float_path = directory / "model.onnx"
     if not float_path.is_file():
-        _atomic(float_path, lambda temporary: _export(model, sample, temporary))
+        with atomic_file(float_path) as temporary:
+            _export(model, sample, temporary)
     if quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -127,7 +128,8 @@ def onnx_model(model_ref: str, model: Any, sample: dict[str, np.ndarray], quanti
         level = root.level
         root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
         try:
-            _atomic(target, lambda tmp: quantize_dynamic(str(float_path), str(tmp), weight_type=QuantType.QInt8))
+            with atomic_file(target) as temporary:
+                quantize_dynamic(str(float_path), str(temporary), weight_type=QuantType.QInt8)
         finally:
             root.setLevel(level)
     return target, True
@@ -148,14 +150,3 @@ def _export(model: Any, sample: dict[str, np.ndarray], path: Path) -> None:
             )  # fmt: skip
         except Exception as error:  # noqa: BLE001 - any exporter failure means this model cannot go to ONNX
             raise ModelLoadError(f"cannot export this model to ONNX: {str(error).splitlines()[0]}") from error
-
-
-def _atomic(path: Path, write: Any) -> None:
-    """Write ``path`` through a temporary name in its folder, so readers never see half a file."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)

@@ -15,9 +15,7 @@ writes the same bytes as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from .errors import BatchsentError
+from .io import atomic_file
 
 STATE_VERSION = 1
 
@@ -91,8 +90,8 @@ class Checkpoint:
 
     def commit(self, state: CommittedState, batch: pa.RecordBatch, counts: CommittedState) -> None:
         """Make one more chunk durable: its part file first, then the state naming it."""
-        part = self._part(state.chunks + 1)
-        self._atomic(part, lambda stream: _write_ipc(stream, batch))
+        with atomic_file(self._part(state.chunks + 1)) as temporary, pa.ipc.new_file(str(temporary), batch.schema) as out:
+            out.write_batch(batch)
         state.chunks += 1
         state.rows += counts.rows
         state.empty += counts.empty
@@ -116,27 +115,5 @@ class Checkpoint:
         return self.directory / f"part-{index:08d}.arrow"
 
     def _write_state(self, state: CommittedState) -> None:
-        payload = json.dumps({"version": STATE_VERSION, **asdict(state)}, indent=1).encode()
-        self._atomic(self.state_path, lambda stream: stream.write(payload))
-
-    def _atomic(self, path: Path, write: Any) -> None:
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as stream:
-                write(stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        directory = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-
-def _write_ipc(stream: Any, batch: pa.RecordBatch) -> None:
-    with pa.ipc.new_file(stream, batch.schema) as writer:
-        writer.write_batch(batch)
+        with atomic_file(self.state_path) as temporary:
+            temporary.write_text(json.dumps({"version": STATE_VERSION, **asdict(state)}, indent=1))

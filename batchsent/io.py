@@ -13,6 +13,7 @@ import csv
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -226,6 +227,39 @@ def first_invalid_utf8_line(path: Path) -> int:
     return line
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(temporary: Path, path: Path) -> None:
+    """Make a finished temporary file durable and rename it to ``path`` (atomic on one filesystem)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    _fsync(temporary)
+    os.replace(temporary, path)
+    _fsync(path.parent)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; published as ``path`` on a clean exit, removed otherwise.
+
+    Readers of ``path`` never see half a file, whatever happens while it is written.
+    """
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(temporary)
+        publish(Path(temporary), path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
 class AtomicWriter:
     """Writes record batches to a temporary file; ``commit`` renames it to ``path``."""
 
@@ -256,20 +290,7 @@ class AtomicWriter:
     def commit(self) -> None:
         """Flush, fsync and rename into place, with the permissions a new file gets."""
         self._writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.temporary, 0o666 & ~umask)
-        fd = os.open(self.temporary, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.temporary, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        publish(self.temporary, self.path)
 
     def abort(self) -> None:
         """Drop the temporary file; the final name is never touched."""

@@ -8,14 +8,13 @@ the data is HTML-escaped.
 from __future__ import annotations
 
 import io as pyio
-import os
-import tempfile
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
 import numpy as np
 
+from .io import atomic_file
 from .report import HISTOGRAM_BINS, ReportStats, metrics, top_groups
 
 PALETTE = ["#3b6fb6", "#d1495b", "#edae49", "#66a182", "#8d6cab", "#00798c", "#c3834c", "#5c5c5c"]
@@ -205,13 +204,6 @@ def render(stats: ReportStats) -> str:
 
 
 def write_report(path: Path, html: str) -> None:
-    """Write the page through a temporary name in the same folder."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(html)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write the page atomically."""
+    with atomic_file(path) as temporary:
+        temporary.write_text(html, encoding="utf-8")
