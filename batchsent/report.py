@@ -9,7 +9,6 @@ count as "other").
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,7 +238,7 @@ def top_groups(stats: ReportStats, limit: int = 10) -> list[tuple[str, Counter[s
     shown, rest = ordered[:limit], ordered[limit:]
     if rest:
         other: Counter[str] = Counter()
-        for _, counts in itertools.chain(rest):
+        for _, counts in rest:
             other.update(counts)
         shown.append((OTHER, other))
     return shown
