@@ -56,17 +56,20 @@ class RunSummary:
     elapsed: float
     label_counts: dict[str, int] = field(default_factory=dict)
     chunked: bool = False
+    resumed_rows: int = 0
 
     @property
     def rows_per_second(self) -> float:
-        return self.rows / self.elapsed if self.elapsed > 0 else 0.0
+        """Rows this run scored per second (rows committed by an interrupted run excluded)."""
+        return (self.rows - self.resumed_rows) / self.elapsed if self.elapsed > 0 else 0.0
 
     def line(self) -> str:
         labels = ", ".join(f"{label} {count:,}" for label, count in self.label_counts.items())
         return (
             f"{self.rows:,} rows: {self.scored:,} scored, {self.empty:,} empty, {self.truncated:,} "
             + ("over the limit (scored in windows) " if self.chunked else "truncated ")
-            + f"in {self.elapsed:.1f} s ({self.rows_per_second:,.0f} rows/s)"
+            + f"in {self.elapsed:.1f} s ({self.rows_per_second:,.0f} rows/s"
+            + (f", resumed after {self.resumed_rows:,} rows)" if self.resumed_rows else ")")
             + (f"; {labels}" if labels else "")
             + f" -> {self.output}"
         )
@@ -193,6 +196,7 @@ def run(
         )
         fingerprint = _fingerprint(config, output)
         state = checkpoint.load() if config.resume and checkpoint.exists() else None
+        resumed_rows = state.rows if state is not None else 0
         if state is not None:
             _check_resumable(state.fingerprint, fingerprint, ("input", "options"))
         if classifier is None:
@@ -221,7 +225,7 @@ def run(
     return RunSummary(
         config.input, output, state.rows, state.rows - state.empty, state.empty, state.truncated,
         time.monotonic() - started, {k: state.label_counts[k] for k in classifier.labels if k in state.label_counts},
-        classifier.long_text == "chunk",
+        classifier.long_text == "chunk", resumed_rows,
     )  # fmt: skip
 
 

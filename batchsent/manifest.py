@@ -67,7 +67,10 @@ def build_manifest(
         "started": _iso(started_at),
         "ended": _iso(ended_at),
         "elapsed_seconds": round(elapsed, 3),
-        "rows_per_second": round(counts["rows_total"] / elapsed, 2) if counts["rows_total"] and elapsed > 0 else None,
+        "rows_per_second": (
+            round((counts["rows_total"] - record.get("resumed_from_rows", 0)) / elapsed, 2)
+            if counts["rows_total"] and elapsed > 0 else None
+        ),  # rows this run scored
         "exit_status": exit_code,
         "error": error,
     }
