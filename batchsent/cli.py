@@ -30,6 +30,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts show "[default: ...]" and "batchsent[onnx]" literally
     help="Score text columns of CSV, TSV and Parquet files with a Hugging Face text classifier.",
 )
 

@@ -240,7 +240,9 @@ def test_every_command_has_help():
         result = runner.invoke(app, args)
         assert result.exit_code == 0
         assert "Score" in result.stdout
-    assert "--token-budget" in runner.invoke(app, ["score", "--help"]).stdout
+    score_help = runner.invoke(app, ["score", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "--token-budget" in score_help
+    assert "[default: text]" in score_help and "batchsent[onnx]" in score_help  # not eaten as markup
 
 
 def test_unreachable_hub_fails_at_once_with_one_line(reviews, monkeypatch):
