@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .device import to_device
-from .errors import ModelLoadError, UsageError
+from .errors import ModelLoadError, UsageError, first_line
 from .identity import model_identity
 from .io import atomic_file
 
@@ -149,4 +149,4 @@ def _export(model: Any, sample: dict[str, np.ndarray], path: Path) -> None:
                 output_names=["logits"], dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False,
             )  # fmt: skip
         except Exception as error:  # noqa: BLE001 - any exporter failure means this model cannot go to ONNX
-            raise ModelLoadError(f"cannot export this model to ONNX: {str(error).splitlines()[0]}") from error
+            raise ModelLoadError(f"cannot export this model to ONNX: {first_line(error)}") from error

@@ -18,7 +18,7 @@ import typer
 from . import __version__
 from .config import DEFAULT_CHUNK_ROWS, DEFAULT_MODEL, build_config
 from .device import CPU_LIMITS, CUDA_LIMITS
-from .errors import BatchsentError, Interrupted
+from .errors import BatchsentError, Interrupted, first_line
 from .job import run
 from .manifest import build_manifest, write_manifest
 from .report import ReportOptions
@@ -213,12 +213,12 @@ def score(
         outcome = (EXIT_INTERRUPTED, f"interrupted; no output was written{_committed_hint(record, '--resume continues')}")
     except BatchsentError as error:
         hint = _committed_hint(record, "rerun with --resume once fixed") if error.exit_code == EXIT_FAILED else ""
-        outcome = (error.exit_code, f"{_first_line(str(error))}{hint}")
+        outcome = (error.exit_code, f"{first_line(str(error))}{hint}")
     except Exception as error:  # noqa: BLE001 - the one place unexpected errors become exit 1
         if traceback:
             tb.print_exc()
         hint = _committed_hint(record, "rerun with --resume once fixed")
-        outcome = (EXIT_FAILED, f"{type(error).__name__}: {_first_line(str(error))}{hint} (--traceback shows details)")
+        outcome = (EXIT_FAILED, f"{type(error).__name__}: {first_line(str(error))}{hint} (--traceback shows details)")
     if manifest is not None:
         try:
             write_manifest(manifest, build_manifest(job, record, started_at, time.time(), *outcome))
@@ -245,7 +245,7 @@ def _score_on_ray(reporter, job, input, address, workers, gpus_per_worker, resum
     except KeyboardInterrupt:
         reporter.fail("interrupted; no output was written", EXIT_INTERRUPTED)
     except Exception as error:  # noqa: BLE001 - Ray's own failures become exit 1
-        reporter.fail(f"{type(error).__name__}: {_first_line(str(error))}", EXIT_FAILED)
+        reporter.fail(f"{type(error).__name__}: {first_line(str(error))}", EXIT_FAILED)
     reporter.summary(summary)
 
 
@@ -290,11 +290,6 @@ def _write_report(reporter: _Reporter, scored: Path, target: Path, options, trun
     reporter.note(f"report written to {target}")
 
 
-def _first_line(message: str) -> str:
-    lines = message.strip().splitlines()
-    return lines[0] if lines else message
-
-
 def _committed_hint(record: dict, advice: str) -> str:
     state = record.get("state")
     if state is None or not state.chunks:
@@ -327,7 +322,7 @@ class _Reporter:
         self._emit("note", message)
 
     def error(self, message: str) -> None:
-        self._emit("error", _first_line(message))
+        self._emit("error", first_line(message))
 
     def fail(self, message: str, code: int) -> None:
         self.error(message)

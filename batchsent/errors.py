@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(message: object) -> str:
+    """The first non-empty line of an error or message: what a one-line report shows."""
+    lines = str(message).strip().splitlines()
+    return lines[0] if lines else type(message).__name__ if isinstance(message, BaseException) else ""
+
+
 class BatchsentError(Exception):
     """Base of every error batchsent reports to a user as one line."""
 

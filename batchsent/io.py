@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .errors import ColumnNotFound, InputError, OutputError
+from .errors import ColumnNotFound, InputError, OutputError, first_line
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 CSV_BLOCK_BYTES = 1 << 20
@@ -81,7 +81,7 @@ class ParquetReader(Reader):
         try:
             self._file = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as error:
-            raise InputError(f"{path}: not a readable Parquet file ({_message(error)})") from error
+            raise InputError(f"{path}: not a readable Parquet file ({first_line(error)})") from error
         self.schema = self._file.schema_arrow
         self.total_rows = self._file.metadata.num_rows
 
@@ -89,7 +89,7 @@ class ParquetReader(Reader):
         try:
             yield from self._file.iter_batches(batch_size=chunk_rows)
         except (pa.ArrowException, OSError) as error:
-            raise InputError(f"{self.path}: corrupt Parquet data ({_message(error)})") from error
+            raise InputError(f"{self.path}: corrupt Parquet data ({first_line(error)})") from error
 
     def close(self) -> None:
         self._file.close()
@@ -148,7 +148,7 @@ class CsvReader(Reader):
         return "?"
 
     def _error(self, error: BaseException) -> InputError:
-        message = _message(error)
+        message = first_line(error)
         if "invalid UTF8" in message:
             line = first_invalid_utf8_line(self.path)
             return InputError(f"{self.path}: line {line}: bytes that are not valid UTF-8")
@@ -279,13 +279,13 @@ class AtomicWriter:
                 self._writer = _TsvWriter(temporary, schema)
         except (pa.ArrowException, OSError) as error:
             self.abort()
-            raise OutputError(f"{path}: cannot write this schema as {self.format} ({_message(error)})") from error
+            raise OutputError(f"{path}: cannot write this schema as {self.format} ({first_line(error)})") from error
 
     def write(self, batch: pa.RecordBatch) -> None:
         try:
             self._writer.write_batch(batch) if self.format == "parquet" else self._writer.write(batch)
         except pa.ArrowException as error:
-            raise OutputError(f"{self.path}: cannot write as {self.format}: {_message(error)}") from error
+            raise OutputError(f"{self.path}: cannot write as {self.format}: {first_line(error)}") from error
 
     def commit(self) -> None:
         """Flush, fsync and rename into place, with the permissions a new file gets."""
@@ -328,7 +328,3 @@ class _TsvWriter:
     def close(self) -> None:
         self._stream.close()
 
-
-def _message(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

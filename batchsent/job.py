@@ -94,7 +94,8 @@ def check_output(config: JobConfig) -> Path:
     return output
 
 
-def _check_new_columns(names: list[str], schema: pa.Schema, path: Path) -> None:
+def check_new_columns(names: list[str], schema: pa.Schema, path: Path) -> None:
+    """Refuse an input that already holds a column the job would add."""
     taken = [name for name in names if name in schema.names]
     if taken:
         raise InputError(f"{path}: already has column(s) {', '.join(map(repr, taken))}; choose another --prefix")
@@ -191,7 +192,7 @@ def run(
     reader = io.open_reader(config.input)
     try:
         column = reader.text_column(config.column)
-        _check_new_columns(
+        check_new_columns(
             column_names([], config.prefix, False, config.long_text == "chunk"), reader.schema, config.input
         )
         fingerprint = _fingerprint(config, output)
@@ -210,7 +211,7 @@ def run(
             _check_resumable(state.fingerprint, fingerprint, ("model",))
         chunked = classifier.long_text == "chunk"
         names = column_names(classifier.labels, config.prefix, config.all_scores, chunked)
-        _check_new_columns(names, reader.schema, config.input)
+        check_new_columns(names, reader.schema, config.input)
         schema = reader.schema
         for new_field in output_fields(classifier.labels, config.prefix, config.all_scores, chunked):
             schema = schema.append(new_field)

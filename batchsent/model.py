@@ -21,7 +21,7 @@ from .batching import plan_batches, window_spans
 from .config import DEFAULT_MODEL, check_long_text_options
 from .backends import OnnxRunner, TorchRunner, check_backend_options, onnx_model, quantize_torch_int8
 from .device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype
-from .errors import Interrupted, ModelLoadError, UsageError
+from .errors import Interrupted, ModelLoadError, UsageError, first_line
 from .postprocess import activate, activation_for, aggregate_windows
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -78,13 +78,8 @@ def _hub_unreachable_reason() -> str | None:
     try:
         get_session().head(constants.ENDPOINT, timeout=10)
     except Exception as error:  # noqa: BLE001 - any failure to connect means unreachable
-        return f"cannot reach {constants.ENDPOINT}: {_first_line(error)}"
+        return f"cannot reach {constants.ENDPOINT}: {first_line(error)}"
     return None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _not_downloadable(model: str, reason: str) -> ModelLoadError:
@@ -126,7 +121,7 @@ def load_pretrained(model: str, revision: str | None = None) -> tuple[Any, Any]:
         except ModelLoadError:
             raise
         except Exception as error:
-            raise ModelLoadError(f"cannot load the model in {model}: {_first_line(error)}") from error
+            raise ModelLoadError(f"cannot load the model in {model}: {first_line(error)}") from error
     if not _HUB_ID.match(model):
         raise ModelLoadError(f"--model {model}: no such directory, and not a Hugging Face Hub id")
     try:
@@ -144,7 +139,7 @@ def load_pretrained(model: str, revision: str | None = None) -> tuple[Any, Any]:
     except ModelLoadError:
         raise
     except Exception as error:
-        raise _not_downloadable(model, _first_line(error)) from error
+        raise _not_downloadable(model, first_line(error)) from error
 
 
 def _model_length_limit(tokenizer: Any, config: Any) -> int:

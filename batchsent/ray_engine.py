@@ -25,7 +25,7 @@ import pyarrow.csv as pacsv
 from . import io
 from .config import JobConfig
 from .errors import InputError, OutputError, UsageError
-from .job import RunSummary
+from .job import RunSummary, check_new_columns
 from .postprocess import column_names, prediction_arrays
 
 
@@ -58,9 +58,7 @@ def check_inputs(paths: list[Path], config: JobConfig) -> pa.Schema:
         reader = io.open_reader(path)
         try:
             reader.text_column(config.column)
-            taken = [n for n in column_names([], config.prefix, False) if n in reader.schema.names]
-            if taken:
-                raise InputError(f"{path}: already has column(s) {', '.join(map(repr, taken))}; choose another --prefix")
+            check_new_columns(column_names([], config.prefix, False), reader.schema, path)
             if schema is None:
                 schema = reader.schema
             elif reader.schema.names != schema.names:

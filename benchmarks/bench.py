@@ -33,6 +33,8 @@ from corpus import FIXTURE_MODEL, review_mix, sst2_labelled  # noqa: E402
 import batchsent  # noqa: E402
 from batchsent.config import JobConfig  # noqa: E402
 from batchsent.job import run  # noqa: E402
+from batchsent.batching import padded_tokens  # noqa: E402
+from batchsent.device import cpu_has_bf16, read_cpu_flags  # noqa: E402
 from batchsent.model import Classifier  # noqa: E402
 
 PIPELINE_BATCH = 32
@@ -110,7 +112,7 @@ def measure(
     chunk = classifier.encode(texts)
     lengths = chunk.lengths.tolist()
     real = int(sum(lengths))
-    ours_padded = int(sum(len(b) * int(chunk.lengths[b].max()) for b in chunk.batches))
+    ours_padded = padded_tokens(chunk.lengths, chunk.batches)
     base_real, base_padded = pipeline_padding(lengths)
 
     classifier.predict(texts[:8])  # warm-up
@@ -175,13 +177,16 @@ VARIANTS = {
 }
 
 
+def runnable(options: dict) -> bool:
+    """bfloat16 variants only where the CPU computes bfloat16 natively (batchsent refuses it otherwise)."""
+    return options.get("dtype") != "bfloat16" or cpu_has_bf16(read_cpu_flags())
+
+
 def measure_variants(model_dir, texts, threads, exact, exact_seconds, pipeline_seconds) -> list[dict]:
     """Each backend/precision on the same texts: speed against torch fp32 and the pipeline, drift from fp32."""
-    from batchsent.device import cpu_has_bf16, read_cpu_flags
-
     rows = []
     for name, options in VARIANTS.items():
-        if options.get("dtype") == "bfloat16" and not cpu_has_bf16(read_cpu_flags()):
+        if not runnable(options):
             print(f"  {name}: skipped, no native bfloat16 on this CPU", flush=True)
             continue
         classifier = Classifier(model_dir, device="cpu", threads=threads, **options)
@@ -217,9 +222,7 @@ def sst2_accuracy(model_dir: str, threads: int, phrases: int) -> list[dict]:
     texts, gold = [t for t, _ in pairs], np.array([g for _, g in pairs])
     rows = []
     for name, options in {"torch float32": {}, **VARIANTS}.items():
-        from batchsent.device import cpu_has_bf16, read_cpu_flags
-
-        if options.get("dtype") == "bfloat16" and not cpu_has_bf16(read_cpu_flags()):
+        if not runnable(options):
             continue
         classifier = Classifier(model_dir, device="cpu", threads=threads, **options)
         predicted = classifier.predict(texts).probabilities.argmax(1)
