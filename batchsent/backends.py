@@ -1,9 +1,9 @@
 """Runners: padded numpy inputs in, float32 logits out, with torch or ONNX Runtime.
 
 The Classifier tokenizes, batches and post-processes the same way whatever runs the
-model. ``--quantize int8`` is dynamic int8 quantization of the Linear layers (weights
-int8, activations quantized per batch): with torch through ``torch.ao`` on CPU, with
-ONNX Runtime through its own ``quantize_dynamic`` on the exported graph. ONNX exports
+model. ``--quantize int8`` is dynamic int8 quantization of the Linear layers: with torch
+through ``int8.py`` (per-token activations, CPU), with ONNX Runtime through its own
+``quantize_dynamic`` on the exported graph (one activation scale per batch). ONNX exports
 are cached under the Hugging Face cache, keyed by what they were made from.
 """
 
@@ -45,6 +45,11 @@ def check_backend_options(backend: str, quantize: str | None, dtype: str) -> Non
         raise UsageError(f"--backend onnx runs float32 (or --quantize int8), not --dtype {dtype}")
     if quantize == "int8" and dtype not in ("auto", "float32"):
         raise UsageError(f"--quantize int8 starts from float32 weights; drop --dtype {dtype}")
+    if quantize == "int8" and backend == "torch":
+        from .int8 import int8_matmul_available
+
+        if not int8_matmul_available():
+            raise UsageError("--quantize int8 needs torch's int8 matrix product on CPU (torch>=2.2), or --backend onnx")
 
 
 class TorchRunner:
@@ -60,16 +65,6 @@ class TorchRunner:
         with torch.inference_mode():
             tensors = {name: to_device(value, self.device) for name, value in inputs.items()}
             return self.model(**tensors).logits.float().cpu().numpy()
-
-
-def quantize_torch_int8(model: Any) -> Any:
-    """Dynamic int8 quantization of every Linear layer (CPU only)."""
-    import torch
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao is deprecated in favour of torchao; it still runs
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 class OnnxRunner:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .batching import plan_batches, window_spans
 from .config import DEFAULT_MODEL, check_long_text_options
-from .backends import OnnxRunner, TorchRunner, check_backend_options, onnx_model, quantize_torch_int8
+from .backends import OnnxRunner, TorchRunner, check_backend_options, onnx_model
 from .device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype
 from .errors import Interrupted, ModelLoadError, UsageError, first_line
 from .postprocess import activate, activation_for, aggregate_windows
@@ -227,7 +227,9 @@ class Classifier:
             self._runner: TorchRunner | OnnxRunner = OnnxRunner(path, self.device, threads)
         else:
             if quantize == "int8":
-                self.model = quantize_torch_int8(self.model)
+                from .int8 import quantize_encoder_int8
+
+                quantize_encoder_int8(self.model)
             self._runner = TorchRunner(self.model, self.device)
 
     def _prepare_windows(self) -> None:

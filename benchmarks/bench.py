@@ -174,12 +174,30 @@ VARIANTS = {
     "torch int8": {"quantize": "int8"},
     "onnx float32": {"backend": "onnx"},
     "onnx int8": {"backend": "onnx", "quantize": "int8"},
+    # Not offered by batchsent: torch.ao's dynamic int8 (one activation scale per batch),
+    # measured to show why --quantize int8 quantizes per token instead.
+    "torch.ao int8 (ref)": {"torch_ao_int8": True},
 }
 
 
 def runnable(options: dict) -> bool:
     """bfloat16 variants only where the CPU computes bfloat16 natively (batchsent refuses it otherwise)."""
     return options.get("dtype") != "bfloat16" or cpu_has_bf16(read_cpu_flags())
+
+
+def variant_classifier(model_dir: str, threads: int, options: dict) -> Classifier:
+    options = dict(options)
+    if not options.pop("torch_ao_int8", False):
+        return Classifier(model_dir, device="cpu", threads=threads, **options)
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    classifier = Classifier(model_dir, device="cpu", threads=threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated
+        classifier._runner.model = quantize_dynamic(classifier.model, {torch.nn.Linear}, dtype=torch.qint8)
+    return classifier
 
 
 def measure_variants(model_dir, texts, threads, exact, exact_seconds, pipeline_seconds) -> list[dict]:
@@ -189,7 +207,7 @@ def measure_variants(model_dir, texts, threads, exact, exact_seconds, pipeline_s
         if not runnable(options):
             print(f"  {name}: skipped, no native bfloat16 on this CPU", flush=True)
             continue
-        classifier = Classifier(model_dir, device="cpu", threads=threads, **options)
+        classifier = variant_classifier(model_dir, threads, options)
         chunk = classifier.encode(texts)
         classifier.predict(texts[:8])
         start = time.perf_counter()
@@ -206,7 +224,7 @@ def measure_variants(model_dir, texts, threads, exact, exact_seconds, pipeline_s
             "mean_abs_delta_prob": float(delta.mean()),
         })  # fmt: skip
         print(
-            f"  {name:15} {rows[-1]['rows_per_s']:8.2f} rows/s  x{rows[-1]['ratio_vs_torch_fp32']} fp32, "
+            f"  {name:19} {rows[-1]['rows_per_s']:8.2f} rows/s  x{rows[-1]['ratio_vs_torch_fp32']} fp32, "
             f"x{rows[-1]['ratio_vs_pipeline']} pipeline; labels agree {rows[-1]['label_agreement_pct']}%, "
             f"|dprob| max {delta.max():.2e} mean {delta.mean():.2e}",
             flush=True,
@@ -224,13 +242,32 @@ def sst2_accuracy(model_dir: str, threads: int, phrases: int) -> list[dict]:
     for name, options in {"torch float32": {}, **VARIANTS}.items():
         if not runnable(options):
             continue
-        classifier = Classifier(model_dir, device="cpu", threads=threads, **options)
+        classifier = variant_classifier(model_dir, threads, options)
         predicted = classifier.predict(texts).probabilities.argmax(1)
         positive = classifier.labels.index("POSITIVE")
         accuracy = float(np.mean((predicted == positive) == (gold == 1)))
         rows.append({"variant": name, "phrases": len(texts), "accuracy": round(accuracy, 4)})
-        print(f"  SST-2 accuracy {name:15} {accuracy:.4f} on {len(texts)} phrases", flush=True)
+        print(f"  SST-2 accuracy {name:19} {accuracy:.4f} on {len(texts)} phrases", flush=True)
     return rows
+
+
+def fixture_agreement(model_dir: str, threads: int, rows: int) -> list[dict]:
+    """Label agreement and drift of each variant against torch fp32 on a larger review mix (no timing)."""
+    texts = review_mix(rows, seed=1)
+    exact = Classifier(model_dir, device="cpu", threads=threads).predict(texts).probabilities
+    results = []
+    for name, options in VARIANTS.items():
+        if not runnable(options):
+            continue
+        probabilities = variant_classifier(model_dir, threads, options).predict(texts).probabilities
+        delta = np.abs(probabilities - exact)
+        agreement = 100 * float(np.mean(probabilities.argmax(1) == exact.argmax(1)))
+        results.append({
+            "variant": name, "rows": rows, "label_agreement_pct": round(agreement, 2),
+            "max_abs_delta_prob": float(delta.max()), "mean_abs_delta_prob": float(delta.mean()),
+        })  # fmt: skip
+        print(f"  review mix, {rows} rows: {name:19} labels agree {agreement:.2f}%, |dprob| max {delta.max():.2e}", flush=True)
+    return results
 
 
 def sweep(name: str, model_dir: str, texts: list[str], threads: int, budgets: list[int]) -> list[dict]:
@@ -257,6 +294,7 @@ def main() -> None:
     parser.add_argument("--sweep", default="", help="comma-separated token budgets to sweep instead")
     parser.add_argument("--no-variants", action="store_true", help="skip bfloat16, int8 and ONNX rows")
     parser.add_argument("--sst2-phrases", type=int, default=1000, help="gold-labelled phrases for accuracy")
+    parser.add_argument("--agreement-rows", type=int, default=1000, help="review-mix rows for the fixture's agreement")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
     args = parser.parse_args()
 
@@ -291,6 +329,7 @@ def main() -> None:
             result = measure(name, directory, texts, args.threads, peak, args.token_budget, not args.no_variants)
             if name == "minilm" and not args.no_variants:
                 result["sst2_accuracy"] = sst2_accuracy(directory, args.threads, args.sst2_phrases)
+                result["agreement"] = fixture_agreement(directory, args.threads, args.agreement_rows)
             report["results"].append(result)
             print_result(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
