@@ -52,6 +52,30 @@ def check_backend_options(backend: str, quantize: str | None, dtype: str) -> Non
             raise UsageError("--quantize int8 needs torch's int8 matrix product on CPU (torch>=2.2), or --backend onnx")
 
 
+def auto_device(backend: str, quantize: str | None) -> str:
+    """What ``--device auto`` means for this backend: CUDA where the backend runs on it here, else CPU."""
+    import torch
+
+    if not torch.cuda.is_available() or (backend == "torch" and quantize == "int8"):
+        return "cpu"
+    if backend == "onnx":
+        import onnxruntime as ort
+
+        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    return "cuda"
+
+
+def check_onnx_device(device: Any) -> None:
+    """Refuse a device ONNX Runtime cannot run on here, before the model loads."""
+    if device.type == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UsageError("--backend onnx on CUDA needs onnxruntime-gpu (the CUDA execution provider)")
+    elif device.type != "cpu":
+        raise UsageError(f"--backend onnx runs on cpu or cuda, not {device.type}")
+
+
 class TorchRunner:
     """Runs a transformers model on its device under ``torch.inference_mode``."""
 
@@ -73,13 +97,10 @@ class OnnxRunner:
     def __init__(self, path: Path, device: Any, threads: int | None) -> None:
         import onnxruntime as ort
 
+        check_onnx_device(device)
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise UsageError("--backend onnx on CUDA needs onnxruntime-gpu (the CUDA execution provider)")
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        elif device.type != "cpu":
-            raise UsageError(f"--backend onnx runs on cpu or cuda, not {device.type}")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -102,3 +102,30 @@ def test_bf16_is_refused_where_the_cpu_lacks_it(binary_model, monkeypatch):
     monkeypatch.setattr(device, "read_cpu_flags", lambda: {"avx2"})
     with pytest.raises(UsageError, match="no native bfloat16"):
         Classifier(str(binary_model), device="cpu", dtype="bfloat16")
+
+
+def test_onnx_on_a_device_onnxruntime_cannot_use_is_refused(monkeypatch):
+    import onnxruntime
+    import torch
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(UsageError, match="needs onnxruntime-gpu"):
+        backends.check_onnx_device(torch.device("cuda"))
+    with pytest.raises(UsageError, match="runs on cpu or cuda, not mps"):
+        backends.check_onnx_device(torch.device("mps"))
+    backends.check_onnx_device(torch.device("cpu"))
+
+
+def test_auto_device_is_where_the_backend_can_run(monkeypatch):
+    import onnxruntime
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backends.auto_device("torch", None) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert backends.auto_device("torch", None) == "cuda"
+    assert backends.auto_device("torch", "int8") == "cpu"  # torch int8 runs on the CPU only
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert backends.auto_device("onnx", None) == "cpu"
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert backends.auto_device("onnx", "int8") == "cuda"

@@ -64,6 +64,7 @@ def test_ray_rows_equal_the_local_engine(two_files, binary_model, tmp_path, loca
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
+@needs_ray
 def test_a_bad_column_is_reported_as_by_the_local_engine(two_files, binary_model):
     result = runner.invoke(app, ["score", str(two_files), "--engine", "ray", "-c", "body", "--model", str(binary_model)])
     assert result.exit_code == 2

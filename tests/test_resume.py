@@ -162,7 +162,7 @@ def test_a_write_failure_keeps_progress_and_resume_finishes(corpus, binary_model
 def test_manifest_fields(corpus, binary_model, tmp_path):
     manifest = tmp_path / "run.json"
     result = runner.invoke(app, ["score", str(corpus), "--model", str(binary_model), "-o", str(tmp_path / "o.parquet"),
-                                 "--manifest", str(manifest), "--all-scores"])  # fmt: skip
+                                 "--manifest", str(manifest), "--all-scores", "--device", "cpu"])  # fmt: skip
     assert result.exit_code == 0, result.stderr
     facts = json.loads(manifest.read_text())
     assert facts["input"]["path"] == str(corpus.resolve()) and facts["input"]["size"] == corpus.stat().st_size
