@@ -14,7 +14,7 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score report test bench bench-sweep bench-memory bench-report clean
+.PHONY: help score report test bench bench-sweep bench-memory bench-gpu bench-report clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -45,6 +45,9 @@ bench-sweep: $(BIN)/batchsent ## Rows/s per token budget, to pick the default
 
 bench-memory: $(BIN)/batchsent ## Peak RSS of scoring 100k and 1M short rows
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/memory.py $(BENCH_ARGS)
+
+bench-gpu: $(BIN)/batchsent ## batchsent vs the pipeline on a CUDA GPU: rows/s, fp16/bf16 agreement, token budgets
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu.py $(BENCH_ARGS)
 
 bench-report: $(BIN)/batchsent ## Peak RSS of reporting 1M and 10M scored rows
 	$(BIN)/python benchmarks/report_memory.py $(BENCH_ARGS)

@@ -1,0 +1,145 @@
+"""batchsent on a CUDA GPU against the transformers pipeline on the same GPU, model and texts.
+
+For each model (the SST-2 fixture when present or given with --model, and a seeded
+DistilBERT-shaped classifier) it reports, on the review mix:
+  - the pipeline on the GPU at float32 and float16 (batch_size=32, truncation=True);
+  - batchsent's Classifier at float32, float16 (the CUDA default) and bfloat16: rows/s,
+    ratio to the pipeline at the same precision, and agreement with the float32 pipeline
+    (labels %, max |delta prob|);
+  - batchsent's job end to end (CSV in, Parquet out, model loaded) at the default dtype;
+  - rows/s per token budget at float16, to check the CUDA default.
+
+  python benchmarks/gpu.py [--rows N] [--model DIR] [--budgets 8192,...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import distilbert_shaped
+from corpus import FIXTURE_MODEL, review_mix
+
+from batchsent.config import JobConfig
+from batchsent.device import CUDA_LIMITS
+from batchsent.job import run
+from batchsent.model import Classifier
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PIPELINE_BATCH = 32
+
+
+def timed(function, *args, **kwargs):
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, result
+
+
+def warm_up_sample(texts: list[str]) -> list[str]:
+    """Every fourth text: the first calls at each new shape (kernel loading, allocator growth) stay out of the timings."""
+    return texts[::4]
+
+
+def pipeline_probabilities(model_dir: str, texts: list[str], labels: list[str], dtype: torch.dtype):
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=model_dir, device=0, dtype=dtype)
+    classify(warm_up_sample(texts), batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
+    seconds, results = timed(classify, texts, batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
+    probabilities = np.array([[{r["label"]: r["score"] for r in row}[label] for label in labels] for row in results])
+    return seconds, probabilities
+
+
+def measure(name: str, model_dir: str, texts: list[str], budgets: list[int]) -> dict:
+    rows = len(texts)
+    reference = Classifier(model_dir, device="cuda", dtype="float32")
+    labels = reference.labels
+    result: dict = {"model": name, "rows": rows, "default_token_budget": CUDA_LIMITS.tokens, "pipeline": {}}
+    for dtype_name, dtype in (("float32", torch.float32), ("float16", torch.float16)):
+        seconds, probabilities = pipeline_probabilities(model_dir, texts, labels, dtype)
+        result["pipeline"][dtype_name] = {"rows_per_s": round(rows / seconds, 1), "probabilities": probabilities}
+        print(f"  pipeline {dtype_name:9} {rows / seconds:9.1f} rows/s", flush=True)
+    exact = result["pipeline"]["float32"]["probabilities"]
+    result["classifier"] = []
+    for dtype_name in ("float32", "float16", "bfloat16"):
+        classifier = Classifier(model_dir, device="cuda", dtype=dtype_name)
+        classifier.predict(warm_up_sample(texts))
+        seconds, scores = timed(classifier.predict, texts)
+        delta = np.abs(scores.probabilities - exact)
+        same_precision = result["pipeline"].get(dtype_name, result["pipeline"]["float16"])["rows_per_s"]
+        row = {
+            "dtype": dtype_name,
+            "rows_per_s": round(rows / seconds, 1),
+            "ratio_vs_pipeline_same_precision": round(rows / seconds / same_precision, 2),
+            "label_agreement_vs_fp32_pipeline_pct": round(100 * float(np.mean(scores.probabilities.argmax(1) == exact.argmax(1))), 2),
+            "max_abs_delta_prob": float(delta.max()),
+        }  # fmt: skip
+        result["classifier"].append(row)
+        print(
+            f"  batchsent {dtype_name:9} {row['rows_per_s']:8.1f} rows/s  x{row['ratio_vs_pipeline_same_precision']} "
+            f"pipeline; labels agree {row['label_agreement_vs_fp32_pipeline_pct']}%, max |dprob| {delta.max():.2e}",
+            flush=True,
+        )
+    with tempfile.TemporaryDirectory() as scratch:
+        source, target = Path(scratch) / "texts.csv", Path(scratch) / "scored.parquet"
+        pacsv.write_csv(pa.table({"id": [str(i) for i in range(rows)], "text": texts}), source)
+        classifier = Classifier(model_dir, device="cuda")
+        classifier.predict(warm_up_sample(texts))
+        seconds, _ = timed(run, JobConfig(input=source, output=target, model=model_dir, device="cuda"),
+                                 classifier=classifier)  # fmt: skip
+        labels_out = pq.read_table(target).column("sentiment_label").to_pylist()
+    agreement = 100 * float(np.mean([label == labels[i] for label, i in zip(labels_out, exact.argmax(1))]))
+    result["end_to_end"] = {"dtype": classifier.dtype, "rows_per_s": round(rows / seconds, 1), "label_agreement_pct": round(agreement, 2)}
+    print(f"  end to end ({classifier.dtype}) {rows / seconds:8.1f} rows/s; labels agree {agreement:.2f}%", flush=True)
+    result["sweep"] = []
+    for budget in budgets:
+        classifier = Classifier(model_dir, device="cuda", token_budget=budget, batch_size=budget)
+        classifier.predict(warm_up_sample(texts))
+        seconds, _ = timed(classifier.predict, texts)
+        result["sweep"].append({"token_budget": budget, "rows_per_s": round(rows / seconds, 1)})
+        print(f"  sweep float16 budget {budget:>7}: {rows / seconds:9.1f} rows/s", flush=True)
+    for entry in result["pipeline"].values():
+        entry.pop("probabilities")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=10000)
+    parser.add_argument("--model", default=str(FIXTURE_MODEL), help="a real classifier directory (default: the fixture)")
+    parser.add_argument("--budgets", default="8192,16384,32768,65536,131072")
+    parser.add_argument("--out", type=Path, default=RESULTS / "gpu.json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench-gpu: no CUDA device here")
+    report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "results": []}
+    print(f"{report['gpu']}, torch {torch.__version__}", flush=True)
+    texts = review_mix(args.rows, seed=0)
+    budgets = [int(b) for b in args.budgets.split(",") if b]
+    with tempfile.TemporaryDirectory() as scratch:
+        models = {"distilbert": str(distilbert_shaped(Path(scratch) / "distilbert"))}
+        if Path(args.model).is_dir():
+            models = {"fixture": args.model, **models}
+        for name, directory in models.items():
+            print(f"\n== {name}: {len(texts)} rows", flush=True)
+            report["results"].append(measure(name, directory, texts, budgets))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
