@@ -101,7 +101,9 @@ def score(
         Optional[str], typer.Option(help="torch, or onnx (ONNX Runtime; pip install 'batchsent[onnx]'). [default: torch]")
     ] = None,
     quantize: Annotated[
-        Optional[str], typer.Option(help="int8: dynamic int8 quantization of the Linear layers (CPU). [default: off]")
+        Optional[str],
+        typer.Option(help="int8: the encoder's Linear layers as int8 products, per-token activation scales (CPU). "
+                     "[default: off]"),  # fmt: skip
     ] = None,
     threads: Annotated[
         Optional[int], typer.Option(help="Torch intra-op threads. [default: torch's own choice]")
