@@ -9,6 +9,7 @@ are cached under the Hugging Face cache, keyed by what they were made from.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -76,6 +77,24 @@ def check_onnx_device(device: Any) -> None:
         raise UsageError(f"--backend onnx runs on cpu or cuda, not {device.type}")
 
 
+def attention_kernels(device: Any) -> contextlib.AbstractContextManager:
+    """The scaled-dot-product attention kernels to allow on ``device``.
+
+    On CUDA, cuDNN's attention builds an execution plan for every new (rows, length)
+    shape, and length-sorted batches bring a new shape almost every batch: on an H100 a
+    first pass over 6,000 rows at float16 took 2.6 s against 0.2 s once the plans were
+    built. Flash and memory-efficient attention need no plans, so only they (and the
+    math fallback) are allowed there. Elsewhere torch's own choice stands.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3 has no cuDNN attention to avoid
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 class TorchRunner:
     """Runs a transformers model on its device under ``torch.inference_mode``."""
 
@@ -86,7 +105,7 @@ class TorchRunner:
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_kernels(self.device):
             tensors = {name: to_device(value, self.device) for name, value in inputs.items()}
             return self.model(**tensors).logits.float().cpu().numpy()
 

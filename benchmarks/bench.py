@@ -14,7 +14,9 @@ ratio to the pipeline, and agreement (labels, max |delta prob|) with the pipelin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -90,14 +92,32 @@ def pipeline_padding(lengths: list[int]) -> tuple[int, int]:
     return sum(lengths), padded
 
 
+@contextlib.contextmanager
+def tokenizer_parallelism_kept():
+    """Undo the pipeline's process-wide TOKENIZERS_PARALLELISM=false once it is done.
+
+    A pipeline sets it (for its DataLoader) when it is unset, which would leave batchsent,
+    measured later in the same process, tokenizing on one thread.
+    """
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
 def run_pipeline(model_dir: str, texts: list[str], labels: list[str]) -> tuple[float, np.ndarray]:
     from transformers import pipeline
 
     classify = pipeline("text-classification", model=model_dir, device="cpu")
-    classify(texts[:8], batch_size=PIPELINE_BATCH, truncation=True, top_k=None)  # warm-up
-    start = time.perf_counter()
-    results = classify(texts, batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
-    seconds = time.perf_counter() - start
+    with tokenizer_parallelism_kept():
+        classify(texts[:8], batch_size=PIPELINE_BATCH, truncation=True, top_k=None)  # warm-up
+        start = time.perf_counter()
+        results = classify(texts, batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
+        seconds = time.perf_counter() - start
     probabilities = np.array([[{r["label"]: r["score"] for r in row}[label] for label in labels] for row in results])
     return seconds, probabilities
 
@@ -208,10 +228,9 @@ def measure_variants(model_dir, texts, threads, exact, exact_seconds, pipeline_s
             print(f"  {name}: skipped, no native bfloat16 on this CPU", flush=True)
             continue
         classifier = variant_classifier(model_dir, threads, options)
-        chunk = classifier.encode(texts)
         classifier.predict(texts[:8])
         start = time.perf_counter()
-        scores = classifier.run(chunk)
+        scores = classifier.predict(texts)  # the same work as the float32 figure: tokenize and run
         seconds = time.perf_counter() - start
         delta = np.abs(scores.probabilities - exact.probabilities)
         rows.append({

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import distilbert_shaped
+from bench import distilbert_shaped, tokenizer_parallelism_kept
 from corpus import FIXTURE_MODEL, review_mix
 
 from batchsent.config import JobConfig
@@ -57,8 +57,9 @@ def pipeline_probabilities(model_dir: str, texts: list[str], labels: list[str], 
     from transformers import pipeline
 
     classify = pipeline("text-classification", model=model_dir, device=0, dtype=dtype)
-    classify(warm_up_sample(texts), batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
-    seconds, results = timed(classify, texts, batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
+    with tokenizer_parallelism_kept():
+        classify(warm_up_sample(texts), batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
+        seconds, results = timed(classify, texts, batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
     probabilities = np.array([[{r["label"]: r["score"] for r in row}[label] for label in labels] for row in results])
     return seconds, probabilities
 

@@ -129,3 +129,15 @@ def test_auto_device_is_where_the_backend_can_run(monkeypatch):
     assert backends.auto_device("onnx", None) == "cpu"
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert backends.auto_device("onnx", "int8") == "cuda"
+
+
+def test_cuda_attention_leaves_out_cudnn_and_cpu_keeps_torchs_choice():
+    import contextlib
+
+    import torch
+
+    assert isinstance(backends.attention_kernels(torch.device("cpu")), contextlib.nullcontext)
+    cuda = torch.backends.cuda
+    with backends.attention_kernels(torch.device("cuda")):  # only sets torch's flags: no GPU needed
+        assert not cuda.cudnn_sdp_enabled()
+        assert cuda.flash_sdp_enabled() and cuda.mem_efficient_sdp_enabled() and cuda.math_sdp_enabled()
