@@ -49,32 +49,22 @@ def check_backend_options(backend: str, quantize: str | None, dtype: str) -> Non
     if quantize == "int8" and backend == "torch":
         from .int8 import int8_matmul_available
 
-        if not int8_matmul_available():
+        if not int8_matmul_available():  # cached: JobConfig and Classifier both check
             raise UsageError("--quantize int8 needs torch's int8 matrix product on CPU (torch>=2.2), or --backend onnx")
 
 
-def auto_device(backend: str, quantize: str | None) -> str:
-    """What ``--device auto`` means for this backend: CUDA where the backend runs on it here, else CPU."""
-    import torch
-
-    if not torch.cuda.is_available() or (backend == "torch" and quantize == "int8"):
-        return "cpu"
-    if backend == "onnx":
-        import onnxruntime as ort
-
-        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-    return "cuda"
-
-
-def check_onnx_device(device: Any) -> None:
-    """Refuse a device ONNX Runtime cannot run on here, before the model loads."""
-    if device.type == "cuda":
+def device_refusal(backend: str, quantize: str | None, device_type: str) -> str | None:
+    """Why this backend cannot run on ``device_type`` here, or None when it can."""
+    if backend == "torch" and quantize == "int8" and device_type != "cpu":
+        return f"--quantize int8 with the torch backend runs on CPU only, not {device_type}"
+    if backend == "onnx" and device_type == "cuda":
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise UsageError("--backend onnx on CUDA needs onnxruntime-gpu (the CUDA execution provider)")
-    elif device.type != "cpu":
-        raise UsageError(f"--backend onnx runs on cpu or cuda, not {device.type}")
+            return "--backend onnx on CUDA needs onnxruntime-gpu (the CUDA execution provider)"
+    if backend == "onnx" and device_type not in ("cpu", "cuda"):
+        return f"--backend onnx runs on cpu or cuda, not {device_type}"
+    return None
 
 
 def attention_kernels(device: Any) -> contextlib.AbstractContextManager:
@@ -116,7 +106,6 @@ class OnnxRunner:
     def __init__(self, path: Path, device: Any, threads: int | None) -> None:
         import onnxruntime as ort
 
-        check_onnx_device(device)
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))

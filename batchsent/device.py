@@ -63,13 +63,16 @@ def resolve_dtype(dtype: str, device_type: str) -> str:
     return dtype
 
 
-def resolve_device(device: str) -> Any:
-    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a torch.device that exists here."""
+def resolve_device(device: str, cuda_usable: bool = True) -> Any:
+    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a torch.device that exists here.
+
+    ``auto`` is CUDA when present and ``cuda_usable`` (the backend can run there), else CPU.
+    """
     import torch
 
     check_device_name(device)
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda_usable and torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {device}: no CUDA device is available to this torch ({torch.__version__})")

@@ -14,6 +14,7 @@ the review mix; per-token scales agree on 99.7% at about the same speed (``make 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ import torch
 _LEVELS = 255  # asymmetric activations: 256 levels, shifted by 128 into int8
 
 
+@functools.cache
 def int8_matmul_available() -> bool:
     """Whether this torch computes int8 x int8 -> int32 products on the CPU."""
     int_mm = getattr(torch, "_int_mm", None)

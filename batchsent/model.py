@@ -19,7 +19,7 @@ import numpy as np
 
 from .batching import plan_batches, window_spans
 from .config import DEFAULT_MODEL, check_long_text_options
-from .backends import OnnxRunner, TorchRunner, auto_device, check_backend_options, check_onnx_device, onnx_model
+from .backends import OnnxRunner, TorchRunner, check_backend_options, device_refusal, onnx_model
 from .device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype
 from .errors import Interrupted, ModelLoadError, UsageError, first_line
 from .postprocess import activate, activation_for, aggregate_windows
@@ -185,13 +185,13 @@ class Classifier:
         check_backend_options(backend, quantize, dtype)
         import torch
 
-        self.device = resolve_device(auto_device(backend, quantize) if device == "auto" else device)
+        cuda_usable = device_refusal(backend, quantize, "cuda") is None
+        self.device = resolve_device(device, cuda_usable=cuda_usable)
         self.dtype = resolve_dtype(dtype, self.device.type)
         check_dtype_supported(self.dtype, self.device)
-        if quantize == "int8" and backend == "torch" and self.device.type != "cpu":
-            raise UsageError(f"--quantize int8 with the torch backend runs on CPU only, not {self.device.type}")
-        if backend == "onnx":
-            check_onnx_device(self.device)
+        refusal = device_refusal(backend, quantize, self.device.type)
+        if refusal:
+            raise UsageError(refusal)
         self.backend, self.quantize = backend, quantize
         if threads is not None:
             torch.set_num_threads(threads)

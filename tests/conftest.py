@@ -77,6 +77,21 @@ def build_tiny_model(directory: Path, kind: str, seed: int = 0) -> Path:
     return directory
 
 
+def fail_third_chunk(monkeypatch: pytest.MonkeyPatch, message: str) -> None:
+    """Make Classifier.run raise RuntimeError(message) on its third chunk (two get committed)."""
+    from batchsent.model import Classifier
+
+    original, calls = Classifier.run, {"n": 0}
+
+    def failing(self, chunk, stop=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError(message)
+        return original(self, chunk, stop)
+
+    monkeypatch.setattr(Classifier, "run", failing)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Folders of the four tiny model kinds, built once per run."""

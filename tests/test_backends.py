@@ -106,29 +106,32 @@ def test_bf16_is_refused_where_the_cpu_lacks_it(binary_model, monkeypatch):
 
 def test_onnx_on_a_device_onnxruntime_cannot_use_is_refused(monkeypatch):
     import onnxruntime
-    import torch
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    with pytest.raises(UsageError, match="needs onnxruntime-gpu"):
-        backends.check_onnx_device(torch.device("cuda"))
-    with pytest.raises(UsageError, match="runs on cpu or cuda, not mps"):
-        backends.check_onnx_device(torch.device("mps"))
-    backends.check_onnx_device(torch.device("cpu"))
+    assert "needs onnxruntime-gpu" in backends.device_refusal("onnx", None, "cuda")
+    assert "runs on cpu or cuda, not mps" in backends.device_refusal("onnx", None, "mps")
+    assert backends.device_refusal("onnx", None, "cpu") is None
 
 
 def test_auto_device_is_where_the_backend_can_run(monkeypatch):
     import onnxruntime
     import torch
 
+    from batchsent.device import resolve_device
+
+    def auto_device(backend, quantize):  # as the Classifier resolves --device auto
+        usable = backends.device_refusal(backend, quantize, "cuda") is None
+        return resolve_device("auto", cuda_usable=usable).type
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert backends.auto_device("torch", None) == "cpu"
+    assert auto_device("torch", None) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert backends.auto_device("torch", None) == "cuda"
-    assert backends.auto_device("torch", "int8") == "cpu"  # torch int8 runs on the CPU only
+    assert auto_device("torch", None) == "cuda"
+    assert auto_device("torch", "int8") == "cpu"  # torch int8 runs on the CPU only
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    assert backends.auto_device("onnx", None) == "cpu"
+    assert auto_device("onnx", None) == "cpu"
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert backends.auto_device("onnx", "int8") == "cuda"
+    assert auto_device("onnx", "int8") == "cuda"
 
 
 def test_cuda_attention_leaves_out_cudnn_and_cpu_keeps_torchs_choice():

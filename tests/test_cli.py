@@ -202,23 +202,14 @@ def test_bad_file_contents(tmp_path, binary_model):
 
 
 def test_a_failure_while_running_leaves_no_output(reviews, binary_model, monkeypatch):
-    from batchsent.model import Classifier
+    from conftest import fail_third_chunk
 
-    calls = {"n": 0}
-    original = Classifier.run
-
-    def failing_run(self, chunk, stop=None):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("device fell over")
-        return original(self, chunk, stop)
-
-    monkeypatch.setattr(Classifier, "run", failing_run)
+    fail_third_chunk(monkeypatch, "device fell over")
     result = invoke(reviews, "--model", binary_model, "--chunk-rows", "5")
     bad(result, 1, "RuntimeError: device fell over; 10 rows are committed: rerun with --resume once fixed")
     # no output under the final name; the committed progress is kept for --resume
     assert sorted(p.name for p in reviews.parent.iterdir()) == [".reviews.scored.csv.batchsent", "reviews.csv"]
-    monkeypatch.setattr(Classifier, "run", original)
+    monkeypatch.undo()  # the device is back
     result = invoke(reviews, "--model", binary_model, "--chunk-rows", "5", "--resume")
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in reviews.parent.iterdir()) == ["reviews.csv", "reviews.scored.csv"]

@@ -87,22 +87,14 @@ def test_sigterm_commits_and_exits_143_with_the_resume_hint(corpus, binary_model
 @pytest.fixture
 def interrupted_run(corpus, binary_model, monkeypatch, tmp_path):
     """An in-process run that failed after committing 2 chunks."""
-    from batchsent.model import Classifier
+    from conftest import fail_third_chunk
 
-    original, calls = Classifier.run, {"n": 0}
-
-    def failing(self, chunk, stop=None):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("node rebooted")
-        return original(self, chunk, stop)
-
-    monkeypatch.setattr(Classifier, "run", failing)
+    fail_third_chunk(monkeypatch, "node rebooted")
     output = tmp_path / "out.parquet"
     args = ["score", str(corpus), "--model", str(binary_model), "-o", str(output), "--chunk-rows", "50"]
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "100 rows are committed" in result.stderr
-    monkeypatch.setattr(Classifier, "run", original)
+    monkeypatch.undo()  # later runs score normally
     return args, output
 
 
