@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .cpu import this_cpu
 from .device import to_device
 from .errors import ModelLoadError, UsageError, first_line
 from .identity import model_identity
@@ -47,10 +48,9 @@ def check_backend_options(backend: str, quantize: str | None, dtype: str) -> Non
     if quantize == "int8" and dtype not in ("auto", "float32"):
         raise UsageError(f"--quantize int8 starts from float32 weights; drop --dtype {dtype}")
     if quantize == "int8" and backend == "torch":
-        from .int8 import int8_matmul_available
+        from .int8 import choose_kernel
 
-        if not int8_matmul_available():  # cached: JobConfig and Classifier both check
-            raise UsageError("--quantize int8 needs torch's int8 matrix product on CPU (torch>=2.2), or --backend onnx")
+        choose_kernel(this_cpu())  # refuses where int8 would be slower than float32
 
 
 def device_refusal(backend: str, quantize: str | None, device_type: str) -> str | None:

@@ -105,6 +105,11 @@ def score(
         typer.Option(help="int8: the encoder's Linear layers as int8 products, per-token activation scales (CPU). "
                      "[default: off]"),  # fmt: skip
     ] = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(help="exact (float32), or fast: the variant measured fastest on this CPU class or GPU with "
+                     "99.5%+ of float32's labels (batchsent info shows it). [default: --dtype and --quantize as given]"),  # fmt: skip
+    ] = None,
     threads: Annotated[
         Optional[int], typer.Option(help="Torch intra-op threads. [default: torch's own choice]")
     ] = None,
@@ -179,6 +184,7 @@ def score(
         "threads": threads,
         "backend": backend,
         "quantize": quantize,
+        "precision": precision,
         "prefix": prefix,
         "all_scores": all_scores,
         "chunk_rows": chunk_rows,
@@ -273,6 +279,18 @@ def report_command(
     except BatchsentError as error:
         reporter.fail(str(error), error.exit_code)
     _write_report(reporter, scored_file, target, options, None)
+
+
+@app.command("info")
+def info_command(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of lines.")] = False,
+) -> None:
+    """Print this machine's CPU and its features, the torch and ONNX Runtime builds, CUDA devices,
+    which variants can run here, and what --precision fast picks."""
+    from .info import collect, render
+
+    info = collect()
+    typer.echo(json.dumps(info, indent=2) if as_json else "\n".join(render(info)))
 
 
 def _write_report(reporter: _Reporter, scored: Path, target: Path, options, truncated: int | None) -> None:

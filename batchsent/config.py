@@ -18,6 +18,7 @@ from .backends import check_backend_options
 from .device import check_device_name, check_dtype_name
 from .errors import UsageError
 from .postprocess import AGGREGATIONS
+from .precision import check_precision_options
 
 DEFAULT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
 DEFAULT_CHUNK_ROWS = 4096
@@ -67,6 +68,7 @@ class JobConfig:
     aggregate: str | None = None
     backend: str = "torch"
     quantize: str | None = None
+    precision: str | None = None
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -77,6 +79,7 @@ class JobConfig:
         check_device_name(self.device)
         check_dtype_name(self.dtype)
         check_long_text_options(self.long_text, self.stride, self.aggregate)
+        check_precision_options(self.precision, self.dtype, self.quantize, self.backend)
         check_backend_options(self.backend, self.quantize, self.dtype)
         if self.stride is not None and self.max_length is not None and self.stride >= self.max_length:
             raise UsageError(f"--stride {self.stride} must be smaller than the window (--max-length {self.max_length})")
@@ -84,7 +87,7 @@ class JobConfig:
     def classifier_options(self) -> dict[str, Any]:
         """The keyword arguments of ``Classifier`` (besides the model) that this job sets."""
         names = ("revision", "device", "dtype", "max_length", "batch_size", "token_budget", "threads",
-                 "long_text", "stride", "aggregate", "backend", "quantize")  # fmt: skip
+                 "long_text", "stride", "aggregate", "backend", "quantize", "precision")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
     @property
@@ -117,6 +120,7 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
     "aggregate": (str,),
     "backend": (str,),
     "quantize": (str,),
+    "precision": (str,),
     "resume": (bool,),
 }
 assert set(_KEY_TYPES) == {f.name for f in fields(JobConfig)}

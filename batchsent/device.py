@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .cpu import this_cpu
 from .errors import UsageError
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -84,37 +85,17 @@ def resolve_device(device: str, cuda_usable: bool = True) -> Any:
     return torch.device(device)
 
 
-def cpu_has_bf16(cpu_flags: set[str] | None) -> bool:
-    """Whether a CPU with these /proc/cpuinfo flags computes bfloat16 natively.
-
-    x86 needs AVX512-BF16 or AMX-BF16, Arm the BF16 extension; without them torch
-    emulates bfloat16, slower than float32. Unknown flags (no /proc/cpuinfo) pass.
-    """
-    if cpu_flags is None:
-        return True
-    return bool(cpu_flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def read_cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
-    try:
-        with open(path, encoding="utf-8") as stream:
-            for line in stream:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
-    except OSError:
-        return None
-    return None
-
-
 def check_dtype_supported(dtype: str, device: Any) -> None:
     """Refuse a dtype this device cannot run (or only emulates)."""
     import torch
 
     if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UsageError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} does not support it")
-    if dtype == "bfloat16" and device.type == "cpu" and not cpu_has_bf16(read_cpu_flags()):
-        raise UsageError("--dtype bfloat16: this CPU has no native bfloat16 (AVX512-BF16/AMX); use float32 or --quantize int8")
+    if dtype == "bfloat16" and device.type == "cpu" and not this_cpu().native_bf16:
+        raise UsageError(
+            f"--dtype bfloat16: this CPU ({this_cpu().model}) has no native bfloat16 (AVX512-BF16/AMX), "
+            "so it would run slower than float32; use --precision fast or float32"
+        )
 
 
 def to_device(array: Any, device: Any) -> Any:

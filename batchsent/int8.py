@@ -1,25 +1,38 @@
 """Dynamic int8 for the torch backend: per-channel int8 weights, per-token int8 activations.
 
-Each Linear layer of the encoder becomes an int8 x int8 -> int32 matrix product
-(``torch._int_mm``, VNNI on x86 CPUs) between weights quantized once per output channel
-(symmetric) and activations quantized per token as they arrive (asymmetric: each token's
-own minimum and maximum). The classification head stays float32: it sees one row per
-text, so it costs nothing and keeps the last step exact.
+Each Linear layer of the encoder becomes an int8 product between weights quantized once
+per output channel (symmetric) and activations quantized per token as they arrive
+(asymmetric: each token's own minimum and maximum). The classification head and pooler
+stay float32: they see one row per text, so they cost nothing and keep the last step exact.
 
-Why not ``torch.ao.quantization.quantize_dynamic``: it gives each batch's activations a
-single scale over the whole padded batch (and a 7-bit range on x86), so one outlier token
-coarsens every other token. On the SST-2 fixture its labels agreed with float32 on 93% of
-the review mix; per-token scales agree on 99.7% at about the same speed (``make bench``).
+Two kernels compute the same arithmetic; ``this_cpu().int8_kernel`` picks the one that is
+fast on the CPU at hand (see cpu.py):
+
+- ``Int8Linear`` (CPUs with VNNI or AMX): ``torch._int_mm``, int8 x int8 -> int32.
+- ``FbgemmInt8Linear`` (AVX2 without VNNI, where ``_int_mm`` crawls): fbgemm's dynamic
+  quantized Linear. It gives the whole input one activation scale, so each token is first
+  mapped onto [0, 1] with its own minimum and range and mapped back after the product:
+  one scale over normalised tokens is a per-token scale. fbgemm's 7-bit activation range
+  (``reduce_range``) keeps AVX2's 16-bit pair sums from saturating.
+
+Why not ``torch.ao.quantization.quantize_dynamic`` as it is: one scale over the raw padded
+batch lets one outlier token coarsen every other token; its labels agreed with float32 on
+93% of the review mix, per-token scales on 99.7% (``make bench``).
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import torch
 
+from .cpu import CpuInfo
+from .errors import UsageError
+
 _LEVELS = 255  # asymmetric activations: 256 levels, shifted by 128 into int8
+KERNELS = ("int_mm", "fbgemm")
 
 
 @functools.cache
@@ -33,6 +46,31 @@ def int8_matmul_available() -> bool:
         return bool((int_mm(probe, probe.t()) == 8).all())
     except RuntimeError:
         return False
+
+
+@functools.cache
+def fbgemm_available() -> bool:
+    """Whether this torch has fbgemm's dynamic quantized Linear (x86 builds)."""
+    try:
+        return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_dynamic")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def choose_kernel(cpu: CpuInfo) -> str:
+    """The int8 kernel to use on ``cpu``, or a UsageError saying why int8 would not be faster here."""
+    kernel = cpu.int8_kernel
+    if kernel is None:
+        need = "AVX2 (x86)" if cpu.is_x86 else "an x86 CPU with VNNI/AMX or AVX2"
+        raise UsageError(
+            f"--quantize int8 would be slower than float32 on this CPU ({cpu.model}): it needs {need}; "
+            "use --precision fast, or float32"
+        )
+    if kernel == "int_mm" and not int8_matmul_available():
+        raise UsageError(f"--quantize int8 needs torch's int8 matrix product on CPU (torch>=2.2; this is {torch.__version__})")
+    if kernel == "fbgemm" and not fbgemm_available():
+        raise UsageError(f"--quantize int8 on an AVX2 CPU needs torch's fbgemm engine, absent from torch {torch.__version__}")
+    return kernel
 
 
 class Int8Linear(torch.nn.Module):
@@ -64,12 +102,45 @@ class Int8Linear(torch.nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def quantize_encoder_int8(model: Any) -> int:
-    """Replace the encoder's Linear layers with Int8Linear in place; returns how many.
+class FbgemmInt8Linear(torch.nn.Module):
+    """The same per-channel/per-token product through fbgemm: ``y = range * (W x01) + low * sum(W) + b``."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12).double() / 127
+        zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantized tensors are marked deprecated; fbgemm still takes them
+            quantized = torch.quantize_per_channel(weight, scale, zero_points, 0, torch.qint8)
+            self._packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self.out_features = linear.out_features
+        self.register_buffer("weight_sum", quantized.dequantize().sum(dim=1))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        low = rows.amin(dim=1, keepdim=True)
+        span = (rows.amax(dim=1, keepdim=True) - low).clamp_(min=1e-12)
+        unit = (rows - low).div_(span)  # every token on [0, 1]: fbgemm's one scale is now per token
+        y = torch.ops.quantized.linear_dynamic(unit, self._packed, True)
+        y.mul_(span)
+        if self.bias is not None:
+            y.add_(self.bias)
+        y.addr_(low.squeeze(1), self.weight_sum)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+LAYERS = {"int_mm": Int8Linear, "fbgemm": FbgemmInt8Linear}
+
+
+def quantize_encoder_int8(model: Any, kernel: str = "int_mm") -> int:
+    """Replace the encoder's Linear layers with the ``kernel``'s int8 layer in place; returns how many.
 
     The encoder is ``model.base_model`` less its pooler; heads and the pooler see one row
     per text and stay float32.
     """
+    layer = LAYERS[kernel]
     base = getattr(model, "base_model", model)
     keep = set()
     pooler = getattr(base, "pooler", None)
@@ -81,6 +152,6 @@ def quantize_encoder_int8(model: Any) -> int:
             continue
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.Linear):
-                setattr(parent, name, Int8Linear(child))
+                setattr(parent, name, layer(child))
                 replaced += 1
     return replaced

@@ -57,6 +57,7 @@ class RunSummary:
     label_counts: dict[str, int] = field(default_factory=dict)
     chunked: bool = False
     resumed_rows: int = 0
+    where: str = ""  # the device and variant that scored, e.g. "cpu, int8/int_mm"
 
     @property
     def rows_per_second(self) -> float:
@@ -72,6 +73,7 @@ class RunSummary:
             + (f", resumed after {self.resumed_rows:,} rows)" if self.resumed_rows else ")")
             + (f"; {labels}" if labels else "")
             + f" -> {self.output}"
+            + (f" [{self.where}]" if self.where else "")
         )
 
 
@@ -145,7 +147,8 @@ def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
 
 
 RESULT_OPTIONS = ("column", "revision", "max_length", "batch_size", "token_budget", "device", "dtype", "threads",
-                  "chunk_rows", "prefix", "all_scores", "long_text", "stride", "aggregate", "backend", "quantize")  # fmt: skip
+                  "chunk_rows", "prefix", "all_scores", "long_text", "stride", "aggregate", "backend", "quantize",
+                  "precision")  # fmt: skip
 
 
 def _fingerprint(config: JobConfig, output: Path) -> dict[str, Any]:
@@ -157,7 +160,7 @@ def _fingerprint(config: JobConfig, output: Path) -> dict[str, Any]:
 
 def _model_fingerprint(config: JobConfig, classifier: Classifier) -> dict[str, Any]:
     identity = model_identity(config.model, classifier.model)
-    effective = {name: getattr(classifier, name) for name in ("batch_size", "token_budget", "max_length", "dtype")}
+    effective = {name: getattr(classifier, name) for name in ("batch_size", "token_budget", "max_length", "dtype", "variant")}
     return {**identity, "device_type": classifier.device.type, **effective}
 
 
@@ -206,7 +209,7 @@ def run(
             classifier = Classifier(config.model, **config.classifier_options())
         fingerprint["model"] = _model_fingerprint(config, classifier)
         record.update(model=fingerprint["model"], labels=classifier.labels, device=str(classifier.device),
-                      dtype=classifier.dtype)  # fmt: skip
+                      dtype=classifier.dtype, variant=classifier.variant)  # fmt: skip
         if state is not None:
             _check_resumable(state.fingerprint, fingerprint, ("model",))
         chunked = classifier.long_text == "chunk"
@@ -226,7 +229,7 @@ def run(
     return RunSummary(
         config.input, output, state.rows, state.rows - state.empty, state.empty, state.truncated,
         time.monotonic() - started, {k: state.label_counts[k] for k in classifier.labels if k in state.label_counts},
-        classifier.long_text == "chunk", resumed_rows,
+        classifier.long_text == "chunk", resumed_rows, f"{classifier.device}, {classifier.variant}",
     )  # fmt: skip
 
 

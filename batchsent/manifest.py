@@ -64,6 +64,7 @@ def build_manifest(
         "versions": {name: _version(name) for name in LIBRARIES} | {"python": platform.python_version()},
         "device": record.get("device"),
         "dtype": record.get("dtype"),
+        "variant": record.get("variant"),
         "started": _iso(started_at),
         "ended": _iso(ended_at),
         "elapsed_seconds": round(elapsed, 3),

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from .batching import plan_batches, window_spans
+from .cpu import this_cpu
+from .precision import check_precision_options, resolve_precision
 from .config import DEFAULT_MODEL, check_long_text_options
 from .backends import OnnxRunner, TorchRunner, check_backend_options, device_refusal, onnx_model
 from .device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype
@@ -176,17 +178,23 @@ class Classifier:
         aggregate: str | None = None,
         backend: str = "torch",
         quantize: str | None = None,
+        precision: str | None = None,
     ) -> None:
         for option, value in (("batch-size", batch_size), ("token-budget", token_budget),
                               ("max-length", max_length), ("threads", threads)):  # fmt: skip
             if value is not None and value < 1:
                 raise UsageError(f"--{option} must be positive, got {value}")
         self.long_text, self.stride, self.aggregate = check_long_text_options(long_text, stride, aggregate)
+        check_precision_options(precision, dtype, quantize, backend)
         check_backend_options(backend, quantize, dtype)
         import torch
 
         cuda_usable = device_refusal(backend, quantize, "cuda") is None
         self.device = resolve_device(device, cuda_usable=cuda_usable)
+        if precision is not None:
+            variant = resolve_precision(precision, self.device.type, this_cpu())
+            dtype, quantize = variant.dtype, variant.quantize
+            check_backend_options(backend, quantize, dtype)
         self.dtype = resolve_dtype(dtype, self.device.type)
         check_dtype_supported(self.dtype, self.device)
         refusal = device_refusal(backend, quantize, self.device.type)
@@ -223,15 +231,18 @@ class Classifier:
         if self.long_text == "chunk":
             self._prepare_windows()
         self.exported = False
+        self.precision = precision
+        self.kernel: str | None = None
         if backend == "onnx":
             sample = self.encode(["a short sample", "a somewhat longer sample text for the export"])
             path, self.exported = onnx_model(model, self.model, self._batch_inputs(sample, sample.batches[0]), quantize)
             self._runner: TorchRunner | OnnxRunner = OnnxRunner(path, self.device, threads)
         else:
             if quantize == "int8":
-                from .int8 import quantize_encoder_int8
+                from .int8 import choose_kernel, quantize_encoder_int8
 
-                quantize_encoder_int8(self.model)
+                self.kernel = choose_kernel(this_cpu())  # checked before loading too (backends.py)
+                quantize_encoder_int8(self.model, self.kernel)
             self._runner = TorchRunner(self.model, self.device)
 
     def _prepare_windows(self) -> None:
@@ -326,6 +337,13 @@ class Classifier:
         return self.run(self.encode(texts))
 
     __call__ = predict
+
+    @property
+    def variant(self) -> str:
+        """What runs the model, in words: backend, dtype or int8 kernel, and the --precision asked for."""
+        kind = f"int8/{self.kernel or 'onnxruntime'}" if self.quantize == "int8" else self.dtype
+        named = f"{self.backend} {kind}" if self.backend != "torch" else kind
+        return f"{named}, --precision {self.precision}" if self.precision else named
 
     def _batch_inputs(self, chunk: EncodedChunk, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Right-padded model inputs (numpy) for one planned batch."""

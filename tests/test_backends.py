@@ -9,7 +9,7 @@ import pytest
 from conftest import build_tiny_model, varied_texts
 
 from batchsent import backends
-from batchsent.device import cpu_has_bf16, read_cpu_flags
+from batchsent.cpu import CpuInfo, this_cpu
 from batchsent.errors import UsageError
 from batchsent.model import Classifier
 
@@ -47,8 +47,10 @@ def test_export_is_cached_and_invalidated_when_the_model_changes(tmp_path):
     ids=["torch-bf16", "torch-int8", "onnx-int8"],
 )
 def test_each_variant_runs_and_stays_close_to_float32(binary_model, options):
-    if options.get("dtype") == "bfloat16" and not cpu_has_bf16(read_cpu_flags()):
-        pytest.skip("this CPU has no native bfloat16")
+    if options.get("dtype") == "bfloat16" and not this_cpu().native_bf16:
+        pytest.skip(f"this CPU has no native bfloat16: {this_cpu().describe()}")
+    if options == {"quantize": "int8"} and this_cpu().int8_kernel is None:
+        pytest.skip(f"no int8 kernel faster than float32 on this CPU: {this_cpu().describe()}")
     texts = varied_texts(30, seed=8)
     exact = Classifier(str(binary_model), device="cpu").predict(texts).probabilities
     variant = Classifier(str(binary_model), device="cpu", **options).predict(texts).probabilities
@@ -63,7 +65,10 @@ def test_int8_end_to_end_through_the_cli(tmp_path, binary_model):
 
     source = tmp_path / "in.csv"
     source.write_text("text\ngood\nbad\n")
-    for args in (["--quantize", "int8"], ["--backend", "onnx"], ["--backend", "onnx", "--quantize", "int8"]):
+    variants = [["--backend", "onnx"], ["--backend", "onnx", "--quantize", "int8"], ["--precision", "fast"]]
+    if this_cpu().int8_kernel is not None:  # elsewhere torch int8 is refused (test_cpu.py)
+        variants.append(["--quantize", "int8"])
+    for args in variants:
         output = tmp_path / f"out-{'-'.join(args)}.csv"
         result = CliRunner().invoke(app, ["score", str(source), "--model", str(binary_model), "-o", str(output), *args])
         assert result.exit_code == 0, result.stderr
@@ -91,16 +96,11 @@ def test_onnx_without_onnxruntime_says_what_to_install(monkeypatch):
         Classifier("never-loaded", backend="onnx")
 
 
-def test_bf16_support_from_cpu_flags():
-    assert cpu_has_bf16({"avx512f", "avx512_bf16"}) and cpu_has_bf16({"amx_bf16"}) and cpu_has_bf16(None)
-    assert not cpu_has_bf16({"avx2", "avx512f", "avx512_vnni"})
-
-
 def test_bf16_is_refused_where_the_cpu_lacks_it(binary_model, monkeypatch):
     import batchsent.device as device
 
-    monkeypatch.setattr(device, "read_cpu_flags", lambda: {"avx2"})
-    with pytest.raises(UsageError, match="no native bfloat16"):
+    monkeypatch.setattr(device, "this_cpu", lambda: CpuInfo("AVX2 EPYC", "x86_64", frozenset({"avx2"})))
+    with pytest.raises(UsageError, match=r"this CPU \(AVX2 EPYC\) has no native bfloat16"):
         Classifier(str(binary_model), device="cpu", dtype="bfloat16")
 
 

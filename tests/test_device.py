@@ -53,7 +53,11 @@ def test_bfloat16_on_cpu_runs_and_agrees_roughly(binary_model):
     import numpy as np
     from conftest import varied_texts
 
+    from batchsent.cpu import this_cpu
     from batchsent.model import Classifier
+
+    if not this_cpu().native_bf16:
+        pytest.skip(f"this CPU has no native bfloat16 (its refusal: test_backends.py): {this_cpu().describe()}")
 
     texts = varied_texts(20, seed=5)
     exact = Classifier(str(binary_model), device="cpu").predict(texts).probabilities

@@ -1,0 +1,80 @@
+"""``batchsent info``: this machine's CPU, builds and GPUs, and which variants it can run."""
+
+from __future__ import annotations
+
+import importlib.util
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from .cpu import CpuInfo, this_cpu
+from .errors import UsageError
+from .precision import resolve_precision
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _variants(cpu: CpuInfo) -> dict[str, str]:
+    """Each CPU variant: "yes" with its kernel, or "no: why"."""
+    from .int8 import choose_kernel
+
+    try:
+        int8 = f"yes ({choose_kernel(cpu)})"
+    except UsageError as refusal:
+        int8 = f"no: {refusal}"
+    onnx = importlib.util.find_spec("onnxruntime") is not None
+    return {
+        "float32": "yes",
+        "bfloat16": "yes" if cpu.native_bf16 else "no: no native bfloat16 (AVX512-BF16/AMX)",
+        "torch int8": int8,
+        "onnx float32": "yes" if onnx else "no: pip install 'batchsent[onnx]'",
+        "onnx int8": "yes" if onnx and importlib.util.find_spec("onnx") else "no: pip install 'batchsent[onnx]'",
+    }
+
+
+def collect() -> dict[str, Any]:
+    """Everything ``batchsent info`` prints, as plain data (also for scripts: ``--json``)."""
+    import torch
+
+    cpu = this_cpu()
+    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    fast_device = "cuda" if cuda else "cpu"
+    fast = resolve_precision("fast", fast_device, cpu)
+    return {
+        "cpu": {"model": cpu.model, "machine": cpu.machine, "class": cpu.cpu_class, "features": cpu.features},
+        "builds": {
+            "torch": torch.__version__,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_cuda": torch.version.cuda,
+            "onnxruntime": _version("onnxruntime"),
+            "transformers": _version("transformers"),
+        },
+        "cuda_devices": cuda,
+        "variants": _variants(cpu),
+        "precision_fast": {
+            "device": fast_device,
+            "dtype": fast.dtype,
+            "quantize": fast.quantize,
+            "basis": fast.basis,
+        },
+    }
+
+
+def render(info: dict[str, Any]) -> list[str]:
+    """``collect()``'s data as the lines ``batchsent info`` prints."""
+    cpu, builds, fast = info["cpu"], info["builds"], info["precision_fast"]
+    features = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in cpu["features"].items())
+    lines = [
+        f"cpu: {cpu['model']} ({cpu['machine']}, class {cpu['class']})",
+        f"cpu features: {features}",
+        "builds: " + ", ".join(f"{name} {value or 'absent'}" for name, value in builds.items()),
+        f"cuda devices: {', '.join(info['cuda_devices']) or 'none'}",
+    ]
+    lines += [f"variant {name}: {state}" for name, state in info["variants"].items()]
+    chosen = fast["quantize"] or fast["dtype"]
+    lines.append(f"--precision fast here: {chosen} on {fast['device']}; measured: {fast['basis']}")
+    return lines
