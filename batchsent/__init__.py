@@ -8,17 +8,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .api import score_dataframe, score_file
-from .config import DEFAULT_MODEL, JobConfig
 from .errors import (
     BatchsentError,
     ColumnNotFound,
+    ExitCode,
     InputError,
+    Interrupted,
     ModelLoadError,
     OutputError,
+    PublishedWithErrors,
     ScoringError,
     UsageError,
 )
-from .job import RunSummary, run
+from .job import RunSummary
+from .options import DEFAULT_MODEL, JobConfig, ModelOptions
+from .runner import run
 
 if TYPE_CHECKING:
     from .model import Classifier
@@ -30,10 +34,14 @@ __all__ = [
     "BatchsentError",
     "Classifier",
     "ColumnNotFound",
+    "ExitCode",
     "InputError",
+    "Interrupted",
     "JobConfig",
     "ModelLoadError",
+    "ModelOptions",
     "OutputError",
+    "PublishedWithErrors",
     "RunSummary",
     "ScoringError",
     "UsageError",

@@ -6,10 +6,11 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULT_MODEL, JobConfig
 from .errors import ColumnNotFound, InputError
-from .job import Progress, RunSummary, run
+from .job import Progress, RunSummary
+from .options import DEFAULT_MODEL, JobConfig
 from .postprocess import column_names, prediction_arrays
+from .runner import run
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,7 +26,10 @@ def score_file(
     progress: Progress | None = None,
     **options: Any,
 ) -> RunSummary:
-    """Score a CSV/TSV/Parquet file; ``options`` are JobConfig fields (column, model, prefix...)."""
+    """Score a CSV/TSV/Parquet file; ``options`` are JobConfig fields (column, model, prefix, manifest...).
+
+    The same job as ``batchsent score``: see ``batchsent.run`` for signals, manifest and report.
+    """
     config = JobConfig(input=Path(input), output=None if output is None else Path(output), **options)
     return run(config, progress=progress, classifier=classifier)
 

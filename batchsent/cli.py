@@ -1,13 +1,10 @@
-"""The ``batchsent`` command: flags -> JobConfig -> job.run, errors -> one line + exit code."""
+"""The ``batchsent`` command, a face only: flags -> JobConfig -> runner.run, progress drawn, errors -> one line + exit code."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
-import time
 import traceback as tb
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,15 +13,14 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .config import DEFAULT_CHUNK_ROWS, DEFAULT_MODEL, build_config
+from .config import build_config
 from .device import CPU_LIMITS, CUDA_LIMITS
-from .errors import BatchsentError, Interrupted, first_line
-from .job import run
-from .manifest import build_manifest, write_manifest
-from .report import ReportOptions
-from .progress import BarProgress, LogProgress
+from .errors import BatchsentError, ExitCode, PublishedWithErrors, first_line
+from .options import DEFAULT_CHUNK_ROWS, DEFAULT_MODEL, JobConfig
+from .progress import BarProgress, LogProgress, NotesOnly
+from .runner import run
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_SIGTERM = 0, 1, 2, 130, 143
+JOB_FIELDS = set(JobConfig.__dataclass_fields__)
 
 app = typer.Typer(
     add_completion=False,
@@ -141,24 +137,31 @@ def score(
         Optional[bool], typer.Option("--overwrite/--no-overwrite", help="Replace an existing output.", show_default=False)
     ] = None,
     quiet: Annotated[
-        Optional[bool], typer.Option("--quiet/--no-quiet", "-q", help="No progress; errors and summary only.", show_default=False)
+        Optional[bool],
+        typer.Option("--quiet/--no-quiet", "-q", help="No progress; notes, errors and the summary only.", show_default=False),
     ] = None,
     report: Annotated[
-        Optional[Path], typer.Option(help="Also write an HTML report of the output here at the end.")
+        Optional[Path], typer.Option(help="Also write an HTML report of the output here at the end (both engines).")
     ] = None,
     engine: Annotated[
-        str, typer.Option(help="local, or ray (Ray Data; INPUT may be a file, folder or glob; pip install 'batchsent[ray]').")
-    ] = "local",
+        Optional[str],
+        typer.Option(help="local, or ray (Ray Data; INPUT may be a file, folder or glob; pip install 'batchsent[ray]'). "
+                     "[default: local]"),  # fmt: skip
+    ] = None,
     ray_address: Annotated[
         Optional[str], typer.Option(help="With --engine ray: the cluster to join. [default: a local Ray for this job]")
     ] = None,
-    workers: Annotated[int, typer.Option(help="With --engine ray: scoring actors (each loads the model once).")] = 1,
-    gpus_per_worker: Annotated[float, typer.Option(help="With --engine ray: GPUs per actor (fractions allowed).")] = 0.0,
+    workers: Annotated[
+        Optional[int], typer.Option(help="With --engine ray: scoring actors (each loads the model once). [default: 1]")
+    ] = None,
+    gpus_per_worker: Annotated[
+        Optional[float], typer.Option(help="With --engine ray: GPUs per actor (fractions allowed). [default: 0]")
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run from its last committed chunk.")
     ] = False,
     manifest: Annotated[
-        Optional[Path], typer.Option(help="Write a JSON manifest of the run here (also when it fails).")
+        Optional[Path], typer.Option(help="Write a JSON manifest of the run here (also when it fails; both engines).")
     ] = None,
     log_format: Annotated[
         str, typer.Option(help="text, or json (one JSON object per line) for progress, errors and the summary.")
@@ -166,100 +169,42 @@ def score(
     traceback: Annotated[bool, typer.Option("--traceback", help="Show the full traceback of an unexpected error.")] = False,
 ) -> None:
     """Score the text column of INPUT and write it back with prediction columns."""
+    flags = {name: value for name, value in locals().items() if name in JOB_FIELDS}
+    flags["resume"] = resume or None
     _quiet_libraries()
     if log_format not in ("text", "json"):
-        _Reporter("text").fail(f"--log-format {log_format!r}: expected text or json", EXIT_USAGE)
+        _Reporter("text").fail(f"--log-format {log_format!r}: expected text or json", ExitCode.USAGE)
     reporter = _Reporter(log_format)
-    flags = {
-        "input": input,
-        "output": output,
-        "column": column,
-        "model": model,
-        "revision": revision,
-        "batch_size": batch_size,
-        "token_budget": token_budget,
-        "max_length": max_length,
-        "device": device,
-        "dtype": dtype,
-        "threads": threads,
-        "backend": backend,
-        "quantize": quantize,
-        "precision": precision,
-        "prefix": prefix,
-        "all_scores": all_scores,
-        "chunk_rows": chunk_rows,
-        "long_text": long_text,
-        "stride": stride,
-        "aggregate": aggregate,
-        "overwrite": overwrite,
-        "quiet": quiet,
-        "resume": resume or None,
-    }
     try:
         job = build_config(flags, config)
-    except BatchsentError as error:
+        summary = run(job, progress=_progress(job, log_format), handle_signals=True)
+    except PublishedWithErrors as error:
+        reporter.summary(error.summary)
         reporter.fail(str(error), error.exit_code)
-    if engine not in ("local", "ray"):
-        reporter.fail(f"--engine {engine!r}: expected local or ray", EXIT_USAGE)
-    if engine == "ray":
-        _score_on_ray(reporter, job, input, ray_address, workers, gpus_per_worker, resume, manifest, report)
-        return
-    if ray_address is not None or workers != 1 or gpus_per_worker:
-        reporter.fail("--ray-address, --workers and --gpus-per-worker need --engine ray", EXIT_USAGE)
-    record: dict = {}
-    started_at = time.time()
-    outcome: tuple[int, str | None] = (EXIT_OK, None)
-    stopper = _StopOnSignal(reporter)
-    try:
-        with stopper:
-            summary = run(job, progress=_progress(job, log_format), stop=stopper.requested, record=record)
-    except Interrupted:
-        code = EXIT_SIGTERM if stopper.signal == signal.SIGTERM else EXIT_INTERRUPTED
-        name = signal.Signals(stopper.signal).name if stopper.signal else "a stop request"
-        outcome = (code, f"interrupted by {name}{_committed_hint(record, 'run the same command with --resume to continue')}")
-    except KeyboardInterrupt:
-        outcome = (EXIT_INTERRUPTED, f"interrupted; no output was written{_committed_hint(record, '--resume continues')}")
     except BatchsentError as error:
-        hint = _committed_hint(record, "rerun with --resume once fixed") if error.exit_code == EXIT_FAILED else ""
-        outcome = (error.exit_code, f"{first_line(str(error))}{hint}")
-    except Exception as error:  # noqa: BLE001 - the one place unexpected errors become exit 1
-        if traceback:
-            tb.print_exc()
-        hint = _committed_hint(record, "rerun with --resume once fixed")
-        outcome = (EXIT_FAILED, f"{type(error).__name__}: {first_line(str(error))}{hint} (--traceback shows details)")
-    if manifest is not None:
-        try:
-            write_manifest(manifest, build_manifest(job, record, started_at, time.time(), *outcome))
-        except OSError as error:
-            reporter.error(f"cannot write the manifest {manifest}: {error}")
-            outcome = (outcome[0] or EXIT_FAILED, outcome[1])
-    if outcome[1] is not None:
-        reporter.fail(outcome[1], outcome[0])
+        reporter.fail(_explained(error, traceback), error.exit_code)
     reporter.summary(summary)
-    if report is not None:
-        _write_report(reporter, summary.output, report, ReportOptions(prefix=job.prefix, text=job.column),
-                      summary.truncated)  # fmt: skip
+    if job.report is not None:
+        reporter.note(f"report written to {job.report}")
 
 
-def _score_on_ray(reporter, job, input, address, workers, gpus_per_worker, resume, manifest, report) -> None:
-    from .ray_engine import run_ray
-
-    if resume or manifest is not None or report is not None:
-        reporter.fail("--resume, --manifest and --report are for the local engine", EXIT_USAGE)
-    try:
-        summary = run_ray(job, str(input if input is not None else job.input), address, workers, gpus_per_worker)
-    except BatchsentError as error:
-        reporter.fail(str(error), error.exit_code)
-    except KeyboardInterrupt:
-        reporter.fail("interrupted; no output was written", EXIT_INTERRUPTED)
-    except Exception as error:  # noqa: BLE001 - Ray's own failures become exit 1
-        reporter.fail(f"{type(error).__name__}: {first_line(str(error))}", EXIT_FAILED)
-    reporter.summary(summary)
+def _explained(error: BatchsentError, show_traceback: bool) -> str:
+    """The error's line; for a failure batchsent did not foresee, its traceback (--traceback) or the hint to see it."""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, (BatchsentError, KeyboardInterrupt)) or error.exit_code != ExitCode.FAILED:
+        return str(error)
+    if show_traceback:
+        tb.print_exception(cause)
+        return str(error)
+    return f"{error} (--traceback shows details)"
 
 
 @app.command("report")
 def report_command(
-    scored_file: Annotated[Path, typer.Argument(help="A file written by batchsent score.", show_default=False)],
+    scored_file: Annotated[Path, typer.Argument(help="A file (or Ray output folder) written by batchsent score.",
+                                                show_default=False)],  # fmt: skip
     output: Annotated[
         Optional[Path], typer.Option("-o", "--output", help="HTML file. [default: SCORED_FILE_STEM.report.html]")
     ] = None,
@@ -271,14 +216,18 @@ def report_command(
     low_confidence: Annotated[float, typer.Option(help="Scores below this count as low confidence.")] = 0.6,
 ) -> None:
     """Write a self-contained HTML report of a scored file: labels, scores, breakdowns, examples."""
+    from .report import ReportOptions, check_report_target
+    from .report_html import build_report
+
     reporter = _Reporter("text")
     target = output or scored_file.with_name(f"{scored_file.name.split('.')[0]}.report.html")
     try:
-        options = ReportOptions(prefix=prefix, by=by, gold=gold, text=text, examples=examples,
-                                low_confidence=low_confidence)  # fmt: skip
+        check_report_target(target)
+        build_report(scored_file, target, ReportOptions(prefix=prefix, by=by, gold=gold, text=text, examples=examples,
+                                                        low_confidence=low_confidence))  # fmt: skip
     except BatchsentError as error:
         reporter.fail(str(error), error.exit_code)
-    _write_report(reporter, scored_file, target, options, None)
+    reporter.note(f"report written to {target}")
 
 
 @app.command("info")
@@ -293,33 +242,9 @@ def info_command(
     typer.echo(json.dumps(info, indent=2) if as_json else "\n".join(render(info)))
 
 
-def _write_report(reporter: _Reporter, scored: Path, target: Path, options, truncated: int | None) -> None:
-    from .report import collect
-    from .report_html import render, write_report
-
-    if target.suffix.lower() not in (".html", ".htm"):
-        reporter.fail(f"{target}: a report is an .html file", EXIT_USAGE)
-    if not target.parent.is_dir():
-        reporter.fail(f"{target}: the folder {target.parent} does not exist", EXIT_USAGE)
-    try:
-        write_report(target, render(collect(scored, options, truncated)))
-    except BatchsentError as error:
-        reporter.fail(str(error), error.exit_code)
-    except OSError as error:
-        reporter.fail(f"{target}: cannot write the report: {error}", EXIT_FAILED)
-    reporter.note(f"report written to {target}")
-
-
-def _committed_hint(record: dict, advice: str) -> str:
-    state = record.get("state")
-    if state is None or not state.chunks:
-        return ""
-    return f"; {state.rows:,} rows are committed: {advice}"
-
-
-def _progress(job, log_format: str):
+def _progress(job: JobConfig, log_format: str):
     if job.quiet:
-        return None
+        return NotesOnly(json_lines=log_format == "json")
     if sys.stderr.isatty() and log_format == "text":
         return BarProgress()
     return LogProgress(json_lines=log_format == "json")
@@ -341,48 +266,18 @@ class _Reporter:
     def note(self, message: str) -> None:
         self._emit("note", message)
 
-    def error(self, message: str) -> None:
-        self._emit("error", first_line(message))
-
     def fail(self, message: str, code: int) -> None:
-        self.error(message)
-        raise typer.Exit(code)
+        self._emit("error", first_line(message))
+        raise typer.Exit(int(code))
 
     def summary(self, summary) -> None:
         fields = {} if not self.json else {
             "rows": summary.rows, "scored": summary.scored, "empty": summary.empty, "truncated": summary.truncated,
-            "elapsed_seconds": round(summary.elapsed, 3), "label_counts": summary.label_counts,
-            "output": str(summary.output),
+            "elapsed_seconds": round(summary.elapsed, 3), "load_seconds": round(summary.load_seconds, 3),
+            "rows_per_second": round(summary.rows_per_second, 1), "label_counts": summary.label_counts,
+            "output": str(summary.output), "where": summary.where,
         }  # fmt: skip
         self._emit("summary", summary.line(), **fields)
-
-
-class _StopOnSignal:
-    """First SIGINT/SIGTERM: stop at the next batch boundary; a second one quits at once."""
-
-    def __init__(self, report: _Reporter) -> None:
-        self.report = report
-        self.signal: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signum
-        self.report.note(f"{signal.Signals(signum).name}: stopping after the current batch (Ctrl-C again quits now)")
-
-    def __enter__(self) -> _StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 def main() -> None:

@@ -47,6 +47,16 @@ class Reader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.total_bytes = path.stat().st_size
+        self.rows_read = 0
+
+    def estimated_rows(self) -> int | None:
+        """The file's row count: exact for Parquet; for CSV/TSV extrapolated from the rows and bytes read so far."""
+        if self.total_rows is not None:
+            return self.total_rows
+        read = self.bytes_read()
+        if not self.rows_read or not read:
+            return None
+        return max(self.rows_read, round(self.rows_read * self.total_bytes / read))
 
     def bytes_read(self) -> int:
         return self.total_bytes
@@ -55,7 +65,12 @@ class Reader:
         raise NotImplementedError
 
     def batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        yield from rechunk(self._batches(chunk_rows), chunk_rows)
+        yield from rechunk(self._counted(self._batches(chunk_rows)), chunk_rows)
+
+    def _counted(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            self.rows_read += batch.num_rows
+            yield batch
 
     def text_column(self, name: str) -> int:
         """Index of the text column ``name``; refuses a missing, duplicated or non-text column."""

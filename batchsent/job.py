@@ -1,8 +1,9 @@
-"""One scoring job: reader -> chunks -> Classifier -> prediction columns -> atomic writer.
+"""The local engine: reader -> chunks -> Classifier -> prediction columns -> committed parts -> output.
 
 Reading and tokenizing the next chunk runs in one background thread while the model
 scores the current one (a queue of bounded depth keeps memory flat and order intact).
-Every check that needs no model runs before the model loads.
+Every check that needs no model runs before the model loads. ``runner.run`` wraps this
+with signals, the manifest and the report.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import pyarrow.compute as pc
 
 from . import io
 from .checkpoint import Checkpoint, CommittedState, ResumeMismatch, first_difference
-from .config import JobConfig
-from .errors import InputError, OutputError, ScoringError
+from .errors import BatchsentError, InputError, OutputError, ScoringError, first_line
 from .identity import input_fingerprint, model_identity
+from .lock import OutputLock
+from .options import JobConfig
 from .postprocess import column_names, output_fields, prediction_arrays
 
 if TYPE_CHECKING:
@@ -34,18 +36,30 @@ PREFETCH_DEPTH = 1
 
 
 class Progress(Protocol):
-    """What a job reports while it runs (the CLI draws it; the core only counts)."""
+    """What a job reports while it runs (the CLI draws it; the core only counts).
+
+    ``loaded`` comes once the model is ready, ``advance`` after every model batch; ``note``
+    carries one-off events (a signal was received).
+    """
+
+    def loaded(self, seconds: float, where: str) -> None: ...
 
     def start(self, total_rows: int | None, total_bytes: int) -> None: ...
 
     def advance(self, rows_done: int, bytes_done: int) -> None: ...
+
+    def note(self, message: str) -> None: ...
 
     def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What a finished job did; ``line()`` is the one-line summary users see."""
+    """What a finished job did; ``line()`` is the one-line summary users see.
+
+    ``elapsed`` is the whole run; ``load_seconds`` the model's loading, and rows/s counts
+    the scoring time only (rows committed by an earlier, interrupted run excluded).
+    """
 
     input: Path
     output: Path
@@ -58,18 +72,25 @@ class RunSummary:
     chunked: bool = False
     resumed_rows: int = 0
     where: str = ""  # the device and variant that scored, e.g. "cpu, int8/int_mm"
+    load_seconds: float = 0.0
+
+    @property
+    def scoring_seconds(self) -> float:
+        return max(self.elapsed - self.load_seconds, 0.0)
 
     @property
     def rows_per_second(self) -> float:
-        """Rows this run scored per second (rows committed by an interrupted run excluded)."""
-        return (self.rows - self.resumed_rows) / self.elapsed if self.elapsed > 0 else 0.0
+        """Rows this run scored per second of scoring."""
+        seconds = self.scoring_seconds
+        return (self.rows - self.resumed_rows) / seconds if seconds > 0 else 0.0
 
     def line(self) -> str:
         labels = ", ".join(f"{label} {count:,}" for label, count in self.label_counts.items())
         return (
             f"{self.rows:,} rows: {self.scored:,} scored, {self.empty:,} empty, {self.truncated:,} "
             + ("over the limit (scored in windows) " if self.chunked else "truncated ")
-            + f"in {self.elapsed:.1f} s ({self.rows_per_second:,.0f} rows/s"
+            + f"in {self.elapsed:.1f} s (model load {self.load_seconds:.1f} s, scoring {self.scoring_seconds:.1f} s "
+            + f"at {self.rows_per_second:,.0f} rows/s"
             + (f", resumed after {self.resumed_rows:,} rows)" if self.resumed_rows else ")")
             + (f"; {labels}" if labels else "")
             + f" -> {self.output}"
@@ -164,7 +185,7 @@ def _model_fingerprint(config: JobConfig, classifier: Classifier) -> dict[str, A
     return {**identity, "device_type": classifier.device.type, **effective}
 
 
-def run(
+def score_local(
     config: JobConfig,
     progress: Progress | None = None,
     classifier: Classifier | None = None,
@@ -178,11 +199,31 @@ def run(
     ``stop()`` is asked before every batch: when it returns True the job raises
     ``Interrupted``, its committed progress kept. ``record`` (a dict) is filled with
     what a run manifest reports, also when the job fails. A ready ``classifier`` may be
-    passed to reuse a loaded model across jobs.
+    passed to reuse a loaded model across jobs. The output's lock is held throughout.
     """
     started = time.monotonic()
     record = {} if record is None else record
     output = check_output(config)
+    with OutputLock(output):
+        checkpoint = _checkpoint_for(config, output)
+        reader = io.open_reader(config.input)
+        try:
+            job = _prepare(config, output, reader, checkpoint, classifier, record, progress)
+            job.score(progress, stop)
+            job.finish(output)
+        finally:
+            reader.close()
+    state, classifier = job.state, job.classifier
+    return RunSummary(
+        config.input, output, state.rows, state.rows - state.empty, state.empty, state.truncated,
+        time.monotonic() - started, {k: state.label_counts[k] for k in classifier.labels if k in state.label_counts},
+        classifier.long_text == "chunk", record["resumed_from_rows"], f"{classifier.device}, {classifier.variant}",
+        record["load_seconds"],
+    )  # fmt: skip
+
+
+def _checkpoint_for(config: JobConfig, output: Path) -> Checkpoint:
+    """The output's progress folder: kept for --resume, cleared by --overwrite, else a refusal."""
     checkpoint = Checkpoint(output)
     if checkpoint.exists() and not config.resume:
         if not config.overwrite:
@@ -192,45 +233,47 @@ def run(
                 "pass --resume to continue it or --overwrite to start over"
             )
         checkpoint.remove()
-    reader = io.open_reader(config.input)
-    try:
-        column = reader.text_column(config.column)
-        check_new_columns(
-            column_names([], config.prefix, False, config.long_text == "chunk"), reader.schema, config.input
-        )
-        fingerprint = _fingerprint(config, output)
-        state = checkpoint.load() if config.resume and checkpoint.exists() else None
-        resumed_rows = state.rows if state is not None else 0
-        if state is not None:
-            _check_resumable(state.fingerprint, fingerprint, ("input", "options"))
-        if classifier is None:
-            from .model import Classifier
+    return checkpoint
 
-            classifier = Classifier(config.model, **config.classifier_options())
-        fingerprint["model"] = _model_fingerprint(config, classifier)
-        record.update(model=fingerprint["model"], labels=classifier.labels, device=str(classifier.device),
-                      dtype=classifier.dtype, variant=classifier.variant)  # fmt: skip
-        if state is not None:
-            _check_resumable(state.fingerprint, fingerprint, ("model",))
-        chunked = classifier.long_text == "chunk"
-        names = column_names(classifier.labels, config.prefix, config.all_scores, chunked)
-        check_new_columns(names, reader.schema, config.input)
-        schema = reader.schema
-        for new_field in output_fields(classifier.labels, config.prefix, config.all_scores, chunked):
-            schema = schema.append(new_field)
-        if state is None:
-            state = checkpoint.start(fingerprint)
-        record.update(state=state, resumed_from_rows=state.rows)
-        job = _Job(config, reader, column, classifier, schema, checkpoint, state, record)
-        job.score(progress, stop)
-        job.finish(output)
-    finally:
-        reader.close()
-    return RunSummary(
-        config.input, output, state.rows, state.rows - state.empty, state.empty, state.truncated,
-        time.monotonic() - started, {k: state.label_counts[k] for k in classifier.labels if k in state.label_counts},
-        classifier.long_text == "chunk", resumed_rows, f"{classifier.device}, {classifier.variant}",
-    )  # fmt: skip
+
+def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Checkpoint,
+             classifier: Classifier | None, record: dict[str, Any], progress: Progress | None) -> _Job:  # fmt: skip
+    """Every check of the input and the resume state, the model, and the output schema: a job ready to score."""
+    column = reader.text_column(config.column)
+    check_new_columns(column_names([], config.prefix, False, config.long_text == "chunk"), reader.schema, config.input)
+    fingerprint = _fingerprint(config, output)
+    state = checkpoint.load() if config.resume and checkpoint.exists() else None
+    if state is not None:
+        _check_resumable(state.fingerprint, fingerprint, ("input", "options"))
+    classifier = _load_classifier(config, classifier, record, progress)
+    fingerprint["model"] = _model_fingerprint(config, classifier)
+    record.update(model=fingerprint["model"], labels=classifier.labels, device=str(classifier.device),
+                  dtype=classifier.dtype, variant=classifier.variant)  # fmt: skip
+    if state is not None:
+        _check_resumable(state.fingerprint, fingerprint, ("model",))
+    chunked = classifier.long_text == "chunk"
+    check_new_columns(column_names(classifier.labels, config.prefix, config.all_scores, chunked), reader.schema, config.input)
+    schema = reader.schema
+    for new_field in output_fields(classifier.labels, config.prefix, config.all_scores, chunked):
+        schema = schema.append(new_field)
+    if state is None:
+        state = checkpoint.start(fingerprint)
+    record.update(state=state, resumed_from_rows=state.rows)
+    return _Job(config, reader, column, classifier, schema, checkpoint, state, record)
+
+
+def _load_classifier(config: JobConfig, classifier: Classifier | None, record: dict[str, Any],
+                     progress: Progress | None) -> Classifier:  # fmt: skip
+    """The job's Classifier (loaded now unless given), its load time recorded and noted."""
+    started = time.monotonic()
+    if classifier is None:
+        from .model import Classifier
+
+        classifier = Classifier(config.model_options())
+    record["load_seconds"] = time.monotonic() - started
+    if progress is not None:
+        progress.loaded(record["load_seconds"], f"{classifier.device}, {classifier.variant}")
+    return classifier
 
 
 def _check_resumable(old: dict[str, Any], new: dict[str, Any], parts: tuple[str, ...]) -> None:
@@ -253,29 +296,34 @@ class _Job:
     state: CommittedState
     record: dict[str, Any]
 
-    def _encoded(self) -> Iterator[tuple[pa.RecordBatch, EncodedChunk, int]]:
+    def _encoded(self) -> Iterator[tuple[pa.RecordBatch, EncodedChunk, int | None]]:
         for index, batch in enumerate(self.reader.batches(self.config.chunk_rows)):
             if index < self.state.chunks:
                 continue  # committed by an earlier run
-            yield batch, self.classifier.encode(io.text_values(batch.column(self.column))), self.reader.bytes_read()
+            yield batch, self.classifier.encode(io.text_values(batch.column(self.column))), self.reader.estimated_rows()
+
+    def _advance(self, progress: Progress, rows_done: int, estimated_rows: int | None) -> None:
+        """Rows done, and the byte position they stand for (CSV: rows x the mean bytes per row read so far)."""
+        total = self.reader.total_bytes
+        position = total if not estimated_rows else min(total, round(total * rows_done / estimated_rows))
+        progress.advance(rows_done, position)
 
     def score(self, progress: Progress | None, stop: Callable[[], bool] | None) -> None:
-        config, classifier, state = self.config, self.classifier, self.state
+        state = self.state
         if progress is not None:
             progress.start(self.reader.total_rows, self.reader.total_bytes)
         try:
-            for batch, chunk, bytes_done in _prefetched(self._encoded(), PREFETCH_DEPTH):
-                scores = classifier.run(chunk, stop=stop)
-                arrays = prediction_arrays(scores.probabilities, classifier.labels, config.all_scores, scores.windows)
-                counts = CommittedState({}, 1, batch.num_rows, int(scores.blank.sum()), int(scores.truncated.sum()))
-                for entry in pc.value_counts(arrays[0].drop_null()).to_pylist():
-                    counts.label_counts[entry["values"]] = entry["counts"]
-                try:
-                    self.checkpoint.commit(state, pa.RecordBatch.from_arrays(batch.columns + arrays, schema=self.schema), counts)
-                except OSError as error:
-                    raise ScoringError(f"cannot save progress in {self.checkpoint.directory}: {error}") from error
+            for batch, chunk, estimated_rows in _prefetched(self._encoded(), PREFETCH_DEPTH):
+                report = None
                 if progress is not None:
-                    progress.advance(state.rows, bytes_done)
+                    rows_before = state.rows
+
+                    def report(share: float) -> None:
+                        self._advance(progress, rows_before + int(share * batch.num_rows), estimated_rows)
+
+                self._commit(batch, self._run_model(chunk, stop, report))
+                if progress is not None:
+                    self._advance(progress, state.rows, estimated_rows)
         except InputError as error:
             if state.chunks:  # the file went bad after rows were committed: a failure while running
                 raise ScoringError(str(error)) from error
@@ -288,6 +336,28 @@ class _Job:
         finally:
             if progress is not None:
                 progress.close()
+
+    def _run_model(self, chunk: EncodedChunk, stop: Callable[[], bool] | None,
+                   report: Callable[[float], None] | None) -> Any:  # fmt: skip
+        """The Classifier on one chunk; a failure of the model itself becomes a ScoringError."""
+        try:
+            return self.classifier.run(chunk, stop=stop, on_batch=report)
+        except (BatchsentError, KeyboardInterrupt):
+            raise
+        except Exception as error:  # noqa: BLE001 - any model failure is a failure while running
+            raise ScoringError(f"the model failed: {type(error).__name__}: {first_line(error)}") from error
+
+    def _commit(self, batch: pa.RecordBatch, scores: Any) -> None:
+        """Make one scored chunk durable in the progress folder."""
+        classifier, config = self.classifier, self.config
+        arrays = prediction_arrays(scores.probabilities, classifier.labels, config.all_scores, scores.windows)
+        counts = CommittedState({}, 1, batch.num_rows, int(scores.blank.sum()), int(scores.truncated.sum()))
+        for entry in pc.value_counts(arrays[0].drop_null()).to_pylist():
+            counts.label_counts[entry["values"]] = entry["counts"]
+        try:
+            self.checkpoint.commit(self.state, pa.RecordBatch.from_arrays(batch.columns + arrays, schema=self.schema), counts)
+        except OSError as error:
+            raise ScoringError(f"cannot save progress in {self.checkpoint.directory}: {error}") from error
 
     def finish(self, output: Path) -> None:
         """Assemble the output from the committed parts, rename it into place, drop the progress."""

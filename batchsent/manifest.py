@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import JobConfig
 from .io import atomic_file
+from .options import JobConfig
+
+if TYPE_CHECKING:
+    from .job import RunSummary
 
 LIBRARIES = ("batchsent", "transformers", "torch", "tokenizers", "pyarrow", "numpy", "onnxruntime")
 
@@ -27,40 +29,50 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-def build_manifest(
-    config: JobConfig, record: dict[str, Any], started_at: float, ended_at: float, exit_code: int, error: str | None
-) -> dict[str, Any]:
-    """The manifest of one run, from its options and what the job recorded (possibly partial)."""
+def _counts(record: dict[str, Any], summary: RunSummary | None) -> dict[str, Any]:
+    """Row counts from the finished run's summary, else from what a failed run committed."""
+    if summary is not None:
+        return {"rows_total": summary.rows, "scored": summary.scored, "empty": summary.empty,
+                "truncated": summary.truncated, "label_counts": dict(summary.label_counts)}  # fmt: skip
     state = record.get("state")
-    counts = {"rows_total": None, "scored": None, "empty": None, "truncated": None, "label_counts": {}}
-    if state is not None:
-        counts = {
-            "rows_total": state.rows,
-            "scored": state.rows - state.empty,
-            "empty": state.empty,
-            "truncated": state.truncated,
-            "label_counts": dict(state.label_counts),
-        }
-    elapsed = ended_at - started_at
-    stat = config.input.stat() if config.input.exists() else None
-    model = record.get("model") or {}
-    options = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(config).items()}
+    if state is None:
+        return {"rows_total": None, "scored": None, "empty": None, "truncated": None, "label_counts": {}}
+    return {"rows_total": state.rows, "scored": state.rows - state.empty, "empty": state.empty,
+            "truncated": state.truncated, "label_counts": dict(state.label_counts)}  # fmt: skip
+
+
+def _input(config: JobConfig) -> dict[str, Any]:
+    stat = config.input.stat() if config.input.is_file() else None
     return {
-        "input": {
-            "path": str(config.input.resolve()),
-            "size": stat.st_size if stat else None,
-            "mtime": _iso(stat.st_mtime) if stat else None,
-        },
-        "output": str(config.output_path.resolve()),
+        "path": str(config.input.resolve()),
+        "size": stat.st_size if stat else None,
+        "mtime": _iso(stat.st_mtime) if stat else None,
+    }
+
+
+def build_manifest(config: JobConfig, record: dict[str, Any], summary: RunSummary | None, started_at: float,
+                   ended_at: float, exit_code: int, error: str | None) -> dict[str, Any]:  # fmt: skip
+    """The manifest of one run, from its options, its summary (None if it failed) and what it recorded."""
+    counts = _counts(record, summary)
+    elapsed = ended_at - started_at
+    model = record.get("model") or {}
+    resumed = record.get("resumed_from_rows", 0)
+    load = record.get("load_seconds")
+    scoring = elapsed - (load or 0.0)
+    rows_this_run = (counts["rows_total"] or 0) - resumed
+    return {
+        "input": _input(config),
+        "output": str((summary.output if summary else record.get("output", config.output_path)).resolve()),
+        "engine": config.engine,
         **counts,
-        "rows_resumed_from": record.get("resumed_from_rows", 0),
+        "rows_resumed_from": resumed,
         "model": {
             "id": config.model,
             "local_path": model.get("path"),
             "revision": model.get("revision"),
             "labels": dict(enumerate(record.get("labels") or [])),
         },
-        "options": options,
+        "options": config.described(),
         "versions": {name: _version(name) for name in LIBRARIES} | {"python": platform.python_version()},
         "device": record.get("device"),
         "dtype": record.get("dtype"),
@@ -68,11 +80,9 @@ def build_manifest(
         "started": _iso(started_at),
         "ended": _iso(ended_at),
         "elapsed_seconds": round(elapsed, 3),
-        "rows_per_second": (
-            round((counts["rows_total"] - record.get("resumed_from_rows", 0)) / elapsed, 2)
-            if counts["rows_total"] and elapsed > 0 else None
-        ),  # rows this run scored
-        "exit_status": exit_code,
+        "load_seconds": None if load is None else round(load, 3),
+        "rows_per_second": round(rows_this_run / scoring, 2) if rows_this_run > 0 and scoring > 0 else None,
+        "exit_status": int(exit_code),
         "error": error,
     }
 

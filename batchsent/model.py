@@ -19,11 +19,11 @@ import numpy as np
 
 from .batching import plan_batches, window_spans
 from .cpu import this_cpu
-from .precision import check_precision_options, resolve_precision
-from .config import DEFAULT_MODEL, check_long_text_options
+from .precision import resolve_precision
 from .backends import OnnxRunner, TorchRunner, check_backend_options, device_refusal, onnx_model
 from .device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype
 from .errors import Interrupted, ModelLoadError, UsageError, first_line
+from .options import DEFAULT_MODEL, ModelOptions
 from .postprocess import activate, activation_for, aggregate_windows
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -162,37 +162,34 @@ class Classifier:
     (``mean``, ``max`` or ``first``).
     """
 
-    def __init__(
-        self,
-        model: str = DEFAULT_MODEL,
-        *,
-        revision: str | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        max_length: int | None = None,
-        batch_size: int | None = None,
-        token_budget: int | None = None,
-        threads: int | None = None,
-        long_text: str = "truncate",
-        stride: int | None = None,
-        aggregate: str | None = None,
-        backend: str = "torch",
-        quantize: str | None = None,
-        precision: str | None = None,
-    ) -> None:
-        for option, value in (("batch-size", batch_size), ("token-budget", token_budget),
-                              ("max-length", max_length), ("threads", threads)):  # fmt: skip
-            if value is not None and value < 1:
-                raise UsageError(f"--{option} must be positive, got {value}")
-        self.long_text, self.stride, self.aggregate = check_long_text_options(long_text, stride, aggregate)
-        check_precision_options(precision, dtype, quantize, backend)
-        check_backend_options(backend, quantize, dtype)
+    def __init__(self, model: str | ModelOptions = DEFAULT_MODEL, **options: Any) -> None:
+        """``Classifier(ModelOptions(...))`` (a JobConfig is one), or ``Classifier("id or dir", device=...)``
+        with ModelOptions' fields as keywords. Options are validated before anything loads."""
+        if isinstance(model, ModelOptions):
+            if options:
+                raise TypeError("pass the options as one ModelOptions or as keywords, not both")
+            self.options = model.model_options()
+        else:
+            self.options = ModelOptions(model=model, **options)
+        self.name = self.options.model
+        self.long_text, self.stride, self.aggregate = (
+            self.options.long_text, self.options.window_stride, self.options.window_aggregate
+        )
+        self._choose_runtime()
+        self._load()
+        self._prepare_encoder()
+        self._prepare_runner()
+
+    def _choose_runtime(self) -> None:
+        """Device, dtype, variant and batch limits: everything decided before the weights load."""
         import torch
 
+        options = self.options
+        backend, quantize, dtype = options.backend, options.quantize, options.dtype
         cuda_usable = device_refusal(backend, quantize, "cuda") is None
-        self.device = resolve_device(device, cuda_usable=cuda_usable)
-        if precision is not None:
-            variant = resolve_precision(precision, self.device.type, this_cpu())
+        self.device = resolve_device(options.device, cuda_usable=cuda_usable)
+        if options.precision is not None:
+            variant = resolve_precision(options.precision, self.device.type, this_cpu())
             dtype, quantize = variant.dtype, variant.quantize
             check_backend_options(backend, quantize, dtype)
         self.dtype = resolve_dtype(dtype, self.device.type)
@@ -200,29 +197,44 @@ class Classifier:
         refusal = device_refusal(backend, quantize, self.device.type)
         if refusal:
             raise UsageError(refusal)
-        self.backend, self.quantize = backend, quantize
-        if threads is not None:
-            torch.set_num_threads(threads)
+        self.backend, self.quantize, self.precision = backend, quantize, options.precision
+        self.kernel: str | None = None
+        if quantize == "int8" and backend == "torch":
+            from .int8 import choose_kernel
+
+            self.kernel = choose_kernel(this_cpu())
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)
         limits = batch_limits(self.device.type)
-        self.batch_size = batch_size or limits.rows
-        self.token_budget = token_budget or limits.tokens
-        self.tokenizer, self.model = load_pretrained(model, revision)
+        self.batch_size = options.batch_size or limits.rows
+        self.token_budget = options.token_budget or limits.tokens
+
+    def _load(self) -> None:
+        """Tokenizer and model, on the device in the dtype; labels, activation and length limit."""
+        import torch
+
+        self.tokenizer, self.model = load_pretrained(self.name, self.options.revision)
         if not getattr(self.tokenizer, "is_fast", False):
-            raise ModelLoadError(f"model '{model}' has no fast tokenizer (tokenizer.json); batchsent needs one")
+            raise ModelLoadError(f"model '{self.name}' has no fast tokenizer (tokenizer.json); batchsent needs one")
         self.model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
         config = self.model.config
-        self.name = model
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
         self.activation = activation_for(config)
         limit = _model_length_limit(self.tokenizer, config)
+        max_length = self.options.max_length
         if max_length is not None and max_length > limit:
             raise UsageError(f"--max-length {max_length} exceeds the model's limit of {limit} tokens")
         self.max_length = max_length or limit
+
+    def _prepare_encoder(self) -> None:
+        """A private tokenizer copy with explicit truncation and no padding (and windows in chunk mode).
+
+        Calls through ``self.tokenizer`` change the shared backend's truncation state, and a
+        saved tokenizer.json may carry state of its own.
+        """
         self._pad_id = self.tokenizer.pad_token_id or 0
         self._pad_type_id = getattr(self.tokenizer, "pad_token_type_id", 0) or 0
         self._wants_type_ids = "token_type_ids" in self.tokenizer.model_input_names
-        # A private copy: calls through ``self.tokenizer`` change the shared backend's
-        # truncation state, and a saved tokenizer.json may carry state of its own.
         self._encoder = type(self.tokenizer.backend_tokenizer).from_str(self.tokenizer.backend_tokenizer.to_str())
         self._encoder.no_padding()
         self._encoder.enable_truncation(
@@ -230,20 +242,21 @@ class Classifier:
         )
         if self.long_text == "chunk":
             self._prepare_windows()
-        self.exported = False
-        self.precision = precision
-        self.kernel: str | None = None
-        if backend == "onnx":
-            sample = self.encode(["a short sample", "a somewhat longer sample text for the export"])
-            path, self.exported = onnx_model(model, self.model, self._batch_inputs(sample, sample.batches[0]), quantize)
-            self._runner: TorchRunner | OnnxRunner = OnnxRunner(path, self.device, threads)
-        else:
-            if quantize == "int8":
-                from .int8 import choose_kernel, quantize_encoder_int8
 
-                self.kernel = choose_kernel(this_cpu())  # checked before loading too (backends.py)
-                quantize_encoder_int8(self.model, self.kernel)
-            self._runner = TorchRunner(self.model, self.device)
+    def _prepare_runner(self) -> None:
+        """What runs the model: ONNX Runtime on a cached export, or torch (int8 layers swapped in)."""
+        self.exported = False
+        if self.backend == "onnx":
+            sample = self.encode(["a short sample", "a somewhat longer sample text for the export"])
+            inputs = self._batch_inputs(sample, sample.batches[0])
+            path, self.exported = onnx_model(self.name, self.model, inputs, self.quantize)
+            self._runner: TorchRunner | OnnxRunner = OnnxRunner(path, self.device, self.options.threads)
+            return
+        if self.kernel is not None:
+            from .int8 import quantize_encoder_int8
+
+            quantize_encoder_int8(self.model, self.kernel)
+        self._runner = TorchRunner(self.model, self.device)
 
     def _prepare_windows(self) -> None:
         """Learn the special tokens around one sequence, to wrap every window in them."""
@@ -312,16 +325,26 @@ class Classifier:
             len(texts), rows, lengths_array, offsets, flat_ids, flat_type_ids, truncated, blank, batches, owners_array
         )
 
-    def run(self, chunk: EncodedChunk, stop: Callable[[], bool] | None = None) -> Scores:
+    def run(
+        self,
+        chunk: EncodedChunk,
+        stop: Callable[[], bool] | None = None,
+        on_batch: Callable[[float], None] | None = None,
+    ) -> Scores:
         """Run the model over an encoded chunk; rows come back in input order.
 
-        ``stop()`` is asked before each batch; True raises ``Interrupted``.
+        ``stop()`` is asked before each batch; True raises ``Interrupted``. ``on_batch(share)``
+        is told after each batch what share of the chunk's tokens is done (for progress).
         """
         sequences = np.empty((len(chunk.lengths), len(self.labels)), dtype=np.float32)
+        total_tokens, done_tokens = max(int(chunk.lengths.sum()), 1), 0
         for batch in chunk.batches:
             if stop is not None and stop():
                 raise Interrupted("stopped at a batch boundary")
             sequences[batch] = activate(self._runner(self._batch_inputs(chunk, batch)), self.activation)
+            if on_batch is not None:
+                done_tokens += int(chunk.lengths[batch].sum())
+                on_batch(done_tokens / total_tokens)
         probabilities = np.full((chunk.size, len(self.labels)), np.nan, dtype=np.float32)
         windows = None
         if chunk.owners is None:

@@ -1,7 +1,10 @@
-"""Progress renderers for the CLI: a tqdm bar on a terminal, plain lines in logs.
+"""Progress renderers for the CLI: a tqdm bar on a terminal, plain or JSON lines in logs.
 
-Parquet reports rows done of the total in its metadata; CSV and TSV report bytes read
-of the file size (their row count is unknown until the end), with rows/s beside it.
+The job reports after every model batch: rows done (committed rows plus the finished
+share of the chunk in the model) and bytes read. Parquet knows its row count, so its bar
+and ETA count rows; CSV and TSV do not until the end, so their bar counts bytes of the
+file, with rows and rows/s beside it. ``note`` carries one-off events (model loaded,
+signal received) in the same stream.
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ from tqdm import tqdm
 LOG_INTERVAL_SECONDS = 10.0
 
 
+def _stamp() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 class BarProgress:
-    """A tqdm bar on stderr."""
+    """A tqdm bar on stderr: rows (Parquet) or bytes with rows beside them (CSV/TSV)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stderr
@@ -36,13 +43,19 @@ class BarProgress:
                 total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, file=self._stream, dynamic_ncols=True
             )
 
+    def loaded(self, seconds: float, where: str) -> None:
+        self.note(f"model loaded in {seconds:.1f} s ({where})")
+
     def advance(self, rows_done: int, bytes_done: int) -> None:
         if self._bar is None:
             return
         self._bar.update((rows_done if self._by_rows else bytes_done) - self._bar.n)
         if not self._by_rows:
             elapsed = max(time.monotonic() - self._started, 1e-9)
-            self._bar.set_postfix_str(f"{rows_done:,} rows, {rows_done / elapsed:,.0f} rows/s", refresh=False)
+            self._bar.set_postfix_str(f"{rows_done:,} rows, {rows_done / elapsed:,.0f} rows/s", refresh=True)
+
+    def note(self, message: str) -> None:
+        tqdm.write(f"note: {message}", file=self._stream)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -51,7 +64,7 @@ class BarProgress:
 
 
 class LogProgress:
-    """One plain, timestamped line every ``interval`` seconds (for cron and CI logs)."""
+    """Timestamped lines for cron and CI logs: the first rows at once, then one line every ``interval`` seconds."""
 
     def __init__(self, stream: TextIO | None = None, interval: float | None = None, json_lines: bool = False) -> None:
         self._stream = stream or sys.stderr
@@ -60,6 +73,10 @@ class LogProgress:
         self._total_rows: int | None = None
         self._total_bytes = 0
         self._started = self._last = 0.0
+        self._logged_rows = 0
+
+    def loaded(self, seconds: float, where: str) -> None:
+        self.note(f"model loaded in {seconds:.1f} s ({where})")
 
     def start(self, total_rows: int | None, total_bytes: int) -> None:
         self._total_rows, self._total_bytes = total_rows, total_bytes
@@ -67,20 +84,53 @@ class LogProgress:
 
     def advance(self, rows_done: int, bytes_done: int) -> None:
         now = time.monotonic()
-        if now - self._last < self._interval:
+        first_rows = self._logged_rows == 0 and rows_done > 0
+        if rows_done == self._logged_rows or (now - self._last < self._interval and not first_rows):
             return
-        self._last = now
+        self._last, self._logged_rows = now, rows_done
         if self._total_rows:
             share = rows_done / self._total_rows
         else:
             share = bytes_done / self._total_bytes if self._total_bytes else 1.0
-        rate = rows_done / max(now - self._started, 1e-9)
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        elapsed = max(now - self._started, 1e-9)
+        rate = rows_done / elapsed
+        eta = elapsed * (1 - share) / share if share > 0 else None
         if self._json:
-            fields = {"time": stamp, "level": "progress", "rows": rows_done, "share": round(share, 4), "rows_per_second": round(rate, 1)}
+            fields = {"time": _stamp(), "level": "progress", "rows": rows_done, "share": round(share, 4),
+                      "rows_per_second": round(rate, 1), "eta_seconds": None if eta is None else round(eta)}  # fmt: skip
             print(json.dumps(fields), file=self._stream, flush=True)
         else:
-            print(f"{stamp} progress: {rows_done:,} rows ({share:.0%}), {rate:,.0f} rows/s", file=self._stream, flush=True)
+            left = f", about {eta:,.0f} s left" if eta is not None else ""
+            print(f"{_stamp()} progress: {rows_done:,} rows ({share:.0%}), {rate:,.0f} rows/s{left}",
+                  file=self._stream, flush=True)  # fmt: skip
+
+    def note(self, message: str) -> None:
+        if self._json:
+            print(json.dumps({"time": _stamp(), "level": "note", "message": message}), file=self._stream, flush=True)
+        else:
+            print(f"{_stamp()} note: {message}", file=self._stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class NotesOnly:
+    """--quiet: no progress and no load time, but notes (a signal was received) still reach the log."""
+
+    def __init__(self, json_lines: bool = False, stream: TextIO | None = None) -> None:
+        self._log = LogProgress(stream, json_lines=json_lines)
+
+    def loaded(self, seconds: float, where: str) -> None:
+        pass
+
+    def start(self, total_rows: int | None, total_bytes: int) -> None:
+        pass
+
+    def advance(self, rows_done: int, bytes_done: int) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        self._log.note(message)
 
     def close(self) -> None:
         pass

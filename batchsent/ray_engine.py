@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from . import io
-from .config import JobConfig
 from .errors import InputError, OutputError, UsageError
 from .job import RunSummary, check_new_columns
+from .lock import OutputLock
+from .options import JobConfig
 from .postprocess import column_names, prediction_arrays
 
 
@@ -79,11 +81,10 @@ def default_output(spec: str) -> Path:
 class RayScorer:
     """Map-batches callable: the local engine's Classifier and columns, loaded once per actor."""
 
-    def __init__(self, model: str, options: dict[str, Any], column: str, prefix: str, all_scores: bool,
-                 counter: Any) -> None:  # fmt: skip
+    def __init__(self, options: Any, column: str, prefix: str, all_scores: bool, counter: Any) -> None:
         from .model import Classifier
 
-        self.classifier = Classifier(model, **options)
+        self.classifier = Classifier(options)
         self.column, self.all_scores, self.counter = column, all_scores, counter
         self.names = column_names(self.classifier.labels, prefix, all_scores, self.classifier.long_text == "chunk")
 
@@ -119,23 +120,35 @@ def _counter_class() -> Any:
     return Totals
 
 
-def run_ray(
-    config: JobConfig, input_spec: str, address: str | None, workers: int, gpus_per_worker: float
-) -> RunSummary:
-    """Score ``input_spec`` on Ray into an output folder; returns the local engine's summary."""
+def output_folder(config: JobConfig) -> Path:
+    """Where a Ray run writes: --output, or ``<input>.scored`` beside a file or folder input."""
+    return config.output or default_output(str(config.input))
+
+
+def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSummary:
+    """Score ``config.input`` (a file, folder or glob) on Ray into an output folder; returns the local engine's summary."""
     started = time.monotonic()
+    record = {} if record is None else record
     check_ray_installed()
-    if workers < 1 or gpus_per_worker < 0:
-        raise UsageError("--workers must be positive and --gpus-per-worker zero or more")
-    paths = expand_inputs(input_spec)
+    paths = expand_inputs(str(config.input))
     check_inputs(paths, config)
-    output = config.output or default_output(input_spec)
-    fmt = io.FORMATS.get(output.suffix.lower(), "parquet")
+    output = output_folder(config)
     if output.exists() and not config.overwrite:
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
     if not output.parent.is_dir():
         raise OutputError(f"{output}: the folder {output.parent} does not exist")
+    record["output"] = output
+    with OutputLock(output):
+        rows, empty, truncated, labels = _score_on_cluster(config, paths, output)
+    ordered = dict(sorted(labels.items()))
+    record["labels"] = list(ordered)
+    where = f"ray, {config.workers} worker{'s' if config.workers > 1 else ''}"
+    return RunSummary(config.input, output, rows, rows - empty, empty, truncated, time.monotonic() - started,
+                      ordered, config.long_text == "chunk", where=where)  # fmt: skip
 
+
+def _score_on_cluster(config: JobConfig, paths: list[Path], output: Path) -> tuple[int, int, int, dict[str, int]]:
+    """Start (or join) Ray, score every file with actors, publish the output folder; returns the counts."""
     import ray
     import ray.data
 
@@ -143,50 +156,56 @@ def run_ray(
     started_here = not ray.is_initialized()
     if started_here:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+        ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
                  logging_level="ERROR")  # fmt: skip
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = not config.quiet
-        dataset = _read(ray.data, paths)
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        options = config.classifier_options()
-        if options["threads"] is None and gpus_per_worker == 0:
-            options["threads"] = max(1, cpus // workers)
-        if gpus_per_worker > 0 and options["device"] == "auto":
-            options["device"] = "cuda"
         counter = _counter_class().remote()
-        scored = dataset.map_batches(
-            RayScorer,
-            fn_constructor_kwargs={"model": config.model, "options": options, "column": config.column,
-                                   "prefix": config.prefix, "all_scores": config.all_scores, "counter": counter},
-            batch_format="pyarrow",
-            batch_size=config.chunk_rows,
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=min(0.5, cpus / (workers + 1)),  # whole-CPU actors would starve the read and write tasks
-            num_gpus=gpus_per_worker or None,
-        )  # fmt: skip
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-        try:
-            if fmt == "parquet":
-                scored.write_parquet(str(staging))
-            else:
-                delimiter = "\t" if fmt == "tsv" else ","
-                scored.write_csv(str(staging), arrow_csv_args_fn=lambda: {"write_options": pacsv.WriteOptions(delimiter=delimiter)})
-            rows, empty, truncated, labels = ray.get(counter.totals.remote())
-            if output.exists():
-                shutil.rmtree(output) if output.is_dir() else output.unlink()
-            os.replace(staging, output)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        scored = _scored_dataset(ray, _read(ray.data, paths), config, counter)
+        _publish(scored, output, io.FORMATS.get(output.suffix.lower(), "parquet"))
+        return ray.get(counter.totals.remote())
     finally:
         if started_here:
             ray.shutdown()
-    ordered = dict(sorted(labels.items()))
-    return RunSummary(Path(input_spec), output, rows, rows - empty, empty, truncated, time.monotonic() - started,
-                      ordered, config.long_text == "chunk")  # fmt: skip
+
+
+def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, counter: Any) -> Any:
+    """The input dataset mapped through RayScorer actors (fractional CPUs: 2-core machines do not starve)."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    options = config.model_options()
+    if options.threads is None and config.gpus_per_worker == 0:
+        options = replace(options, threads=max(1, cpus // config.workers))
+    if config.gpus_per_worker > 0 and options.device == "auto":
+        options = replace(options, device="cuda")
+    return dataset.map_batches(
+        RayScorer,
+        fn_constructor_kwargs={"options": options, "column": config.column, "prefix": config.prefix,
+                               "all_scores": config.all_scores, "counter": counter},
+        batch_format="pyarrow",
+        batch_size=config.chunk_rows,
+        compute=ray.data.ActorPoolStrategy(size=config.workers),
+        num_cpus=min(0.5, cpus / (config.workers + 1)),  # whole-CPU actors would starve the read and write tasks
+        num_gpus=config.gpus_per_worker or None,
+    )  # fmt: skip
+
+
+def _publish(scored: Any, output: Path, fmt: str) -> None:
+    """Write into a staging folder beside ``output`` and rename it into place when complete."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        if fmt == "parquet":
+            scored.write_parquet(str(staging))
+        else:
+            delimiter = "\t" if fmt == "tsv" else ","
+            scored.write_csv(str(staging), arrow_csv_args_fn=lambda: {"write_options": pacsv.WriteOptions(delimiter=delimiter)})
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _read(data: Any, paths: list[Path]) -> Any:

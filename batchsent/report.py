@@ -18,12 +18,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import io
-from .errors import ColumnNotFound, InputError
+from .errors import ColumnNotFound, InputError, UsageError
 
 HISTOGRAM_BINS = 20
 MAX_GROUPS = 100_000
 OTHER = "other"
 REPORT_CHUNK_ROWS = 65_536
+
+
+def check_report_target(target: Path) -> None:
+    """Refuse a report path that is not an .html file in an existing folder (before any work)."""
+    if target.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"{target}: a report is an .html file")
+    if not target.parent.is_dir():
+        raise UsageError(f"{target}: the folder {target.parent} does not exist")
 
 
 @dataclass(frozen=True)
@@ -168,31 +176,54 @@ def _labels(column: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
 
 
+def scored_files(path: Path) -> list[Path]:
+    """The file itself, or the part files of a scored folder (as the Ray engine writes), in order."""
+    if not path.is_dir():
+        return [path]
+    parts = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in io.FORMATS)
+    if not parts:
+        raise InputError(f"{path}: a folder with no CSV, TSV or Parquet files")
+    return parts
+
+
 def collect(path: Path, options: ReportOptions, truncated: int | None = None) -> ReportStats:
-    """Read a scored file once and return its statistics; checks columns before reading rows."""
-    reader = io.open_reader(path)
-    try:
-        text_column = _check_columns(reader, options)
-        stats = ReportStats(path, options, text_column, truncated=truncated)
-        label_name, score_name = prediction_columns(options.prefix)
-        first_row = 1  # rows are numbered from 1, as a spreadsheet shows them
-        for batch in reader.batches(REPORT_CHUNK_ROWS):
-            table = pa.Table.from_batches([batch])
-            texts = io.text_values(pc.cast(table.column(text_column).combine_chunks(), pa.string())) if text_column else None
-            stats.add(
-                _labels(table.column(label_name).combine_chunks()),
-                _scores(table.column(score_name).combine_chunks()),
-                texts,
-                table.column(options.by).combine_chunks() if options.by else None,
-                table.column(options.gold).combine_chunks() if options.gold else None,
-                first_row,
-            )
-            first_row += batch.num_rows
-    finally:
-        reader.close()
+    """Read a scored file (or folder of part files) once and return its statistics.
+
+    Columns are checked before any row is read.
+    """
+    stats: ReportStats | None = None
+    first_row = 1  # rows are numbered from 1, as a spreadsheet shows them
+    for part in scored_files(path):
+        reader = io.open_reader(part)
+        try:
+            text_column = _check_columns(reader, options)
+            stats = stats or ReportStats(path, options, text_column, truncated=truncated)
+            first_row = _add_file(stats, reader, options, first_row)
+        finally:
+            reader.close()
+    assert stats is not None
     if options.gold is not None:
         check_gold_overlap(stats)
     return stats
+
+
+def _add_file(stats: ReportStats, reader: io.Reader, options: ReportOptions, first_row: int) -> int:
+    """Add every row of one scored file; returns the number of the next row."""
+    label_name, score_name = prediction_columns(options.prefix)
+    for batch in reader.batches(REPORT_CHUNK_ROWS):
+        table = pa.Table.from_batches([batch])
+        text = stats.text_column
+        texts = io.text_values(pc.cast(table.column(text).combine_chunks(), pa.string())) if text else None
+        stats.add(
+            _labels(table.column(label_name).combine_chunks()),
+            _scores(table.column(score_name).combine_chunks()),
+            texts,
+            table.column(options.by).combine_chunks() if options.by else None,
+            table.column(options.gold).combine_chunks() if options.gold else None,
+            first_row,
+        )
+        first_row += batch.num_rows
+    return first_row
 
 
 def check_gold_overlap(stats: ReportStats) -> None:

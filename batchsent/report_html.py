@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import OutputError
 from .io import atomic_file
-from .report import HISTOGRAM_BINS, ReportStats, metrics, top_groups
+from .report import HISTOGRAM_BINS, ReportOptions, ReportStats, collect, metrics, top_groups
 
 PALETTE = ["#3b6fb6", "#d1495b", "#edae49", "#66a182", "#8d6cab", "#00798c", "#c3834c", "#5c5c5c"]
 
@@ -207,3 +208,15 @@ def write_report(path: Path, html: str) -> None:
     """Write the page atomically."""
     with atomic_file(path) as temporary:
         temporary.write_text(html, encoding="utf-8")
+
+
+def build_report(scored: Path, target: Path, options: ReportOptions, truncated: int | None = None) -> None:
+    """Read ``scored`` (a file or a folder of parts), render the report and write it to ``target``.
+
+    Raises the reading's BatchsentError, or OutputError when ``target`` cannot be written.
+    """
+    html = render(collect(scored, options, truncated))
+    try:
+        write_report(target, html)
+    except OSError as error:
+        raise OutputError(f"{target}: cannot write the report: {error}") from error

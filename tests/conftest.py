@@ -83,11 +83,11 @@ def fail_third_chunk(monkeypatch: pytest.MonkeyPatch, message: str) -> None:
 
     original, calls = Classifier.run, {"n": 0}
 
-    def failing(self, chunk, stop=None):
+    def failing(self, chunk, stop=None, on_batch=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError(message)
-        return original(self, chunk, stop)
+        return original(self, chunk, stop, on_batch)
 
     monkeypatch.setattr(Classifier, "run", failing)
 

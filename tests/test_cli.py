@@ -109,8 +109,9 @@ def test_shipped_nightly_config_parses():
 
 
 def bad(result, code: int, message: str) -> None:
+    """Exit ``code`` with one error line holding ``message`` (progress and notes may precede it), no traceback."""
     assert result.exit_code == code, (result.exit_code, result.stderr)
-    lines = result.stderr.strip().splitlines()
+    lines = [line for line in result.stderr.strip().splitlines() if " progress: " not in line and " note: " not in line]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert message in lines[0], lines[0]
 
@@ -218,7 +219,7 @@ def test_a_failure_while_running_leaves_no_output(reviews, binary_model, monkeyp
 def test_interrupt_exits_130_and_leaves_no_output(reviews, binary_model, monkeypatch):
     from batchsent.model import Classifier
 
-    def interrupted(self, chunk, stop=None):
+    def interrupted(self, chunk, stop=None, on_batch=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Classifier, "run", interrupted)

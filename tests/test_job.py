@@ -90,11 +90,16 @@ def test_defaults_come_from_the_device(binary_model):
     assert np.isfinite(classifier.predict(["fine"]).probabilities).all()
 
 
-def test_job_options_reach_every_classifier_parameter():
-    import inspect
+def test_a_job_hands_the_classifier_exactly_its_model_options(binary_model):
+    from dataclasses import fields
     from pathlib import Path
 
-    from batchsent.config import JobConfig
+    from batchsent.options import JobConfig, ModelOptions
 
-    parameters = set(inspect.signature(Classifier.__init__).parameters) - {"self", "model"}
-    assert set(JobConfig(input=Path("x.csv")).classifier_options()) == parameters
+    job = JobConfig(input=Path("x.csv"), model=str(binary_model), device="cpu", max_length=64, prefix="p_")
+    assert job.model_options() == ModelOptions(model=str(binary_model), device="cpu", max_length=64)
+    assert {f.name for f in fields(ModelOptions)} < {f.name for f in fields(JobConfig)}
+    classifier = Classifier(job)  # a JobConfig is a ModelOptions
+    assert classifier.options == job.model_options() and classifier.max_length == 64
+    with pytest.raises(TypeError, match="not both"):
+        Classifier(job, device="cpu")

@@ -1,0 +1,130 @@
+"""The one options object of a job, validated once, before anything loads.
+
+``ModelOptions`` is what the Classifier needs; ``JobConfig`` adds what a job needs around
+it (files, columns, engine, manifest, report). Each option's rule lives here, in the
+``__post_init__`` of the class that owns it, or in the module it names (devices,
+backends, precision), called from here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .backends import check_backend_options
+from .device import check_device_name, check_dtype_name
+from .errors import UsageError
+from .postprocess import AGGREGATIONS
+from .precision import check_precision_options
+from .report import check_report_target
+
+DEFAULT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
+DEFAULT_CHUNK_ROWS = 4096
+DEFAULT_STRIDE = 64
+LONG_TEXT_MODES = ("truncate", "chunk")
+ENGINES = ("local", "ray")
+
+
+def _positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelOptions:
+    """How a Classifier loads and runs its model. None means "the device's or model's default"."""
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_length: int | None = None
+    batch_size: int | None = None
+    token_budget: int | None = None
+    threads: int | None = None
+    long_text: str = "truncate"
+    stride: int | None = None
+    aggregate: str | None = None
+    backend: str = "torch"
+    quantize: str | None = None
+    precision: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive(batch_size=self.batch_size, token_budget=self.token_budget, max_length=self.max_length,
+                  threads=self.threads)  # fmt: skip
+        check_device_name(self.device)
+        check_dtype_name(self.dtype)
+        if self.long_text not in LONG_TEXT_MODES:
+            raise UsageError(f"--long-text {self.long_text!r}: expected truncate or chunk")
+        if self.long_text != "chunk" and (self.stride is not None or self.aggregate is not None):
+            raise UsageError("--stride and --aggregate need --long-text chunk")
+        if self.aggregate is not None and self.aggregate not in AGGREGATIONS:
+            raise UsageError(f"--aggregate {self.aggregate!r}: expected mean, max or first")
+        if self.stride is not None and self.stride < 0:
+            raise UsageError(f"--stride must be zero or positive, got {self.stride}")
+        if self.stride is not None and self.max_length is not None and self.stride >= self.max_length:
+            raise UsageError(f"--stride {self.stride} must be smaller than the window (--max-length {self.max_length})")
+        check_precision_options(self.precision, self.dtype, self.quantize, self.backend)
+        check_backend_options(self.backend, self.quantize, self.dtype)
+
+    @property
+    def window_stride(self) -> int:
+        """Tokens shared by consecutive windows in chunk mode (the default filled in)."""
+        return DEFAULT_STRIDE if self.stride is None else self.stride
+
+    @property
+    def window_aggregate(self) -> str:
+        return self.aggregate or "mean"
+
+    def model_options(self) -> ModelOptions:
+        """Just the model part (a JobConfig passes itself through this to a Classifier)."""
+        return ModelOptions(**{f.name: getattr(self, f.name) for f in fields(ModelOptions)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig(ModelOptions):
+    """One scoring job. ``output`` None means ``<input stem>.scored<suffix>`` beside the input
+    (a ``.scored`` folder for the Ray engine); ``manifest`` and ``report`` are written at the end."""
+
+    input: Path
+    output: Path | None = None
+    column: str = "text"
+    prefix: str = "sentiment_"
+    all_scores: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    resume: bool = False
+    engine: str = "local"
+    ray_address: str | None = None
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    manifest: Path | None = None
+    report: Path | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(chunk_rows=self.chunk_rows)
+        if self.engine not in ENGINES:
+            raise UsageError(f"--engine {self.engine!r}: expected local or ray")
+        if self.engine == "local" and (self.ray_address is not None or self.workers != 1 or self.gpus_per_worker):
+            raise UsageError("--ray-address, --workers and --gpus-per-worker need --engine ray")
+        if self.workers < 1 or self.gpus_per_worker < 0:
+            raise UsageError("--workers must be positive and --gpus-per-worker zero or more")
+        if self.engine == "ray" and self.resume:
+            raise UsageError("--resume is for the local engine (a Ray run writes its output folder in one go)")
+        if self.report is not None:
+            check_report_target(self.report)
+
+    @property
+    def output_path(self) -> Path:
+        """Where the local engine writes (the Ray engine: ray_engine.output_folder)."""
+        if self.output is not None:
+            return self.output
+        return self.input.with_name(f"{self.input.stem}.scored{self.input.suffix}")
+
+    def described(self) -> dict[str, Any]:
+        """Every option as JSON-ready values (paths as strings), for the manifest."""
+        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else v) for f in fields(self)}

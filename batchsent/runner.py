@@ -1,0 +1,164 @@
+"""The core job API: one call runs a whole job, the same from Python as from the command line.
+
+``run(config)`` picks the engine, stops cleanly on SIGINT/SIGTERM (when asked to watch
+them) or on a stop callback, writes the manifest and the report, and returns the
+RunSummary. Every failure leaves as a BatchsentError whose ``exit_code`` says how the run
+ended; the CLI only prints it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import BatchsentError, ExitCode, Interrupted, PublishedWithErrors, ScoringError, first_line
+from .job import Progress, RunSummary, score_local
+from .options import JobConfig
+
+if TYPE_CHECKING:
+    from .model import Classifier
+
+
+def run(
+    config: JobConfig,
+    *,
+    progress: Progress | None = None,
+    stop: Callable[[], bool] | None = None,
+    classifier: Classifier | None = None,
+    handle_signals: bool = False,
+) -> RunSummary:
+    """Run the job ``config`` describes and return its summary.
+
+    ``handle_signals`` (main thread only): the first SIGINT/SIGTERM stops at the next batch
+    boundary, a second quits at once. ``stop()`` is asked before every batch as well. A
+    ready ``classifier`` is reused (local engine). The manifest is written also when the
+    run fails; a manifest or report that cannot be written raises PublishedWithErrors,
+    whose ``summary`` describes the output, which is published all the same.
+    """
+    started_at, record = time.time(), {}
+    watcher = _SignalWatcher(progress) if handle_signals else None
+    try:
+        with watcher or contextlib.nullcontext():
+            summary = _engine(config, progress, _either(stop, watcher), classifier, record)
+    except BaseException as error:
+        failure = _as_batchsent_error(error, record, watcher)
+        _write_manifest_after_failure(config, record, started_at, failure)
+        if failure is error:
+            raise
+        raise failure from error
+    problems = _write_manifest(config, record, started_at, summary, ExitCode.OK, None)
+    problems += _write_report(config, summary)
+    if problems:
+        raise PublishedWithErrors(f"{'; '.join(problems)} (the output {summary.output} is complete and published)", summary)
+    return summary
+
+
+def _engine(config: JobConfig, progress: Progress | None, stop: Callable[[], bool] | None,
+            classifier: Classifier | None, record: dict[str, Any]) -> RunSummary:  # fmt: skip
+    if config.engine == "ray":
+        from .ray_engine import run_ray
+
+        return run_ray(config, record)
+    return score_local(config, progress=progress, classifier=classifier, stop=stop, record=record)
+
+
+def _either(stop: Callable[[], bool] | None, watcher: _SignalWatcher | None) -> Callable[[], bool] | None:
+    if watcher is None:
+        return stop
+    if stop is None:
+        return watcher.requested
+    return lambda: watcher.requested() or stop()
+
+
+def committed_hint(record: dict[str, Any], advice: str) -> str:
+    """``; N rows are committed: <advice>`` when an interrupted run left progress behind."""
+    state = record.get("state")
+    if state is None or not state.chunks:
+        return ""
+    return f"; {state.rows:,} rows are committed: {advice}"
+
+
+def _as_batchsent_error(error: BaseException, record: dict[str, Any], watcher: _SignalWatcher | None) -> BatchsentError:
+    """Any way a run can end badly, as one BatchsentError with its exit code and a resume hint."""
+    if isinstance(error, Interrupted):
+        signum = watcher.signal if watcher is not None else None
+        name = signal.Signals(signum).name if signum else "a stop request"
+        hint = committed_hint(record, "run the same command with --resume to continue")
+        return Interrupted(f"interrupted by {name}{hint}", signum)
+    if isinstance(error, KeyboardInterrupt):
+        return Interrupted(f"interrupted; no output was written{committed_hint(record, '--resume continues')}")
+    if isinstance(error, BatchsentError):
+        if error.exit_code != ExitCode.FAILED:
+            return error
+        hint = committed_hint(record, "rerun with --resume once fixed")
+        return ScoringError(f"{first_line(error)}{hint}") if hint else error
+    hint = committed_hint(record, "rerun with --resume once fixed")
+    return ScoringError(f"{type(error).__name__}: {first_line(error)}{hint}")
+
+
+def _write_manifest(config: JobConfig, record: dict[str, Any], started_at: float, summary: RunSummary | None,
+                    exit_code: int, error: str | None) -> list[str]:  # fmt: skip
+    """Write the manifest if one was asked for; returns what went wrong, as messages."""
+    if config.manifest is None:
+        return []
+    from .manifest import build_manifest, write_manifest
+
+    try:
+        write_manifest(config.manifest, build_manifest(config, record, summary, started_at, time.time(), exit_code, error))
+    except OSError as problem:
+        return [f"cannot write the manifest {config.manifest}: {problem}"]
+    return []
+
+
+def _write_manifest_after_failure(config: JobConfig, record: dict[str, Any], started_at: float,
+                                  failure: BatchsentError) -> None:  # fmt: skip
+    problems = _write_manifest(config, record, started_at, None, failure.exit_code, first_line(failure))
+    if problems:  # the run's own error is what the user must see first; the manifest's follows it
+        failure.args = (f"{first_line(failure)}; and {problems[0]}",)
+
+
+def _write_report(config: JobConfig, summary: RunSummary) -> list[str]:
+    if config.report is None:
+        return []
+    from .report import ReportOptions
+    from .report_html import build_report
+
+    try:
+        build_report(summary.output, config.report, ReportOptions(prefix=config.prefix, text=config.column),
+                     summary.truncated)  # fmt: skip
+    except BatchsentError as problem:
+        return [f"cannot write the report {config.report}: {first_line(problem)}"]
+    return []
+
+
+class _SignalWatcher:
+    """First SIGINT/SIGTERM: stop at the next batch boundary; a second one quits at once."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        if self.progress is not None:
+            self.progress.note(f"{signal.Signals(signum).name}: stopping after the current batch (Ctrl-C again quits now)")
+
+    def __enter__(self) -> _SignalWatcher:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
