@@ -14,17 +14,24 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score report test bench bench-sweep bench-memory bench-gpu bench-report clean
+.PHONY: help score report info test bench bench-sweep bench-memory bench-gpu bench-report clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-13s %s\n", $$1, $$2}'
 	@echo "Variables: INPUT=$(INPUT) COLUMN=$(COLUMN) OUTPUT=<input>.scored.<suffix> MODEL=<hub id or dir> OVERWRITE=1"
 
+# The runtime only: what `make score` and `make report` need.
 $(BIN)/batchsent: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+# The test and benchmark extras on top (pytest, the tokenizer fixture, ONNX Runtime, Ray).
+TEST_DEPS := $(VENV)/.test-deps
+$(TEST_DEPS): $(BIN)/batchsent
 	$(BIN)/pip install --quiet -e ".[test]"
 	@touch $@
 
@@ -34,22 +41,25 @@ score: $(BIN)/batchsent ## Score INPUT (default: the shipped sample) into OUTPUT
 report: $(BIN)/batchsent ## HTML report of the scored INPUT (REPORT=<scored stem>.report.html, BY=column, GOLD=column)
 	$(BIN)/batchsent report $(if $(OUTPUT),$(OUTPUT),$(basename $(INPUT)).scored$(suffix $(INPUT))) $(if $(REPORT),-o $(REPORT)) $(if $(BY),--by $(BY)) $(if $(GOLD),--gold $(GOLD))
 
-test: $(BIN)/batchsent ## Run the test suite
+info: $(BIN)/batchsent ## This machine's CPU features, builds, GPUs and the variants it can run
+	$(BIN)/batchsent info
+
+test: $(TEST_DEPS) ## Run the test suite
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/batchsent ## Throughput vs the transformers pipeline (writes benchmarks/results/bench.json)
+bench: $(TEST_DEPS) ## Throughput vs the transformers pipeline (writes benchmarks/results/bench.json)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
-bench-sweep: $(BIN)/batchsent ## Rows/s per token budget, to pick the default
+bench-sweep: $(TEST_DEPS) ## Rows/s per token budget, to pick the default
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py --sweep 512,1024,2048,4096,8192,16384 --out benchmarks/results/sweep.json
 
-bench-memory: $(BIN)/batchsent ## Peak RSS of scoring 100k and 1M short rows
+bench-memory: $(TEST_DEPS) ## Peak RSS of scoring 100k and 1M short rows
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/memory.py $(BENCH_ARGS)
 
-bench-gpu: $(BIN)/batchsent ## batchsent vs the pipeline on a CUDA GPU: rows/s, fp16/bf16 agreement, token budgets
+bench-gpu: $(TEST_DEPS) ## batchsent vs the pipeline on a CUDA GPU: rows/s, fp16/bf16 agreement, token budgets
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu.py $(BENCH_ARGS)
 
-bench-report: $(BIN)/batchsent ## Peak RSS of reporting 1M and 10M scored rows
+bench-report: $(TEST_DEPS) ## Peak RSS of reporting 1M and 10M scored rows
 	$(BIN)/python benchmarks/report_memory.py $(BENCH_ARGS)
 
 clean: ## Remove the virtual environment and caches

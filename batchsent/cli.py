@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import traceback as tb
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,9 +13,9 @@ import typer
 from . import __version__
 from .config import build_config
 from .device import CPU_LIMITS, CUDA_LIMITS
-from .errors import BatchsentError, ExitCode, PublishedWithErrors, first_line
+from .errors import BatchsentError, ExitCode, PublishedWithErrors
 from .options import DEFAULT_CHUNK_ROWS, DEFAULT_MODEL, JobConfig
-from .progress import BarProgress, LogProgress, NotesOnly
+from .progress import Reporter, progress_for
 from .runner import run
 
 JOB_FIELDS = set(JobConfig.__dataclass_fields__)
@@ -173,11 +171,11 @@ def score(
     flags["resume"] = resume or None
     _quiet_libraries()
     if log_format not in ("text", "json"):
-        _Reporter("text").fail(f"--log-format {log_format!r}: expected text or json", ExitCode.USAGE)
-    reporter = _Reporter(log_format)
+        Reporter("text").fail(f"--log-format {log_format!r}: expected text or json", ExitCode.USAGE)
+    reporter = Reporter(log_format)
     try:
         job = build_config(flags, config)
-        summary = run(job, progress=_progress(job, log_format), handle_signals=True)
+        summary = run(job, progress=progress_for(job.quiet, log_format), handle_signals=True)
     except PublishedWithErrors as error:
         reporter.summary(error.summary)
         reporter.fail(str(error), error.exit_code)
@@ -219,7 +217,7 @@ def report_command(
     from .report import ReportOptions, check_report_target
     from .report_html import build_report
 
-    reporter = _Reporter("text")
+    reporter = Reporter("text")
     target = output or scored_file.with_name(f"{scored_file.name.split('.')[0]}.report.html")
     try:
         check_report_target(target)
@@ -240,44 +238,6 @@ def info_command(
 
     info = collect()
     typer.echo(json.dumps(info, indent=2) if as_json else "\n".join(render(info)))
-
-
-def _progress(job: JobConfig, log_format: str):
-    if job.quiet:
-        return NotesOnly(json_lines=log_format == "json")
-    if sys.stderr.isatty() and log_format == "text":
-        return BarProgress()
-    return LogProgress(json_lines=log_format == "json")
-
-
-class _Reporter:
-    """Errors, notes and the summary on stderr: plain lines, or JSON objects with --log-format json."""
-
-    def __init__(self, log_format: str) -> None:
-        self.json = log_format == "json"
-
-    def _emit(self, level: str, message: str, **fields) -> None:
-        if self.json:
-            stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            typer.echo(json.dumps({"time": stamp, "level": level, "message": message, **fields}), err=True)
-        else:
-            typer.echo(f"{level if level != 'summary' else 'done'}: {message}", err=True)
-
-    def note(self, message: str) -> None:
-        self._emit("note", message)
-
-    def fail(self, message: str, code: int) -> None:
-        self._emit("error", first_line(message))
-        raise typer.Exit(int(code))
-
-    def summary(self, summary) -> None:
-        fields = {} if not self.json else {
-            "rows": summary.rows, "scored": summary.scored, "empty": summary.empty, "truncated": summary.truncated,
-            "elapsed_seconds": round(summary.elapsed, 3), "load_seconds": round(summary.load_seconds, 3),
-            "rows_per_second": round(summary.rows_per_second, 1), "label_counts": summary.label_counts,
-            "output": str(summary.output), "where": summary.where,
-        }  # fmt: skip
-        self._emit("summary", summary.line(), **fields)
 
 
 def main() -> None:

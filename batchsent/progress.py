@@ -1,4 +1,5 @@
-"""Progress renderers for the CLI: a tqdm bar on a terminal, plain or JSON lines in logs.
+"""What the CLI prints on stderr: progress (a tqdm bar on a terminal, plain or JSON lines in
+logs), notes, errors and the summary.
 
 The job reports after every model batch: rows done (committed rows plus the finished
 share of the chunk in the model) and bytes read. Parquet knows its row count, so its bar
@@ -13,9 +14,12 @@ import json
 import sys
 import time
 from datetime import datetime, timezone
-from typing import TextIO
+from typing import Any, TextIO
 
+import typer
 from tqdm import tqdm
+
+from .errors import first_line
 
 LOG_INTERVAL_SECONDS = 10.0
 
@@ -134,3 +138,42 @@ class NotesOnly:
 
     def close(self) -> None:
         pass
+
+
+def progress_for(quiet: bool, log_format: str) -> BarProgress | LogProgress | NotesOnly:
+    """A bar on a terminal, lines in a log (text or JSON), notes only with --quiet."""
+    if quiet:
+        return NotesOnly(json_lines=log_format == "json")
+    if sys.stderr.isatty() and log_format == "text":
+        return BarProgress()
+    return LogProgress(json_lines=log_format == "json")
+
+
+class Reporter:
+    """Errors, notes and the summary on stderr: plain lines, or JSON objects with --log-format json."""
+
+    def __init__(self, log_format: str) -> None:
+        self.json = log_format == "json"
+
+    def _emit(self, level: str, message: str, **fields: Any) -> None:
+        if self.json:
+            typer.echo(json.dumps({"time": _stamp(), "level": level, "message": message, **fields}), err=True)
+        else:
+            typer.echo(f"{level if level != 'summary' else 'done'}: {message}", err=True)
+
+    def note(self, message: str) -> None:
+        self._emit("note", message)
+
+    def fail(self, message: str, code: int) -> None:
+        """Print ``error: <first line>`` and exit with ``code``."""
+        self._emit("error", first_line(message))
+        raise typer.Exit(int(code))
+
+    def summary(self, summary: Any) -> None:
+        fields = {} if not self.json else {
+            "rows": summary.rows, "scored": summary.scored, "empty": summary.empty, "truncated": summary.truncated,
+            "elapsed_seconds": round(summary.elapsed, 3), "load_seconds": round(summary.load_seconds, 3),
+            "rows_per_second": round(summary.rows_per_second, 1), "label_counts": summary.label_counts,
+            "output": str(summary.output), "where": summary.where,
+        }  # fmt: skip
+        self._emit("summary", summary.line(), **fields)

@@ -141,6 +141,21 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozens
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _gold_section(stats: ReportStats) -> str:
+    """Accuracy, per-label metrics and the confusion chart against the --gold column."""
+    accuracy, rows, gold_axis, predicted_axis = metrics(stats)
+    table = _table(
+        ["label", "precision", "recall", "F1", "support"],
+        [[m.label, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", f"{m.support:,}"] for m in rows],
+        numeric={1, 2, 3, 4},
+    )
+    return (
+        f'<section id="gold"><h2>Against the gold labels in {escape(stats.options.gold or "")}</h2>'
+        f"<p>Accuracy <b>{accuracy:.3f}</b> on {sum(stats.confusion.values()):,} rows with both labels.</p>"
+        f'{table}<div class="chart">{confusion_chart(stats, gold_axis, predicted_axis)}</div></section>'
+    )
+
+
 def render(stats: ReportStats) -> str:
     """The report page."""
     options = stats.options
@@ -167,17 +182,7 @@ def render(stats: ReportStats) -> str:
             f'<div class="chart">{group_chart(stats)}</div></section>'
         )
     if options.gold and stats.confusion:
-        accuracy, rows, gold_axis, predicted_axis = metrics(stats)
-        table = _table(
-            ["label", "precision", "recall", "F1", "support"],
-            [[m.label, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", f"{m.support:,}"] for m in rows],
-            numeric={1, 2, 3, 4},
-        )
-        parts.append(
-            f'<section id="gold"><h2>Against the gold labels in {escape(options.gold)}</h2>'
-            f"<p>Accuracy <b>{accuracy:.3f}</b> on {sum(stats.confusion.values()):,} rows with both labels.</p>"
-            f'{table}<div class="chart">{confusion_chart(stats, gold_axis, predicted_axis)}</div></section>'
-        )
+        parts.append(_gold_section(stats))
     if options.examples:
         least = sorted(stats.least_confident, reverse=True)
         parts.append(

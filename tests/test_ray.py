@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import importlib.util
 from pathlib import Path
 
@@ -49,11 +50,16 @@ def test_ray_rows_equal_the_local_engine(two_files, binary_model, tmp_path, loca
         target = tmp_path / f"{source.stem}.local.csv"
         assert runner.invoke(app, ["score", str(source), "--model", str(binary_model), "-o", str(target)]).exit_code == 0
         expected += read_rows(target)
-    output = tmp_path / "scored"
+    output, manifest, report = tmp_path / "scored", tmp_path / "run.json", tmp_path / "report.html"
     result = runner.invoke(app, ["score", str(two_files), "--engine", "ray", "--workers", "2", "--model",
-                                 str(binary_model), "-o", str(output), "--all-scores", "-q"])  # fmt: skip
+                                 str(binary_model), "-o", str(output), "--all-scores", "-q",
+                                 "--manifest", str(manifest), "--report", str(report)])  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert "done: 42 rows: 40 scored, 2 empty, 0 truncated" in result.stderr
+    facts = json.loads(manifest.read_text())  # the same core writes the manifest and report for Ray
+    assert (facts["engine"], facts["rows_total"], facts["exit_status"]) == ("ray", 42, 0)
+    assert facts["output"] == str(output.resolve()) and sum(facts["label_counts"].values()) == 40
+    assert "42" in report.read_text() and "<html" in report.read_text()
     got = pq.read_table(sorted(output.glob("*.parquet"))).to_pylist()
     assert [{k: r[k] for k in ("id", "product", "region", "rating", "text")} for r in got] == [
         {k: r[k] for k in ("id", "product", "region", "rating", "text")} for r in expected
