@@ -14,11 +14,11 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score report info test bench bench-sweep bench-memory bench-gpu bench-report clean
+.PHONY: help score report info test bench bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-13s %s\n", $$1, $$2}'
 	@echo "Variables: INPUT=$(INPUT) COLUMN=$(COLUMN) OUTPUT=<input>.scored.<suffix> MODEL=<hub id or dir> OVERWRITE=1"
 
 # The runtime only: what `make score` and `make report` need.
@@ -56,8 +56,17 @@ bench-sweep: $(TEST_DEPS) ## Rows/s per token budget, to pick the default
 bench-memory: $(TEST_DEPS) ## Peak RSS of scoring 100k and 1M short rows
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/memory.py $(BENCH_ARGS)
 
-bench-gpu: $(TEST_DEPS) ## batchsent vs the pipeline on a CUDA GPU: rows/s, fp16/bf16 agreement, token budgets
+bench-gpu: $(TEST_DEPS) ## On a CUDA GPU: whole-process runs on 50k rows at fp16/fp32, GPU busy %, agreement, budgets
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/e2e.py --device cuda --dtype float16 --rows 50000 --threads 8 --out benchmarks/results/e2e-gpu-fp16.json
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/e2e.py --device cuda --dtype float32 --rows 50000 --threads 8 --out benchmarks/results/e2e-gpu-fp32.json
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu.py $(BENCH_ARGS)
+
+bench-e2e: $(TEST_DEPS) ## Whole processes, CSV in and out: batchsent vs a pipeline script, 400 review-mix rows
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/e2e.py $(BENCH_ARGS)
+
+bench-avx2: $(TEST_DEPS) ## make bench in AVX2 code on an AVX-512 CPU (torch, oneDNN, MKL, fbgemm switches)
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 \
+	  HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py --out benchmarks/results/bench-avx2.json $(BENCH_ARGS)
 
 bench-report: $(TEST_DEPS) ## Peak RSS of reporting 1M and 10M scored rows
 	$(BIN)/python benchmarks/report_memory.py $(BENCH_ARGS)

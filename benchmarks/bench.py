@@ -33,11 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import FIXTURE_MODEL, review_mix, sst2_labelled  # noqa: E402
 
 import batchsent  # noqa: E402
-from batchsent.config import JobConfig  # noqa: E402
-from batchsent.job import run  # noqa: E402
+from batchsent import JobConfig, run  # noqa: E402
 from batchsent.batching import padded_tokens  # noqa: E402
-from batchsent.device import cpu_has_bf16, read_cpu_flags  # noqa: E402
+from batchsent.cpu import this_cpu  # noqa: E402
 from batchsent.model import Classifier  # noqa: E402
+from batchsent.precision import resolve_precision  # noqa: E402
+
+# Switches that make an AVX-512 machine run torch's, oneDNN's, MKL's and fbgemm's AVX2 code
+# (`make bench-avx2`); recorded with every figure so an emulated run is never mistaken for one.
+ISA_SWITCHES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "FBGEMM_ENABLE_INSTRUCTIONS")
 
 PIPELINE_BATCH = 32
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -191,7 +195,9 @@ def measure(
 
 VARIANTS = {
     "torch bfloat16": {"dtype": "bfloat16"},
-    "torch int8": {"quantize": "int8"},
+    "torch int8": {"quantize": "int8"},  # this CPU's kernel (cpu.py): _int_mm with VNNI/AMX, fbgemm on AVX2
+    # The AVX2 kernel measured on any x86 CPU, for the AVX2-only class (with `make bench-avx2`, in AVX2 code).
+    "torch int8 fbgemm": {"int8_kernel": "fbgemm"},
     "onnx float32": {"backend": "onnx"},
     "onnx int8": {"backend": "onnx", "quantize": "int8"},
     # Not offered by batchsent: torch.ao's dynamic int8 (one activation scale per batch),
@@ -200,20 +206,35 @@ VARIANTS = {
 }
 
 
-def runnable(options: dict) -> bool:
-    """bfloat16 variants only where the CPU computes bfloat16 natively (batchsent refuses it otherwise)."""
-    return options.get("dtype") != "bfloat16" or cpu_has_bf16(read_cpu_flags())
+def why_not_runnable(options: dict) -> str | None:
+    """Why this machine cannot run a variant (batchsent refuses it too), or None."""
+    cpu = this_cpu()
+    if options.get("dtype") == "bfloat16" and not cpu.native_bf16:
+        return "no native bfloat16 on this CPU"
+    if options.get("quantize") == "int8" and options.get("backend") != "onnx" and cpu.int8_kernel is None:
+        return "no int8 kernel faster than float32 on this CPU"
+    if options.get("int8_kernel") == "fbgemm":
+        from batchsent.int8 import fbgemm_available
+
+        return None if fbgemm_available() else "this torch has no fbgemm"
+    return None
 
 
 def variant_classifier(model_dir: str, threads: int, options: dict) -> Classifier:
     options = dict(options)
-    if not options.pop("torch_ao_int8", False):
+    kernel = options.pop("int8_kernel", None)
+    if not options.pop("torch_ao_int8", False) and kernel is None:
         return Classifier(model_dir, device="cpu", threads=threads, **options)
+    classifier = Classifier(model_dir, device="cpu", threads=threads)
+    if kernel is not None:
+        from batchsent.int8 import quantize_encoder_int8
+
+        quantize_encoder_int8(classifier.model, kernel)  # in place: the runner holds this model
+        return classifier
     import warnings
 
     from torch.ao.quantization import quantize_dynamic
 
-    classifier = Classifier(model_dir, device="cpu", threads=threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated
         classifier._runner.model = quantize_dynamic(classifier.model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -224,8 +245,8 @@ def measure_variants(model_dir, texts, threads, exact, exact_seconds, pipeline_s
     """Each backend/precision on the same texts: speed against torch fp32 and the pipeline, drift from fp32."""
     rows = []
     for name, options in VARIANTS.items():
-        if not runnable(options):
-            print(f"  {name}: skipped, no native bfloat16 on this CPU", flush=True)
+        if why_not_runnable(options):
+            print(f"  {name}: skipped, {why_not_runnable(options)}", flush=True)
             continue
         classifier = variant_classifier(model_dir, threads, options)
         classifier.predict(texts[:8])
@@ -252,21 +273,25 @@ def measure_variants(model_dir, texts, threads, exact, exact_seconds, pipeline_s
 
 
 def sst2_accuracy(model_dir: str, threads: int, phrases: int) -> list[dict]:
-    """Accuracy against SST-2 gold labels of fp32 and of each variant (real fixture model only)."""
+    """Each variant on SST-2 phrases: accuracy against the gold labels and label agreement with fp32."""
     pairs = sst2_labelled()[-phrases:]
     if not pairs:
         return []
     texts, gold = [t for t, _ in pairs], np.array([g for _, g in pairs])
-    rows = []
+    rows, exact = [], None
     for name, options in {"torch float32": {}, **VARIANTS}.items():
-        if not runnable(options):
+        if why_not_runnable(options):
             continue
         classifier = variant_classifier(model_dir, threads, options)
         predicted = classifier.predict(texts).probabilities.argmax(1)
+        exact = predicted if exact is None else exact
         positive = classifier.labels.index("POSITIVE")
         accuracy = float(np.mean((predicted == positive) == (gold == 1)))
-        rows.append({"variant": name, "phrases": len(texts), "accuracy": round(accuracy, 4)})
-        print(f"  SST-2 accuracy {name:19} {accuracy:.4f} on {len(texts)} phrases", flush=True)
+        agreement = 100 * float(np.mean(predicted == exact))
+        rows.append({"variant": name, "phrases": len(texts), "accuracy": round(accuracy, 4),
+                     "label_agreement_with_fp32_pct": round(agreement, 2)})  # fmt: skip
+        print(f"  SST-2 {name:19} accuracy {accuracy:.4f}, labels agree with fp32 {agreement:.2f}% "
+              f"on {len(texts)} phrases", flush=True)  # fmt: skip
     return rows
 
 
@@ -276,7 +301,7 @@ def fixture_agreement(model_dir: str, threads: int, rows: int) -> list[dict]:
     exact = Classifier(model_dir, device="cpu", threads=threads).predict(texts).probabilities
     results = []
     for name, options in VARIANTS.items():
-        if not runnable(options):
+        if why_not_runnable(options):
             continue
         probabilities = variant_classifier(model_dir, threads, options).predict(texts).probabilities
         delta = np.abs(probabilities - exact)
@@ -318,16 +343,22 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    peak = gemm_peak(args.threads)
-    print(f"fp32 GEMM peak, {args.threads} threads: {peak:.1f} GFLOP/s", flush=True)
     report = {
         "batchsent": batchsent.__version__,
         "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "cpu": this_cpu().describe(),
+        "cpu_class": this_cpu().cpu_class,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_switches": {name: os.environ[name] for name in ISA_SWITCHES if name in os.environ},
+        "machine": platform.machine(),
         "threads": args.threads,
-        "gemm_peak_gflops": round(peak, 1),
         "results": [],
     }
+    print(f"CPU: {report['cpu']}; torch kernels {report['torch_cpu_capability']}; switches {report['isa_switches'] or 'none'}",
+          flush=True)  # fmt: skip
+    peak = gemm_peak(args.threads)
+    report["gemm_peak_gflops"] = round(peak, 1)
+    print(f"fp32 GEMM peak, {args.threads} threads: {peak:.1f} GFLOP/s", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         models = {}
         wanted = args.models.split(",")
@@ -351,9 +382,12 @@ def main() -> None:
                 result["agreement"] = fixture_agreement(directory, args.threads, args.agreement_rows)
             report["results"].append(result)
             print_result(result)
+    fast = resolve_precision("fast", "cpu", this_cpu())
+    print(f"\n--precision fast on this CPU class ({this_cpu().cpu_class}): "
+          f"{fast.quantize or fast.dtype}; its table entry: {fast.basis}", flush=True)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written: {args.out}")
+    print(f"written: {args.out} (CPU: {report['cpu']})")
 
 
 def print_header(name: str, rows: int) -> None:
@@ -361,7 +395,8 @@ def print_header(name: str, rows: int) -> None:
 
 
 def print_result(r: dict) -> None:
-    print(f"\n{r['model']}: {r['rows']} rows, {r['mean_tokens']} tokens/row, {r['truncated_rows']} truncated")
+    print(f"\n{r['model']}: {r['rows']} rows, {r['mean_tokens']} tokens/row, {r['truncated_rows']} truncated "
+          f"[CPU: {this_cpu().describe()}]")  # fmt: skip
     print(f"  {'':12} {'rows/s':>8} {'tokens/s':>9} {'padding':>8} {'GFLOP/s':>8} {'% peak':>7}")
     for key in ("pipeline", "classifier", "end_to_end"):
         f = r[key]

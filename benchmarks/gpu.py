@@ -1,5 +1,10 @@
 """batchsent on a CUDA GPU against the transformers pipeline on the same GPU, model and texts.
 
+The pipeline runs in a process of its own (``--pipeline-only``), so its process-wide
+settings (TOKENIZERS_PARALLELISM=false) never reach batchsent's measurements; end-to-end
+figures with whole processes come from ``benchmarks/e2e.py --device cuda`` (make bench-gpu
+runs both).
+
 For each model (the SST-2 fixture when present or given with --model, and a seeded
 DistilBERT-shaped classifier) it reports, on the review mix:
   - the pipeline on the GPU at float32 and float16 (batch_size=32, truncation=True);
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,12 +34,11 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import distilbert_shaped, tokenizer_parallelism_kept
+from bench import distilbert_shaped
 from corpus import FIXTURE_MODEL, review_mix
 
-from batchsent.config import JobConfig
+from batchsent import JobConfig, run
 from batchsent.device import CUDA_LIMITS
-from batchsent.job import run
 from batchsent.model import Classifier
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,14 +59,29 @@ def warm_up_sample(texts: list[str]) -> list[str]:
 
 
 def pipeline_probabilities(model_dir: str, texts: list[str], labels: list[str], dtype: torch.dtype):
+    """Seconds and probabilities of the pipeline on ``texts``, measured in a separate process."""
+    with tempfile.TemporaryDirectory() as scratch:
+        request = Path(scratch) / "request.json"
+        request.write_text(json.dumps({"model": model_dir, "texts": texts, "labels": labels, "dtype": str(dtype)}))
+        done = subprocess.run([sys.executable, __file__, "--pipeline-only", str(request)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"the pipeline process failed:\n{done.stderr[-2000:]}")
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer["seconds"], np.array(answer["probabilities"])
+
+
+def pipeline_only(request_path: Path) -> None:
+    """Child process: time the pipeline on the request's texts and print seconds and probabilities as JSON."""
     from transformers import pipeline
 
-    classify = pipeline("text-classification", model=model_dir, device=0, dtype=dtype)
-    with tokenizer_parallelism_kept():
-        classify(warm_up_sample(texts), batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
-        seconds, results = timed(classify, texts, batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
-    probabilities = np.array([[{r["label"]: r["score"] for r in row}[label] for label in labels] for row in results])
-    return seconds, probabilities
+    request = json.loads(request_path.read_text())
+    texts, labels = request["texts"], request["labels"]
+    dtype = getattr(torch, request["dtype"].removeprefix("torch."))
+    classify = pipeline("text-classification", model=request["model"], device=0, dtype=dtype)
+    classify(warm_up_sample(texts), batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
+    seconds, results = timed(classify, texts, batch_size=PIPELINE_BATCH, truncation=True, top_k=None)
+    probabilities = [[{r["label"]: r["score"] for r in row}[label] for label in labels] for row in results]
+    print(json.dumps({"seconds": seconds, "probabilities": probabilities}))
 
 
 def measure(name: str, model_dir: str, texts: list[str], budgets: list[int]) -> dict:
@@ -99,8 +119,8 @@ def measure(name: str, model_dir: str, texts: list[str], budgets: list[int]) -> 
         pacsv.write_csv(pa.table({"id": [str(i) for i in range(rows)], "text": texts}), source)
         classifier = Classifier(model_dir, device="cuda")
         classifier.predict(warm_up_sample(texts))
-        seconds, _ = timed(run, JobConfig(input=source, output=target, model=model_dir, device="cuda"),
-                                 classifier=classifier)  # fmt: skip
+        seconds, _ = timed(lambda: run(JobConfig(input=source, output=target, model=model_dir, device="cuda"),
+                                       classifier=classifier))  # fmt: skip
         labels_out = pq.read_table(target).column("sentiment_label").to_pylist()
     agreement = 100 * float(np.mean([label == labels[i] for label, i in zip(labels_out, exact.argmax(1))]))
     result["end_to_end"] = {"dtype": classifier.dtype, "rows_per_s": round(rows / seconds, 1), "label_agreement_pct": round(agreement, 2)}
@@ -123,7 +143,11 @@ def main() -> None:
     parser.add_argument("--model", default=str(FIXTURE_MODEL), help="a real classifier directory (default: the fixture)")
     parser.add_argument("--budgets", default="8192,16384,32768,65536,131072")
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu.json")
+    parser.add_argument("--pipeline-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pipeline_only:
+        pipeline_only(args.pipeline_only)
+        return
     if not torch.cuda.is_available():
         sys.exit("bench-gpu: no CUDA device here")
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "results": []}
