@@ -7,6 +7,7 @@ so every CPU class is tested on any machine; only ``this_cpu`` reads the real on
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from dataclasses import dataclass
 
@@ -100,8 +101,20 @@ def read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str | None, frozenset[str
     return model, flags
 
 
+FLAGS_ENV = "BATCHSENT_CPU_FLAGS"
+
+
 @functools.cache
 def this_cpu() -> CpuInfo:
-    """This machine's CPU (read once per process)."""
+    """This machine's CPU (read once per process).
+
+    ``BATCHSENT_CPU_FLAGS`` (space-separated) replaces the flags read from the CPU, to run
+    the tests or benchmarks as another CPU class would (``make test-avx2``); the model name
+    then says so.
+    """
     model, flags = read_cpuinfo()
-    return CpuInfo(model or platform.processor() or "unknown CPU", platform.machine(), flags)
+    model = model or platform.processor() or "unknown CPU"
+    if os.environ.get(FLAGS_ENV):
+        return CpuInfo(f"{model}, as {FLAGS_ENV}={os.environ[FLAGS_ENV]!r}", platform.machine(),
+                       frozenset(os.environ[FLAGS_ENV].split()))  # fmt: skip
+    return CpuInfo(model, platform.machine(), flags)

@@ -37,13 +37,20 @@ KERNELS = ("int_mm", "fbgemm")
 
 @functools.cache
 def int8_matmul_available() -> bool:
-    """Whether this torch computes int8 x int8 -> int32 products on the CPU."""
+    """Whether this torch computes exact int8 x int8 -> int32 products on the CPU.
+
+    Checked on full-range random operands against exact integer arithmetic: with oneDNN
+    limited below VNNI (``ONEDNN_MAX_CPU_ISA=AVX2`` on a VNNI CPU), ``_int_mm`` returns
+    wrong sums (16-bit pair sums saturate), and a probe of small values would not notice.
+    """
     int_mm = getattr(torch, "_int_mm", None)
     if int_mm is None:
         return False
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (32, 64), dtype=torch.int8, generator=generator)
+    b = torch.randint(-128, 128, (64, 48), dtype=torch.int8, generator=generator)
     try:
-        probe = torch.ones(2, 8, dtype=torch.int8)
-        return bool((int_mm(probe, probe.t()) == 8).all())
+        return bool(torch.equal(int_mm(a, b), (a.double() @ b.double()).to(torch.int32)))
     except RuntimeError:
         return False
 
@@ -67,7 +74,11 @@ def choose_kernel(cpu: CpuInfo) -> str:
             "use --precision fast, or float32"
         )
     if kernel == "int_mm" and not int8_matmul_available():
-        raise UsageError(f"--quantize int8 needs torch's int8 matrix product on CPU (torch>=2.2; this is {torch.__version__})")
+        if fbgemm_available():
+            return "fbgemm"  # the VNNI kernel is missing or inexact here (an oneDNN ISA limit): fbgemm is exact
+        raise UsageError(
+            f"--quantize int8 needs torch's int8 matrix product on CPU, missing or inexact in torch {torch.__version__}"
+        )
     if kernel == "fbgemm" and not fbgemm_available():
         raise UsageError(f"--quantize int8 on an AVX2 CPU needs torch's fbgemm engine, absent from torch {torch.__version__}")
     return kernel

@@ -119,3 +119,10 @@ def varied_texts(count: int, seed: int = 0, longest_words: int = 700) -> list[st
         words = 1 + int(rng.random() ** 3 * longest_words) if i % 10 else longest_words - rng.randrange(longest_words // 7 + 1)
         texts.append(" ".join(rng.choice(WORDS) for _ in range(words)))
     return texts
+
+
+def write_corpus(path: Path, rows: int, seed: int, longest_words: int) -> Path:
+    """A CSV of ``rows`` varied texts with an id column, for job-level tests."""
+    texts = varied_texts(rows, seed=seed, longest_words=longest_words)
+    path.write_text("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
+    return path

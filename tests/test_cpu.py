@@ -115,3 +115,18 @@ def test_info_names_the_cpu_and_what_runs_here():
     assert "--precision fast here:" in result.stdout
     data = json.loads(CliRunner().invoke(app, ["info", "--json"]).stdout)
     assert data["cpu"]["class"] == this_cpu().cpu_class and set(data["cpu"]["features"]) >= {"AVX2", "VNNI", "AMX"}
+
+
+def test_the_flags_can_be_replaced_to_act_as_another_cpu_class(monkeypatch):
+    from batchsent import cpu
+
+    if not this_cpu().is_x86:
+        pytest.skip(f"the pretended flags are x86 flags; this is {this_cpu().machine}")
+    monkeypatch.setenv(cpu.FLAGS_ENV, "avx avx2 fma")
+    cpu.this_cpu.cache_clear()
+    try:
+        pretended = cpu.this_cpu()
+        assert pretended.cpu_class == "x86-avx2" and not pretended.native_bf16 and cpu.FLAGS_ENV in pretended.model
+    finally:
+        monkeypatch.delenv(cpu.FLAGS_ENV)
+        cpu.this_cpu.cache_clear()

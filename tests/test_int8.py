@@ -12,7 +12,10 @@ from batchsent.errors import UsageError
 from batchsent.model import Classifier
 
 needs_fbgemm = pytest.mark.skipif(not int8.fbgemm_available(), reason="this torch has no fbgemm engine (non-x86 build)")
-KERNELS = ["int_mm", pytest.param("fbgemm", marks=needs_fbgemm)]
+needs_int_mm = pytest.mark.skipif(
+    not int8.int8_matmul_available(), reason="torch._int_mm is missing or inexact here (oneDNN limited below VNNI?)"
+)
+KERNELS = [pytest.param("int_mm", marks=needs_int_mm), pytest.param("fbgemm", marks=needs_fbgemm)]
 # Activation levels per token: _int_mm takes 8 bits, fbgemm 7 (its reduce_range), so fbgemm
 # drifts about twice as far on the tiny random models (their weights are 10x a real model's).
 LEVELS = {"int_mm": 255, "fbgemm": 127}
@@ -109,9 +112,13 @@ def test_int8_is_refused_in_one_line_where_it_would_be_slower(monkeypatch):
 def test_int8_is_refused_where_torch_lacks_the_kernel(monkeypatch):
     import batchsent.backends as backends
 
-    monkeypatch.setattr(backends, "this_cpu", lambda: CpuInfo("EPYC", "x86_64", frozenset({"avx2", "avx512_vnni"})))
+    vnni = CpuInfo("EPYC", "x86_64", frozenset({"avx2", "avx512_vnni"}))
     monkeypatch.setattr(int8, "int8_matmul_available", lambda: False)
-    with pytest.raises(UsageError, match="--quantize int8 needs torch's int8 matrix product"):
+    monkeypatch.setattr(int8, "fbgemm_available", lambda: True)
+    assert int8.choose_kernel(vnni) == "fbgemm"  # a missing or inexact _int_mm falls back to fbgemm
+    monkeypatch.setattr(backends, "this_cpu", lambda: vnni)
+    monkeypatch.setattr(int8, "fbgemm_available", lambda: False)
+    with pytest.raises(UsageError, match="--quantize int8 needs torch's int8 matrix product on CPU, missing or inexact"):
         Classifier("never-loaded", quantize="int8")
     monkeypatch.setattr(backends, "this_cpu", lambda: CpuInfo("EPYC", "x86_64", frozenset({"avx2"})))
     monkeypatch.setattr(int8, "fbgemm_available", lambda: False)
@@ -119,10 +126,16 @@ def test_int8_is_refused_where_torch_lacks_the_kernel(monkeypatch):
         Classifier("never-loaded", quantize="int8")
 
 
+def test_the_int_mm_probe_checks_exact_products():
+    if int8.int8_matmul_available():
+        a = torch.randint(-128, 128, (16, 32), dtype=torch.int8)
+        assert torch.equal(torch._int_mm(a, a.t().contiguous()), (a.double() @ a.t().double()).to(torch.int32))
+
+
 def test_the_classifier_uses_this_cpus_kernel(binary_model):
-    kernel = this_cpu().int8_kernel
-    if kernel is None:
+    if this_cpu().int8_kernel is None:
         pytest.skip(f"int8 is refused on this CPU: {this_cpu().describe()}")
+    kernel = int8.choose_kernel(this_cpu())
     classifier = Classifier(str(binary_model), device="cpu", quantize="int8")
     assert classifier.kernel == kernel and classifier.variant == f"int8/{kernel}"
     assert any(isinstance(m, int8.LAYERS[kernel]) for m in classifier.model.modules())

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import varied_texts
+from conftest import write_corpus
 from typer.testing import CliRunner
 
 from batchsent.checkpoint import Checkpoint
@@ -23,10 +23,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def corpus(tmp_path) -> Path:
-    path = tmp_path / "reviews.csv"
-    texts = varied_texts(1200, seed=21, longest_words=60)
-    path.write_text("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
-    return path
+    return write_corpus(tmp_path / "reviews.csv", 1200, seed=21, longest_words=60)
 
 
 def command(source: Path, model: Path, output: Path, *extra: str) -> list[str]:

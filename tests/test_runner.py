@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import varied_texts
+from conftest import write_corpus
 from typer.testing import CliRunner
 
 from batchsent import ExitCode, Interrupted, JobConfig, run, score_file
@@ -24,10 +24,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def corpus(tmp_path) -> Path:
-    path = tmp_path / "reviews.csv"
-    texts = varied_texts(300, seed=31, longest_words=80)
-    path.write_text("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
-    return path
+    return write_corpus(tmp_path / "reviews.csv", 300, seed=31, longest_words=80)
 
 
 def score(*args: object):
