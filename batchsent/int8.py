@@ -134,7 +134,7 @@ class FbgemmInt8Linear(torch.nn.Module):
         low = rows.amin(dim=1, keepdim=True)
         span = (rows.amax(dim=1, keepdim=True) - low).clamp_(min=1e-12)
         unit = (rows - low).div_(span)  # every token on [0, 1]: fbgemm's one scale is now per token
-        y = torch.ops.quantized.linear_dynamic(unit, self._packed, True)
+        y = _unit_product(unit, self._packed)
         y.mul_(span)
         if self.bias is not None:
             y.add_(self.bias)
@@ -142,6 +142,17 @@ class FbgemmInt8Linear(torch.nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
+def _unit_product(unit: torch.Tensor, packed: Any) -> torch.Tensor:
+    """fbgemm's product of [0, 1] activations, quantized to 7 bits (0..127), with the packed weights.
+
+    The known range skips the min/max pass of the dynamic op (10-15% of its time at MiniLM shapes).
+    """
+    if _FIXED_SCALE_OP is not None:
+        return _FIXED_SCALE_OP(unit, 1.0 / 127, 0, packed)
+    return torch.ops.quantized.linear_dynamic(unit, packed, True)
+
+
+_FIXED_SCALE_OP = getattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32", None)
 LAYERS = {"int_mm": Int8Linear, "fbgemm": FbgemmInt8Linear}
 
 
