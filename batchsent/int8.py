@@ -57,9 +57,18 @@ def int8_matmul_available() -> bool:
 
 @functools.cache
 def fbgemm_available() -> bool:
-    """Whether this torch has fbgemm's dynamic quantized Linear (x86 builds)."""
+    """Whether this torch has fbgemm's quantized Linear and the per-channel weights it packs (x86 builds).
+
+    torch marks quantized tensors deprecated; once they are gone this turns False and int8
+    is refused on CPUs without VNNI rather than failing at load.
+    """
     try:
-        return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_dynamic")
+        return (
+            "fbgemm" in torch.backends.quantized.supported_engines
+            and hasattr(torch, "quantize_per_channel")
+            and hasattr(torch.ops.quantized, "linear_prepack")
+            and hasattr(torch.ops.quantized, "linear_dynamic")
+        )
     except (AttributeError, RuntimeError):
         return False
 

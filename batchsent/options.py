@@ -106,6 +106,10 @@ class JobConfig(ModelOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("input", "output", "manifest", "report"):  # Python callers may pass strings
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
         _positive(chunk_rows=self.chunk_rows)
         if self.engine not in ENGINES:
             raise UsageError(f"--engine {self.engine!r}: expected local or ray")

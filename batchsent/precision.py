@@ -32,13 +32,13 @@ FAST = {
     ),
     "x86-vnni": Variant(
         "float32", "int8",
-        "AMD EPYC, AVX-512 VNNI (make bench): per-token int8 (_int_mm) 2.65x float32 on the DistilBERT shape, "
-        "1.69x on MiniLM; labels 99.9% of float32 on SST-2",
+        "AMD EPYC, AVX-512 VNNI (make bench): per-token int8 (_int_mm) 2.35-2.65x float32 on the DistilBERT "
+        "shape, 1.7-1.9x on MiniLM; labels 99.9% of float32 on SST-2",
     ),
     "x86-avx2": Variant(
         "float32", "int8",
         "AVX2 code on an AMD EPYC (make bench-avx2; not yet on AVX2-only hardware): per-token int8 through "
-        "fbgemm 1.66x float32 on the DistilBERT shape, 1.37x on MiniLM; labels 99.8% of float32 on SST-2",
+        "fbgemm 1.63x float32 on the DistilBERT shape, 1.3-1.5x on MiniLM; labels 99.8% of float32 on SST-2",
     ),
     "other": Variant("float32", None, "no faster variant measured on this CPU class"),
 }

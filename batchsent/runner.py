@@ -33,18 +33,18 @@ def run(
 ) -> RunSummary:
     """Run the job ``config`` describes and return its summary.
 
-    ``handle_signals`` (main thread only): the first SIGINT/SIGTERM stops at the next batch
-    boundary, a second quits at once. ``stop()`` is asked before every batch as well. A
+    ``handle_signals`` (main thread, local engine): the first SIGINT/SIGTERM stops at the
+    next batch boundary, a second quits at once (a Ray run stops at the first). ``stop()`` is asked before every batch as well. A
     ready ``classifier`` is reused (local engine). The manifest is written also when the
     run fails; a manifest or report that cannot be written raises PublishedWithErrors,
     whose ``summary`` describes the output, which is published all the same.
     """
     started_at, record = time.time(), {}
-    watcher = _SignalWatcher(progress) if handle_signals else None
+    watcher = _SignalWatcher(progress) if handle_signals and config.engine == "local" else None
     try:
         with watcher or contextlib.nullcontext():
             summary = _engine(config, progress, _either(stop, watcher), classifier, record)
-    except BaseException as error:
+    except (Exception, KeyboardInterrupt) as error:
         failure = _as_batchsent_error(error, record, watcher)
         _write_manifest_after_failure(config, record, started_at, failure)
         if failure is error:
