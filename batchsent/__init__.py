@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+__version__ = "0.1.0"  # before the imports below: submodules read it
+
 from .api import score_dataframe, score_file
 from .errors import (
     BatchsentError,
@@ -27,7 +29,6 @@ from .runner import run
 if TYPE_CHECKING:
     from .model import Classifier
 
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",

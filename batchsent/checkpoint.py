@@ -45,6 +45,8 @@ class CommittedState:
     empty: int = 0
     truncated: int = 0
     label_counts: dict[str, int] = field(default_factory=dict)
+    cached: int = 0  # rows whose probabilities came from the --cache
+    duplicates: int = 0  # rows that repeated a text this run had scored
 
 
 def first_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str | None:
@@ -96,6 +98,8 @@ class Checkpoint:
         state.rows += counts.rows
         state.empty += counts.empty
         state.truncated += counts.truncated
+        state.cached += counts.cached
+        state.duplicates += counts.duplicates
         for label, count in counts.label_counts.items():
             state.label_counts[label] = state.label_counts.get(label, 0) + count
         self._write_state(state)
@@ -107,6 +111,11 @@ class Checkpoint:
                 reader = pa.ipc.open_file(source)
                 for batch_index in range(reader.num_record_batches):
                     yield reader.get_batch(batch_index)
+
+    @property
+    def dedupe_store(self) -> Path:
+        """The run's private store of scored texts when no --cache is given (kept for --resume)."""
+        return self.directory / "scored-texts.sqlite"
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -161,6 +161,10 @@ def score(
     manifest: Annotated[
         Optional[Path], typer.Option(help="Write a JSON manifest of the run here (also when it fails; both engines).")
     ] = None,
+    cache: Annotated[
+        Optional[Path], typer.Option(help="Prediction cache file (SQLite, created if missing): texts scored by an "
+                                     "earlier run with the same model and options are not scored again."),  # fmt: skip
+    ] = None,
     log_format: Annotated[
         str, typer.Option(help="text, or json (one JSON object per line) for progress, errors and the summary.")
     ] = "text",
@@ -238,6 +242,11 @@ def info_command(
 
     info = collect()
     typer.echo(json.dumps(info, indent=2) if as_json else "\n".join(render(info)))
+
+
+from .cli_cache import cache_app  # noqa: E402 - the `batchsent cache` commands, registered on this app
+
+app.add_typer(cache_app, name="cache")
 
 
 def main() -> None:

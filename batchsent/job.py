@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,13 +21,15 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import io
+from . import __version__, io
+from .cache import PredictionCache
 from .checkpoint import Checkpoint, CommittedState, ResumeMismatch, first_difference
 from .errors import BatchsentError, InputError, OutputError, ScoringError, first_line
 from .identity import input_fingerprint, model_identity
 from .lock import OutputLock
 from .options import JobConfig
 from .postprocess import column_names, output_fields, prediction_arrays
+from .reuse import ChunkPlan, ReuseCounts, RunReuse, model_description
 
 if TYPE_CHECKING:
     from .model import Classifier, EncodedChunk
@@ -73,6 +76,8 @@ class RunSummary:
     resumed_rows: int = 0
     where: str = ""  # the device and variant that scored, e.g. "cpu, int8/int_mm"
     load_seconds: float = 0.0
+    cached: int = 0  # of the scored rows, those whose probabilities came from the --cache
+    duplicates: int = 0  # of the scored rows, those that repeated a text scored earlier in the run
 
     @property
     def scoring_seconds(self) -> float:
@@ -86,8 +91,11 @@ class RunSummary:
 
     def line(self) -> str:
         labels = ", ".join(f"{label} {count:,}" for label, count in self.label_counts.items())
+        reused = [f"{self.cached:,} from the cache"] if self.cached else []
+        reused += [f"{self.duplicates:,} repeated texts"] if self.duplicates else []
         return (
-            f"{self.rows:,} rows: {self.scored:,} scored, {self.empty:,} empty, {self.truncated:,} "
+            f"{self.rows:,} rows: {self.scored:,} scored" + (f" ({', '.join(reused)})" if reused else "")
+            + f", {self.empty:,} empty, {self.truncated:,} "
             + ("over the limit (scored in windows) " if self.chunked else "truncated ")
             + f"in {self.elapsed:.1f} s (model load {self.load_seconds:.1f} s, scoring {self.scoring_seconds:.1f} s "
             + f"at {self.rows_per_second:,.0f} rows/s"
@@ -196,7 +204,8 @@ def score_local(
 
     Each chunk is committed to a progress folder beside the output; the output itself
     appears, complete, only at the end. ``config.resume`` continues an interrupted run.
-    ``stop()`` is asked before every batch: when it returns True the job raises
+    Each distinct text is scored once; ``config.cache`` keeps its probabilities for later
+    runs. ``stop()`` is asked before every batch: when it returns True the job raises
     ``Interrupted``, its committed progress kept. ``record`` (a dict) is filled with
     what a run manifest reports, also when the job fails. A ready ``classifier`` may be
     passed to reuse a loaded model across jobs. The output's lock is held throughout.
@@ -207,18 +216,21 @@ def score_local(
     with OutputLock(output):
         checkpoint = _checkpoint_for(config, output)
         reader = io.open_reader(config.input)
+        stores: list[PredictionCache] = []
         try:
-            job = _prepare(config, output, reader, checkpoint, classifier, record, progress)
+            job = _prepare(config, output, reader, checkpoint, classifier, record, progress, stores)
             job.score(progress, stop)
-            job.finish(output)
+            job.finish(output, stores)
         finally:
             reader.close()
+            for store in stores:
+                store.close()
     state, classifier = job.state, job.classifier
     return RunSummary(
         config.input, output, state.rows, state.rows - state.empty, state.empty, state.truncated,
         time.monotonic() - started, {k: state.label_counts[k] for k in classifier.labels if k in state.label_counts},
         classifier.long_text == "chunk", record["resumed_from_rows"], f"{classifier.device}, {classifier.variant}",
-        record["load_seconds"],
+        record["load_seconds"], state.cached, state.duplicates,
     )  # fmt: skip
 
 
@@ -236,15 +248,19 @@ def _checkpoint_for(config: JobConfig, output: Path) -> Checkpoint:
     return checkpoint
 
 
-def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Checkpoint,
-             classifier: Classifier | None, record: dict[str, Any], progress: Progress | None) -> _Job:  # fmt: skip
-    """Every check of the input and the resume state, the model, and the output schema: a job ready to score."""
+def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Checkpoint, classifier: Classifier | None,
+             record: dict[str, Any], progress: Progress | None, stores: list[PredictionCache]) -> _Job:  # fmt: skip
+    """Every check of the input, the resume state and the cache, the model, and the output schema: a job
+    ready to score. Stores opened are appended to ``stores`` (the caller closes them)."""
     column = reader.text_column(config.column)
     check_new_columns(column_names([], config.prefix, False, config.long_text == "chunk"), reader.schema, config.input)
     fingerprint = _fingerprint(config, output)
     state = checkpoint.load() if config.resume and checkpoint.exists() else None
     if state is not None:
         _check_resumable(state.fingerprint, fingerprint, ("input", "options"))
+    if config.cache is not None:  # opened, checked and written to before the model loads
+        stores.append(PredictionCache(config.cache))
+        run_id = stores[0].start_run(__version__)
     classifier = _load_classifier(config, classifier, record, progress)
     fingerprint["model"] = _model_fingerprint(config, classifier)
     record.update(model=fingerprint["model"], labels=classifier.labels, device=str(classifier.device),
@@ -259,7 +275,14 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
     if state is None:
         state = checkpoint.start(fingerprint)
     record.update(state=state, resumed_from_rows=state.rows)
-    return _Job(config, reader, column, classifier, schema, checkpoint, state, record)
+    if config.cache is None:
+        stores.append(PredictionCache(checkpoint.dedupe_store))
+        run_id = stores[0].start_run(__version__)
+    store = stores[0]
+    model_id = store.model_id(config.model, model_description(classifier, model_identity(config.model, classifier.model)),
+                              classifier.labels)  # fmt: skip
+    reuse = RunReuse(store, model_id, run_id, len(classifier.labels))
+    return _Job(config, reader, column, classifier, schema, checkpoint, state, record, reuse)
 
 
 def _load_classifier(config: JobConfig, classifier: Classifier | None, record: dict[str, Any],
@@ -295,12 +318,21 @@ class _Job:
     checkpoint: Checkpoint
     state: CommittedState
     record: dict[str, Any]
+    reuse: RunReuse
 
-    def _encoded(self) -> Iterator[tuple[pa.RecordBatch, EncodedChunk, int | None]]:
+    def _encoded(self) -> Iterator[tuple[pa.RecordBatch, ChunkPlan, EncodedChunk, int | None]]:
+        """Each chunk not yet committed, planned against the store, its new texts tokenized."""
         for index, batch in enumerate(self.reader.batches(self.config.chunk_rows)):
             if index < self.state.chunks:
                 continue  # committed by an earlier run
-            yield batch, self.classifier.encode(io.text_values(batch.column(self.column))), self.reader.estimated_rows()
+            plan = self._planned(io.text_values(batch.column(self.column)))
+            yield batch, plan, self.classifier.encode(plan.model_texts), self.reader.estimated_rows()
+
+    def _planned(self, texts: list[str | None]) -> ChunkPlan:
+        try:
+            return self.reuse.plan(texts)
+        except sqlite3.Error as error:
+            raise ScoringError(f"cache {self.reuse.store.path}: cannot read: {first_line(error)}") from error
 
     def _advance(self, progress: Progress, rows_done: int, estimated_rows: int | None) -> None:
         """Rows done, and the byte position they stand for (CSV: rows x the mean bytes per row read so far)."""
@@ -313,7 +345,7 @@ class _Job:
         if progress is not None:
             progress.start(self.reader.total_rows, self.reader.total_bytes)
         try:
-            for batch, chunk, estimated_rows in _prefetched(self._encoded(), PREFETCH_DEPTH):
+            for batch, plan, chunk, estimated_rows in _prefetched(self._encoded(), PREFETCH_DEPTH):
                 report = None
                 if progress is not None:
                     rows_before = state.rows
@@ -321,7 +353,8 @@ class _Job:
                     def report(share: float) -> None:
                         self._advance(progress, rows_before + int(share * batch.num_rows), estimated_rows)
 
-                self._commit(batch, self._run_model(chunk, stop, report))
+                scores, reused = self._completed(plan, self._run_model(chunk, stop, report))
+                self._commit(batch, scores, reused)
                 if progress is not None:
                     self._advance(progress, state.rows, estimated_rows)
         except InputError as error:
@@ -347,11 +380,19 @@ class _Job:
         except Exception as error:  # noqa: BLE001 - any model failure is a failure while running
             raise ScoringError(f"the model failed: {type(error).__name__}: {first_line(error)}") from error
 
-    def _commit(self, batch: pa.RecordBatch, scores: Any) -> None:
+    def _completed(self, plan: ChunkPlan, scores: Any) -> tuple[Any, ReuseCounts]:
+        """Every row's scores (the reused ones filled in), the new texts stored before the chunk commits."""
+        try:
+            return self.reuse.complete(plan, scores)
+        except sqlite3.Error as error:
+            raise ScoringError(f"cache {self.reuse.store.path}: cannot write: {first_line(error)}") from error
+
+    def _commit(self, batch: pa.RecordBatch, scores: Any, reused: ReuseCounts) -> None:
         """Make one scored chunk durable in the progress folder."""
         classifier, config = self.classifier, self.config
         arrays = prediction_arrays(scores.probabilities, classifier.labels, config.all_scores, scores.windows)
-        counts = CommittedState({}, 1, batch.num_rows, int(scores.blank.sum()), int(scores.truncated.sum()))
+        counts = CommittedState({}, 1, batch.num_rows, int(scores.blank.sum()), int(scores.truncated.sum()),
+                                cached=reused.cached, duplicates=reused.duplicates)  # fmt: skip
         for entry in pc.value_counts(arrays[0].drop_null()).to_pylist():
             counts.label_counts[entry["values"]] = entry["counts"]
         try:
@@ -359,8 +400,9 @@ class _Job:
         except OSError as error:
             raise ScoringError(f"cannot save progress in {self.checkpoint.directory}: {error}") from error
 
-    def finish(self, output: Path) -> None:
-        """Assemble the output from the committed parts, rename it into place, drop the progress."""
+    def finish(self, output: Path, stores: list[PredictionCache]) -> None:
+        """Assemble the output from the committed parts, rename it into place, drop the progress
+        (the ``stores`` closed first: the private one lives in the progress folder)."""
         writer = io.AtomicWriter(output, self.schema)
         try:
             for batch in self.checkpoint.parts(self.state):
@@ -372,4 +414,6 @@ class _Job:
         except BaseException:
             writer.abort()
             raise
+        for store in stores:
+            store.close()
         self.checkpoint.remove()

@@ -33,12 +33,15 @@ def _counts(record: dict[str, Any], summary: RunSummary | None) -> dict[str, Any
     """Row counts from the finished run's summary, else from what a failed run committed."""
     if summary is not None:
         return {"rows_total": summary.rows, "scored": summary.scored, "empty": summary.empty,
-                "truncated": summary.truncated, "label_counts": dict(summary.label_counts)}  # fmt: skip
+                "truncated": summary.truncated, "label_counts": dict(summary.label_counts),
+                "from_cache": summary.cached, "duplicates": summary.duplicates}  # fmt: skip
     state = record.get("state")
     if state is None:
-        return {"rows_total": None, "scored": None, "empty": None, "truncated": None, "label_counts": {}}
+        return {"rows_total": None, "scored": None, "empty": None, "truncated": None, "label_counts": {},
+                "from_cache": None, "duplicates": None}  # fmt: skip
     return {"rows_total": state.rows, "scored": state.rows - state.empty, "empty": state.empty,
-            "truncated": state.truncated, "label_counts": dict(state.label_counts)}  # fmt: skip
+            "truncated": state.truncated, "label_counts": dict(state.label_counts), "from_cache": state.cached,
+            "duplicates": state.duplicates}  # fmt: skip
 
 
 def _input(config: JobConfig) -> dict[str, Any]:

@@ -47,6 +47,7 @@ class EncodedChunk:
     blank: np.ndarray
     batches: list[np.ndarray]
     owners: np.ndarray | None = None
+    copies: tuple[np.ndarray, np.ndarray] | None = None  # (rows, the earlier row with the same text)
 
 
 @dataclass
@@ -276,12 +277,19 @@ class Classifier:
             )
 
     def encode(self, texts: Sequence[str | None]) -> EncodedChunk:
-        """Tokenize ``texts`` once (truncating, or into windows) and plan batches; blanks are skipped."""
+        """Tokenize ``texts`` once (truncating, or into windows) and plan batches; blanks are skipped,
+        and a text repeated in ``texts`` is scored once (its copies take its results)."""
         texts = list(texts)
         blank = np.fromiter((_is_blank(text) for text in texts), dtype=bool, count=len(texts))
-        rows = np.flatnonzero(~blank)
-        if self.long_text == "chunk":
-            return self._encode_windows(texts, rows, blank)
+        rows, copies = _first_occurrences(texts, np.flatnonzero(~blank))
+        chunk = self._encode_windows(texts, rows, blank) if self.long_text == "chunk" else self._encode_rows(texts, rows, blank)
+        if copies is not None:
+            chunk.copies = copies
+            chunk.truncated[copies[0]] = chunk.truncated[copies[1]]
+        return chunk
+
+    def _encode_rows(self, texts: list, rows: np.ndarray, blank: np.ndarray) -> EncodedChunk:
+        """Every non-blank row as one sequence, truncated to ``max_length`` tokens."""
         encodings = self._encoder.encode_batch([texts[i] for i in rows], add_special_tokens=True)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(rows))
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -353,6 +361,11 @@ class Classifier:
             probabilities[chunk.rows] = aggregate_windows(sequences, chunk.owners, len(chunk.rows), self.aggregate)
             windows = np.zeros(chunk.size, dtype=np.int64)
             windows[chunk.rows] = np.bincount(chunk.owners, minlength=len(chunk.rows))
+        if chunk.copies is not None:
+            copies, sources = chunk.copies
+            probabilities[copies] = probabilities[sources]
+            if windows is not None:
+                windows[copies] = windows[sources]
         return Scores(probabilities, chunk.truncated, chunk.blank, windows)
 
     def predict(self, texts: Sequence[str | None]) -> Scores:
@@ -381,6 +394,19 @@ class Classifier:
         if chunk.flat_type_ids is not None:
             inputs["token_type_ids"] = np.where(mask, chunk.flat_type_ids[index], self._pad_type_id)
         return inputs
+
+
+def _first_occurrences(texts: list, rows: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """The rows whose text appears for the first time, and (row, first row) pairs for the repeats."""
+    first: dict[str, int] = {}
+    for row in rows.tolist():
+        first.setdefault(texts[row], row)
+    if len(first) == len(rows):
+        return rows, None
+    unique = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+    repeats = np.setdiff1d(rows, unique, assume_unique=True)
+    sources = np.fromiter((first[texts[row]] for row in repeats.tolist()), dtype=np.int64, count=len(repeats))
+    return unique, (repeats, sources)
 
 
 def _is_blank(text: Any) -> bool:

@@ -86,7 +86,8 @@ class ModelOptions:
 @dataclass(frozen=True, kw_only=True)
 class JobConfig(ModelOptions):
     """One scoring job. ``output`` None means ``<input stem>.scored<suffix>`` beside the input
-    (a ``.scored`` folder for the Ray engine); ``manifest`` and ``report`` are written at the end."""
+    (a ``.scored`` folder for the Ray engine); ``manifest`` and ``report`` are written at the end;
+    ``cache`` is a prediction cache file shared across runs (see ``batchsent.cache``)."""
 
     input: Path
     output: Path | None = None
@@ -103,10 +104,11 @@ class JobConfig(ModelOptions):
     gpus_per_worker: float = 0.0
     manifest: Path | None = None
     report: Path | None = None
+    cache: Path | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("input", "output", "manifest", "report"):  # Python callers may pass strings
+        for name in ("input", "output", "manifest", "report", "cache"):  # Python callers may pass strings
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, Path(value))
@@ -119,6 +121,8 @@ class JobConfig(ModelOptions):
             raise UsageError("--workers must be positive and --gpus-per-worker zero or more")
         if self.engine == "ray" and self.resume:
             raise UsageError("--resume is for the local engine (a Ray run writes its output folder in one go)")
+        if self.engine == "ray" and self.cache is not None:
+            raise UsageError("--cache is for the local engine (Ray workers on other machines cannot share one file)")
         if self.report is not None:
             check_report_target(self.report)
 

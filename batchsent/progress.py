@@ -174,6 +174,7 @@ class Reporter:
             "rows": summary.rows, "scored": summary.scored, "empty": summary.empty, "truncated": summary.truncated,
             "elapsed_seconds": round(summary.elapsed, 3), "load_seconds": round(summary.load_seconds, 3),
             "rows_per_second": round(summary.rows_per_second, 1), "label_counts": summary.label_counts,
-            "output": str(summary.output), "where": summary.where,
+            "output": str(summary.output), "where": summary.where, "from_cache": summary.cached,
+            "duplicates": summary.duplicates,
         }  # fmt: skip
         self._emit("summary", summary.line(), **fields)

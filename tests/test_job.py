@@ -65,6 +65,20 @@ class CountingModel:
         return self.model(**inputs)
 
 
+def test_a_text_repeated_in_one_call_runs_once_and_every_copy_gets_its_results(binary_model):
+    classifier = Classifier(str(binary_model), device="cpu")
+    counting = CountingModel(classifier.model)
+    classifier._runner.model = counting
+    texts = ["great app", None, "great app", "awful", "great app ", "awful", "great app"]
+    scores = classifier.predict(texts)
+    assert sum(r for r, _ in counting.shapes) == 3  # "great app", "awful", "great app "
+    assert scores.probabilities[2].tobytes() == scores.probabilities[0].tobytes() == scores.probabilities[6].tobytes()
+    assert scores.probabilities[5].tobytes() == scores.probabilities[3].tobytes()
+    assert np.isnan(scores.probabilities[1]).all() and scores.blank.tolist() == [0, 1, 0, 0, 0, 0, 0]
+    alone = Classifier(str(binary_model), device="cpu").predict(["great app "]).probabilities[0]
+    np.testing.assert_allclose(scores.probabilities[4], alone, atol=2e-6)
+
+
 @pytest.mark.parametrize(("budget", "rows"), [(2048, 128), (300, 8), (1, 64)])
 def test_the_model_runs_exactly_the_planned_batches(binary_model, budget, rows):
     classifier = Classifier(str(binary_model), device="cpu", token_budget=budget, batch_size=rows)
@@ -77,7 +91,7 @@ def test_the_model_runs_exactly_the_planned_batches(binary_model, budget, rows):
     assert counting.shapes == [(len(b), int(chunk.lengths[b].max())) for b in plan]
     for batch_rows, width in counting.shapes:
         assert batch_rows <= rows and (batch_rows * width <= budget or batch_rows == 1)
-    assert sum(r for r, _ in counting.shapes) == 50
+    assert sum(r for r, _ in counting.shapes) == len(set(texts))  # a repeated text runs once
     assert sum(r * w for r, w in counting.shapes) == padded_tokens(chunk.lengths, plan)
 
 

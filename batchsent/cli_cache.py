@@ -1,0 +1,84 @@
+"""``batchsent cache stats|prune``: look after a prediction cache file (see ``batchsent.cache``)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .cache import CacheError, PredictionCache, parse_age
+from .progress import Reporter
+
+cache_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Look after a prediction cache file (--cache)."
+)
+
+CachePath = Annotated[Path, typer.Argument(help="The cache file (as given to --cache).", show_default=False)]
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:,.1f} MiB"
+
+
+@cache_app.command("stats")
+def stats_command(
+    path: CachePath,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of lines.")] = False,
+) -> None:
+    """Entries, models, size on disk and last use of a cache."""
+    try:
+        cache = PredictionCache(path, create=False)
+        try:
+            stats = cache.stats()
+        finally:
+            cache.close()
+    except CacheError as error:
+        Reporter("text").fail(str(error), error.exit_code)
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2))
+        return
+    typer.echo(f"{path}: {stats['entries']:,} entries, {len(stats['models'])} model key(s), {_size(stats['bytes'])}, "
+               f"{stats['runs']:,} run(s), last used {_when(stats['last_used'])}")  # fmt: skip
+    for model in stats["models"]:
+        description = model["description"]
+        how = f"{description.get('device_type')} {description.get('dtype')}"
+        if description.get("quantize"):
+            how += f" {description['quantize']}/{description.get('kernel') or description.get('backend')}"
+        typer.echo(f"  {model['name']}: {model['entries']:,} entries, last used {_when(model['last_used'])} "
+                   f"[{how}, max length {description.get('max_length')}, {description.get('long_text')}]")  # fmt: skip
+
+
+@cache_app.command("prune")
+def prune_command(
+    path: CachePath,
+    older_than: Annotated[
+        Optional[str], typer.Option(help="Remove entries not used for this long: 30d, 12h, 90m, 2w.")
+    ] = None,
+    model: Annotated[
+        Optional[list[str]], typer.Option(help="Remove the entries of this model (as given to --model); repeatable.")
+    ] = None,
+) -> None:
+    """Remove old entries, or a model's, and give their space back to the file system."""
+    reporter = Reporter("text")
+    try:
+        age = None if older_than is None else parse_age(older_than)
+        cache = PredictionCache(path, create=False)
+        try:
+            before = cache.size_bytes()
+            removed, models = cache.prune(age, model or ())
+            after = cache.size_bytes()
+        finally:
+            cache.close()
+    except CacheError as error:
+        reporter.fail(str(error), error.exit_code)
+    reporter.note(f"{path}: removed {removed:,} entries and {models} model key(s); "
+                  f"{_size(before)} -> {_size(after)}")  # fmt: skip
