@@ -99,6 +99,8 @@ class PredictionCache:
             raise CacheError(f"{self.path}: no such cache file")
         if self.path.is_dir():
             raise CacheError(f"--cache {self.path}: is a directory; expected a cache file")
+        if not self.path.parent.is_dir():
+            raise CacheError(f"--cache {self.path}: the folder {self.path.parent} does not exist")
         try:
             self.connection = _connect(self.path)
             self._check_or_create(create)

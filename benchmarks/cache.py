@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -36,15 +35,14 @@ from corpus import FIXTURE_MODEL, sst2_phrases  # noqa: E402
 from memory import small_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BATCHSENT = [sys.executable, "-m", "batchsent"]
 MIB = 2**20
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    """The CPU's model and the flags that matter to batchsent, as `batchsent info` names them."""
+    from batchsent.cpu import this_cpu
+
+    return this_cpu().describe()
 
 
 def tweet_like(rows: int, seed: int) -> list[str]:
@@ -76,20 +74,35 @@ def next_night(texts: list[str], new_share: float, seed: int) -> list[str]:
     return texts[count:] + [f"{text} (new {seed}-{i})" for i, text in enumerate(tweet_like(count, seed))]
 
 
+# `batchsent` with its own peak RSS (VmHWM) written at exit: a child's ru_maxrss starts from
+# its parent's at fork on Linux, and this script holds a million texts.
+WITH_PEAK_RSS = """
+import atexit, os, sys
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            open(os.environ["PEAK_RSS_FILE"], "w").write(line.split()[1])
+atexit.register(peak)
+sys.argv[0] = "batchsent"
+from batchsent.cli import main
+main()
+"""
+
+
 def night(source: Path, output: Path, model: str, cache: Path, threads: int) -> dict:
     """One whole `batchsent score` process: wall seconds, peak RSS and its JSON summary."""
-    command = [*BATCHSENT, "score", str(source), "-o", str(output), "--model", model, "--cache", str(cache),
-               "--threads", str(threads), "--overwrite", "-q", "--log-format", "json"]  # fmt: skip
+    arguments = ["score", str(source), "-o", str(output), "--model", model, "--cache", str(cache),
+                 "--threads", str(threads), "--overwrite", "-q", "--log-format", "json"]  # fmt: skip
+    peak_file = output.with_name(output.name + ".peak")
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run([sys.executable, "-c", WITH_PEAK_RSS, *arguments], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PEAK_RSS_FILE": str(peak_file)})  # fmt: skip
     wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(command)}\n{stderr[-2000:]}")
-    summary = json.loads(stderr.strip().splitlines()[-1])
-    return {"wall_seconds": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+    if done.returncode != 0:
+        raise SystemExit(f"failed: batchsent {' '.join(arguments)}\n{done.stderr[-2000:]}")
+    summary = json.loads(done.stderr.strip().splitlines()[-1])
+    return {"wall_seconds": round(wall, 2), "peak_rss_mib": round(int(peak_file.read_text()) / 1024, 1),
             "rows": summary["rows"], "from_cache": summary["from_cache"], "duplicates": summary["duplicates"],
             "load_seconds": summary["load_seconds"], "scoring_rows_per_second": summary["rows_per_second"]}  # fmt: skip
 
