@@ -1,20 +1,26 @@
-"""Streaming reads and atomic writes of CSV, TSV and Parquet files with pyarrow.
+"""Streaming reads and atomic writes of CSV, TSV, JSON Lines and Parquet files with pyarrow.
 
 CSV and TSV cells are read as strings, so every cell is written back as the same text
-(no type inference: ``007`` stays ``007``); Parquet keeps its schema and metadata.
-Output goes to a hidden temporary file beside the target and is renamed into place
-only by ``commit``: a crash never leaves a half-written file under the final name.
+(no type inference: ``007`` stays ``007``); Parquet keeps its schema and metadata; a
+JSON Lines object is kept as its exact text, and the predictions are added at its end.
+CSV, TSV and JSON Lines may be compressed (``.gz``, ``.bz2``, ``.zst``), read and
+written through pyarrow's compressed streams. Output goes to a hidden temporary file
+beside the target and is renamed into place only by ``commit``: a crash never leaves a
+half-written file under the final name.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import io as stdio
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,18 +29,59 @@ import pyarrow.parquet as pq
 
 from .errors import ColumnNotFound, InputError, OutputError, first_line
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 CSV_BLOCK_BYTES = 1 << 20
+JSONL_CHUNK_BYTES = 8 << 20
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
+JSONL_MARK = {b"batchsent.format": b"jsonl"}  # schema metadata of JSON Lines batches: [line, text, predictions...]
+JSONL_LINE = "__jsonl_line__"
+
+
+def split_suffix(name: str) -> tuple[str, str, str]:
+    """``(stem, format suffix, compression suffix)`` of a file name: ``x.csv.gz`` -> ``("x", ".csv", ".gz")``."""
+    stem, compressed = os.path.splitext(name)
+    if compressed.lower() not in COMPRESSIONS:
+        stem, compressed = name, ""
+    stem, suffix = os.path.splitext(stem)
+    return stem, suffix, compressed
 
 
 def file_format(path: Path, *, output: bool = False) -> str:
-    """``csv``, ``tsv`` or ``parquet`` from the suffix; anything else is refused."""
-    fmt = FORMATS.get(path.suffix.lower())
+    """``csv``, ``tsv``, ``jsonl`` or ``parquet`` from the suffix (after any compression suffix)."""
+    _, suffix, compressed = split_suffix(path.name)
+    fmt = FORMATS.get(suffix.lower())
+    error = OutputError if output else InputError
     if fmt is None:
-        error = OutputError if output else InputError
-        raise error(f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; use .csv, .tsv or .parquet")
+        shown = (suffix + compressed) or "(no suffix)"
+        raise error(f"{path}: unsupported file type {shown!r}; use .csv, .tsv, .jsonl or .parquet "
+                    "(CSV, TSV and JSON Lines may end in .gz, .bz2 or .zst)")  # fmt: skip
+    if fmt == "parquet" and compressed:
+        raise error(f"{path}: Parquet is compressed inside the file; drop the {compressed} suffix")
     return fmt
+
+
+def compression(path: Path) -> str | None:
+    """pyarrow's codec name for a compressed file (``gzip``, ``bz2``, ``zstd``), None when plain."""
+    return COMPRESSIONS.get(split_suffix(path.name)[2].lower())
+
+
+def open_binary(path: Path) -> tuple[Any, Any]:
+    """``(raw file, decompressed stream)`` of ``path``; the raw file's position tells how far reading got."""
+    raw = open(path, "rb")  # noqa: SIM115 - the caller closes both
+    codec = compression(path)
+    return raw, (pa.input_stream(raw, compression=codec) if codec else raw)
+
+
+@contextmanager
+def text_lines(path: Path) -> Iterator[stdio.TextIOWrapper]:
+    """``path`` decompressed, as text lines (error paths: finding the line of a bad byte or row)."""
+    raw, stream = open_binary(path)
+    try:
+        yield stdio.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
+    finally:
+        stream.close()
+        raw.close()
 
 
 class Reader:
@@ -122,16 +169,17 @@ class CsvReader(Reader):
             newlines_in_values=delimiter == ",",
             invalid_row_handler=self._on_invalid_row,
         )
-        self._stream = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._raw, self._stream = open_binary(path)
         try:
             names = self._open(None).schema.names
             if len(names) == 1:
                 # With one column an empty line is an empty cell, not a line to skip.
                 self._parse.ignore_empty_lines = False
-            self._stream.seek(0)
+            self.close()
+            self._raw, self._stream = open_binary(path)
             self._reader = self._open({name: pa.string() for name in names})
         except BaseException:
-            self._stream.close()
+            self.close()
             raise
         self.schema = self._reader.schema
 
@@ -152,7 +200,7 @@ class CsvReader(Reader):
         """Physical line where the first record with the wrong field count ends (error path only)."""
         delimiter = self._parse.delimiter
         quoting = csv.QUOTE_MINIMAL if self._parse.quote_char else csv.QUOTE_NONE
-        with open(self.path, newline="", encoding="utf-8", errors="replace") as stream:
+        with text_lines(self.path) as stream:
             records = csv.reader(stream, delimiter=delimiter, quoting=quoting)
             try:
                 for record in records:
@@ -174,7 +222,7 @@ class CsvReader(Reader):
         return InputError(f"{self.path}: not a readable CSV file ({message})")
 
     def bytes_read(self) -> int:
-        return min(self._stream.tell(), self.total_bytes) if not self._stream.closed else self.total_bytes
+        return min(self._raw.tell(), self.total_bytes) if not self._raw.closed else self.total_bytes
 
     def _batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         while True:
@@ -188,7 +236,102 @@ class CsvReader(Reader):
 
     def close(self) -> None:
         self._stream.close()
+        self._raw.close()
 
+
+class JsonLinesReader(Reader):
+    """JSON Lines: one JSON object per line, kept as its exact text; the text field is parsed out of it.
+
+    Batches hold two columns, the line (``JSONL_LINE``) and the text, under a schema marked
+    with ``JSONL_MARK`` so the writer puts the line back with the predictions at its end.
+    Blank lines are skipped. A line that is not a JSON object, a text that is not a string,
+    or an object that already has a prediction key is an InputError naming the line.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._raw, stream = open_binary(path)
+        self._lines = stdio.TextIOWrapper(stream, encoding="utf-8", errors="strict", newline="\n")
+        self._line_number = 0
+        self._pending: str | None = None
+        self.key: str | None = None
+        self.reserved: set[str] = set()  # prediction keys a line must not have already
+        self.schema = pa.schema([(JSONL_LINE, pa.string())], metadata=JSONL_MARK)
+        try:
+            self._pending = self._next_line()
+        except BaseException:
+            self.close()
+            raise
+        if self._pending is None:
+            self.close()
+            raise InputError(f"{path}: the file is empty (no JSON object)")
+
+    def _next_line(self) -> str | None:
+        """The next non-blank line (its number in ``_line_number``), None at the end."""
+        while True:
+            try:
+                line = self._lines.readline()
+            except UnicodeDecodeError:
+                raise InputError(f"{self.path}: line {self._line_number + 1}: bytes that are not valid UTF-8") from None
+            except (OSError, EOFError, pa.ArrowException) as error:
+                raise InputError(f"{self.path}: cannot read ({first_line(error)})") from error
+            if not line:
+                return None
+            self._line_number += 1
+            if line.strip():
+                return line.rstrip("\r\n").lstrip("\ufeff") if self._line_number == 1 else line.rstrip("\r\n")
+
+    def _object(self, line: str) -> dict[str, Any]:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{self.path}: line {self._line_number}: not valid JSON ({error.msg})") from None
+        if not isinstance(value, dict):
+            raise InputError(f"{self.path}: line {self._line_number}: not a JSON object but {type(value).__name__}")
+        return value
+
+    def text_column(self, name: str) -> int:
+        """The text key ``name``, which the first object must have; its column is index 1."""
+        first = self._object(self._pending)  # type: ignore[arg-type]
+        if name not in first:
+            shown = ", ".join(repr(k) for k in first) or "no keys"
+            raise ColumnNotFound(f"{self.path}: line {self._line_number}: no key {name!r}; the object has {shown} "
+                                 "(pick one with --column)")  # fmt: skip
+        self.key = name
+        self.schema = pa.schema([(JSONL_LINE, pa.string()), (name, pa.string())], metadata=JSONL_MARK)
+        return 1
+
+    def bytes_read(self) -> int:
+        return min(self._raw.tell(), self.total_bytes) if not self._raw.closed else self.total_bytes
+
+    def _batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        lines: list[str] = []
+        texts: list[str | None] = []
+        while True:
+            line = self._pending if self._pending is not None else self._next_line()
+            self._pending = None
+            if line is None:
+                break
+            value = self._object(line)
+            taken = self.reserved.intersection(value)
+            if taken:
+                raise InputError(f"{self.path}: line {self._line_number}: already has key(s) "
+                                 f"{', '.join(map(repr, sorted(taken)))}; choose another --prefix")  # fmt: skip
+            text = value.get(self.key)  # type: ignore[arg-type]
+            if text is not None and not isinstance(text, str):
+                raise InputError(f"{self.path}: line {self._line_number}: {self.key!r} holds {type(text).__name__}, "
+                                 "not text")  # fmt: skip
+            lines.append(line)
+            texts.append(text)
+            if len(lines) == chunk_rows:
+                yield pa.record_batch([lines, texts], schema=self.schema)
+                lines, texts = [], []
+        if lines:
+            yield pa.record_batch([lines, texts], schema=self.schema)
+
+    def close(self) -> None:
+        self._lines.close()
+        self._raw.close()
 
 def open_reader(path: Path) -> Reader:
     """Open ``path`` for streaming; raises InputError for anything unreadable."""
@@ -201,6 +344,8 @@ def open_reader(path: Path) -> Reader:
         raise InputError(f"{path}: permission denied")
     if fmt == "parquet":
         return ParquetReader(path)
+    if fmt == "jsonl":
+        return JsonLinesReader(path)
     return CsvReader(path, "\t" if fmt == "tsv" else ",")
 
 
@@ -232,7 +377,8 @@ def first_invalid_utf8_line(path: Path) -> int:
     """1-based line number of the first byte sequence in ``path`` that is not UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     line = 1
-    with open(path, "rb") as stream:
+    raw, stream = open_binary(path)
+    with raw, stream:
         while block := stream.read(1 << 20):
             try:
                 decoder.decode(block)
@@ -285,13 +431,18 @@ class AtomicWriter:
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
         os.close(fd)
         self.temporary = Path(temporary)
+        codec = compression(path)
         try:
             if self.format == "parquet":
                 self._writer = pq.ParquetWriter(temporary, schema)
-            elif self.format == "csv":
-                self._writer = pacsv.CSVWriter(temporary, schema)
+                return
+            self._sink = pa.output_stream(temporary, compression=codec)
+            if self.format == "csv":
+                self._writer = pacsv.CSVWriter(self._sink, schema)
+            elif self.format == "jsonl":
+                self._writer = _JsonLinesWriter(self._sink, schema)
             else:
-                self._writer = _TsvWriter(temporary, schema)
+                self._writer = _TsvWriter(self._sink, schema)
         except (pa.ArrowException, OSError) as error:
             self.abort()
             raise OutputError(f"{path}: cannot write this schema as {self.format} ({first_line(error)})") from error
@@ -305,16 +456,18 @@ class AtomicWriter:
     def commit(self) -> None:
         """Flush, fsync and rename into place, with the permissions a new file gets."""
         self._writer.close()
+        if getattr(self, "_sink", None) is not None:
+            self._sink.close()  # ends the compressed stream
         publish(self.temporary, self.path)
 
     def abort(self) -> None:
         """Drop the temporary file; the final name is never touched."""
-        writer = getattr(self, "_writer", None)
-        if writer is not None:
-            try:
-                writer.close()
-            except Exception:  # noqa: BLE001 - already failing; the file is removed below
-                pass
+        for closable in (getattr(self, "_writer", None), getattr(self, "_sink", None)):
+            if closable is not None:
+                try:
+                    closable.close()
+                except Exception:  # noqa: BLE001 - already failing; the file is removed below
+                    pass
         self.temporary.unlink(missing_ok=True)
 
 
@@ -325,8 +478,8 @@ class _TsvWriter:
     holding a tab or a line break cannot be represented and is refused.
     """
 
-    def __init__(self, path: str, schema: pa.Schema) -> None:
-        self._stream = open(path, "wb")  # noqa: SIM115 - closed by close()
+    def __init__(self, stream: Any, schema: pa.Schema) -> None:
+        self._stream = stream
         self._names = schema.names
         self._stream.write(("\t".join(self._names) + "\n").encode())
 
@@ -341,5 +494,43 @@ class _TsvWriter:
         self._stream.write(("\n".join(lines.to_pylist()) + "\n").encode())
 
     def close(self) -> None:
-        self._stream.close()
+        pass  # the AtomicWriter closes the stream
+
+
+class _JsonLinesWriter:
+    """Each input line as it came, with the prediction fields added before its closing brace.
+
+    Keys, their order, values and number spellings of the original object are untouched;
+    labels are JSON strings, scores the shortest text that reads back as the same float32.
+    """
+
+    def __init__(self, stream: Any, schema: pa.Schema) -> None:
+        if schema.metadata is None or schema.metadata.get(b"batchsent.format") != b"jsonl":
+            raise pa.ArrowInvalid("JSON Lines output needs JSON Lines input (.jsonl or .ndjson)")
+        self._stream = stream
+        self._keys = [json.dumps(name) for name in schema.names[2:]]  # after the line and the text
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if not batch.num_rows:
+            return
+        values = [_json_values(batch.column(i)) for i in range(2, batch.num_columns)]
+        out = []
+        for row, line in enumerate(batch.column(0).to_pylist()):
+            head = line.rstrip()[:-1].rstrip()  # the object without its closing brace
+            fields = ", ".join(f"{key}: {column[row]}" for key, column in zip(self._keys, values, strict=True))
+            out.append(f"{head}{'' if head.endswith('{') else ', '}{fields}}}")
+        self._stream.write(("\n".join(out) + "\n").encode())
+
+    def close(self) -> None:
+        pass  # the AtomicWriter closes the stream
+
+
+def _json_values(column: pa.Array) -> list[str]:
+    """JSON spellings of a prediction column's values (null for a null)."""
+    if pa.types.is_floating(column.type):
+        spelled = pc.cast(column, pa.string()).to_pylist()  # shortest round-trip text of each float32
+        return ["null" if v is None else v if any(c in v for c in ".en") else f"{v}.0" for v in spelled]
+    if pa.types.is_integer(column.type):
+        return ["null" if v is None else str(v) for v in column.to_pylist()]
+    return ["null" if v is None else json.dumps(v, ensure_ascii=False) for v in column.to_pylist()]
 

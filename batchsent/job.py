@@ -109,7 +109,9 @@ class RunSummary:
 def check_output(config: JobConfig) -> Path:
     """The output path, refused when it is the input, exists (without overwrite) or cannot be made."""
     output = config.output_path
-    io.file_format(output, output=True)
+    if (io.file_format(config.input) == "jsonl") != (io.file_format(output, output=True) == "jsonl"):
+        raise OutputError(f"{output}: JSON Lines input is written as JSON Lines (.jsonl or .ndjson), "
+                          "and only JSON Lines input can be")  # fmt: skip
     if output.resolve() == config.input.resolve() or (output.exists() and os.path.samefile(output, config.input)):
         raise OutputError(f"{output}: the output would replace the input; choose another --output")
     if output.is_dir():
@@ -268,7 +270,10 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
     if state is not None:
         _check_resumable(state.fingerprint, fingerprint, ("model",))
     chunked = classifier.long_text == "chunk"
-    check_new_columns(column_names(classifier.labels, config.prefix, config.all_scores, chunked), reader.schema, config.input)
+    new_names = column_names(classifier.labels, config.prefix, config.all_scores, chunked)
+    check_new_columns(new_names, reader.schema, config.input)
+    if isinstance(reader, io.JsonLinesReader):
+        reader.reserved = set(new_names)  # checked on every line as it is read
     schema = reader.schema
     for new_field in output_fields(classifier.labels, config.prefix, config.all_scores, chunked):
         schema = schema.append(new_field)

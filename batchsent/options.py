@@ -15,6 +15,7 @@ from typing import Any
 from .backends import check_backend_options
 from .device import check_device_name, check_dtype_name
 from .errors import UsageError
+from .io import split_suffix
 from .postprocess import AGGREGATIONS
 from .precision import check_precision_options
 from .report import check_report_target
@@ -24,6 +25,12 @@ DEFAULT_CHUNK_ROWS = 4096
 DEFAULT_STRIDE = 64
 LONG_TEXT_MODES = ("truncate", "chunk")
 ENGINES = ("local", "ray")
+
+
+def scored_name(name: str) -> str:
+    """The default output name of an input file: ``x.csv.gz`` -> ``x.scored.csv.gz``."""
+    stem, suffix, compressed = split_suffix(name)
+    return f"{stem}.scored{suffix}{compressed}"
 
 
 def _positive(**values: int | None) -> None:
@@ -131,7 +138,7 @@ class JobConfig(ModelOptions):
         """Where the local engine writes (the Ray engine: ray_engine.output_folder)."""
         if self.output is not None:
             return self.output
-        return self.input.with_name(f"{self.input.stem}.scored{self.input.suffix}")
+        return self.input.with_name(scored_name(self.input.name))
 
     def described(self) -> dict[str, Any]:
         """Every option as JSON-ready values (paths as strings), for the manifest."""

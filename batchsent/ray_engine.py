@@ -8,7 +8,6 @@ columns and the output folder are checked before the cluster does any work.
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import logging
 import os
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from . import io
+from .sources import expand
 from .errors import InputError, OutputError, UsageError
 from .job import RunSummary, check_new_columns
 from .lock import OutputLock
@@ -37,20 +37,12 @@ def check_ray_installed() -> None:
 
 
 def expand_inputs(spec: str) -> list[Path]:
-    """A file, a folder (its CSV/TSV/Parquet files) or a glob, as a sorted list of one format."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        paths = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in io.FORMATS)
-    elif any(ch in spec for ch in "*?["):
-        paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec)) if Path(p).is_file())
-    else:
-        paths = [path]
-    if not paths:
-        raise InputError(f"{spec}: no CSV, TSV or Parquet files there")
-    formats = {io.file_format(p) for p in paths}
-    if len(formats) > 1:
-        raise InputError(f"{spec}: mixes {' and '.join(sorted(formats))} files; give one format at a time")
-    return paths
+    """A file, a folder or a glob (see ``sources.expand``), in a format Ray Data reads here."""
+    inputs = expand(spec)
+    if inputs.format == "jsonl" or any(io.compression(path) for path in inputs.files):
+        raise InputError(f"{spec}: --engine ray reads plain CSV, TSV and Parquet; score JSON Lines and compressed "
+                         "files with the local engine")  # fmt: skip
+    return inputs.files
 
 
 def check_inputs(paths: list[Path], config: JobConfig) -> pa.Schema:

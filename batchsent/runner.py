@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import BatchsentError, ExitCode, Interrupted, PublishedWithErrors, ScoringError, first_line
 from .job import Progress, RunSummary, score_local
 from .options import JobConfig
+from .sources import names_many
 
 if TYPE_CHECKING:
     from .model import Classifier
@@ -63,6 +64,10 @@ def _engine(config: JobConfig, progress: Progress | None, stop: Callable[[], boo
         from .ray_engine import run_ray
 
         return run_ray(config, record)
+    if names_many(config.input):
+        from .folders import score_files
+
+        return score_files(config, progress=progress, classifier=classifier, stop=stop, record=record)
     return score_local(config, progress=progress, classifier=classifier, stop=stop, record=record)
 
 

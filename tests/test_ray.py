@@ -78,7 +78,7 @@ def test_a_bad_column_is_reported_as_by_the_local_engine(two_files, binary_model
     empty = two_files.parent / "nothing"
     empty.mkdir()
     result = runner.invoke(app, ["score", str(empty), "--engine", "ray", "--model", str(binary_model)])
-    assert result.exit_code == 2 and "no CSV, TSV or Parquet files there" in result.stderr
+    assert result.exit_code == 2 and "no CSV, TSV, JSON Lines or Parquet files in this folder" in result.stderr
 
 
 def test_missing_extra_says_what_to_install(two_files, monkeypatch):

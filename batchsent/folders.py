@@ -1,0 +1,249 @@
+"""The local engine over a folder or glob: one output per input file, under the same relative name.
+
+Each file is one ``score_local`` job (its output appears atomically, its chunks are
+committed for ``--resume``), all with one loaded Classifier and one progress display.
+Every check that needs no model runs on every file before the model loads. The files
+finished so far are listed, with their input fingerprints and counts, in
+``.<output folder>.batchsent-files.json`` beside the output folder until the whole run
+ends, so ``--resume`` skips them and continues the one in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import io
+from .checkpoint import CommittedState
+from .errors import OutputError
+from .identity import input_fingerprint
+from .job import Progress, RunSummary, check_output, score_local
+from .lock import OutputLock
+from .options import JobConfig
+from .sources import InputFiles, expand
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .model import Classifier
+
+DONE_VERSION = 1
+
+
+def default_output_folder(inputs: InputFiles) -> Path:
+    """``<folder>.scored`` beside a folder; for a glob, ``<the glob's folder>.scored``."""
+    root = inputs.root.resolve() if inputs.root != Path(".") else Path.cwd()
+    return root.with_name(f"{root.name}.scored")
+
+
+class _Finished:
+    """The files of an interrupted folder run that are complete: ``{relative name: record}``."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output.parent / f".{output.name}.batchsent-files.json"
+        self.files: dict[str, dict[str, Any]] = {}
+
+    def load(self) -> None:
+        raw = json.loads(self.path.read_text(encoding="utf-8"))
+        if raw.get("version") != DONE_VERSION:
+            raise OutputError(f"{self.path}: progress from another batchsent version; pass --overwrite")
+        self.files = raw["files"]
+
+    def add(self, relative: Path, fingerprint: dict[str, Any], summary: RunSummary) -> None:
+        self.files[str(relative)] = {"input": fingerprint, "rows": summary.rows, "scored": summary.scored,
+                                     "empty": summary.empty, "truncated": summary.truncated,
+                                     "label_counts": summary.label_counts, "cached": summary.cached,
+                                     "duplicates": summary.duplicates}  # fmt: skip
+        with io.atomic_file(self.path) as temporary:
+            temporary.write_text(json.dumps({"version": DONE_VERSION, "files": self.files}, indent=1))
+
+    def done(self, relative: Path, source: Path, output: Path) -> dict[str, Any] | None:
+        entry = self.files.get(str(relative))
+        if entry is None or not output.exists() or entry["input"] != input_fingerprint(source):
+            return None
+        return entry
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class _Combined:
+    """One progress display over several files: rows and bytes of the finished files added to the current one's."""
+
+    def __init__(self, progress: Progress, total_rows: int | None, total_bytes: int) -> None:
+        self.progress, self.total_rows, self.total_bytes = progress, total_rows, total_bytes
+        self.rows_before = self.bytes_before = 0
+        self._started = self._loaded = False
+
+    def loaded(self, seconds: float, where: str) -> None:
+        if not self._loaded:
+            self._loaded = True
+            self.progress.loaded(seconds, where)
+
+    def start(self, total_rows: int | None, total_bytes: int) -> None:
+        if not self._started:
+            self._started = True
+            self.progress.start(self.total_rows, self.total_bytes)
+
+    def advance(self, rows_done: int, bytes_done: int) -> None:
+        self.progress.advance(self.rows_before + rows_done, self.bytes_before + bytes_done)
+
+    def file_done(self, rows: int, size: int) -> None:
+        self.rows_before += rows
+        self.bytes_before += size
+        self.progress.advance(self.rows_before, self.bytes_before)
+
+    def note(self, message: str) -> None:
+        self.progress.note(message)
+
+    def close(self) -> None:
+        pass  # the run closes the real display once, at the end
+
+
+def score_files(config: JobConfig, progress: Progress | None = None, classifier: Classifier | None = None,
+                stop: Callable[[], bool] | None = None, record: dict[str, Any] | None = None) -> RunSummary:  # fmt: skip
+    """Score every file of the folder or glob ``config.input`` into the folder ``config.output``."""
+    started = time.monotonic()
+    record = {} if record is None else record
+    inputs = expand(config.input)
+    output = Path(config.output).expanduser() if config.output is not None else default_output_folder(inputs)
+    _check_folders(inputs, output)
+    record["output"] = output
+    with OutputLock(output):
+        finished = _Finished(output)
+        if finished.path.exists():
+            if config.resume:
+                finished.load()
+            elif not config.overwrite:
+                raise OutputError(f"{output}: an interrupted run left finished files; pass --resume to continue it "
+                                  "or --overwrite to start over")  # fmt: skip
+            else:
+                finished.remove()
+        jobs = _plan(config, inputs, output, finished)
+        shown = _Combined(progress, _total_rows(inputs), sum(source.stat().st_size for source, _, _ in jobs)) \
+            if progress is not None else None  # fmt: skip
+        if classifier is None and any(done is None for _, _, done in jobs):
+            classifier = _load(config, record, shown)
+        try:
+            files = _score_each(jobs, inputs, output, finished, classifier, shown, stop, record)
+        except BaseException:
+            record["state"] = _committed_so_far(finished, record.get("current", {}))
+            raise
+        finally:
+            if shown is not None:
+                shown.progress.close()
+        finished.remove()
+    record["files"] = len(jobs)
+    return _combined_summary(config, output, files, time.monotonic() - started, record)
+
+
+def _load(config: JobConfig, record: dict[str, Any], shown: _Combined | None) -> Classifier:
+    """The one Classifier of the run, loaded once all files passed their checks."""
+    from .model import Classifier
+
+    started = time.monotonic()
+    classifier = Classifier(config.model_options())
+    record["load_seconds"] = time.monotonic() - started
+    if shown is not None:
+        shown.loaded(record["load_seconds"], f"{classifier.device}, {classifier.variant}")
+    return classifier
+
+
+def _score_each(jobs: list[tuple[Path, JobConfig, dict[str, Any] | None]], inputs: InputFiles, output: Path,
+                finished: _Finished, classifier: Classifier | None, shown: _Combined | None,
+                stop: Callable[[], bool] | None, record: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
+    """Score the files not finished yet, in order; each one's counts (finished ones' from the record)."""
+    files, resumed = [], 0
+    for source, job, done in jobs:
+        if done is None:
+            relative = inputs.relative(source)
+            (output / relative).parent.mkdir(parents=True, exist_ok=True)
+            fingerprint = input_fingerprint(source)
+            record["current"] = file_record = {}
+            summary = score_local(job, progress=shown, classifier=classifier, stop=stop, record=file_record)
+            record.update({k: v for k, v in file_record.items() if k in ("model", "labels", "device", "dtype", "variant")})
+            resumed += file_record.get("resumed_from_rows", 0)
+            finished.add(relative, fingerprint, summary)
+            done = finished.files[str(relative)]
+        else:
+            resumed += done["rows"]
+        files.append(done)
+        if shown is not None:
+            shown.file_done(done["rows"], source.stat().st_size)
+    record["resumed_from_rows"] = resumed
+    return files
+
+
+def _committed_so_far(finished: _Finished, current: dict[str, Any]) -> CommittedState:
+    """What a failed or interrupted folder run leaves for --resume: finished files and the current one's chunks."""
+    state = current.get("state")
+    rows = sum(entry["rows"] for entry in finished.files.values()) + (state.rows if state is not None else 0)
+    chunks = len(finished.files) + (state.chunks if state is not None else 0)
+    return CommittedState({}, chunks, rows)
+
+
+def _check_folders(inputs: InputFiles, output: Path) -> None:
+    root, target = inputs.root.resolve(), output.resolve()
+    if target == root or target.is_relative_to(root):
+        raise OutputError(f"{output}: the output folder is inside the input folder {inputs.root}; "
+                          "choose an --output folder outside it")  # fmt: skip
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{output}: exists and is not a folder; a folder or glob INPUT needs an output folder")
+    if not output.parent.is_dir():
+        raise OutputError(f"{output}: the folder {output.parent} does not exist")
+
+
+def _plan(config: JobConfig, inputs: InputFiles, output: Path,
+          finished: _Finished) -> list[tuple[Path, JobConfig, dict[str, Any] | None]]:  # fmt: skip
+    """Each file's job, or its finished record; every file's input and output checked before any model loads."""
+    jobs = []
+    for source in inputs.files:
+        relative = inputs.relative(source)
+        target = output / relative
+        job = replace(config, input=source, output=target, manifest=None, report=None)
+        done = finished.done(relative, source, target) if config.resume else None
+        if done is None:
+            if target.parent.is_dir():
+                check_output(job)
+            reader = io.open_reader(source)
+            try:
+                reader.text_column(config.column)
+            finally:
+                reader.close()
+        jobs.append((source, job, done))
+    return jobs
+
+
+def _total_rows(inputs: InputFiles) -> int | None:
+    """The row count of every file when all are Parquet (known from their footers), else None."""
+    if inputs.format != "parquet":
+        return None
+    total = 0
+    for source in inputs.files:
+        reader = io.open_reader(source)
+        try:
+            total += reader.total_rows or 0
+        finally:
+            reader.close()
+    return total
+
+
+def _combined_summary(config: JobConfig, output: Path, files: list[dict[str, Any]], elapsed: float,
+                      record: dict[str, Any]) -> RunSummary:  # fmt: skip
+    """One summary for the whole run: counts added over the files, the labels in the model's order."""
+    labels: dict[str, int] = {}
+    for entry in files:
+        for label, count in entry["label_counts"].items():
+            labels[label] = labels.get(label, 0) + count
+    order = record.get("labels") or sorted(labels)
+    where = f"{record.get('device', '')}, {record.get('variant', '')}" if record.get("device") else ""
+    total = {key: sum(entry[key] for entry in files) for key in ("rows", "scored", "empty", "truncated", "cached",
+                                                                  "duplicates")}  # fmt: skip
+    return RunSummary(config.input, output, total["rows"], total["scored"], total["empty"], total["truncated"], elapsed,
+                      {label: labels[label] for label in order if label in labels}, config.long_text == "chunk",
+                      record["resumed_from_rows"], where, record.get("load_seconds", 0.0), total["cached"],
+                      total["duplicates"])  # fmt: skip
+
