@@ -26,11 +26,12 @@ def score_file(
     progress: Progress | None = None,
     **options: Any,
 ) -> RunSummary:
-    """Score a CSV/TSV/Parquet file; ``options`` are JobConfig fields (column, model, prefix, manifest...).
+    """Score a CSV/TSV/JSON Lines/Parquet file, a folder or glob of them, or s3://, gs://, az:// objects;
+    ``options`` are JobConfig fields (column, model, prefix, manifest, cache...).
 
     The same job as ``batchsent score``: see ``batchsent.run`` for signals, manifest and report.
     """
-    config = JobConfig(input=Path(input), output=None if output is None else Path(output), **options)
+    config = JobConfig(input=input, output=output, **options)  # strings: paths, or object URLs kept as they are
     return run(config, progress=progress, classifier=classifier)
 
 

@@ -55,14 +55,16 @@ def _quiet_libraries() -> None:
 @app.command()
 def score(
     input: Annotated[
-        Optional[Path],
-        typer.Argument(help="CSV, TSV or Parquet file to score (or input = ... in --config).", show_default=False),
+        Optional[str],
+        typer.Argument(help="CSV, TSV, JSON Lines or Parquet file (may be .gz, .bz2, .zst), a folder or glob of them, "
+                       "or s3://, gs://, az:// URLs of the same (or input = ... in --config).", show_default=False),
     ] = None,
     column: Annotated[Optional[str], typer.Option("-c", "--column", help="Text column to score. [default: text]")] = None,
     output: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(
-            "-o", "--output", help="Output file; its suffix picks the format. [default: INPUT_STEM.scored.SUFFIX]"
+            "-o", "--output", help="Output file (its suffix picks the format) or, for a folder or glob, folder; "
+            "local or s3://, gs://, az://. [default: INPUT_STEM.scored.SUFFIX, or INPUT_FOLDER.scored]"
         ),
     ] = None,
     model: Annotated[

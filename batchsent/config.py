@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import UsageError
 from .options import JobConfig
+from .storage import is_url
 
 MODEL_ENV = "BATCHSENT_MODEL"
 
@@ -56,7 +57,9 @@ def read_job_file(path: Path) -> dict[str, Any]:
             raise UsageError(f"--config {path}: unknown key {key!r}; known keys: {known}")
         if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
             raise UsageError(f"--config {path}: {key} must be {expected[0].__name__}, got {value!r}")
-        options[name] = (path.parent / Path(value).expanduser()) if name in _PATH_KEYS else value
+        if name in _PATH_KEYS and not is_url(value):
+            value = path.parent / Path(value).expanduser()
+        options[name] = value
     return options
 
 
@@ -73,5 +76,6 @@ def build_config(
     if options.get("input") is None:
         raise UsageError("no INPUT file given (as an argument, or as input = ... in --config)")
     for name in _PATH_KEYS & options.keys():
-        options[name] = Path(options[name])
+        if not is_url(options[name]):
+            options[name] = Path(options[name])
     return JobConfig(**options)

@@ -20,10 +20,12 @@ from . import io
 from .checkpoint import CommittedState
 from .errors import OutputError
 from .identity import input_fingerprint
-from .job import Progress, RunSummary, check_output, score_local
+from .job import Progress, RunSummary, check_new_columns, check_output, score_local
 from .lock import OutputLock
 from .options import JobConfig
+from .postprocess import column_names
 from .sources import InputFiles, expand
+from .storage import is_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,6 +37,8 @@ DONE_VERSION = 1
 
 def default_output_folder(inputs: InputFiles) -> Path:
     """``<folder>.scored`` beside a folder; for a glob, ``<the glob's folder>.scored``."""
+    if isinstance(inputs.root, str):
+        raise OutputError(f"{inputs.spec}: a folder or glob on object storage needs --output FOLDER (a local folder)")
     root = inputs.root.resolve() if inputs.root != Path(".") else Path.cwd()
     return root.with_name(f"{root.name}.scored")
 
@@ -109,6 +113,9 @@ def score_files(config: JobConfig, progress: Progress | None = None, classifier:
     started = time.monotonic()
     record = {} if record is None else record
     inputs = expand(config.input)
+    if is_url(config.output):
+        raise OutputError(f"{config.output}: a folder or glob INPUT writes to a local --output folder "
+                          "(object-storage output folders are not supported yet)")  # fmt: skip
     output = Path(config.output).expanduser() if config.output is not None else default_output_folder(inputs)
     _check_folders(inputs, output)
     record["output"] = output
@@ -123,7 +130,7 @@ def score_files(config: JobConfig, progress: Progress | None = None, classifier:
             else:
                 finished.remove()
         jobs = _plan(config, inputs, output, finished)
-        shown = _Combined(progress, _total_rows(inputs), sum(source.stat().st_size for source, _, _ in jobs)) \
+        shown = _Combined(progress, _total_rows(inputs), sum(inputs.size(source) for source, _, _ in jobs)) \
             if progress is not None else None  # fmt: skip
         if classifier is None and any(done is None for _, _, done in jobs):
             classifier = _load(config, record, shown)
@@ -172,7 +179,7 @@ def _score_each(jobs: list[tuple[Path, JobConfig, dict[str, Any] | None]], input
             resumed += done["rows"]
         files.append(done)
         if shown is not None:
-            shown.file_done(done["rows"], source.stat().st_size)
+            shown.file_done(done["rows"], inputs.size(source))
     record["resumed_from_rows"] = resumed
     return files
 
@@ -186,8 +193,8 @@ def _committed_so_far(finished: _Finished, current: dict[str, Any]) -> Committed
 
 
 def _check_folders(inputs: InputFiles, output: Path) -> None:
-    root, target = inputs.root.resolve(), output.resolve()
-    if target == root or target.is_relative_to(root):
+    target = output.resolve()
+    if isinstance(inputs.root, Path) and (target == inputs.root.resolve() or target.is_relative_to(inputs.root.resolve())):
         raise OutputError(f"{output}: the output folder is inside the input folder {inputs.root}; "
                           "choose an --output folder outside it")  # fmt: skip
     if output.exists() and not output.is_dir():
@@ -211,6 +218,8 @@ def _plan(config: JobConfig, inputs: InputFiles, output: Path,
             reader = io.open_reader(source)
             try:
                 reader.text_column(config.column)
+                check_new_columns(column_names([], config.prefix, False, config.long_text == "chunk"), reader.schema,
+                                  source)  # fmt: skip
             finally:
                 reader.close()
         jobs.append((source, job, done))

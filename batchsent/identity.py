@@ -10,11 +10,19 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from .storage import fingerprint, is_url, remote
+
 EDGE_BYTES = 1 << 20
 
 
-def input_fingerprint(path: Path) -> dict[str, Any]:
-    """Size, mtime and a hash of the first and last MiB: cheap, and changes when the file does."""
+def input_fingerprint(path: Path | str) -> dict[str, Any]:
+    """Size, mtime and a hash of the first and last MiB: cheap, and changes when the file does.
+
+    An object on object storage: its URL, size and modification time.
+    """
+    if is_url(path):
+        return fingerprint(remote(str(path)))
+    assert isinstance(path, Path)
     stat = path.stat()
     digest = hashlib.sha256()
     with open(path, "rb") as stream:

@@ -28,6 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .errors import ColumnNotFound, InputError, OutputError, first_line
+from .storage import check_readable, is_url, remote
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
@@ -36,6 +37,11 @@ JSONL_CHUNK_BYTES = 8 << 20
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 JSONL_MARK = {b"batchsent.format": b"jsonl"}  # schema metadata of JSON Lines batches: [line, text, predictions...]
 JSONL_LINE = "__jsonl_line__"
+
+
+def base_name(path: Path | str) -> str:
+    """The file name of a local path or of an object URL (``s3://bucket/a/b.csv`` -> ``b.csv``)."""
+    return path.name if isinstance(path, Path) else str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
 def split_suffix(name: str) -> tuple[str, str, str]:
@@ -47,9 +53,9 @@ def split_suffix(name: str) -> tuple[str, str, str]:
     return stem, suffix, compressed
 
 
-def file_format(path: Path, *, output: bool = False) -> str:
+def file_format(path: Path | str, *, output: bool = False) -> str:
     """``csv``, ``tsv``, ``jsonl`` or ``parquet`` from the suffix (after any compression suffix)."""
-    _, suffix, compressed = split_suffix(path.name)
+    _, suffix, compressed = split_suffix(base_name(path))
     fmt = FORMATS.get(suffix.lower())
     error = OutputError if output else InputError
     if fmt is None:
@@ -61,16 +67,50 @@ def file_format(path: Path, *, output: bool = False) -> str:
     return fmt
 
 
-def compression(path: Path) -> str | None:
+def compression(path: Path | str) -> str | None:
     """pyarrow's codec name for a compressed file (``gzip``, ``bz2``, ``zstd``), None when plain."""
-    return COMPRESSIONS.get(split_suffix(path.name)[2].lower())
+    return COMPRESSIONS.get(split_suffix(base_name(path))[2].lower())
 
 
-def open_binary(path: Path) -> tuple[Any, Any]:
-    """``(raw file, decompressed stream)`` of ``path``; the raw file's position tells how far reading got."""
-    raw = open(path, "rb")  # noqa: SIM115 - the caller closes both
+def open_binary(path: Path | str) -> tuple[Any, Any]:
+    """``(raw file, decompressed stream)`` of a file or object; the raw position tells how far reading got."""
+    if is_url(path):
+        location = remote(str(path))
+        try:  # one streaming GET; decompression is ours (pyarrow would also guess it from the suffix)
+            raw = _Counted(location.fs.open_input_stream(location.path, compression=None))
+        except OSError as error:
+            raise InputError(f"{path}: cannot read ({first_line(error)})") from error
+    else:
+        raw = open(path, "rb")  # noqa: SIM115 - the caller closes both
     codec = compression(path)
     return raw, (pa.input_stream(raw, compression=codec) if codec else raw)
+
+
+class _Counted(stdio.RawIOBase):
+    """A non-seekable pyarrow stream that knows how many bytes were read from it (``tell``), for progress."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._position = stream, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read() if size is None or size < 0 else self._stream.read(size)
+        self._position += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
 
 
 @contextmanager
@@ -91,9 +131,9 @@ class Reader:
     total_rows: int | None = None
     total_bytes: int = 0
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         self.path = path
-        self.total_bytes = path.stat().st_size
+        self.total_bytes = check_readable(remote(path)) if is_url(path) else path.stat().st_size  # type: ignore[union-attr]
         self.rows_read = 0
 
     def estimated_rows(self) -> int | None:
@@ -138,10 +178,14 @@ class Reader:
 
 
 class ParquetReader(Reader):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         super().__init__(path)
         try:
-            self._file = pq.ParquetFile(path)
+            if is_url(path):
+                location = remote(str(path))
+                self._file = pq.ParquetFile(location.fs.open_input_file(location.path))
+            else:
+                self._file = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as error:
             raise InputError(f"{path}: not a readable Parquet file ({first_line(error)})") from error
         self.schema = self._file.schema_arrow
@@ -333,14 +377,16 @@ class JsonLinesReader(Reader):
         self._lines.close()
         self._raw.close()
 
-def open_reader(path: Path) -> Reader:
-    """Open ``path`` for streaming; raises InputError for anything unreadable."""
+def open_reader(path: Path | str) -> Reader:
+    """Open a file or object for streaming; raises InputError for anything unreadable."""
     fmt = file_format(path)
-    if not path.exists():
+    if is_url(path):
+        pass  # the reader checks the object
+    elif not path.exists():  # type: ignore[union-attr]
         raise InputError(f"{path}: no such file")
-    if not path.is_file():
+    elif not path.is_file():  # type: ignore[union-attr]
         raise InputError(f"{path}: not a file")
-    if not os.access(path, os.R_OK):
+    elif not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
     if fmt == "parquet":
         return ParquetReader(path)

@@ -30,6 +30,7 @@ from .lock import OutputLock
 from .options import JobConfig
 from .postprocess import column_names, output_fields, prediction_arrays
 from .reuse import ChunkPlan, ReuseCounts, RunReuse, model_description
+from .storage import is_url
 
 if TYPE_CHECKING:
     from .model import Classifier, EncodedChunk
@@ -112,7 +113,10 @@ def check_output(config: JobConfig) -> Path:
     if (io.file_format(config.input) == "jsonl") != (io.file_format(output, output=True) == "jsonl"):
         raise OutputError(f"{output}: JSON Lines input is written as JSON Lines (.jsonl or .ndjson), "
                           "and only JSON Lines input can be")  # fmt: skip
-    if output.resolve() == config.input.resolve() or (output.exists() and os.path.samefile(output, config.input)):
+    assert isinstance(output, Path), "an object-storage output is staged locally by runner.run"
+    local_input = not is_url(config.input)
+    if local_input and (output.resolve() == config.input.resolve()
+                        or (output.exists() and os.path.samefile(output, config.input))):  # fmt: skip
         raise OutputError(f"{output}: the output would replace the input; choose another --output")
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")

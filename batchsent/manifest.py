@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .io import atomic_file
 from .options import JobConfig
+from .storage import is_url
 
 if TYPE_CHECKING:
     from .job import RunSummary
@@ -45,12 +46,18 @@ def _counts(record: dict[str, Any], summary: RunSummary | None) -> dict[str, Any
 
 
 def _input(config: JobConfig) -> dict[str, Any]:
+    if is_url(config.input):
+        return {"path": str(config.input), "size": None, "mtime": None}
     stat = config.input.stat() if config.input.is_file() else None
     return {
         "path": str(config.input.resolve()),
         "size": stat.st_size if stat else None,
         "mtime": _iso(stat.st_mtime) if stat else None,
     }
+
+
+def _where(path: Path | str) -> str:
+    return str(path) if is_url(path) else str(Path(path).resolve())
 
 
 def build_manifest(config: JobConfig, record: dict[str, Any], summary: RunSummary | None, started_at: float,
@@ -65,7 +72,7 @@ def build_manifest(config: JobConfig, record: dict[str, Any], summary: RunSummar
     rows_this_run = (counts["rows_total"] or 0) - resumed
     return {
         "input": _input(config),
-        "output": str((summary.output if summary else record.get("output", config.output_path)).resolve()),
+        "output": _where(summary.output if summary else record.get("output", config.output_path)),
         "engine": config.engine,
         **counts,
         "rows_resumed_from": resumed,

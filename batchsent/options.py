@@ -16,6 +16,7 @@ from .backends import check_backend_options
 from .device import check_device_name, check_dtype_name
 from .errors import UsageError
 from .io import split_suffix
+from .storage import is_url
 from .postprocess import AGGREGATIONS
 from .precision import check_precision_options
 from .report import check_report_target
@@ -96,8 +97,8 @@ class JobConfig(ModelOptions):
     (a ``.scored`` folder for the Ray engine); ``manifest`` and ``report`` are written at the end;
     ``cache`` is a prediction cache file shared across runs (see ``batchsent.cache``)."""
 
-    input: Path
-    output: Path | None = None
+    input: Path  # or an object URL (s3://, gs://, az://), kept as a string
+    output: Path | None = None  # or an object URL
     column: str = "text"
     prefix: str = "sentiment_"
     all_scores: bool = False
@@ -117,8 +118,11 @@ class JobConfig(ModelOptions):
         super().__post_init__()
         for name in ("input", "output", "manifest", "report", "cache"):  # Python callers may pass strings
             value = getattr(self, name)
-            if isinstance(value, str):
+            if isinstance(value, str) and not (name in ("input", "output") and is_url(value)):
                 object.__setattr__(self, name, Path(value))
+        for name in ("manifest", "report", "cache"):
+            if is_url(str(getattr(self, name) or "")):
+                raise UsageError(f"--{name} must be a local path")
         _positive(chunk_rows=self.chunk_rows)
         if self.engine not in ENGINES:
             raise UsageError(f"--engine {self.engine!r}: expected local or ray")
@@ -132,12 +136,21 @@ class JobConfig(ModelOptions):
             raise UsageError("--cache is for the local engine (Ray workers on other machines cannot share one file)")
         if self.report is not None:
             check_report_target(self.report)
+        if is_url(self.output_path) and self.engine == "local":
+            if self.resume:
+                raise UsageError("--resume needs a local output: an object-storage output is staged on this machine "
+                                 "and uploaded when complete, so a failed run starts over")  # fmt: skip
+            if self.report is not None:
+                raise UsageError("--report needs a local output; run batchsent report on a downloaded copy")
 
     @property
-    def output_path(self) -> Path:
-        """Where the local engine writes (the Ray engine: ray_engine.output_folder)."""
+    def output_path(self) -> Path | str:
+        """Where the local engine writes, a path or an object URL (the Ray engine: ray_engine.output_folder)."""
         if self.output is not None:
             return self.output
+        if is_url(self.input):
+            folder, _, name = str(self.input).rpartition("/")
+            return f"{folder}/{scored_name(name)}"
         return self.input.with_name(scored_name(self.input.name))
 
     def described(self) -> dict[str, Any]:

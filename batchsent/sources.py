@@ -8,34 +8,47 @@ type is refused. Both engines use this.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import io
-from .errors import InputError
+from .errors import InputError, first_line
+from .identity import input_fingerprint
+from .storage import is_url, remote
 
 GLOB_CHARACTERS = "*?["
 
 
 @dataclass(frozen=True)
 class InputFiles:
-    """The files INPUT names, sorted, and the folder their relative names start from."""
+    """The files INPUT names, sorted, and the folder their relative names start from.
+
+    On object storage the files are URLs and ``root`` the URL prefix they share.
+    """
 
     spec: str
-    root: Path
-    files: list[Path]
+    root: Path | str
+    files: list[Path | str]
     many: bool  # a folder or a glob (then the output is a folder too)
     format: str
 
-    def relative(self, path: Path) -> Path:
+    def relative(self, path: Path | str) -> Path:
+        if isinstance(path, str):
+            return Path(path[len(str(self.root).rstrip("/")) + 1 :] if self.many else io.base_name(path))
         return path.relative_to(self.root) if self.many else Path(path.name)
+
+    def size(self, path: Path | str) -> int:
+        return int(input_fingerprint(path)["size"]) if isinstance(path, str) else path.stat().st_size
 
 
 def names_many(spec: str | Path) -> bool:
-    """Whether INPUT is a folder or a glob rather than one file."""
+    """Whether INPUT is a folder or a glob rather than one file (on object storage: ends in / or has a wildcard)."""
     text = str(spec)
+    if is_url(text):
+        return text.endswith("/") or any(ch in text for ch in GLOB_CHARACTERS)
     path = Path(text).expanduser()
     return path.is_dir() or (not path.exists() and any(ch in text for ch in GLOB_CHARACTERS))
 
@@ -62,9 +75,50 @@ def _known_type(path: Path) -> bool:
     return True
 
 
+def _expand_url(text: str) -> InputFiles:
+    """The objects under a URL prefix (``s3://bucket/exports/``) or matching a URL glob, listed recursively."""
+    from pyarrow import fs
+
+    if not names_many(text):
+        return InputFiles(text, text.rpartition("/")[0], [text], False, io.file_format(text))
+    wildcard = next((i for i, ch in enumerate(text) if ch in GLOB_CHARACTERS), None)
+    prefix = text if wildcard is None else text[: text.rfind("/", 0, wildcard) + 1]
+    location = remote(prefix.rstrip("/") + "/")
+    try:
+        listed = location.fs.get_file_info(fs.FileSelector(location.path.rstrip("/"), recursive=True,
+                                                           allow_not_found=True))  # fmt: skip
+    except OSError as error:
+        raise InputError(f"{text}: {first_line(error)}") from error
+    base = prefix.rstrip("/")
+    urls = sorted(f"{base}/{info.path[len(location.path.rstrip('/')) + 1:]}" for info in listed
+                  if info.type == fs.FileType.File)  # fmt: skip
+    if wildcard is None:
+        urls = [u for u in urls if _visible_key(u[len(base) + 1 :]) and _known_type(Path(io.base_name(u)))]
+        if not urls:
+            raise InputError(f"{text}: no CSV, TSV, JSON Lines or Parquet objects under this prefix")
+    else:
+        urls = [u for u in urls if fnmatch.fnmatchcase(u, text)]
+        if not urls:
+            raise InputError(f"{text}: matches no objects")
+    return _checked(text, base, urls)
+
+
+def _visible_key(relative: str) -> bool:
+    return not any(part.startswith(".") for part in relative.split("/"))
+
+
+def _checked(text: str, root: Path | str, files: list) -> InputFiles:
+    formats = {io.file_format(p) for p in files}
+    if len(formats) > 1:
+        raise InputError(f"{text}: mixes {' and '.join(sorted(formats))} files; give one format at a time")
+    return InputFiles(text, root, files, True, formats.pop())
+
+
 def expand(spec: str | Path) -> InputFiles:
     """The files of INPUT; an empty match or a mix of formats is an InputError (exit 2)."""
     text = str(spec)
+    if is_url(text):
+        return _expand_url(text)
     path = Path(text).expanduser()
     if path.is_dir():
         root = path
@@ -78,7 +132,4 @@ def expand(spec: str | Path) -> InputFiles:
             raise InputError(f"{text}: matches no files")
     else:
         return InputFiles(text, path.parent, [path], False, io.file_format(path))
-    formats = {io.file_format(p) for p in files}
-    if len(formats) > 1:
-        raise InputError(f"{text}: mixes {' and '.join(sorted(formats))} files; give one format at a time")
-    return InputFiles(text, root, files, True, formats.pop())
+    return _checked(text, root, files)

@@ -1,0 +1,165 @@
+"""Object storage: ``s3://``, ``gs://`` and ``az://`` paths through pyarrow's filesystems.
+
+Configuration comes only from each ecosystem's standard environment, as its own tools
+read it: for S3 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+``AWS_PROFILE``, ``AWS_REGION``/``AWS_DEFAULT_REGION`` and ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``); for Google Cloud Storage the application-default credentials;
+for Azure ``AZURE_STORAGE_ACCOUNT_NAME`` and its key or the default credential chain.
+pyarrow's clients retry a failed request a bounded number of times, then fail; every
+failure becomes one line naming the URL.
+
+Reads stream. Outputs are staged on local disk by the job and uploaded when complete
+(``upload``), so a failed run leaves no object under the output name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BatchsentError, InputError, OutputError, ScoringError, first_line
+
+SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "abfss://")
+UPLOAD_BLOCK_BYTES = 8 << 20
+
+
+def is_url(value: object) -> bool:
+    return isinstance(value, str) and value.lower().startswith(SCHEMES)
+
+
+@dataclass(frozen=True)
+class Remote:
+    """An object (or prefix) on object storage: its URL, pyarrow filesystem and path in it."""
+
+    url: str
+    fs: Any
+    path: str
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    def child(self, relative: str) -> Remote:
+        return Remote(f"{self.url.rstrip('/')}/{relative}", self.fs, f"{self.path.rstrip('/')}/{relative}")
+
+    def info(self, error: type[BatchsentError] = InputError) -> Any:
+        """The object's FileInfo; a storage failure (denied, unreachable) as one line."""
+        try:
+            return self.fs.get_file_info(self.path)
+        except OSError as failure:
+            raise error(f"{self.url}: {_reason(failure)}") from failure
+
+
+def _pyarrow_uri(url: str) -> str:
+    """pyarrow's spelling of a URL: ``az://container/path`` is ``abfs://container@account.dfs.core.windows.net/path``."""
+    if url.lower().startswith("az://"):
+        account = os.environ.get("AZURE_STORAGE_ACCOUNT_NAME")
+        if not account:
+            raise InputError(f"{url}: set AZURE_STORAGE_ACCOUNT_NAME to the storage account of this container")
+        container, _, path = url[len("az://") :].partition("/")
+        return f"abfs://{container}@{account}.dfs.core.windows.net/{path}"
+    if url.lower().startswith("gcs://"):
+        return "gs://" + url[len("gcs://") :]
+    return url
+
+
+def remote(url: str, error: type[BatchsentError] = InputError) -> Remote:
+    """The filesystem and path of ``url``, configured from the environment."""
+    from pyarrow import fs
+
+    try:
+        filesystem, path = fs.FileSystem.from_uri(_pyarrow_uri(url))
+    except (OSError, ValueError) as failure:
+        raise error(f"{url}: {_reason(failure)}") from failure
+    return Remote(url, filesystem, path)
+
+
+def _reason(failure: BaseException) -> str:
+    """A storage error in one line: the AWS/GCS/Azure error name and its detail, without pyarrow's wrapping."""
+    text = first_line(failure)
+    for marker, meaning in (("NETWORK_CONNECTION", "cannot reach the storage endpoint"),
+                            ("ACCESS_DENIED", "access denied (check the credentials in the environment)"),
+                            ("INVALID_ACCESS_KEY_ID", "access denied: the access key id is not known"),
+                            ("SIGNATURE_DOES_NOT_MATCH", "access denied: the secret key does not match"),
+                            ("NO_SUCH_BUCKET", "no such bucket")):  # fmt: skip
+        if marker in text:
+            return f"{meaning} ({text})"
+    return text
+
+
+def check_readable(location: Remote) -> int:
+    """The size of an input object; a missing object, a prefix or a storage failure is an InputError."""
+    from pyarrow import fs
+
+    info = location.info()
+    if info.type == fs.FileType.NotFound:
+        bucket = location.path.split("/", 1)[0]
+        if location.fs.get_file_info(bucket).type == fs.FileType.NotFound:
+            raise InputError(f"{location.url}: no such bucket or container {bucket!r}")
+        raise InputError(f"{location.url}: no such object")
+    if info.type != fs.FileType.File:
+        raise InputError(f"{location.url}: not a file")
+    return int(info.size)
+
+
+def check_writable(location: Remote, overwrite: bool) -> None:
+    """Refuse an output object that exists (without ``overwrite``) or whose bucket does not."""
+    from pyarrow import fs
+
+    if location.info(OutputError).type != fs.FileType.NotFound:
+        if not overwrite:
+            raise OutputError(f"{location.url}: already exists; pass --overwrite to replace it")
+        return
+    bucket = location.path.split("/", 1)[0]
+    try:
+        found = location.fs.get_file_info(bucket).type
+    except OSError as failure:
+        raise OutputError(f"{location.url}: {_reason(failure)}") from failure
+    if found == fs.FileType.NotFound:
+        raise OutputError(f"{location.url}: no such bucket or container {bucket!r}")
+
+
+def fingerprint(location: Remote) -> dict[str, Any]:
+    """What identifies an input object's content for --resume and the manifest: size and mtime."""
+    info = location.info()
+    return {"url": location.url, "size": info.size, "mtime_ns": info.mtime_ns}
+
+
+def upload(local: Path, location: Remote) -> None:
+    """Copy a complete local file to ``location``: one upload, completed only after the last byte.
+
+    A failure is a ScoringError (exit 1): it happens after the scoring.
+    pyarrow's stream completes a multipart upload when it is closed, even when dropped
+    after a failure, so a failed copy deletes whatever reached the name.
+    """
+    stream, started = None, time.time()
+    try:
+        stream = location.fs.open_output_stream(location.path)
+        with open(local, "rb") as source:
+            shutil.copyfileobj(source, stream, UPLOAD_BLOCK_BYTES)
+        stream.close()
+    except (OSError, ValueError) as failure:
+        _discard(stream, location, started)
+        raise ScoringError(f"{location.url}: the upload failed, nothing was published: {_reason(failure)}") from failure
+    except BaseException:
+        _discard(stream, location, started)
+        raise
+
+
+def _discard(stream: Any, location: Remote, started: float) -> None:
+    """Drop a failed upload, and delete an object this upload made (not an older one it failed to replace)."""
+    try:
+        if stream is not None:
+            stream.close()
+    except Exception:  # noqa: BLE001 - already failing
+        pass
+    try:
+        info = location.fs.get_file_info(location.path)
+        if info.mtime is not None and info.mtime.timestamp() >= started - 1:
+            location.fs.delete_file(location.path)
+    except Exception:  # noqa: BLE001 - nothing may have reached the name
+        pass

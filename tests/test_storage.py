@@ -1,0 +1,192 @@
+"""Object storage against a real S3-compatible server on loopback: moto's standalone server, started here."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import fail_third_chunk, varied_texts
+from typer.testing import CliRunner
+
+from batchsent import score_file
+from batchsent.cli import app
+
+boto3 = pytest.importorskip("boto3", reason="install the test extra (moto[server], boto3)")
+pytest.importorskip("moto.server", reason="install the test extra (moto[server])")
+
+runner = CliRunner()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_s3_server() -> tuple[subprocess.Popen, str]:
+    """``moto_server -H 127.0.0.1 -p PORT`` in a child process; returns it and its endpoint once it answers."""
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    pytest.fail("moto's S3 server did not start")
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    process, endpoint = start_s3_server()
+    yield endpoint
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """A fresh bucket on the loopback server, and the standard AWS environment pointing at it."""
+    for name, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    client = boto3.client("s3", endpoint_url=s3_server)
+    bucket = f"nightly-{time.monotonic_ns()}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket
+
+
+def csv_bytes(count: int, seed: int) -> bytes:
+    texts = varied_texts(count, seed=seed, longest_words=40)
+    return ("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts))).encode()
+
+
+def keys(client, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def test_an_object_in_and_out_scores_like_the_local_file(s3, tmp_path, binary_model):
+    client, bucket = s3
+    data = csv_bytes(120, seed=1)
+    client.put_object(Bucket=bucket, Key="exports/reviews.csv.gz", Body=gzip.compress(data))
+    (tmp_path / "reviews.csv").write_bytes(data)
+    score_file(tmp_path / "reviews.csv", tmp_path / "local.parquet", model=str(binary_model), chunk_rows=32, quiet=True)
+
+    result = runner.invoke(app, ["score", f"s3://{bucket}/exports/reviews.csv.gz", "-o", f"s3://{bucket}/scored/reviews.parquet",
+                                 "--model", str(binary_model), "--chunk-rows", "32", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    uploaded = client.get_object(Bucket=bucket, Key="scored/reviews.parquet")["Body"].read()
+    assert uploaded == (tmp_path / "local.parquet").read_bytes()
+    local = score_file(f"s3://{bucket}/exports/reviews.csv.gz", tmp_path / "from-s3.parquet", model=str(binary_model),
+                       chunk_rows=32, quiet=True)  # fmt: skip
+    assert local.rows == 120 and (tmp_path / "from-s3.parquet").read_bytes() == uploaded
+    assert keys(client, bucket) == ["exports/reviews.csv.gz", "scored/reviews.parquet"]
+
+
+def test_a_prefix_of_part_files_scores_into_a_local_folder(s3, tmp_path, binary_model):
+    client, bucket = s3
+    parts = {"exports/part-0.csv": csv_bytes(40, 2), "exports/day=2/part-1.csv": csv_bytes(30, 3)}
+    for key, body in parts.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    client.put_object(Bucket=bucket, Key="exports/_SUCCESS", Body=b"")
+    result = runner.invoke(app, ["score", f"s3://{bucket}/exports/", "-o", str(tmp_path / "scored"), "--model",
+                                 str(binary_model), "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "70 rows" in result.output
+    for key, body in parts.items():
+        relative = key.removeprefix("exports/")
+        alone = tmp_path / "alone" / relative
+        alone.parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in.csv").write_bytes(body)
+        score_file(tmp_path / "in.csv", alone, model=str(binary_model), quiet=True)
+        assert (tmp_path / "scored" / relative).read_bytes() == alone.read_bytes()
+    glob_run = runner.invoke(app, ["score", f"s3://{bucket}/exports/*/part-*.csv", "-o", str(tmp_path / "glob"),
+                                   "--model", str(binary_model), "-q"])  # fmt: skip
+    assert glob_run.exit_code == 0 and (tmp_path / "glob" / "day=2" / "part-1.csv").is_file()
+
+
+def test_a_failed_run_leaves_no_object_under_the_output_name(s3, tmp_path, binary_model, monkeypatch):
+    client, bucket = s3
+    client.put_object(Bucket=bucket, Key="in.csv", Body=csv_bytes(200, 4))
+    fail_third_chunk(monkeypatch, "CUDA error: out of memory")
+    result = runner.invoke(app, ["score", f"s3://{bucket}/in.csv", "-o", f"s3://{bucket}/out.csv", "--model",
+                                 str(binary_model), "--chunk-rows", "50"])  # fmt: skip
+    assert result.exit_code == 1 and "out of memory" in result.output
+    assert keys(client, bucket) == ["in.csv"]
+
+
+@pytest.mark.parametrize(
+    ("input_key", "output", "message"),
+    [
+        ("missing.csv", "{tmp}/x.csv", "s3://{bucket}/missing.csv: no such object"),
+        ("in.csv", "s3://{bucket}/in.csv.out/exists.csv", "already exists; pass --overwrite"),
+        ("in.csv", "s3://no-such-bucket-here/x.csv", "no such bucket or container 'no-such-bucket-here'"),
+        ("in.csv", "s3://{bucket}/x.csv --resume", "--resume needs a local output"),
+    ],
+)
+def test_bad_object_paths_are_one_line_and_exit_2(s3, tmp_path, binary_model, input_key, output, message):
+    client, bucket = s3
+    client.put_object(Bucket=bucket, Key="in.csv", Body=csv_bytes(5, 5))
+    client.put_object(Bucket=bucket, Key="in.csv.out/exists.csv", Body=b"old")
+    arguments = output.format(tmp=tmp_path, bucket=bucket).split()
+    result = runner.invoke(app, ["score", f"s3://{bucket}/{input_key}", "-o", *arguments, "--model", str(binary_model)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message.format(bucket=bucket) in errors[0], result.output
+    assert client.get_object(Bucket=bucket, Key="in.csv.out/exists.csv")["Body"].read() == b"old"
+
+
+def test_a_missing_bucket_as_input_names_it(s3, tmp_path, binary_model):
+    result = runner.invoke(app, ["score", "s3://no-such-bucket-here/in.csv", "-o", str(tmp_path / "x.csv"),
+                                 "--model", str(binary_model)])  # fmt: skip
+    assert result.exit_code == 2 and "no such bucket or container 'no-such-bucket-here'" in result.output
+
+
+def test_an_unreachable_endpoint_is_one_line_after_a_bounded_retry(tmp_path, binary_model, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    started = time.monotonic()
+    result = runner.invoke(app, ["score", "s3://bucket/in.csv", "-o", str(tmp_path / "x.csv"), "--model", str(binary_model)])
+    assert result.exit_code == 2 and time.monotonic() - started < 60
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: s3://bucket/in.csv: cannot reach the storage endpoint")
+
+
+def test_the_server_going_away_mid_run_is_one_line_and_exit_1(tmp_path, binary_model, monkeypatch):
+    process, endpoint = start_s3_server()
+    try:
+        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+            monkeypatch.setenv(name, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="night")
+        (tmp_path / "in.csv").write_bytes(csv_bytes(200, 6))
+        from batchsent.model import Classifier
+
+        original, calls = Classifier.run, {"n": 0}
+
+        def stop_server_on_the_second_chunk(self, chunk, stop=None, on_batch=None):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                process.terminate()
+                process.wait(timeout=10)
+            return original(self, chunk, stop, on_batch)
+
+        monkeypatch.setattr(Classifier, "run", stop_server_on_the_second_chunk)
+        result = runner.invoke(app, ["score", str(tmp_path / "in.csv"), "-o", "s3://night/out.csv", "--model",
+                                     str(binary_model), "--chunk-rows", "50"])  # fmt: skip
+        assert result.exit_code == 1, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith("error: s3://night/out.csv: the upload failed"), result.output
+    finally:
+        process.kill()
+    assert not list(Path(tmp_path).glob(".*"))  # no staging, progress or lock files left
