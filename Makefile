@@ -14,7 +14,7 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score report info test test-avx2 bench bench-cache bench-storage bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
+.PHONY: help score report info test test-avx2 bench bench-cache bench-storage bench-zero-shot bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -59,12 +59,16 @@ bench: $(TEST_DEPS) ## Throughput vs the transformers pipeline, then bench-cache
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cache.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/storage.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/zero_shot.py
 
 bench-cache: $(TEST_DEPS) ## --cache: second nights with 1% and 0% new rows, peak RSS with a 10M-entry cache
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cache.py $(BENCH_ARGS)
 
 bench-storage: $(TEST_DEPS) ## A 1 GiB CSV from local disk vs a loopback S3 server; per-file cost of folder runs
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/storage.py $(BENCH_ARGS)
+
+bench-zero-shot: $(TEST_DEPS) ## --labels: the Classifier vs the zero-shot pipeline, 5 labels, review mix
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/zero_shot.py $(BENCH_ARGS)
 
 bench-sweep: $(TEST_DEPS) ## Rows/s per token budget, to pick the default
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py --sweep 512,1024,2048,4096,8192,16384 --out benchmarks/results/sweep.json

@@ -74,6 +74,15 @@ def digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=DIGEST_BYTES).digest()
 
 
+def digest_pair(text: str, pair: str) -> bytes:
+    """The cache key of a (text, text_pair) row: both exact strings, the first one's length marking the border."""
+    first = text.encode("utf-8", "surrogatepass")
+    hasher = hashlib.blake2b(len(first).to_bytes(8, "little"), digest_size=DIGEST_BYTES, person=b"batchsent-pair")
+    hasher.update(first)
+    hasher.update(pair.encode("utf-8", "surrogatepass"))
+    return hasher.digest()
+
+
 def model_key(description: dict[str, Any]) -> str:
     """A stable key for everything besides the text that a probability depends on."""
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()

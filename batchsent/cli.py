@@ -112,6 +112,22 @@ def score(
     prefix: Annotated[
         Optional[str], typer.Option(help="Prefix of the prediction columns. [default: sentiment_]")
     ] = None,
+    pair_column: Annotated[
+        Optional[str], typer.Option(help="Second text column: each row is scored as (text, text_pair), for "
+                                    "cross-encoders and NLI models."),  # fmt: skip
+    ] = None,
+    labels: Annotated[
+        Optional[str], typer.Option(help='Zero-shot: candidate labels, e.g. "billing,shipping,refund", scored with an '
+                                    "NLI model (its config names an entailment label)."),  # fmt: skip
+    ] = None,
+    hypothesis_template: Annotated[
+        Optional[str], typer.Option(help="Zero-shot: the hypothesis, {} is the label. [default: This example is {}.]")
+    ] = None,
+    multi_label: Annotated[
+        Optional[bool], typer.Option("--multi-label/--single-label", help="Zero-shot: score each label on its own "
+                                     "(entailment vs contradiction) instead of one softmax across them.",
+                                     show_default=False),  # fmt: skip
+    ] = None,
     all_scores: Annotated[
         Optional[bool],
         typer.Option("--all-scores/--no-all-scores", help="Add one PREFIXscore_LABEL column per label.", show_default=False),

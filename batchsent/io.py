@@ -33,6 +33,7 @@ from .storage import check_readable, is_url, remote
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 CSV_BLOCK_BYTES = 1 << 20
+REMOTE_READ_BYTES = 16 << 20  # an object is read in ranged GETs of this size: few requests, bounded memory
 JSONL_CHUNK_BYTES = 8 << 20
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 JSONL_MARK = {b"batchsent.format": b"jsonl"}  # schema metadata of JSON Lines batches: [line, text, predictions...]
@@ -76,8 +77,8 @@ def open_binary(path: Path | str) -> tuple[Any, Any]:
     """``(raw file, decompressed stream)`` of a file or object; the raw position tells how far reading got."""
     if is_url(path):
         location = remote(str(path))
-        try:  # one streaming GET; decompression is ours (pyarrow would also guess it from the suffix)
-            raw = _Counted(location.fs.open_input_stream(location.path, compression=None))
+        try:  # ranged GETs of REMOTE_READ_BYTES each; decompression is ours (pyarrow would guess it from the suffix)
+            raw = _Counted(location.fs.open_input_stream(location.path, compression=None, buffer_size=REMOTE_READ_BYTES))
         except OSError as error:
             raise InputError(f"{path}: cannot read ({first_line(error)})") from error
     else:
@@ -283,6 +284,12 @@ class CsvReader(Reader):
         self._raw.close()
 
 
+def _jsonl_schema(keys: list[str]) -> pa.Schema:
+    """The line, then each parsed text key; the metadata tells the writer how many columns to skip."""
+    fields = [(JSONL_LINE, pa.string())] + [(key, pa.string()) for key in keys]
+    return pa.schema(fields, metadata={**JSONL_MARK, b"batchsent.jsonl.parsed": str(len(keys)).encode()})
+
+
 class JsonLinesReader(Reader):
     """JSON Lines: one JSON object per line, kept as its exact text; the text field is parsed out of it.
 
@@ -298,9 +305,9 @@ class JsonLinesReader(Reader):
         self._lines = stdio.TextIOWrapper(stream, encoding="utf-8", errors="strict", newline="\n")
         self._line_number = 0
         self._pending: str | None = None
-        self.key: str | None = None
+        self.keys: list[str] = []  # the text keys parsed out (the text, and a --pair-column)
         self.reserved: set[str] = set()  # prediction keys a line must not have already
-        self.schema = pa.schema([(JSONL_LINE, pa.string())], metadata=JSONL_MARK)
+        self.schema = _jsonl_schema([])
         try:
             self._pending = self._next_line()
         except BaseException:
@@ -335,22 +342,23 @@ class JsonLinesReader(Reader):
         return value
 
     def text_column(self, name: str) -> int:
-        """The text key ``name``, which the first object must have; its column is index 1."""
+        """The text key ``name``, which the first object must have; its column follows the line's."""
         first = self._object(self._pending)  # type: ignore[arg-type]
         if name not in first:
             shown = ", ".join(repr(k) for k in first) or "no keys"
             raise ColumnNotFound(f"{self.path}: line {self._line_number}: no key {name!r}; the object has {shown} "
                                  "(pick one with --column)")  # fmt: skip
-        self.key = name
-        self.schema = pa.schema([(JSONL_LINE, pa.string()), (name, pa.string())], metadata=JSONL_MARK)
-        return 1
+        if name not in self.keys:
+            self.keys.append(name)
+            self.schema = _jsonl_schema(self.keys)
+        return 1 + self.keys.index(name)
 
     def bytes_read(self) -> int:
         return min(self._raw.tell(), self.total_bytes) if not self._raw.closed else self.total_bytes
 
     def _batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         lines: list[str] = []
-        texts: list[str | None] = []
+        texts: list[list[str | None]] = [[] for _ in self.keys]
         while True:
             line = self._pending if self._pending is not None else self._next_line()
             self._pending = None
@@ -361,17 +369,18 @@ class JsonLinesReader(Reader):
             if taken:
                 raise InputError(f"{self.path}: line {self._line_number}: already has key(s) "
                                  f"{', '.join(map(repr, sorted(taken)))}; choose another --prefix")  # fmt: skip
-            text = value.get(self.key)  # type: ignore[arg-type]
-            if text is not None and not isinstance(text, str):
-                raise InputError(f"{self.path}: line {self._line_number}: {self.key!r} holds {type(text).__name__}, "
-                                 "not text")  # fmt: skip
+            for key, column in zip(self.keys, texts, strict=True):
+                text = value.get(key)
+                if text is not None and not isinstance(text, str):
+                    raise InputError(f"{self.path}: line {self._line_number}: {key!r} holds {type(text).__name__}, "
+                                     "not text")  # fmt: skip
+                column.append(text)
             lines.append(line)
-            texts.append(text)
             if len(lines) == chunk_rows:
-                yield pa.record_batch([lines, texts], schema=self.schema)
-                lines, texts = [], []
+                yield pa.record_batch([lines, *texts], schema=self.schema)
+                lines, texts = [], [[] for _ in self.keys]
         if lines:
-            yield pa.record_batch([lines, texts], schema=self.schema)
+            yield pa.record_batch([lines, *texts], schema=self.schema)
 
     def close(self) -> None:
         self._lines.close()
@@ -554,12 +563,13 @@ class _JsonLinesWriter:
         if schema.metadata is None or schema.metadata.get(b"batchsent.format") != b"jsonl":
             raise pa.ArrowInvalid("JSON Lines output needs JSON Lines input (.jsonl or .ndjson)")
         self._stream = stream
-        self._keys = [json.dumps(name) for name in schema.names[2:]]  # after the line and the text
+        self._first = 1 + int(schema.metadata.get(b"batchsent.jsonl.parsed", b"1"))  # after the line and its texts
+        self._keys = [json.dumps(name) for name in schema.names[self._first :]]
 
     def write(self, batch: pa.RecordBatch) -> None:
         if not batch.num_rows:
             return
-        values = [_json_values(batch.column(i)) for i in range(2, batch.num_columns)]
+        values = [_json_values(batch.column(i)) for i in range(self._first, batch.num_columns)]
         out = []
         for row, line in enumerate(batch.column(0).to_pylist()):
             head = line.rstrip()[:-1].rstrip()  # the object without its closing brace

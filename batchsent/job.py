@@ -183,7 +183,7 @@ def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
 
 RESULT_OPTIONS = ("column", "revision", "max_length", "batch_size", "token_budget", "device", "dtype", "threads",
                   "chunk_rows", "prefix", "all_scores", "long_text", "stride", "aggregate", "backend", "quantize",
-                  "precision")  # fmt: skip
+                  "precision", "pair_column", "labels", "hypothesis_template", "multi_label")  # fmt: skip
 
 
 def _fingerprint(config: JobConfig, output: Path) -> dict[str, Any]:
@@ -259,6 +259,7 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
     """Every check of the input, the resume state and the cache, the model, and the output schema: a job
     ready to score. Stores opened are appended to ``stores`` (the caller closes them)."""
     column = reader.text_column(config.column)
+    pair = None if config.pair_column is None else reader.text_column(config.pair_column)
     check_new_columns(column_names([], config.prefix, False, config.long_text == "chunk"), reader.schema, config.input)
     fingerprint = _fingerprint(config, output)
     state = checkpoint.load() if config.resume and checkpoint.exists() else None
@@ -288,10 +289,10 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
         stores.append(PredictionCache(checkpoint.dedupe_store))
         run_id = stores[0].start_run(__version__)
     store = stores[0]
-    model_id = store.model_id(config.model, model_description(classifier, model_identity(config.model, classifier.model)),
-                              classifier.labels)  # fmt: skip
+    description = model_description(classifier, model_identity(config.model, classifier.model), pair is not None)
+    model_id = store.model_id(config.model, description, classifier.labels)
     reuse = RunReuse(store, model_id, run_id, len(classifier.labels))
-    return _Job(config, reader, column, classifier, schema, checkpoint, state, record, reuse)
+    return _Job(config, reader, column, pair, classifier, schema, checkpoint, state, record, reuse)
 
 
 def _load_classifier(config: JobConfig, classifier: Classifier | None, record: dict[str, Any],
@@ -322,6 +323,7 @@ class _Job:
     config: JobConfig
     reader: io.Reader
     column: int
+    pair: int | None  # --pair-column's index
     classifier: Classifier
     schema: pa.Schema
     checkpoint: Checkpoint
@@ -334,12 +336,13 @@ class _Job:
         for index, batch in enumerate(self.reader.batches(self.config.chunk_rows)):
             if index < self.state.chunks:
                 continue  # committed by an earlier run
-            plan = self._planned(io.text_values(batch.column(self.column)))
-            yield batch, plan, self.classifier.encode(plan.model_texts), self.reader.estimated_rows()
+            pairs = None if self.pair is None else io.text_values(batch.column(self.pair))
+            plan = self._planned(io.text_values(batch.column(self.column)), pairs)
+            yield batch, plan, self.classifier.encode(plan.model_texts, plan.model_pairs), self.reader.estimated_rows()
 
-    def _planned(self, texts: list[str | None]) -> ChunkPlan:
+    def _planned(self, texts: list[str | None], pairs: list[str | None] | None) -> ChunkPlan:
         try:
-            return self.reuse.plan(texts)
+            return self.reuse.plan(texts, pairs)
         except sqlite3.Error as error:
             raise ScoringError(f"cache {self.reuse.store.path}: cannot read: {first_line(error)}") from error
 

@@ -48,6 +48,7 @@ class EncodedChunk:
     batches: list[np.ndarray]
     owners: np.ndarray | None = None
     copies: tuple[np.ndarray, np.ndarray] | None = None  # (rows, the earlier row with the same text)
+    hypotheses: int = 0  # zero-shot: sequences per row, one per candidate label, row by row
 
 
 @dataclass
@@ -221,6 +222,10 @@ class Classifier:
         config = self.model.config
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
         self.activation = activation_for(config)
+        self.zero_shot = bool(self.options.candidate_labels)
+        if self.zero_shot:
+            self.entailment_id = _entailment_id(self.name, config)
+            self.labels, self.activation = list(self.options.candidate_labels), "zero-shot"
         limit = _model_length_limit(self.tokenizer, config)
         max_length = self.options.max_length
         if max_length is not None and max_length > limit:
@@ -243,6 +248,11 @@ class Classifier:
         )
         if self.long_text == "chunk":
             self._prepare_windows()
+        if self.zero_shot:  # as the pipeline: only the text is cut, never the hypothesis
+            self._hypothesis_encoder = type(self._encoder).from_str(self._encoder.to_str())
+            self._hypothesis_encoder.enable_truncation(
+                self.max_length, stride=0, strategy="only_first", direction=self.tokenizer.truncation_side
+            )
 
     def _prepare_runner(self) -> None:
         """What runs the model: ONNX Runtime on a cached export, or torch (int8 layers swapped in)."""
@@ -276,23 +286,59 @@ class Classifier:
                 "(--max-length minus the special tokens)"
             )
 
-    def encode(self, texts: Sequence[str | None]) -> EncodedChunk:
+    def encode(self, texts: Sequence[str | None], pairs: Sequence[str | None] | None = None) -> EncodedChunk:
         """Tokenize ``texts`` once (truncating, or into windows) and plan batches; blanks are skipped,
-        and a text repeated in ``texts`` is scored once (its copies take its results)."""
+        and a text repeated in ``texts`` is scored once (its copies take its results).
+
+        ``pairs``: a second text per row, encoded as the pipeline encodes ``{"text", "text_pair"}``
+        (a row is blank when either text is). In zero-shot mode each text is paired with every
+        candidate label's hypothesis instead.
+        """
         texts = list(texts)
         blank = np.fromiter((_is_blank(text) for text in texts), dtype=bool, count=len(texts))
-        rows, copies = _first_occurrences(texts, np.flatnonzero(~blank))
-        chunk = self._encode_windows(texts, rows, blank) if self.long_text == "chunk" else self._encode_rows(texts, rows, blank)
+        if pairs is not None:
+            pairs = list(pairs)
+            blank |= np.fromiter((_is_blank(pair) for pair in pairs), dtype=bool, count=len(pairs))
+        keys = texts if pairs is None else list(zip(texts, pairs, strict=True))
+        rows, copies = _first_occurrences(keys, np.flatnonzero(~blank))
+        if self.zero_shot:
+            chunk = self._encode_hypotheses(texts, rows, blank)
+        elif self.long_text == "chunk":
+            chunk = self._encode_windows(texts, rows, blank)
+        else:
+            chunk = self._encode_rows(keys, rows, blank)
         if copies is not None:
             chunk.copies = copies
             chunk.truncated[copies[0]] = chunk.truncated[copies[1]]
         return chunk
 
-    def _encode_rows(self, texts: list, rows: np.ndarray, blank: np.ndarray) -> EncodedChunk:
-        """Every non-blank row as one sequence, truncated to ``max_length`` tokens."""
-        encodings = self._encoder.encode_batch([texts[i] for i in rows], add_special_tokens=True)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(rows))
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    def _encode_rows(self, inputs: list, rows: np.ndarray, blank: np.ndarray) -> EncodedChunk:
+        """Every non-blank row as one sequence (a text, or a (text, pair) tuple), truncated to ``max_length``."""
+        encodings = self._encoder.encode_batch([inputs[i] for i in rows], add_special_tokens=True)
+        lengths, offsets, flat_ids, flat_type_ids = self._flattened(encodings)
+        truncated = np.zeros(len(inputs), dtype=bool)
+        truncated[rows] = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(rows))
+        batches = plan_batches(lengths, self.token_budget, self.batch_size)
+        return EncodedChunk(len(inputs), rows, lengths, offsets, flat_ids, flat_type_ids, truncated, blank, batches)
+
+    def _encode_hypotheses(self, texts: list, rows: np.ndarray, blank: np.ndarray) -> EncodedChunk:
+        """Each non-blank row paired with every candidate label's hypothesis: one sequence per (row, label),
+        all of a chunk's pairs in one length-sorted, token-budgeted plan."""
+        hypotheses = [self.options.hypothesis_template.format(label) for label in self.labels]
+        pairs = [(texts[row], hypothesis) for row in rows for hypothesis in hypotheses]
+        encodings = self._hypothesis_encoder.encode_batch(pairs, add_special_tokens=True)
+        lengths, offsets, flat_ids, flat_type_ids = self._flattened(encodings)
+        overflow = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(pairs))
+        truncated = np.zeros(len(texts), dtype=bool)
+        truncated[rows] = overflow.reshape(len(rows), len(hypotheses)).any(axis=1) if len(rows) else []
+        batches = plan_batches(lengths, self.token_budget, self.batch_size)
+        return EncodedChunk(len(texts), rows, lengths, offsets, flat_ids, flat_type_ids, truncated, blank, batches,
+                            hypotheses=len(hypotheses))  # fmt: skip
+
+    def _flattened(self, encodings: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Lengths, offsets and the flat token ids (and type ids) of a list of encodings."""
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         total = int(offsets[-1])
         flat_ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int64, count=total)
@@ -301,10 +347,7 @@ class Classifier:
             flat_type_ids = np.fromiter(
                 itertools.chain.from_iterable(e.type_ids for e in encodings), np.int64, count=total
             )
-        truncated = np.zeros(len(texts), dtype=bool)
-        truncated[rows] = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(rows))
-        batches = plan_batches(lengths, self.token_budget, self.batch_size)
-        return EncodedChunk(len(texts), rows, lengths, offsets, flat_ids, flat_type_ids, truncated, blank, batches)
+        return lengths, offsets, flat_ids, flat_type_ids
 
     def _encode_windows(self, texts: list, rows: np.ndarray, blank: np.ndarray) -> EncodedChunk:
         """Every non-blank row as windows of at most ``max_length`` tokens, specials included."""
@@ -344,18 +387,22 @@ class Classifier:
         ``stop()`` is asked before each batch; True raises ``Interrupted``. ``on_batch(share)``
         is told after each batch what share of the chunk's tokens is done (for progress).
         """
-        sequences = np.empty((len(chunk.lengths), len(self.labels)), dtype=np.float32)
+        width = self.model.config.num_labels if self.zero_shot else len(self.labels)
+        sequences = np.empty((len(chunk.lengths), width), dtype=np.float32)
         total_tokens, done_tokens = max(int(chunk.lengths.sum()), 1), 0
         for batch in chunk.batches:
             if stop is not None and stop():
                 raise Interrupted("stopped at a batch boundary")
-            sequences[batch] = activate(self._runner(self._batch_inputs(chunk, batch)), self.activation)
+            logits = self._runner(self._batch_inputs(chunk, batch))
+            sequences[batch] = logits if self.zero_shot else activate(logits, self.activation)
             if on_batch is not None:
                 done_tokens += int(chunk.lengths[batch].sum())
                 on_batch(done_tokens / total_tokens)
         probabilities = np.full((chunk.size, len(self.labels)), np.nan, dtype=np.float32)
         windows = None
-        if chunk.owners is None:
+        if chunk.hypotheses:
+            probabilities[chunk.rows] = self._entailment_scores(sequences.reshape(len(chunk.rows), chunk.hypotheses, -1))
+        elif chunk.owners is None:
             probabilities[chunk.rows] = sequences
         else:
             probabilities[chunk.rows] = aggregate_windows(sequences, chunk.owners, len(chunk.rows), self.aggregate)
@@ -368,9 +415,19 @@ class Classifier:
                 windows[copies] = windows[sources]
         return Scores(probabilities, chunk.truncated, chunk.blank, windows)
 
-    def predict(self, texts: Sequence[str | None]) -> Scores:
-        """Score ``texts``: one row of probabilities per text, in ``self.labels`` order."""
-        return self.run(self.encode(texts))
+    def _entailment_scores(self, logits: np.ndarray) -> np.ndarray:
+        """Zero-shot probabilities from (rows, labels, classes) logits, by the pipeline's rules: a softmax of
+        the entailment logits across the labels, or with ``multi_label`` (or one label) a softmax of
+        contradiction against entailment for each label on its own."""
+        entailment = self.entailment_id
+        if self.options.multi_label or logits.shape[1] == 1:
+            contradiction = -1 if entailment == 0 else 0
+            return _softmax(logits[..., [contradiction, entailment]])[..., 1]
+        return _softmax(logits[..., entailment])
+
+    def predict(self, texts: Sequence[str | None], pairs: Sequence[str | None] | None = None) -> Scores:
+        """Score ``texts`` (with ``pairs``): one row of probabilities per text, in ``self.labels`` order."""
+        return self.run(self.encode(texts, pairs))
 
     __call__ = predict
 
@@ -396,8 +453,24 @@ class Classifier:
         return inputs
 
 
+def _softmax(values: np.ndarray) -> np.ndarray:
+    shifted = np.exp(values - values.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _entailment_id(name: str, config: Any) -> int:
+    """The class id whose label starts with "entail" (as the zero-shot pipeline finds it)."""
+    for label, index in config.label2id.items():
+        if str(label).lower().startswith("entail"):
+            return int(index)
+    raise ModelLoadError(
+        f"model '{name}' names no entailment label (its labels: {', '.join(map(str, config.label2id))}); "
+        "--labels needs an NLI model whose config has one"
+    )
+
+
 def _first_occurrences(texts: list, rows: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """The rows whose text appears for the first time, and (row, first row) pairs for the repeats."""
+    """The rows whose text (or (text, pair)) appears for the first time, and (row, first row) pairs for repeats."""
     first: dict[str, int] = {}
     for row in rows.tolist():
         first.setdefault(texts[row], row)

@@ -24,6 +24,7 @@ from .report import check_report_target
 DEFAULT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
 DEFAULT_CHUNK_ROWS = 4096
 DEFAULT_STRIDE = 64
+DEFAULT_HYPOTHESIS = "This example is {}."  # the zero-shot-classification pipeline's
 LONG_TEXT_MODES = ("truncate", "chunk")
 ENGINES = ("local", "ray")
 
@@ -58,6 +59,9 @@ class ModelOptions:
     backend: str = "torch"
     quantize: str | None = None
     precision: str | None = None
+    labels: str | None = None  # zero-shot: candidate labels, comma-separated, scored with an NLI model
+    hypothesis_template: str = DEFAULT_HYPOTHESIS
+    multi_label: bool = False
 
     def __post_init__(self) -> None:
         _positive(batch_size=self.batch_size, token_budget=self.token_budget, max_length=self.max_length,
@@ -76,6 +80,32 @@ class ModelOptions:
             raise UsageError(f"--stride {self.stride} must be smaller than the window (--max-length {self.max_length})")
         check_precision_options(self.precision, self.dtype, self.quantize, self.backend)
         check_backend_options(self.backend, self.quantize, self.dtype)
+        self._check_zero_shot()
+
+    def _check_zero_shot(self) -> None:
+        """The pipeline's rules for candidate labels and the template, refused in one line before loading."""
+        if self.labels is None:
+            if self.multi_label or self.hypothesis_template != DEFAULT_HYPOTHESIS:
+                raise UsageError("--multi-label and --hypothesis-template need --labels (zero-shot classification)")
+            return
+        labels = self.candidate_labels
+        if not labels:
+            raise UsageError('--labels: give at least one label, e.g. --labels "billing,shipping,refund"')
+        if len(set(labels)) != len(labels):
+            raise UsageError(f"--labels {self.labels!r}: a label appears twice")
+        try:
+            filled = self.hypothesis_template.format(labels[0])
+        except (IndexError, KeyError, ValueError) as error:
+            raise UsageError(f"--hypothesis-template {self.hypothesis_template!r}: {error}") from None
+        if filled == self.hypothesis_template:
+            raise UsageError(f"--hypothesis-template {self.hypothesis_template!r} has no {{}} where the label goes")
+        if self.long_text == "chunk":
+            raise UsageError("--labels cannot be combined with --long-text chunk")
+
+    @property
+    def candidate_labels(self) -> tuple[str, ...]:
+        """The zero-shot labels, as the pipeline splits them (empty when not zero-shot)."""
+        return tuple(label.strip() for label in (self.labels or "").split(",") if label.strip())
 
     @property
     def window_stride(self) -> int:
@@ -113,6 +143,7 @@ class JobConfig(ModelOptions):
     manifest: Path | None = None
     report: Path | None = None
     cache: Path | None = None
+    pair_column: str | None = None  # a second text column: (text, text_pair) for cross-encoders
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,6 +163,17 @@ class JobConfig(ModelOptions):
             raise UsageError("--workers must be positive and --gpus-per-worker zero or more")
         if self.engine == "ray" and self.resume:
             raise UsageError("--resume is for the local engine (a Ray run writes its output folder in one go)")
+        if self.pair_column is not None:
+            if self.pair_column == self.column:
+                raise UsageError(f"--pair-column {self.pair_column!r} is the text column itself")
+            if self.long_text == "chunk":
+                raise UsageError("--pair-column cannot be combined with --long-text chunk (windows of a pair have "
+                                 "no sound definition)")  # fmt: skip
+            if self.labels is not None:
+                raise UsageError("--pair-column cannot be combined with --labels (zero-shot pairs each text with "
+                                 "its hypotheses)")  # fmt: skip
+            if self.engine == "ray":
+                raise UsageError("--pair-column is for the local engine")
         if self.engine == "ray" and self.cache is not None:
             raise UsageError("--cache is for the local engine (Ray workers on other machines cannot share one file)")
         if self.report is not None:

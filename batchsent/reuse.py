@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .cache import REFRESH_SECONDS, Entry, PredictionCache, digest
+from .cache import REFRESH_SECONDS, Entry, PredictionCache, digest, digest_pair
 
 if TYPE_CHECKING:
     from .model import Classifier, Scores
@@ -33,6 +33,7 @@ class ChunkPlan:
 
     digests: list[bytes | None]  # per row; None for a blank text
     model_texts: list[str | None]  # the texts the model scores; None for every other row
+    model_pairs: list[str | None] | None  # their pair texts (--pair-column), likewise
     to_score: dict[bytes, int]  # digest -> the row of this chunk the model scores it in
     known: dict[bytes, Entry]  # found in the store
     deferred: set[bytes] = field(default_factory=set)  # being scored by an earlier chunk of this run
@@ -63,8 +64,11 @@ class RunReuse:
         self._planned = 0
         self._completed = 0
 
-    def plan(self, texts: list[str | None]) -> ChunkPlan:
-        digests = [None if _blank(text) else digest(text) for text in texts]  # type: ignore[arg-type]
+    def plan(self, texts: list[str | None], pairs: list[str | None] | None = None) -> ChunkPlan:
+        if pairs is None:
+            digests = [None if _blank(text) else digest(text) for text in texts]  # type: ignore[arg-type]
+        else:
+            digests = [None if _blank(t) or _blank(p) else digest_pair(t, p) for t, p in zip(texts, pairs, strict=True)]  # type: ignore[arg-type]
         unique = list(dict.fromkeys(d for d in digests if d is not None))
         with self._lock:
             known = self.store.lookup(self.model_id, unique)
@@ -75,11 +79,14 @@ class RunReuse:
         to_score: dict[bytes, int] = {}
         wanted = set(new)
         model_texts: list[str | None] = [None] * len(texts)
+        model_pairs: list[str | None] | None = None if pairs is None else [None] * len(texts)
         for row, key in enumerate(digests):
             if key in wanted and key not in to_score:
                 to_score[key] = row
                 model_texts[row] = texts[row]
-        return ChunkPlan(digests, model_texts, to_score, known, deferred)
+                if model_pairs is not None:
+                    model_pairs[row] = pairs[row]  # type: ignore[index]
+        return ChunkPlan(digests, model_texts, model_pairs, to_score, known, deferred)
 
     def complete(self, plan: ChunkPlan, scores: Scores) -> tuple[Scores, ReuseCounts]:
         """``scores`` of the rows the model saw, with every other non-blank row filled; the new texts stored.
@@ -148,7 +155,7 @@ class RunReuse:
             self._recent = [(planned, stored) for planned, stored in self._recent if planned > self._completed]
 
 
-def model_description(classifier: Classifier, identity: dict[str, Any]) -> dict[str, Any]:
+def model_description(classifier: Classifier, identity: dict[str, Any], pairs: bool = False) -> dict[str, Any]:
     """Everything besides the text that moves a probability: the cache's model key.
 
     The weights and config (or Hub commit), where and how the model runs (device type,
@@ -171,7 +178,11 @@ def model_description(classifier: Classifier, identity: dict[str, Any]) -> dict[
         "stride": classifier.stride if chunked else None,
         "aggregate": classifier.aggregate if chunked else None,
         "activation": classifier.activation,
-        "pair_column": None,
+        "pairs": pairs,
+        "zero_shot": None if not classifier.zero_shot else {
+            "labels": classifier.labels, "template": classifier.options.hypothesis_template,
+            "multi_label": classifier.options.multi_label, "entailment_id": classifier.entailment_id,
+        },
         "libraries": {name: _version(name) for name in libraries},
     }
 

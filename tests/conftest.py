@@ -34,6 +34,7 @@ MODEL_KINDS = {
     "three": ("bert", ["negative", "neutral", "positive"], "single_label_classification"),
     "single": ("bert", ["SCORE"], None),
     "multi": ("bert", ["joy", "anger", "surprise"], "multi_label_classification"),
+    "nli": ("bert", ["entailment", "neutral", "contradiction"], None),
 }
 
 

@@ -107,9 +107,9 @@ def test_every_repeat_of_a_text_in_a_run_is_scored_once_with_the_first_rows_byte
     seen: list[str] = []
     original = Classifier.encode
 
-    def counting(self, batch_texts):
+    def counting(self, batch_texts, pairs=None):
         seen.extend(t for t in batch_texts if t is not None)
-        return original(self, batch_texts)
+        return original(self, batch_texts, pairs)
 
     monkeypatch.setattr(Classifier, "encode", counting)
     summary = score_file(source, tmp_path / "out.parquet", model=str(binary_model), chunk_rows=50, quiet=True)
