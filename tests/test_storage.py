@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import socket
 import subprocess
 import sys
@@ -28,11 +29,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_s3_server() -> tuple[subprocess.Popen, str]:
+def start_s3_server(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """``moto_server -H 127.0.0.1 -p PORT`` in a child process; returns it and its endpoint once it answers."""
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=None if env is None else {**os.environ, **env})  # fmt: skip
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -148,6 +150,26 @@ def test_a_missing_bucket_as_input_names_it(s3, tmp_path, binary_model):
     result = runner.invoke(app, ["score", "s3://no-such-bucket-here/in.csv", "-o", str(tmp_path / "x.csv"),
                                  "--model", str(binary_model)])  # fmt: skip
     assert result.exit_code == 2 and "no such bucket or container 'no-such-bucket-here'" in result.output
+
+
+def test_denied_credentials_are_one_line_and_exit_2(tmp_path, binary_model, monkeypatch):
+    # moto checks credentials against its own IAM after the first N requests: ours are not known to it
+    process, endpoint = start_s3_server({"INITIAL_NO_AUTH_ACTION_COUNT": "2"})
+    try:
+        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "not-a-known-key",
+                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+            monkeypatch.setenv(name, value)
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="locked")
+        client.put_object(Bucket="locked", Key="in.csv", Body=csv_bytes(3, 7))
+        result = runner.invoke(app, ["score", "s3://locked/in.csv", "-o", str(tmp_path / "x.csv"), "--model",
+                                     str(binary_model)])  # fmt: skip
+    finally:
+        process.kill()
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: s3://locked/in.csv: access denied"), result.output
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_an_unreachable_endpoint_is_one_line_after_a_bounded_retry(tmp_path, binary_model, monkeypatch):
