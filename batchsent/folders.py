@@ -10,6 +10,7 @@ ends, so ``--resume`` skips them and continues the one in progress.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import replace
@@ -20,12 +21,12 @@ from . import io
 from .checkpoint import CommittedState
 from .errors import OutputError
 from .identity import input_fingerprint
-from .job import Progress, RunSummary, check_new_columns, check_output, score_local
+from .job import Progress, RunSummary, check_new_columns, check_output, score_local, score_to_object
 from .lock import OutputLock
 from .options import JobConfig
 from .postprocess import column_names
 from .sources import InputFiles, expand
-from .storage import is_url
+from .storage import check_writable, is_url, remote
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,16 +39,19 @@ DONE_VERSION = 1
 def default_output_folder(inputs: InputFiles) -> Path:
     """``<folder>.scored`` beside a folder; for a glob, ``<the glob's folder>.scored``."""
     if isinstance(inputs.root, str):
-        raise OutputError(f"{inputs.spec}: a folder or glob on object storage needs --output FOLDER (a local folder)")
+        raise OutputError(f"{inputs.spec}: a folder or glob on object storage needs --output FOLDER (a local folder or a URL prefix)")
     root = inputs.root.resolve() if inputs.root != Path(".") else Path.cwd()
     return root.with_name(f"{root.name}.scored")
 
 
 class _Finished:
-    """The files of an interrupted folder run that are complete: ``{relative name: record}``."""
+    """The files of an interrupted folder run that are complete: ``{relative name: record}``.
 
-    def __init__(self, output: Path) -> None:
-        self.path = output.parent / f".{output.name}.batchsent-files.json"
+    Kept in memory only for an object-storage output folder (``output`` None), where --resume is refused.
+    """
+
+    def __init__(self, output: Path | None) -> None:
+        self.path = None if output is None else output.parent / f".{output.name}.batchsent-files.json"
         self.files: dict[str, dict[str, Any]] = {}
 
     def load(self) -> None:
@@ -61,6 +65,8 @@ class _Finished:
                                      "empty": summary.empty, "truncated": summary.truncated,
                                      "label_counts": summary.label_counts, "cached": summary.cached,
                                      "duplicates": summary.duplicates}  # fmt: skip
+        if self.path is None:
+            return
         with io.atomic_file(self.path) as temporary:
             temporary.write_text(json.dumps({"version": DONE_VERSION, "files": self.files}, indent=1))
 
@@ -70,8 +76,12 @@ class _Finished:
             return None
         return entry
 
+    def exists(self) -> bool:
+        return self.path is not None and self.path.exists()
+
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 class _Combined:
@@ -113,15 +123,17 @@ def score_files(config: JobConfig, progress: Progress | None = None, classifier:
     started = time.monotonic()
     record = {} if record is None else record
     inputs = expand(config.input)
-    if is_url(config.output):
-        raise OutputError(f"{config.output}: a folder or glob INPUT writes to a local --output folder "
-                          "(object-storage output folders are not supported yet)")  # fmt: skip
-    output = Path(config.output).expanduser() if config.output is not None else default_output_folder(inputs)
-    _check_folders(inputs, output)
+    remote_output = is_url(config.output)
+    if remote_output:  # a URL prefix; each object is uploaded once its file is complete (no lock, no --resume)
+        output: Path | str = str(config.output).rstrip("/")
+        remote(output + "/", OutputError).info(OutputError)
+    else:
+        output = Path(config.output).expanduser() if config.output is not None else default_output_folder(inputs)
+        _check_folders(inputs, output)
     record["output"] = output
-    with OutputLock(output):
-        finished = _Finished(output)
-        if finished.path.exists():
+    with contextlib.nullcontext() if remote_output else OutputLock(output):  # type: ignore[arg-type]
+        finished = _Finished(None if remote_output else output)  # type: ignore[arg-type]
+        if finished.exists():
             if config.resume:
                 finished.load()
             elif not config.overwrite:
@@ -159,7 +171,7 @@ def _load(config: JobConfig, record: dict[str, Any], shown: _Combined | None) ->
     return classifier
 
 
-def _score_each(jobs: list[tuple[Path, JobConfig, dict[str, Any] | None]], inputs: InputFiles, output: Path,
+def _score_each(jobs: list[tuple[Path, JobConfig, dict[str, Any] | None]], inputs: InputFiles, output: Path | str,
                 finished: _Finished, classifier: Classifier | None, shown: _Combined | None,
                 stop: Callable[[], bool] | None, record: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
     """Score the files not finished yet, in order; each one's counts (finished ones' from the record)."""
@@ -167,10 +179,13 @@ def _score_each(jobs: list[tuple[Path, JobConfig, dict[str, Any] | None]], input
     for source, job, done in jobs:
         if done is None:
             relative = inputs.relative(source)
-            (output / relative).parent.mkdir(parents=True, exist_ok=True)
             fingerprint = input_fingerprint(source)
             record["current"] = file_record = {}
-            summary = score_local(job, progress=shown, classifier=classifier, stop=stop, record=file_record)
+            if isinstance(output, str):
+                summary = score_to_object(job, progress=shown, classifier=classifier, stop=stop, record=file_record)
+            else:
+                (output / relative).parent.mkdir(parents=True, exist_ok=True)
+                summary = score_local(job, progress=shown, classifier=classifier, stop=stop, record=file_record)
             record.update({k: v for k, v in file_record.items() if k in ("model", "labels", "device", "dtype", "variant")})
             resumed += file_record.get("resumed_from_rows", 0)
             finished.add(relative, fingerprint, summary)
@@ -203,17 +218,19 @@ def _check_folders(inputs: InputFiles, output: Path) -> None:
         raise OutputError(f"{output}: the folder {output.parent} does not exist")
 
 
-def _plan(config: JobConfig, inputs: InputFiles, output: Path,
+def _plan(config: JobConfig, inputs: InputFiles, output: Path | str,
           finished: _Finished) -> list[tuple[Path, JobConfig, dict[str, Any] | None]]:  # fmt: skip
     """Each file's job, or its finished record; every file's input and output checked before any model loads."""
     jobs = []
     for source in inputs.files:
         relative = inputs.relative(source)
-        target = output / relative
+        target: Path | str = f"{output}/{relative.as_posix()}" if isinstance(output, str) else output / relative
         job = replace(config, input=source, output=target, manifest=None, report=None)
-        done = finished.done(relative, source, target) if config.resume else None
+        done = finished.done(relative, source, target) if config.resume else None  # type: ignore[arg-type]
         if done is None:
-            if target.parent.is_dir():
+            if isinstance(target, str):
+                check_writable(remote(target, OutputError), config.overwrite)
+            elif target.parent.is_dir():
                 check_output(job)
             reader = io.open_reader(source)
             try:

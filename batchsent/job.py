@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -238,6 +239,29 @@ def score_local(
         classifier.long_text == "chunk", record["resumed_from_rows"], f"{classifier.device}, {classifier.variant}",
         record["load_seconds"], state.cached, state.duplicates,
     )  # fmt: skip
+
+
+def score_to_object(config: JobConfig, progress: Progress | None = None, classifier: Classifier | None = None,
+                    stop: Callable[[], bool] | None = None, record: dict[str, Any] | None = None) -> RunSummary:  # fmt: skip
+    """An object-storage output: the job writes a local staging copy, uploaded in one go once complete.
+
+    Nothing appears under the output name before the upload completes; a failed run
+    uploads nothing (the staging folder, under $TMPDIR, is removed either way).
+    """
+    from .storage import check_writable, remote, upload
+
+    record = {} if record is None else record
+    io.open_reader(config.input).close()  # the input's own errors first
+    target = remote(str(config.output_path), OutputError)
+    io.file_format(target.url, output=True)
+    check_writable(target, config.overwrite)
+    record["output"] = target.url
+    with tempfile.TemporaryDirectory(prefix="batchsent-") as staging:
+        local = Path(staging) / target.name
+        summary = score_local(replace(config, output=local), progress=progress, classifier=classifier, stop=stop,
+                              record=record)  # fmt: skip
+        upload(local, target)
+    return replace(summary, output=target.url)  # type: ignore[arg-type]
 
 
 def _checkpoint_for(config: JobConfig, output: Path) -> Checkpoint:

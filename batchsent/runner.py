@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import tempfile
 import threading
 import time
-from dataclasses import replace
-from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import BatchsentError, ExitCode, Interrupted, OutputError, PublishedWithErrors, ScoringError, first_line
-from .job import Progress, RunSummary, score_local
+from .errors import BatchsentError, ExitCode, Interrupted, PublishedWithErrors, ScoringError, first_line
+from .job import Progress, RunSummary, score_local, score_to_object
 from .options import JobConfig
 from .sources import names_many
 from .storage import is_url
@@ -73,31 +70,8 @@ def _engine(config: JobConfig, progress: Progress | None, stop: Callable[[], boo
 
         return score_files(config, progress=progress, classifier=classifier, stop=stop, record=record)
     if is_url(config.output_path):
-        return _score_to_object(config, progress, classifier, stop, record)
+        return score_to_object(config, progress=progress, classifier=classifier, stop=stop, record=record)
     return score_local(config, progress=progress, classifier=classifier, stop=stop, record=record)
-
-
-def _score_to_object(config: JobConfig, progress: Progress | None, classifier: Classifier | None,
-                     stop: Callable[[], bool] | None, record: dict[str, Any]) -> RunSummary:  # fmt: skip
-    """An object-storage output: the job writes a local staging copy, uploaded in one go once complete.
-
-    Nothing appears under the output name before the upload completes; a failed run
-    uploads nothing (the staging folder, under $TMPDIR, is removed either way).
-    """
-    from . import io
-    from .storage import check_writable, remote, upload
-
-    io.open_reader(config.input).close()  # the input's own errors first
-    target = remote(str(config.output_path), OutputError)
-    io.file_format(target.url, output=True)
-    check_writable(target, config.overwrite)
-    record["output"] = target.url
-    with tempfile.TemporaryDirectory(prefix="batchsent-") as staging:
-        local = Path(staging) / target.name
-        summary = score_local(replace(config, output=local), progress=progress, classifier=classifier, stop=stop,
-                              record=record)  # fmt: skip
-        upload(local, target)
-    return replace(summary, output=target.url)
 
 
 def _either(stop: Callable[[], bool] | None, watcher: _SignalWatcher | None) -> Callable[[], bool] | None:

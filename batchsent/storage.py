@@ -138,7 +138,7 @@ def upload(local: Path, location: Remote) -> None:
     """
     stream, started = None, time.time()
     try:
-        stream = location.fs.open_output_stream(location.path)
+        stream = location.fs.open_output_stream(location.path, compression=None)  # the bytes as staged
         with open(local, "rb") as source:
             shutil.copyfileobj(source, stream, UPLOAD_BLOCK_BYTES)
         stream.close()

@@ -115,6 +115,31 @@ def test_a_prefix_of_part_files_scores_into_a_local_folder(s3, tmp_path, binary_
     assert glob_run.exit_code == 0 and (tmp_path / "glob" / "day=2" / "part-1.csv").is_file()
 
 
+def test_a_folder_scores_into_an_object_storage_prefix(s3, tmp_path, binary_model, exports_folder):
+    client, bucket = s3
+    result = runner.invoke(app, ["score", str(exports_folder), "-o", f"s3://{bucket}/scored/", "--model",
+                                 str(binary_model), "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert keys(client, bucket) == ["scored/day=2/part-1.csv.gz", "scored/part-0.csv"]
+    local = tmp_path / "local"
+    score_file(exports_folder, local, model=str(binary_model), quiet=True)
+    assert client.get_object(Bucket=bucket, Key="scored/part-0.csv")["Body"].read() == (local / "part-0.csv").read_bytes()
+    packed = client.get_object(Bucket=bucket, Key="scored/day=2/part-1.csv.gz")["Body"].read()
+    assert gzip.decompress(packed) == gzip.decompress((local / "day=2" / "part-1.csv.gz").read_bytes())
+    again = runner.invoke(app, ["score", str(exports_folder), "-o", f"s3://{bucket}/scored", "--model",
+                                str(binary_model)])  # fmt: skip
+    assert again.exit_code == 2 and f"s3://{bucket}/scored/day=2/part-1.csv.gz: already exists" in again.output
+
+
+@pytest.fixture
+def exports_folder(tmp_path) -> Path:
+    folder = tmp_path / "exports"
+    (folder / "day=2").mkdir(parents=True)
+    (folder / "part-0.csv").write_bytes(csv_bytes(30, 8))
+    (folder / "day=2" / "part-1.csv.gz").write_bytes(gzip.compress(csv_bytes(20, 9)))
+    return folder
+
+
 def test_a_failed_run_leaves_no_object_under_the_output_name(s3, tmp_path, binary_model, monkeypatch):
     client, bucket = s3
     client.put_object(Bucket=bucket, Key="in.csv", Body=csv_bytes(200, 4))
