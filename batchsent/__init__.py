@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"  # before the imports below: submodules read it
 
 from .api import score_dataframe, score_file
+from .cache import CacheError
 from .errors import (
     BatchsentError,
     ColumnNotFound,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MODEL",
     "BatchsentError",
+    "CacheError",
     "Classifier",
     "ColumnNotFound",
     "ExitCode",
