@@ -16,7 +16,8 @@ cache_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None, help="Look after a prediction cache file (--cache)."
 )
 
-CachePath = Annotated[Path, typer.Argument(help="The cache file (as given to --cache).", show_default=False)]
+CachePath = Annotated[Path, typer.Argument(help="The cache file (as given to --cache).", show_default=False,
+                                            metavar="PATH")]  # fmt: skip
 
 
 def _when(timestamp: float | None) -> str:
@@ -61,10 +62,11 @@ def stats_command(
 def prune_command(
     path: CachePath,
     older_than: Annotated[
-        Optional[str], typer.Option(help="Remove entries not used for this long: 30d, 12h, 90m, 2w.")
+        Optional[str], typer.Option(help="Remove entries not used for this long: 30d, 12h, 90m, 2w.", metavar="AGE")
     ] = None,
     model: Annotated[
-        Optional[list[str]], typer.Option(help="Remove the entries of this model (as given to --model); repeatable.")
+        Optional[list[str]],
+        typer.Option(help="Remove the entries of this model (as given to --model); repeatable.", metavar="NAME"),
     ] = None,
 ) -> None:
     """Remove old entries, or a model's, and give their space back to the file system."""

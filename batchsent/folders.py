@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,9 +142,10 @@ def score_files(config: JobConfig, progress: Progress | None = None, classifier:
             else:
                 finished.remove()
         jobs = _plan(config, inputs, output, finished)
-        shown = _Combined(progress, _total_rows(inputs), sum(inputs.size(source) for source, _, _ in jobs)) \
-            if progress is not None else None  # fmt: skip
-        if classifier is None and any(done is None for _, _, done in jobs):
+        rows = [file.rows for file in jobs]
+        total_rows = None if None in rows else sum(rows)  # type: ignore[arg-type]
+        shown = _Combined(progress, total_rows, sum(file.size for file in jobs)) if progress is not None else None
+        if classifier is None and any(file.done is None for file in jobs):
             classifier = _load(config, record, shown)
         try:
             files = _score_each(jobs, inputs, output, finished, classifier, shown, stop, record)
@@ -171,12 +172,13 @@ def _load(config: JobConfig, record: dict[str, Any], shown: _Combined | None) ->
     return classifier
 
 
-def _score_each(jobs: list[tuple[Path, JobConfig, dict[str, Any] | None]], inputs: InputFiles, output: Path | str,
+def _score_each(jobs: list[_FileJob], inputs: InputFiles, output: Path | str,
                 finished: _Finished, classifier: Classifier | None, shown: _Combined | None,
                 stop: Callable[[], bool] | None, record: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
     """Score the files not finished yet, in order; each one's counts (finished ones' from the record)."""
     files, resumed = [], 0
-    for source, job, done in jobs:
+    for file in jobs:
+        source, job, done = file.source, file.job, file.done
         if done is None:
             relative = inputs.relative(source)
             fingerprint = input_fingerprint(source)
@@ -194,7 +196,7 @@ def _score_each(jobs: list[tuple[Path, JobConfig, dict[str, Any] | None]], input
             resumed += done["rows"]
         files.append(done)
         if shown is not None:
-            shown.file_done(done["rows"], inputs.size(source))
+            shown.file_done(done["rows"], file.size)
     record["resumed_from_rows"] = resumed
     return files
 
@@ -218,16 +220,29 @@ def _check_folders(inputs: InputFiles, output: Path) -> None:
         raise OutputError(f"{output}: the folder {output.parent} does not exist")
 
 
-def _plan(config: JobConfig, inputs: InputFiles, output: Path | str,
-          finished: _Finished) -> list[tuple[Path, JobConfig, dict[str, Any] | None]]:  # fmt: skip
-    """Each file's job, or its finished record; every file's input and output checked before any model loads."""
+@dataclass
+class _FileJob:
+    """One file of the run: its job, or its finished record; its size and row count (None: unknown yet)."""
+
+    source: Path | str
+    job: JobConfig
+    done: dict[str, Any] | None
+    size: int
+    rows: int | None
+
+
+def _plan(config: JobConfig, inputs: InputFiles, output: Path | str, finished: _Finished) -> list[_FileJob]:
+    """Each file's job, or its finished record; every file's input and output checked before any model loads
+    (each input opened once here, which also gives the sizes and Parquet row counts progress needs)."""
     jobs = []
     for source in inputs.files:
         relative = inputs.relative(source)
         target: Path | str = f"{output}/{relative.as_posix()}" if isinstance(output, str) else output / relative
         job = replace(config, input=source, output=target, manifest=None, report=None)
         done = finished.done(relative, source, target) if config.resume else None  # type: ignore[arg-type]
-        if done is None:
+        if done is not None:
+            jobs.append(_FileJob(source, job, done, inputs.size(source), done["rows"]))
+        else:
             if isinstance(target, str):
                 check_writable(remote(target, OutputError), config.overwrite)
             elif target.parent.is_dir():
@@ -237,24 +252,10 @@ def _plan(config: JobConfig, inputs: InputFiles, output: Path | str,
                 reader.text_column(config.column)
                 check_new_columns(column_names([], config.prefix, False, config.long_text == "chunk"), reader.schema,
                                   source)  # fmt: skip
+                jobs.append(_FileJob(source, job, None, reader.total_bytes, reader.total_rows))
             finally:
                 reader.close()
-        jobs.append((source, job, done))
     return jobs
-
-
-def _total_rows(inputs: InputFiles) -> int | None:
-    """The row count of every file when all are Parquet (known from their footers), else None."""
-    if inputs.format != "parquet":
-        return None
-    total = 0
-    for source in inputs.files:
-        reader = io.open_reader(source)
-        try:
-            total += reader.total_rows or 0
-        finally:
-            reader.close()
-    return total
 
 
 def _combined_summary(config: JobConfig, output: Path, files: list[dict[str, Any]], elapsed: float,

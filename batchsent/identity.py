@@ -7,12 +7,21 @@ record a run in its manifest.
 from __future__ import annotations
 
 import hashlib
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from .storage import fingerprint, is_url, remote
 
 EDGE_BYTES = 1 << 20
+
+
+def package_version(package: str) -> str | None:
+    """An installed package's version (None when absent), as the manifest and the cache key record it."""
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def input_fingerprint(path: Path | str) -> dict[str, Any]:

@@ -131,6 +131,7 @@ class Reader:
     schema: pa.Schema
     total_rows: int | None = None
     total_bytes: int = 0
+    _raw: Any = None  # a streamed reader's raw (compressed) file: its position is the progress
 
     def __init__(self, path: Path | str) -> None:
         self.path = path
@@ -147,7 +148,10 @@ class Reader:
         return max(self.rows_read, round(self.rows_read * self.total_bytes / read))
 
     def bytes_read(self) -> int:
-        return self.total_bytes
+        """Bytes of the file consumed so far: the raw (compressed) position of a streamed reader."""
+        if self._raw is None or self._raw.closed:
+            return self.total_bytes
+        return min(self._raw.tell(), self.total_bytes)
 
     def _batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError
@@ -266,9 +270,6 @@ class CsvReader(Reader):
             return InputError(f"{self.path}: the file is empty (no header line)")
         return InputError(f"{self.path}: not a readable CSV file ({message})")
 
-    def bytes_read(self) -> int:
-        return min(self._raw.tell(), self.total_bytes) if not self._raw.closed else self.total_bytes
-
     def _batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         while True:
             try:
@@ -353,9 +354,6 @@ class JsonLinesReader(Reader):
             self.schema = _jsonl_schema(self.keys)
         return 1 + self.keys.index(name)
 
-    def bytes_read(self) -> int:
-        return min(self._raw.tell(), self.total_bytes) if not self._raw.closed else self.total_bytes
-
     def _batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         lines: list[str] = []
         texts: list[list[str | None]] = [[] for _ in self.keys]
@@ -386,17 +384,23 @@ class JsonLinesReader(Reader):
         self._lines.close()
         self._raw.close()
 
-def open_reader(path: Path | str) -> Reader:
-    """Open a file or object for streaming; raises InputError for anything unreadable."""
+def check_input(path: Path | str) -> str:
+    """The input's format, after checking it exists and can be read (an object: its bucket and key)."""
     fmt = file_format(path)
     if is_url(path):
-        pass  # the reader checks the object
+        check_readable(remote(str(path)))
     elif not path.exists():  # type: ignore[union-attr]
         raise InputError(f"{path}: no such file")
     elif not path.is_file():  # type: ignore[union-attr]
         raise InputError(f"{path}: not a file")
     elif not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
+    return fmt
+
+
+def open_reader(path: Path | str) -> Reader:
+    """Open a file or object for streaming; raises InputError for anything unreadable."""
+    fmt = file_format(path) if is_url(path) else check_input(path)  # an object is checked by its reader
     if fmt == "parquet":
         return ParquetReader(path)
     if fmt == "jsonl":

@@ -251,7 +251,7 @@ def score_to_object(config: JobConfig, progress: Progress | None = None, classif
     from .storage import check_writable, remote, upload
 
     record = {} if record is None else record
-    io.open_reader(config.input).close()  # the input's own errors first
+    io.check_input(config.input)  # the input's own errors first
     target = remote(str(config.output_path), OutputError)
     io.file_format(target.url, output=True)
     check_writable(target, config.overwrite)

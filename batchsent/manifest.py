@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import platform
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .identity import package_version
 from .io import atomic_file
 from .options import JobConfig
 from .storage import is_url
@@ -17,13 +17,6 @@ if TYPE_CHECKING:
     from .job import RunSummary
 
 LIBRARIES = ("batchsent", "transformers", "torch", "tokenizers", "pyarrow", "numpy", "onnxruntime")
-
-
-def _version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
 
 
 def _iso(timestamp: float) -> str:
@@ -83,7 +76,7 @@ def build_manifest(config: JobConfig, record: dict[str, Any], summary: RunSummar
             "labels": dict(enumerate(record.get("labels") or [])),
         },
         "options": config.described(),
-        "versions": {name: _version(name) for name in LIBRARIES} | {"python": platform.python_version()},
+        "versions": {name: package_version(name) for name in LIBRARIES} | {"python": platform.python_version()},
         "device": record.get("device"),
         "dtype": record.get("dtype"),
         "variant": record.get("variant"),

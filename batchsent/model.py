@@ -295,10 +295,10 @@ class Classifier:
         candidate label's hypothesis instead.
         """
         texts = list(texts)
-        blank = np.fromiter((_is_blank(text) for text in texts), dtype=bool, count=len(texts))
+        blank = np.fromiter((is_blank(text) for text in texts), dtype=bool, count=len(texts))
         if pairs is not None:
             pairs = list(pairs)
-            blank |= np.fromiter((_is_blank(pair) for pair in pairs), dtype=bool, count=len(pairs))
+            blank |= np.fromiter((is_blank(pair) for pair in pairs), dtype=bool, count=len(pairs))
         keys = texts if pairs is None else list(zip(texts, pairs, strict=True))
         rows, copies = _first_occurrences(keys, np.flatnonzero(~blank))
         if self.zero_shot:
@@ -482,7 +482,8 @@ def _first_occurrences(texts: list, rows: np.ndarray) -> tuple[np.ndarray, tuple
     return unique, (repeats, sources)
 
 
-def _is_blank(text: Any) -> bool:
+def is_blank(text: Any) -> bool:
+    """A null, NaN, empty or whitespace-only text: no prediction (the one definition, shared with reuse)."""
     if text is None:
         return True
     if isinstance(text, str):

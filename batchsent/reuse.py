@@ -13,12 +13,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .cache import REFRESH_SECONDS, Entry, PredictionCache, digest, digest_pair
+from .identity import package_version
+from .model import is_blank
 
 if TYPE_CHECKING:
     from .model import Classifier, Scores
@@ -66,9 +67,9 @@ class RunReuse:
 
     def plan(self, texts: list[str | None], pairs: list[str | None] | None = None) -> ChunkPlan:
         if pairs is None:
-            digests = [None if _blank(text) else digest(text) for text in texts]  # type: ignore[arg-type]
+            digests = [None if is_blank(text) else digest(text) for text in texts]  # type: ignore[arg-type]
         else:
-            digests = [None if _blank(t) or _blank(p) else digest_pair(t, p) for t, p in zip(texts, pairs, strict=True)]  # type: ignore[arg-type]
+            digests = [None if is_blank(t) or is_blank(p) else digest_pair(t, p) for t, p in zip(texts, pairs, strict=True)]  # type: ignore[arg-type]
         unique = list(dict.fromkeys(d for d in digests if d is not None))
         with self._lock:
             known = self.store.lookup(self.model_id, unique)
@@ -183,16 +184,5 @@ def model_description(classifier: Classifier, identity: dict[str, Any], pairs: b
             "labels": classifier.labels, "template": classifier.options.hypothesis_template,
             "multi_label": classifier.options.multi_label, "entailment_id": classifier.entailment_id,
         },
-        "libraries": {name: _version(name) for name in libraries},
+        "libraries": {name: package_version(name) for name in libraries},
     }
-
-
-def _version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
-def _blank(text: str | None) -> bool:
-    return text is None or not text.strip()

@@ -97,9 +97,7 @@ def check_readable(location: Remote) -> int:
 
     info = location.info()
     if info.type == fs.FileType.NotFound:
-        bucket = location.path.split("/", 1)[0]
-        if location.fs.get_file_info(bucket).type == fs.FileType.NotFound:
-            raise InputError(f"{location.url}: no such bucket or container {bucket!r}")
+        _check_bucket(location, InputError)
         raise InputError(f"{location.url}: no such object")
     if info.type != fs.FileType.File:
         raise InputError(f"{location.url}: not a file")
@@ -114,13 +112,20 @@ def check_writable(location: Remote, overwrite: bool) -> None:
         if not overwrite:
             raise OutputError(f"{location.url}: already exists; pass --overwrite to replace it")
         return
+    _check_bucket(location, OutputError)
+
+
+def _check_bucket(location: Remote, error: type[BatchsentError]) -> None:
+    """Refuse a location whose bucket (or container) does not exist, naming it."""
+    from pyarrow import fs
+
     bucket = location.path.split("/", 1)[0]
     try:
         found = location.fs.get_file_info(bucket).type
     except OSError as failure:
-        raise OutputError(f"{location.url}: {_reason(failure)}") from failure
+        raise error(f"{location.url}: {_reason(failure)}") from failure
     if found == fs.FileType.NotFound:
-        raise OutputError(f"{location.url}: no such bucket or container {bucket!r}")
+        raise error(f"{location.url}: no such bucket or container {bucket!r}")
 
 
 def fingerprint(location: Remote) -> dict[str, Any]:
