@@ -21,7 +21,8 @@ from . import io
 from .checkpoint import CommittedState
 from .errors import OutputError
 from .identity import input_fingerprint
-from .job import Progress, RunSummary, check_new_columns, check_output, score_local, score_to_object
+from .job import (Progress, RunSummary, check_new_columns, check_output, load_classifier, score_local,
+                  score_to_object)
 from .lock import OutputLock
 from .options import JobConfig
 from .postprocess import column_names
@@ -146,7 +147,7 @@ def score_files(config: JobConfig, progress: Progress | None = None, classifier:
         total_rows = None if None in rows else sum(rows)  # type: ignore[arg-type]
         shown = _Combined(progress, total_rows, sum(file.size for file in jobs)) if progress is not None else None
         if classifier is None and any(file.done is None for file in jobs):
-            classifier = _load(config, record, shown)
+            classifier = load_classifier(config, None, record, shown)  # once, after every file passed its checks
         try:
             files = _score_each(jobs, inputs, output, finished, classifier, shown, stop, record)
         except BaseException:
@@ -158,18 +159,6 @@ def score_files(config: JobConfig, progress: Progress | None = None, classifier:
         finished.remove()
     record["files"] = len(jobs)
     return _combined_summary(config, output, files, time.monotonic() - started, record)
-
-
-def _load(config: JobConfig, record: dict[str, Any], shown: _Combined | None) -> Classifier:
-    """The one Classifier of the run, loaded once all files passed their checks."""
-    from .model import Classifier
-
-    started = time.monotonic()
-    classifier = Classifier(config.model_options())
-    record["load_seconds"] = time.monotonic() - started
-    if shown is not None:
-        shown.loaded(record["load_seconds"], f"{classifier.device}, {classifier.variant}")
-    return classifier
 
 
 def _score_each(jobs: list[_FileJob], inputs: InputFiles, output: Path | str,

@@ -194,8 +194,7 @@ def _fingerprint(config: JobConfig, output: Path) -> dict[str, Any]:
     return {"input": input_fingerprint(config.input), "options": options}
 
 
-def _model_fingerprint(config: JobConfig, classifier: Classifier) -> dict[str, Any]:
-    identity = model_identity(config.model, classifier.model)
+def _model_fingerprint(identity: dict[str, Any], classifier: Classifier) -> dict[str, Any]:
     effective = {name: getattr(classifier, name) for name in ("batch_size", "token_budget", "max_length", "dtype", "variant")}
     return {**identity, "device_type": classifier.device.type, **effective}
 
@@ -292,8 +291,9 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
     if config.cache is not None:  # opened, checked and written to before the model loads
         stores.append(PredictionCache(config.cache))
         run_id = stores[0].start_run(__version__)
-    classifier = _load_classifier(config, classifier, record, progress)
-    fingerprint["model"] = _model_fingerprint(config, classifier)
+    classifier = load_classifier(config, classifier, record, progress)
+    identity = model_identity(config.model, classifier.model)  # for the resume fingerprint and the cache key
+    fingerprint["model"] = _model_fingerprint(identity, classifier)
     record.update(model=fingerprint["model"], labels=classifier.labels, device=str(classifier.device),
                   dtype=classifier.dtype, variant=classifier.variant)  # fmt: skip
     if state is not None:
@@ -313,13 +313,13 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
         stores.append(PredictionCache(checkpoint.dedupe_store))
         run_id = stores[0].start_run(__version__)
     store = stores[0]
-    description = model_description(classifier, model_identity(config.model, classifier.model), pair is not None)
+    description = model_description(classifier, identity, pair is not None)
     model_id = store.model_id(config.model, description, classifier.labels)
-    reuse = RunReuse(store, model_id, run_id, len(classifier.labels))
+    reuse = RunReuse(store, model_id, run_id)
     return _Job(config, reader, column, pair, classifier, schema, checkpoint, state, record, reuse)
 
 
-def _load_classifier(config: JobConfig, classifier: Classifier | None, record: dict[str, Any],
+def load_classifier(config: JobConfig, classifier: Classifier | None, record: dict[str, Any],
                      progress: Progress | None) -> Classifier:  # fmt: skip
     """The job's Classifier (loaded now unless given), its load time recorded and noted."""
     started = time.monotonic()

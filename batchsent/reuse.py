@@ -57,8 +57,8 @@ class RunReuse:
     ask for them (a few chunks), so memory does not grow with the file.
     """
 
-    def __init__(self, store: PredictionCache, model_id: int, run_id: int, labels: int) -> None:
-        self.store, self.model_id, self.run_id, self.labels = store, model_id, run_id, labels
+    def __init__(self, store: PredictionCache, model_id: int, run_id: int) -> None:
+        self.store, self.model_id, self.run_id = store, model_id, run_id
         self._lock = threading.Lock()
         self._in_flight: set[bytes] = set()
         self._recent: list[tuple[int, dict[bytes, Values]]] = []  # (plans made when stored, values)

@@ -63,8 +63,9 @@ def _glob_root(spec: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def _visible(path: Path, root: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+def _visible(relative: str) -> bool:
+    """No hidden file or folder on the way from the root (``a/.staging/b.csv`` is hidden)."""
+    return not any(part.startswith(".") for part in Path(relative).parts)
 
 
 def _known_type(path: Path) -> bool:
@@ -93,7 +94,7 @@ def _expand_url(text: str) -> InputFiles:
     urls = sorted(f"{base}/{info.path[len(location.path.rstrip('/')) + 1:]}" for info in listed
                   if info.type == fs.FileType.File)  # fmt: skip
     if wildcard is None:
-        urls = [u for u in urls if _visible_key(u[len(base) + 1 :]) and _known_type(Path(io.base_name(u)))]
+        urls = [u for u in urls if _visible(u[len(base) + 1 :]) and _known_type(Path(io.base_name(u)))]
         if not urls:
             raise InputError(f"{text}: no CSV, TSV, JSON Lines or Parquet objects under this prefix")
     else:
@@ -101,10 +102,6 @@ def _expand_url(text: str) -> InputFiles:
         if not urls:
             raise InputError(f"{text}: matches no objects")
     return _checked(text, base, urls)
-
-
-def _visible_key(relative: str) -> bool:
-    return not any(part.startswith(".") for part in relative.split("/"))
 
 
 def _checked(text: str, root: Path | str, files: list) -> InputFiles:
@@ -122,7 +119,7 @@ def expand(spec: str | Path) -> InputFiles:
     path = Path(text).expanduser()
     if path.is_dir():
         root = path
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _visible(p, root) and _known_type(p))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _visible(str(p.relative_to(root))) and _known_type(p))
         if not files:
             raise InputError(f"{text}: no CSV, TSV, JSON Lines or Parquet files in this folder")
     elif names_many(text):
