@@ -23,8 +23,8 @@ from .errors import (
     ScoringError,
     UsageError,
 )
-from .job import RunSummary
-from .options import DEFAULT_MODEL, JobConfig, ModelOptions
+from .job import ModelSummary, RunSummary
+from .options import DEFAULT_MODEL, JobConfig, ModelOptions, ModelSpec
 from .runner import run
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ __all__ = [
     "JobConfig",
     "ModelLoadError",
     "ModelOptions",
+    "ModelSpec",
+    "ModelSummary",
     "OutputError",
     "PublishedWithErrors",
     "RunSummary",

@@ -22,7 +22,7 @@ def score_file(
     input: str | Path,
     output: str | Path | None = None,
     *,
-    classifier: Classifier | None = None,
+    classifier: Classifier | list[Classifier] | None = None,
     progress: Progress | None = None,
     **options: Any,
 ) -> RunSummary:

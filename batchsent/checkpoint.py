@@ -26,7 +26,7 @@ import pyarrow as pa
 from .errors import BatchsentError
 from .io import atomic_file
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class ResumeMismatch(BatchsentError):
@@ -47,6 +47,7 @@ class CommittedState:
     label_counts: dict[str, int] = field(default_factory=dict)
     cached: int = 0  # rows whose probabilities came from the --cache
     duplicates: int = 0  # rows that repeated a text this run had scored
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # a multi-model run: these counts per model
 
 
 def first_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str | None:
@@ -64,6 +65,11 @@ def first_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "")
         elif before != after:
             return f"{name} ({before!r} -> {after!r})" if not isinstance(before, (dict, list)) else name
     return None
+
+
+def _add_labels(total: dict[str, int], added: dict[str, int]) -> None:
+    for label, count in added.items():
+        total[label] = total.get(label, 0) + count
 
 
 class Checkpoint:
@@ -100,8 +106,12 @@ class Checkpoint:
         state.truncated += counts.truncated
         state.cached += counts.cached
         state.duplicates += counts.duplicates
-        for label, count in counts.label_counts.items():
-            state.label_counts[label] = state.label_counts.get(label, 0) + count
+        _add_labels(state.label_counts, counts.label_counts)
+        for name, added in counts.models.items():
+            model = state.models.setdefault(name, {"truncated": 0, "label_counts": {}, "cached": 0, "duplicates": 0})
+            for key in ("truncated", "cached", "duplicates"):
+                model[key] += added[key]
+            _add_labels(model["label_counts"], added["label_counts"])
         self._write_state(state)
 
     def parts(self, state: CommittedState) -> Iterator[pa.RecordBatch]:

@@ -68,8 +68,10 @@ def score(
         ),
     ] = None,
     model: Annotated[
-        Optional[str],
-        typer.Option(help=f"Hub id or local model directory. [default: $BATCHSENT_MODEL or {DEFAULT_MODEL}]"),
+        Optional[list[str]],
+        typer.Option(help="Hub id or local model directory; or NAME=MODEL, repeated, to score with several models in "
+                     "one pass (NAME_label, NAME_score... per model). "
+                     f"[default: $BATCHSENT_MODEL or {DEFAULT_MODEL}]"),  # fmt: skip
     ] = None,
     revision: Annotated[
         Optional[str], typer.Option(help="Hub branch, tag or commit to pin the model to. [default: main]")

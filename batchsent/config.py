@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .options import JobConfig
+from .options import PER_MODEL_KEYS, JobConfig, ModelSpec
 from .storage import is_url
 
 MODEL_ENV = "BATCHSENT_MODEL"
@@ -36,6 +36,7 @@ def _key_types() -> dict[str, tuple[type, ...]]:
 
 
 _KEY_TYPES = _key_types()
+_KEY_TYPES["models"] = (list,)
 _PATH_KEYS = {name for name, hint in typing.get_type_hints(JobConfig).items() if Path in (typing.get_args(hint) or (hint,))}
 
 
@@ -59,8 +60,42 @@ def read_job_file(path: Path) -> dict[str, Any]:
             raise UsageError(f"--config {path}: {key} must be {expected[0].__name__}, got {value!r}")
         if name in _PATH_KEYS and not is_url(value):
             value = path.parent / Path(value).expanduser()
-        options[name] = value
+        options[name] = _model_tables(path, value) if name == "models" else value
     return options
+
+
+def _model_tables(path: Path, tables: list[Any]) -> tuple[ModelSpec, ...]:
+    """``[[models]]`` tables: ``name``, ``model`` (as the ``model`` key: a Hub id or a path) and per-model options."""
+    specs = []
+    for table in tables:
+        if not isinstance(table, dict) or not isinstance(table.get("name"), str) or not isinstance(table.get("model"), str):
+            raise UsageError(f"--config {path}: each [[models]] table needs name = \"...\" and model = \"...\"")
+        options = {}
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name in ("name", "model"):
+                continue
+            if name not in PER_MODEL_KEYS:
+                known = ", ".join(sorted(k.replace("_", "-") for k in PER_MODEL_KEYS if k != "model"))
+                raise UsageError(f"--config {path}: [[models]] {table['name']}: unknown key {key!r}; known keys: "
+                                 f"name, model, {known}")  # fmt: skip
+            expected = _KEY_TYPES[name]
+            if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+                raise UsageError(f"--config {path}: [[models]] {table['name']}: {key} must be {expected[0].__name__}, "
+                                 f"got {value!r}")  # fmt: skip
+            options[name] = value
+        specs.append(ModelSpec(table["name"], table["model"], tuple(sorted(options.items()))))
+    return tuple(specs)
+
+
+def _model_flags(values: list[str]) -> dict[str, Any]:
+    """``--model`` given once as MODEL (a single-model run), or as NAME=MODEL one or more times."""
+    specs = [ModelSpec.parse(value) for value in values]
+    if len(values) == 1 and specs[0] is None:
+        return {"model": values[0], "models": ()}
+    if None in specs:
+        raise UsageError("--model: give one MODEL, or NAME=MODEL for each of several models (NAME prefixes its columns)")
+    return {"models": tuple(specs)}
 
 
 def build_config(
@@ -72,7 +107,10 @@ def build_config(
         options["model"] = environ[MODEL_ENV]
     if job_file is not None:
         options.update(read_job_file(job_file))
-    options.update({key: value for key, value in flags.items() if value is not None})
+    given = {key: value for key, value in flags.items() if value is not None}
+    if isinstance(given.get("model"), list):
+        given.update(_model_flags(given.pop("model")) if given["model"] else {})
+    options.update(given)
     if options.get("input") is None:
         raise UsageError("no INPUT file given (as an argument, or as input = ... in --config)")
     for name in _PATH_KEYS & options.keys():

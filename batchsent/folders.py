@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +21,10 @@ from . import io
 from .checkpoint import CommittedState
 from .errors import OutputError
 from .identity import input_fingerprint
-from .job import (Progress, RunSummary, check_new_columns, check_output, load_classifier, score_local,
-                  score_to_object)
+from .job import (ModelSummary, Progress, RunSummary, check_input_columns, check_output, load_classifiers,
+                  score_local, score_to_object)
 from .lock import OutputLock
 from .options import JobConfig
-from .postprocess import column_names
 from .sources import InputFiles, expand
 from .storage import check_writable, is_url, remote
 
@@ -65,7 +64,8 @@ class _Finished:
         self.files[str(relative)] = {"input": fingerprint, "rows": summary.rows, "scored": summary.scored,
                                      "empty": summary.empty, "truncated": summary.truncated,
                                      "label_counts": summary.label_counts, "cached": summary.cached,
-                                     "duplicates": summary.duplicates}  # fmt: skip
+                                     "duplicates": summary.duplicates,
+                                     "models": [asdict(model) for model in summary.models]}  # fmt: skip
         if self.path is None:
             return
         with io.atomic_file(self.path) as temporary:
@@ -118,7 +118,8 @@ class _Combined:
         pass  # the run closes the real display once, at the end
 
 
-def score_files(config: JobConfig, progress: Progress | None = None, classifier: Classifier | None = None,
+def score_files(config: JobConfig, progress: Progress | None = None,
+                classifier: Classifier | list[Classifier] | None = None,
                 stop: Callable[[], bool] | None = None, record: dict[str, Any] | None = None) -> RunSummary:  # fmt: skip
     """Score every file of the folder or glob ``config.input`` into the folder ``config.output``."""
     started = time.monotonic()
@@ -147,7 +148,7 @@ def score_files(config: JobConfig, progress: Progress | None = None, classifier:
         total_rows = None if None in rows else sum(rows)  # type: ignore[arg-type]
         shown = _Combined(progress, total_rows, sum(file.size for file in jobs)) if progress is not None else None
         if classifier is None and any(file.done is None for file in jobs):
-            classifier = load_classifier(config, None, record, shown)  # once, after every file passed its checks
+            classifier = load_classifiers(config, None, record, shown)  # once, after every file passed its checks
         try:
             files = _score_each(jobs, inputs, output, finished, classifier, shown, stop, record)
         except BaseException:
@@ -162,7 +163,7 @@ def score_files(config: JobConfig, progress: Progress | None = None, classifier:
 
 
 def _score_each(jobs: list[_FileJob], inputs: InputFiles, output: Path | str,
-                finished: _Finished, classifier: Classifier | None, shown: _Combined | None,
+                finished: _Finished, classifier: Classifier | list[Classifier] | None, shown: _Combined | None,
                 stop: Callable[[], bool] | None, record: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
     """Score the files not finished yet, in order; each one's counts (finished ones' from the record)."""
     files, resumed = [], 0
@@ -177,7 +178,8 @@ def _score_each(jobs: list[_FileJob], inputs: InputFiles, output: Path | str,
             else:
                 (output / relative).parent.mkdir(parents=True, exist_ok=True)
                 summary = score_local(job, progress=shown, classifier=classifier, stop=stop, record=file_record)
-            record.update({k: v for k, v in file_record.items() if k in ("model", "labels", "device", "dtype", "variant")})
+            record.update({k: v for k, v in file_record.items()
+                           if k in ("model", "labels", "device", "dtype", "variant", "models")})  # fmt: skip
             resumed += file_record.get("resumed_from_rows", 0)
             finished.add(relative, fingerprint, summary)
             done = finished.files[str(relative)]
@@ -239,8 +241,7 @@ def _plan(config: JobConfig, inputs: InputFiles, output: Path | str, finished: _
             reader = io.open_reader(source)
             try:
                 reader.text_column(config.column)
-                check_new_columns(column_names([], config.prefix, False, config.long_text == "chunk"), reader.schema,
-                                  source)  # fmt: skip
+                check_input_columns(config, reader.schema, source)
                 jobs.append(_FileJob(source, job, None, reader.total_bytes, reader.total_rows))
             finally:
                 reader.close()
@@ -258,8 +259,25 @@ def _combined_summary(config: JobConfig, output: Path, files: list[dict[str, Any
     where = f"{record.get('device', '')}, {record.get('variant', '')}" if record.get("device") else ""
     total = {key: sum(entry[key] for entry in files) for key in ("rows", "scored", "empty", "truncated", "cached",
                                                                   "duplicates")}  # fmt: skip
+    models = _combined_models(files)
+    if models:
+        labels, where = {}, ""
     return RunSummary(config.input, output, total["rows"], total["scored"], total["empty"], total["truncated"], elapsed,
                       {label: labels[label] for label in order if label in labels}, config.long_text == "chunk",
                       record["resumed_from_rows"], where, record.get("load_seconds", 0.0), total["cached"],
-                      total["duplicates"])  # fmt: skip
+                      total["duplicates"], models)  # fmt: skip
+
+
+def _combined_models(files: list[dict[str, Any]]) -> tuple[ModelSummary, ...]:
+    """A multi-model run's per-model counts, added over the files (labels in their first-seen order)."""
+    totals: dict[str, dict[str, Any]] = {}
+    for entry in files:
+        for model in entry.get("models", []):
+            total = totals.setdefault(model["name"], {**model, "label_counts": {}, "truncated": 0, "cached": 0,
+                                                      "duplicates": 0})  # fmt: skip
+            for key in ("truncated", "cached", "duplicates"):
+                total[key] += model[key]
+            for label, count in model["label_counts"].items():
+                total["label_counts"][label] = total["label_counts"].get(label, 0) + count
+    return tuple(ModelSummary(**total) for total in totals.values())
 

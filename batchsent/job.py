@@ -14,27 +14,28 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__, io
 from .cache import PredictionCache
 from .checkpoint import Checkpoint, CommittedState, ResumeMismatch, first_difference
-from .errors import BatchsentError, InputError, OutputError, ScoringError, first_line
+from .errors import BatchsentError, InputError, OutputError, ScoringError, UsageError, first_line
 from .identity import input_fingerprint, model_identity
 from .lock import OutputLock
-from .options import JobConfig
+from .options import JobConfig, ScoringModel
 from .postprocess import column_names, output_fields, prediction_arrays
 from .reuse import ChunkPlan, ReuseCounts, RunReuse, model_description
 from .storage import is_url
 
 if TYPE_CHECKING:
-    from .model import Classifier, EncodedChunk
+    from .model import Classifier, EncodedChunk, Scores
 
 T = TypeVar("T")
 PREFETCH_DEPTH = 1
@@ -59,11 +60,34 @@ class Progress(Protocol):
 
 
 @dataclass(frozen=True)
+class ModelSummary:
+    """What one model of a multi-model run predicted: its label counts (in the model's label order), the
+    rows it truncated (or scored in windows), and the rows it took from the cache or from a repeated text."""
+
+    name: str
+    label_counts: dict[str, int]
+    truncated: int
+    cached: int = 0
+    duplicates: int = 0
+    chunked: bool = False
+    where: str = ""
+
+    def part(self) -> str:
+        labels = ", ".join(f"{label} {count:,}" for label, count in self.label_counts.items())
+        notes = [f"{self.truncated:,} " + ("over the limit" if self.chunked else "truncated")] if self.truncated else []
+        notes += [f"{self.cached:,} from the cache"] if self.cached else []
+        notes += [f"{self.duplicates:,} repeated texts"] if self.duplicates else []
+        return f"{self.name}: {labels or 'no labels'}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """What a finished job did; ``line()`` is the one-line summary users see.
 
     ``elapsed`` is the whole run; ``load_seconds`` the model's loading, and rows/s counts
     the scoring time only (rows committed by an earlier, interrupted run excluded).
+    A multi-model run lists each model in ``models``; its own ``label_counts`` is then empty,
+    ``truncated`` counts rows truncated by any model, and ``cached``/``duplicates`` add up the models'.
     """
 
     input: Path
@@ -80,6 +104,7 @@ class RunSummary:
     load_seconds: float = 0.0
     cached: int = 0  # of the scored rows, those whose probabilities came from the --cache
     duplicates: int = 0  # of the scored rows, those that repeated a text scored earlier in the run
+    models: tuple[ModelSummary, ...] = ()  # a multi-model run's models, in column order
 
     @property
     def scoring_seconds(self) -> float:
@@ -92,6 +117,8 @@ class RunSummary:
         return (self.rows - self.resumed_rows) / seconds if seconds > 0 else 0.0
 
     def line(self) -> str:
+        if self.models:
+            return self._models_line()
         labels = ", ".join(f"{label} {count:,}" for label, count in self.label_counts.items())
         reused = [f"{self.cached:,} from the cache"] if self.cached else []
         reused += [f"{self.duplicates:,} repeated texts"] if self.duplicates else []
@@ -105,6 +132,17 @@ class RunSummary:
             + (f"; {labels}" if labels else "")
             + f" -> {self.output}"
             + (f" [{self.where}]" if self.where else "")
+        )
+
+    def _models_line(self) -> str:
+        wheres = {model.where for model in self.models}
+        return (
+            f"{self.rows:,} rows: {self.scored:,} scored, {self.empty:,} empty by {len(self.models)} models in "
+            f"{self.elapsed:.1f} s (models load {self.load_seconds:.1f} s, scoring {self.scoring_seconds:.1f} s at "
+            f"{self.rows_per_second:,.0f} rows/s" + (f", resumed after {self.resumed_rows:,} rows)" if self.resumed_rows else ")")
+            + "".join(f"; {model.part()}" for model in self.models)
+            + f" -> {self.output}"
+            + (f" [{wheres.pop()}]" if len(wheres) == 1 else "")
         )
 
 
@@ -132,11 +170,34 @@ def check_output(config: JobConfig) -> Path:
     return output
 
 
-def check_new_columns(names: list[str], schema: pa.Schema, path: Path) -> None:
+def check_new_columns(names: list[str], schema: pa.Schema, path: Path, several: bool = False) -> None:
     """Refuse an input that already holds a column the job would add."""
     taken = [name for name in names if name in schema.names]
     if taken:
-        raise InputError(f"{path}: already has column(s) {', '.join(map(repr, taken))}; choose another --prefix")
+        remedy = "another NAME in --model NAME=MODEL" if several else "another --prefix"
+        raise InputError(f"{path}: already has column(s) {', '.join(map(repr, taken))}; choose {remedy}")
+
+
+def check_input_columns(config: JobConfig, schema: pa.Schema, path: Path) -> None:
+    """Before any model loads: every model's label and score columns (known without the model) are new to the input."""
+    models = config.scoring_models()
+    names = [name for model in models for name in _known_names(model)]
+    check_new_columns(names, schema, path, len(models) > 1 or models[0].name is not None)
+
+
+def _known_names(model: ScoringModel) -> list[str]:
+    return column_names([], model.prefix, False, model.options.long_text == "chunk")
+
+
+def check_model_columns(names: list[list[str]], models: list[ScoringModel]) -> None:
+    """Refuse models whose columns would collide (a name like ``a_score`` beside a model ``a`` with --all-scores)."""
+    owner: dict[str, str | None] = {}
+    for model, columns in zip(models, names, strict=True):
+        for name in columns:
+            if name in owner:
+                raise UsageError(f"models {owner[name]} and {model.name} would both write the column {name!r}; "
+                                 "rename one of them")  # fmt: skip
+            owner[name] = model.name
 
 
 def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
@@ -188,9 +249,11 @@ RESULT_OPTIONS = ("column", "revision", "max_length", "batch_size", "token_budge
 
 
 def _fingerprint(config: JobConfig, output: Path) -> dict[str, Any]:
-    """What the committed rows depend on, before the model loads (the model is added after)."""
+    """What the committed rows depend on, before the models load (the models are added after)."""
     options = {name: getattr(config, name) for name in RESULT_OPTIONS}
     options["output_format"] = io.file_format(output, output=True)
+    if config.models:
+        options["models"] = [spec.described() for spec in config.models]
     return {"input": input_fingerprint(config.input), "options": options}
 
 
@@ -202,7 +265,7 @@ def _model_fingerprint(identity: dict[str, Any], classifier: Classifier) -> dict
 def score_local(
     config: JobConfig,
     progress: Progress | None = None,
-    classifier: Classifier | None = None,
+    classifier: Classifier | Sequence[Classifier] | None = None,
     stop: Callable[[], bool] | None = None,
     record: dict[str, Any] | None = None,
 ) -> RunSummary:
@@ -210,11 +273,13 @@ def score_local(
 
     Each chunk is committed to a progress folder beside the output; the output itself
     appears, complete, only at the end. ``config.resume`` continues an interrupted run.
-    Each distinct text is scored once; ``config.cache`` keeps its probabilities for later
-    runs. ``stop()`` is asked before every batch: when it returns True the job raises
-    ``Interrupted``, its committed progress kept. ``record`` (a dict) is filled with
-    what a run manifest reports, also when the job fails. A ready ``classifier`` may be
-    passed to reuse a loaded model across jobs. The output's lock is held throughout.
+    Each distinct text is scored once per model; ``config.cache`` keeps its probabilities
+    for later runs. With several models (``config.models``) the file is read and written
+    once, and models with the same tokenizer share each chunk's tokenization. ``stop()`` is
+    asked before every batch: when it returns True the job raises ``Interrupted``, its
+    committed progress kept. ``record`` (a dict) is filled with what a run manifest
+    reports, also when the job fails. Ready classifiers (one per model, in order) may be
+    passed to reuse loaded models across jobs. The output's lock is held throughout.
     """
     started = time.monotonic()
     record = {} if record is None else record
@@ -231,16 +296,11 @@ def score_local(
             reader.close()
             for store in stores:
                 store.close()
-    state, classifier = job.state, job.classifier
-    return RunSummary(
-        config.input, output, state.rows, state.rows - state.empty, state.empty, state.truncated,
-        time.monotonic() - started, {k: state.label_counts[k] for k in classifier.labels if k in state.label_counts},
-        classifier.long_text == "chunk", record["resumed_from_rows"], f"{classifier.device}, {classifier.variant}",
-        record["load_seconds"], state.cached, state.duplicates,
-    )  # fmt: skip
+    return job.summary(output, time.monotonic() - started)
 
 
-def score_to_object(config: JobConfig, progress: Progress | None = None, classifier: Classifier | None = None,
+def score_to_object(config: JobConfig, progress: Progress | None = None,
+                    classifier: Classifier | Sequence[Classifier] | None = None,
                     stop: Callable[[], bool] | None = None, record: dict[str, Any] | None = None) -> RunSummary:  # fmt: skip
     """An object-storage output: the job writes a local staging copy, uploaded in one go once complete.
 
@@ -277,35 +337,40 @@ def _checkpoint_for(config: JobConfig, output: Path) -> Checkpoint:
     return checkpoint
 
 
-def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Checkpoint, classifier: Classifier | None,
-             record: dict[str, Any], progress: Progress | None, stores: list[PredictionCache]) -> _Job:  # fmt: skip
-    """Every check of the input, the resume state and the cache, the model, and the output schema: a job
+def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Checkpoint,
+             classifier: Classifier | Sequence[Classifier] | None, record: dict[str, Any], progress: Progress | None,
+             stores: list[PredictionCache]) -> _Job:  # fmt: skip
+    """Every check of the input, the resume state and the cache, the models, and the output schema: a job
     ready to score. Stores opened are appended to ``stores`` (the caller closes them)."""
     column = reader.text_column(config.column)
     pair = None if config.pair_column is None else reader.text_column(config.pair_column)
-    check_new_columns(column_names([], config.prefix, False, config.long_text == "chunk"), reader.schema, config.input)
+    check_input_columns(config, reader.schema, config.input)
+    wanted = config.scoring_models()
+    check_model_columns([_known_names(model) for model in wanted], wanted)
     fingerprint = _fingerprint(config, output)
     state = checkpoint.load() if config.resume and checkpoint.exists() else None
     if state is not None:
         _check_resumable(state.fingerprint, fingerprint, ("input", "options"))
-    if config.cache is not None:  # opened, checked and written to before the model loads
+    if config.cache is not None:  # opened, checked and written to before the models load
         stores.append(PredictionCache(config.cache))
         run_id = stores[0].start_run(__version__)
-    classifier = load_classifier(config, classifier, record, progress)
-    identity = model_identity(config.model, classifier.model)  # for the resume fingerprint and the cache key
-    fingerprint["model"] = _model_fingerprint(identity, classifier)
-    record.update(model=fingerprint["model"], labels=classifier.labels, device=str(classifier.device),
-                  dtype=classifier.dtype, variant=classifier.variant)  # fmt: skip
+    classifiers = load_classifiers(config, classifier, record, progress)
+    identities = [model_identity(model.options.model, loaded.model) for model, loaded in zip(wanted, classifiers)]
+    prints = [_model_fingerprint(identity, loaded) for identity, loaded in zip(identities, classifiers)]
+    _record_models(record, wanted, classifiers, prints)
+    fingerprint["model"] = prints[0] if wanted[0].name is None else {m.name: p for m, p in zip(wanted, prints)}
     if state is not None:
         _check_resumable(state.fingerprint, fingerprint, ("model",))
-    chunked = classifier.long_text == "chunk"
-    new_names = column_names(classifier.labels, config.prefix, config.all_scores, chunked)
-    check_new_columns(new_names, reader.schema, config.input)
+    names = [column_names(loaded.labels, model.prefix, config.all_scores, loaded.long_text == "chunk")
+             for model, loaded in zip(wanted, classifiers)]  # fmt: skip
+    check_model_columns(names, wanted)  # the label-named columns (--all-scores) are known only now
+    check_new_columns([name for group in names for name in group], reader.schema, config.input, wanted[0].name is not None)
     if isinstance(reader, io.JsonLinesReader):
-        reader.reserved = set(new_names)  # checked on every line as it is read
+        reader.reserved = {name for group in names for name in group}  # checked on every line as it is read
     schema = reader.schema
-    for new_field in output_fields(classifier.labels, config.prefix, config.all_scores, chunked):
-        schema = schema.append(new_field)
+    for model, loaded in zip(wanted, classifiers):
+        for new_field in output_fields(loaded.labels, model.prefix, config.all_scores, loaded.long_text == "chunk"):
+            schema = schema.append(new_field)
     if state is None:
         state = checkpoint.start(fingerprint)
     record.update(state=state, resumed_from_rows=state.rows)
@@ -313,24 +378,49 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
         stores.append(PredictionCache(checkpoint.dedupe_store))
         run_id = stores[0].start_run(__version__)
     store = stores[0]
-    description = model_description(classifier, identity, pair is not None)
-    model_id = store.model_id(config.model, description, classifier.labels)
-    reuse = RunReuse(store, model_id, run_id)
-    return _Job(config, reader, column, pair, classifier, schema, checkpoint, state, record, reuse)
+    models = []
+    for model, loaded, identity in zip(wanted, classifiers, identities):
+        description = model_description(loaded, identity, pair is not None)
+        reuse = RunReuse(store, store.model_id(model.options.model, description, loaded.labels), run_id)
+        models.append(_Model(model.name, model.prefix, loaded, reuse))
+    return _Job(config, reader, column, pair, models, schema, checkpoint, state, record)
 
 
-def load_classifier(config: JobConfig, classifier: Classifier | None, record: dict[str, Any],
-                     progress: Progress | None) -> Classifier:  # fmt: skip
-    """The job's Classifier (loaded now unless given), its load time recorded and noted."""
+def _record_models(record: dict[str, Any], wanted: list[ScoringModel], classifiers: list[Classifier],
+                   prints: list[dict[str, Any]]) -> None:  # fmt: skip
+    """What the manifest says of the models: one entry per model, and the single model's keys at the top."""
+    entries = [{"name": model.name, "id": model.options.model, "model": fingerprint, "labels": loaded.labels,
+                "device": str(loaded.device), "dtype": loaded.dtype, "variant": loaded.variant}
+               for model, loaded, fingerprint in zip(wanted, classifiers, prints)]  # fmt: skip
+    record["models"] = entries
+    if wanted[0].name is None:
+        record.update({key: entries[0][key] for key in ("model", "labels", "device", "dtype", "variant")})
+
+
+def load_classifiers(config: JobConfig, given: Classifier | Sequence[Classifier] | None, record: dict[str, Any],
+                     progress: Progress | None) -> list[Classifier]:  # fmt: skip
+    """The job's Classifiers, one per model in column order (loaded now unless given); the load time recorded and noted."""
     started = time.monotonic()
-    if classifier is None:
+    wanted = config.scoring_models()
+    if given is None:
         from .model import Classifier
 
-        classifier = Classifier(config.model_options())
+        classifiers = [Classifier(model.options) for model in wanted]
+    else:
+        classifiers = [given] if not isinstance(given, Sequence) else list(given)
+        if len(classifiers) != len(wanted):
+            raise UsageError(f"{len(classifiers)} classifiers given for {len(wanted)} models")
     record["load_seconds"] = time.monotonic() - started
     if progress is not None:
-        progress.loaded(record["load_seconds"], f"{classifier.device}, {classifier.variant}")
-    return classifier
+        progress.loaded(record["load_seconds"], _where(wanted, classifiers))
+    return classifiers
+
+
+def _where(wanted: list[ScoringModel], classifiers: list[Classifier]) -> str:
+    places = [f"{loaded.device}, {loaded.variant}" for loaded in classifiers]
+    if len(set(places)) == 1:
+        return places[0]
+    return "; ".join(f"{model.name}: {place}" for model, place in zip(wanted, places))
 
 
 def _check_resumable(old: dict[str, Any], new: dict[str, Any], parts: tuple[str, ...]) -> None:
@@ -341,6 +431,16 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], parts: tuple[str,
 
 
 @dataclass
+class _Model:
+    """One model of a run: its column prefix, Classifier, and view of the store."""
+
+    name: str | None  # None in a single-model run
+    prefix: str
+    classifier: Classifier
+    reuse: RunReuse
+
+
+@dataclass
 class _Job:
     """The scoring loop of one run, over the chunks not yet committed."""
 
@@ -348,27 +448,50 @@ class _Job:
     reader: io.Reader
     column: int
     pair: int | None  # --pair-column's index
-    classifier: Classifier
+    models: list[_Model]
     schema: pa.Schema
     checkpoint: Checkpoint
     state: CommittedState
     record: dict[str, Any]
-    reuse: RunReuse
+    groups: list[list[int]] = field(init=False)  # models (by position) that share one tokenization
 
-    def _encoded(self) -> Iterator[tuple[pa.RecordBatch, ChunkPlan, EncodedChunk, int | None]]:
-        """Each chunk not yet committed, planned against the store, its new texts tokenized."""
+    def __post_init__(self) -> None:
+        shared: dict[tuple, list[int]] = {}
+        for position, model in enumerate(self.models):
+            shared.setdefault(model.classifier.encoding_key, []).append(position)
+        self.groups = list(shared.values())
+
+    def _encoded(self) -> Iterator[tuple[pa.RecordBatch, list[ChunkPlan], list[EncodedChunk], int | None]]:
+        """Each chunk not yet committed, planned against the store for every model, its new texts tokenized
+        once per group of models that share a tokenizer."""
         for index, batch in enumerate(self.reader.batches(self.config.chunk_rows)):
             if index < self.state.chunks:
                 continue  # committed by an earlier run
+            texts = io.text_values(batch.column(self.column))
             pairs = None if self.pair is None else io.text_values(batch.column(self.pair))
-            plan = self._planned(io.text_values(batch.column(self.column)), pairs)
-            yield batch, plan, self.classifier.encode(plan.model_texts, plan.model_pairs), self.reader.estimated_rows()
+            plans = [self._planned(model, texts, pairs) for model in self.models]
+            chunks: list[EncodedChunk] = [None] * len(self.models)  # type: ignore[list-item]
+            for group in self.groups:
+                if len(group) == 1:
+                    chunks[group[0]] = self.models[group[0]].classifier.encode(plans[group[0]].model_texts,
+                                                                               plans[group[0]].model_pairs)  # fmt: skip
+                    continue
+                needs = {position: np.fromiter((text is not None for text in plans[position].model_texts), dtype=bool,
+                                               count=len(texts)) for position in group}  # fmt: skip
+                union = np.logical_or.reduce(list(needs.values()))
+                tokens = self.models[group[0]].classifier.tokenized(
+                    [text if wanted else None for text, wanted in zip(texts, union)],
+                    None if pairs is None else [pair if wanted else None for pair, wanted in zip(pairs, union)],
+                )
+                for position in group:
+                    chunks[position] = self.models[position].classifier.planned(tokens.only(needs[position]))
+            yield batch, plans, chunks, self.reader.estimated_rows()
 
-    def _planned(self, texts: list[str | None], pairs: list[str | None] | None) -> ChunkPlan:
+    def _planned(self, model: _Model, texts: list[str | None], pairs: list[str | None] | None) -> ChunkPlan:
         try:
-            return self.reuse.plan(texts, pairs)
+            return model.reuse.plan(texts, pairs)
         except sqlite3.Error as error:
-            raise ScoringError(f"cache {self.reuse.store.path}: cannot read: {first_line(error)}") from error
+            raise ScoringError(f"cache {model.reuse.store.path}: cannot read: {first_line(error)}") from error
 
     def _advance(self, progress: Progress, rows_done: int, estimated_rows: int | None) -> None:
         """Rows done, and the byte position they stand for (CSV: rows x the mean bytes per row read so far)."""
@@ -377,20 +500,23 @@ class _Job:
         progress.advance(rows_done, position)
 
     def score(self, progress: Progress | None, stop: Callable[[], bool] | None) -> None:
-        state = self.state
+        state, count = self.state, len(self.models)
         if progress is not None:
             progress.start(self.reader.total_rows, self.reader.total_bytes)
         try:
-            for batch, plan, chunk, estimated_rows in _prefetched(self._encoded(), PREFETCH_DEPTH):
-                report = None
-                if progress is not None:
-                    rows_before = state.rows
+            for batch, plans, chunks, estimated_rows in _prefetched(self._encoded(), PREFETCH_DEPTH):
+                results = []
+                for position, (model, plan, chunk) in enumerate(zip(self.models, plans, chunks)):
+                    report = None
+                    if progress is not None:
+                        rows_before = state.rows
 
-                    def report(share: float) -> None:
-                        self._advance(progress, rows_before + int(share * batch.num_rows), estimated_rows)
+                        def report(share: float, position: int = position) -> None:
+                            done = (position + share) / count
+                            self._advance(progress, rows_before + int(done * batch.num_rows), estimated_rows)
 
-                scores, reused = self._completed(plan, self._run_model(chunk, stop, report))
-                self._commit(batch, scores, reused)
+                    results.append(self._completed(model, plan, self._run_model(model, chunk, stop, report)))
+                self._commit(batch, results)
                 if progress is not None:
                     self._advance(progress, state.rows, estimated_rows)
         except InputError as error:
@@ -406,33 +532,44 @@ class _Job:
             if progress is not None:
                 progress.close()
 
-    def _run_model(self, chunk: EncodedChunk, stop: Callable[[], bool] | None,
-                   report: Callable[[float], None] | None) -> Any:  # fmt: skip
-        """The Classifier on one chunk; a failure of the model itself becomes a ScoringError."""
+    def _run_model(self, model: _Model, chunk: EncodedChunk, stop: Callable[[], bool] | None,
+                   report: Callable[[float], None] | None) -> Scores:  # fmt: skip
+        """One Classifier on one chunk; a failure of the model itself becomes a ScoringError."""
         try:
-            return self.classifier.run(chunk, stop=stop, on_batch=report)
+            return model.classifier.run(chunk, stop=stop, on_batch=report)
         except (BatchsentError, KeyboardInterrupt):
             raise
         except Exception as error:  # noqa: BLE001 - any model failure is a failure while running
-            raise ScoringError(f"the model failed: {type(error).__name__}: {first_line(error)}") from error
+            whose = f"the model {model.name}" if model.name else "the model"
+            raise ScoringError(f"{whose} failed: {type(error).__name__}: {first_line(error)}") from error
 
-    def _completed(self, plan: ChunkPlan, scores: Any) -> tuple[Any, ReuseCounts]:
+    def _completed(self, model: _Model, plan: ChunkPlan, scores: Scores) -> tuple[Scores, ReuseCounts]:
         """Every row's scores (the reused ones filled in), the new texts stored before the chunk commits."""
         try:
-            return self.reuse.complete(plan, scores)
+            return model.reuse.complete(plan, scores)
         except sqlite3.Error as error:
-            raise ScoringError(f"cache {self.reuse.store.path}: cannot write: {first_line(error)}") from error
+            raise ScoringError(f"cache {model.reuse.store.path}: cannot write: {first_line(error)}") from error
 
-    def _commit(self, batch: pa.RecordBatch, scores: Any, reused: ReuseCounts) -> None:
-        """Make one scored chunk durable in the progress folder."""
-        classifier, config = self.classifier, self.config
-        arrays = prediction_arrays(scores.probabilities, classifier.labels, config.all_scores, scores.windows)
-        counts = CommittedState({}, 1, batch.num_rows, int(scores.blank.sum()), int(scores.truncated.sum()),
-                                cached=reused.cached, duplicates=reused.duplicates)  # fmt: skip
-        for entry in pc.value_counts(arrays[0].drop_null()).to_pylist():
-            counts.label_counts[entry["values"]] = entry["counts"]
+    def _commit(self, batch: pa.RecordBatch, results: list[tuple[Scores, ReuseCounts]]) -> None:
+        """Make one scored chunk durable in the progress folder: every model's columns after the input's."""
+        columns, truncated = list(batch.columns), np.zeros(batch.num_rows, dtype=bool)
+        counts = CommittedState({}, 1, batch.num_rows, int(results[0][0].blank.sum()))
+        for model, (scores, reused) in zip(self.models, results):
+            arrays = prediction_arrays(scores.probabilities, model.classifier.labels, self.config.all_scores,
+                                       scores.windows)  # fmt: skip
+            columns += arrays
+            truncated |= scores.truncated
+            labels = {entry["values"]: entry["counts"] for entry in pc.value_counts(arrays[0].drop_null()).to_pylist()}
+            counts.cached += reused.cached
+            counts.duplicates += reused.duplicates
+            if model.name is None:
+                counts.label_counts = labels
+            else:
+                counts.models[model.name] = {"truncated": int(scores.truncated.sum()), "label_counts": labels,
+                                             "cached": reused.cached, "duplicates": reused.duplicates}  # fmt: skip
+        counts.truncated = int(truncated.sum())
         try:
-            self.checkpoint.commit(self.state, pa.RecordBatch.from_arrays(batch.columns + arrays, schema=self.schema), counts)
+            self.checkpoint.commit(self.state, pa.RecordBatch.from_arrays(columns, schema=self.schema), counts)
         except OSError as error:
             raise ScoringError(f"cannot save progress in {self.checkpoint.directory}: {error}") from error
 
@@ -453,3 +590,26 @@ class _Job:
         for store in stores:
             store.close()
         self.checkpoint.remove()
+
+    def summary(self, output: Path, elapsed: float) -> RunSummary:
+        state, record = self.state, self.record
+        first = self.models[0].classifier
+        models = tuple(
+            ModelSummary(model.name, _ordered(counts["label_counts"], model.classifier.labels), counts["truncated"],
+                         counts["cached"], counts["duplicates"], model.classifier.long_text == "chunk",
+                         f"{model.classifier.device}, {model.classifier.variant}")
+            for model in self.models if model.name is not None
+            for counts in [state.models.get(model.name, {"truncated": 0, "label_counts": {}, "cached": 0, "duplicates": 0})]
+        )  # fmt: skip
+        chunked = any(model.classifier.long_text == "chunk" for model in self.models)
+        where = "" if models else f"{first.device}, {first.variant}"
+        return RunSummary(
+            self.config.input, output, state.rows, state.rows - state.empty, state.empty, state.truncated, elapsed,
+            {} if models else _ordered(state.label_counts, first.labels), chunked, record["resumed_from_rows"], where,
+            record["load_seconds"], state.cached, state.duplicates, models,
+        )  # fmt: skip
+
+
+def _ordered(counts: dict[str, int], labels: list[str]) -> dict[str, int]:
+    """Label counts in the model's label order."""
+    return {label: counts[label] for label in labels if label in counts}

@@ -53,6 +53,35 @@ def _where(path: Path | str) -> str:
     return str(path) if is_url(path) else str(Path(path).resolve())
 
 
+def _model_entry(model_id: str, fingerprint: dict[str, Any], labels: list[str] | None) -> dict[str, Any]:
+    return {"id": model_id, "local_path": fingerprint.get("path"), "revision": fingerprint.get("revision"),
+            "labels": dict(enumerate(labels or []))}  # fmt: skip
+
+
+def _model_entries(config: JobConfig, record: dict[str, Any], summary: RunSummary | None) -> list[dict[str, Any]]:
+    """One entry per model: what it is, where it ran and (a multi-model run) what it predicted."""
+    loaded = {entry["name"]: entry for entry in record.get("models") or []}
+    state = record.get("state")
+    predicted = {model.name: model for model in summary.models} if summary is not None else {}
+    entries = []
+    for scoring in config.scoring_models():
+        entry = loaded.get(scoring.name, {})
+        described = {"name": scoring.name, "prefix": scoring.prefix,
+                     **_model_entry(scoring.options.model, entry.get("model") or {}, entry.get("labels")),
+                     "device": entry.get("device"), "dtype": entry.get("dtype"), "variant": entry.get("variant")}  # fmt: skip
+        if scoring.name is not None:
+            if scoring.name in predicted:
+                counts = predicted[scoring.name]
+                described.update(label_counts=counts.label_counts, truncated=counts.truncated,
+                                 from_cache=counts.cached, duplicates=counts.duplicates)  # fmt: skip
+            elif state is not None and scoring.name in state.models:
+                counts = state.models[scoring.name]
+                described.update(label_counts=counts["label_counts"], truncated=counts["truncated"],
+                                 from_cache=counts["cached"], duplicates=counts["duplicates"])  # fmt: skip
+        entries.append(described)
+    return entries
+
+
 def build_manifest(config: JobConfig, record: dict[str, Any], summary: RunSummary | None, started_at: float,
                    ended_at: float, exit_code: int, error: str | None) -> dict[str, Any]:  # fmt: skip
     """The manifest of one run, from its options, its summary (None if it failed) and what it recorded."""
@@ -69,12 +98,8 @@ def build_manifest(config: JobConfig, record: dict[str, Any], summary: RunSummar
         "engine": config.engine,
         **counts,
         "rows_resumed_from": resumed,
-        "model": {
-            "id": config.model,
-            "local_path": model.get("path"),
-            "revision": model.get("revision"),
-            "labels": dict(enumerate(record.get("labels") or [])),
-        },
+        "model": None if config.models else _model_entry(config.model, model, record.get("labels")),
+        "models": _model_entries(config, record, summary),
         "options": config.described(),
         "versions": {name: package_version(name) for name in LIBRARIES} | {"python": platform.python_version()},
         "device": record.get("device"),

@@ -8,6 +8,7 @@ takes a batch of texts.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from collections.abc import Callable, Sequence
@@ -49,6 +50,27 @@ class EncodedChunk:
     owners: np.ndarray | None = None
     copies: tuple[np.ndarray, np.ndarray] | None = None  # (rows, the earlier row with the same text)
     hypotheses: int = 0  # zero-shot: sequences per row, one per candidate label, row by row
+
+    def only(self, wanted: np.ndarray) -> EncodedChunk:
+        """This chunk's tokens for the rows ``wanted`` (a mask over the chunk's rows) only, not yet planned:
+        how models that share a tokenizer share one tokenization while each scores the rows it needs."""
+        keep = wanted[self.rows]
+        positions = np.arange(len(self.lengths))
+        if self.owners is not None:
+            positions = self.owners
+        elif self.hypotheses:
+            positions = positions // self.hypotheses
+        kept = keep[positions]
+        renumbered = np.cumsum(keep) - 1
+        copies = None
+        if self.copies is not None:
+            both = wanted[self.copies[0]] & wanted[self.copies[1]]
+            copies = (self.copies[0][both], self.copies[1][both]) if both.any() else None
+        return EncodedChunk(
+            self.size, self.rows[keep], self.lengths[kept], np.append(self.offsets[:-1][kept], 0), self.flat_ids,
+            self.flat_type_ids, self.truncated & wanted, self.blank | ~wanted, [],
+            None if self.owners is None else renumbered[self.owners[kept]], copies, self.hypotheses,
+        )  # fmt: skip
 
 
 @dataclass
@@ -253,6 +275,12 @@ class Classifier:
             self._hypothesis_encoder.enable_truncation(
                 self.max_length, stride=0, strategy="only_first", direction=self.tokenizer.truncation_side
             )
+        # Equal keys mean equal tokens from ``tokenized``: the tokenizer.json content with this truncation, the
+        # windows, the zero-shot hypotheses, and whether token type ids are fed.
+        windows = (self.long_text, self.stride) if self.long_text == "chunk" else None
+        hypotheses = (tuple(self.labels), self.options.hypothesis_template) if self.zero_shot else None
+        content = hashlib.sha256(self._encoder.to_str().encode("utf-8")).hexdigest()
+        self.encoding_key = (content, windows, hypotheses, self._wants_type_ids)
 
     def _prepare_runner(self) -> None:
         """What runs the model: ONNX Runtime on a cached export, or torch (int8 layers swapped in)."""
@@ -299,6 +327,15 @@ class Classifier:
         if pairs is not None:
             pairs = list(pairs)
             blank |= np.fromiter((is_blank(pair) for pair in pairs), dtype=bool, count=len(pairs))
+        return self.planned(self.tokenized(texts, pairs))
+
+    def tokenized(self, texts: Sequence[str | None], pairs: Sequence[str | None] | None = None) -> EncodedChunk:
+        """``encode`` without the batch plan: the tokens, which every Classifier with an equal ``encoding_key`` can run."""
+        texts = list(texts)
+        blank = np.fromiter((is_blank(text) for text in texts), dtype=bool, count=len(texts))
+        if pairs is not None:
+            pairs = list(pairs)
+            blank |= np.fromiter((is_blank(pair) for pair in pairs), dtype=bool, count=len(pairs))
         keys = texts if pairs is None else list(zip(texts, pairs, strict=True))
         rows, copies = _first_occurrences(keys, np.flatnonzero(~blank))
         if self.zero_shot:
@@ -312,14 +349,19 @@ class Classifier:
             chunk.truncated[copies[0]] = chunk.truncated[copies[1]]
         return chunk
 
+    def planned(self, chunk: EncodedChunk) -> EncodedChunk:
+        """``chunk`` with this model's length-sorted, token-budgeted batches."""
+        chunk.batches = plan_batches(chunk.lengths, self.token_budget, self.batch_size)
+        return chunk
+
+
     def _encode_rows(self, inputs: list, rows: np.ndarray, blank: np.ndarray) -> EncodedChunk:
         """Every non-blank row as one sequence (a text, or a (text, pair) tuple), truncated to ``max_length``."""
         encodings = self._encoder.encode_batch([inputs[i] for i in rows], add_special_tokens=True)
         lengths, offsets, flat_ids, flat_type_ids = self._flattened(encodings)
         truncated = np.zeros(len(inputs), dtype=bool)
         truncated[rows] = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(rows))
-        batches = plan_batches(lengths, self.token_budget, self.batch_size)
-        return EncodedChunk(len(inputs), rows, lengths, offsets, flat_ids, flat_type_ids, truncated, blank, batches)
+        return EncodedChunk(len(inputs), rows, lengths, offsets, flat_ids, flat_type_ids, truncated, blank, [])
 
     def _encode_hypotheses(self, texts: list, rows: np.ndarray, blank: np.ndarray) -> EncodedChunk:
         """Each non-blank row paired with every candidate label's hypothesis: one sequence per (row, label),
@@ -331,8 +373,7 @@ class Classifier:
         overflow = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(pairs))
         truncated = np.zeros(len(texts), dtype=bool)
         truncated[rows] = overflow.reshape(len(rows), len(hypotheses)).any(axis=1) if len(rows) else []
-        batches = plan_batches(lengths, self.token_budget, self.batch_size)
-        return EncodedChunk(len(texts), rows, lengths, offsets, flat_ids, flat_type_ids, truncated, blank, batches,
+        return EncodedChunk(len(texts), rows, lengths, offsets, flat_ids, flat_type_ids, truncated, blank, [],
                             hypotheses=len(hypotheses))  # fmt: skip
 
     def _flattened(self, encodings: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
@@ -370,10 +411,9 @@ class Classifier:
         flat_type_ids = None
         if self._wants_type_ids:
             flat_type_ids = np.concatenate(type_pieces) if type_pieces else np.zeros(0, np.int64)
-        batches = plan_batches(lengths_array, self.token_budget, self.batch_size)
         owners_array = np.array(owners, dtype=np.int64)
         return EncodedChunk(
-            len(texts), rows, lengths_array, offsets, flat_ids, flat_type_ids, truncated, blank, batches, owners_array
+            len(texts), rows, lengths_array, offsets, flat_ids, flat_type_ids, truncated, blank, [], owners_array
         )
 
     def run(

@@ -8,7 +8,8 @@ backends, precision), called from here and nowhere else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ DEFAULT_CHUNK_ROWS = 4096
 DEFAULT_STRIDE = 64
 DEFAULT_HYPOTHESIS = "This example is {}."  # the zero-shot-classification pipeline's
 LONG_TEXT_MODES = ("truncate", "chunk")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 ENGINES = ("local", "ray")
 
 
@@ -121,6 +123,57 @@ class ModelOptions:
         return ModelOptions(**{f.name: getattr(self, f.name) for f in fields(ModelOptions)})
 
 
+PER_MODEL_KEYS = tuple(f.name for f in fields(ModelOptions) if f.name != "threads")  # threads are per process
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a multi-model run: ``name`` (its columns are ``<name>_label``...), the model, and
+    its own options (``(key, value)`` pairs of ModelOptions fields) over the job's."""
+
+    name: str
+    model: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, value: str) -> ModelSpec | None:
+        """``NAME=MODEL`` as a ModelSpec; None for a plain model id or path (no ``NAME=`` in front)."""
+        name, equals, model = value.partition("=")
+        if not equals or not MODEL_NAME.match(name):
+            return None
+        if not model:
+            raise UsageError(f"--model {value}: give the model after {name}=")
+        return cls(name, model)
+
+    @classmethod
+    def of(cls, value: ModelSpec | str | dict[str, Any]) -> ModelSpec:
+        """A ModelSpec from itself, ``"NAME=MODEL"`` or ``{"name": ..., "model": ..., <options>}`` (Python callers)."""
+        if isinstance(value, ModelSpec):
+            return value
+        if isinstance(value, str):
+            spec = cls.parse(value)
+            if spec is None:
+                raise UsageError(f"models: {value!r} is not NAME=MODEL")
+            return spec
+        table = dict(value)
+        name, model = table.pop("name", None), table.pop("model", None)
+        if not isinstance(name, str) or not isinstance(model, str):
+            raise UsageError(f"models: each model needs a name and a model, got {value!r}")
+        return cls(name, model, tuple(sorted(table.items())))
+
+    def described(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model, **dict(self.options)}
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """A model as one run scores it: its name (None in a single-model run), column prefix and options."""
+
+    name: str | None
+    prefix: str
+    options: ModelOptions
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobConfig(ModelOptions):
     """One scoring job. ``output`` None means ``<input stem>.scored<suffix>`` beside the input
@@ -144,9 +197,12 @@ class JobConfig(ModelOptions):
     report: Path | None = None
     cache: Path | None = None
     pair_column: str | None = None  # a second text column: (text, text_pair) for cross-encoders
+    models: tuple[ModelSpec, ...] = ()  # several models in one pass (``model`` and ``prefix`` then unused)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        object.__setattr__(self, "models", tuple(ModelSpec.of(spec) for spec in self.models))
+        self.scoring_models()  # each model's own options validated now
         for name in ("input", "output", "manifest", "report", "cache"):  # Python callers may pass strings
             value = getattr(self, name)
             if isinstance(value, str) and not (name in ("input", "output") and is_url(value)):
@@ -166,12 +222,14 @@ class JobConfig(ModelOptions):
         if self.pair_column is not None:
             if self.pair_column == self.column:
                 raise UsageError(f"--pair-column {self.pair_column!r} is the text column itself")
-            if self.long_text == "chunk":
-                raise UsageError("--pair-column cannot be combined with --long-text chunk (windows of a pair have "
-                                 "no sound definition)")  # fmt: skip
-            if self.labels is not None:
-                raise UsageError("--pair-column cannot be combined with --labels (zero-shot pairs each text with "
-                                 "its hypotheses)")  # fmt: skip
+            for scoring in self.scoring_models():
+                whose = f"model {scoring.name}: " if scoring.name else ""
+                if scoring.options.long_text == "chunk":
+                    raise UsageError(f"{whose}--pair-column cannot be combined with --long-text chunk (windows of a "
+                                     "pair have no sound definition)")  # fmt: skip
+                if scoring.options.labels is not None:
+                    raise UsageError(f"{whose}--pair-column cannot be combined with --labels (zero-shot pairs each "
+                                     "text with its hypotheses)")  # fmt: skip
             if self.engine == "ray":
                 raise UsageError("--pair-column is for the local engine")
         if self.engine == "ray" and self.cache is not None:
@@ -185,6 +243,34 @@ class JobConfig(ModelOptions):
             if self.report is not None:
                 raise UsageError("--report needs a local output; run batchsent report on a downloaded copy")
 
+    def scoring_models(self) -> list[ScoringModel]:
+        """The models this job scores with, in column order: the one ``model`` with ``prefix``, or each of
+        ``models`` with ``<name>_`` and the job's model options overridden by its own."""
+        if not self.models:
+            return [ScoringModel(None, self.prefix, self.model_options())]
+        if self.prefix != "sentiment_":
+            raise UsageError("--prefix is for a single model; with several, each NAME in --model NAME=MODEL is "
+                             "its columns' prefix (NAME_label, NAME_score)")  # fmt: skip
+        if self.revision is not None:
+            raise UsageError("--revision is for a single model; with several, give each its revision in a "
+                             "[[models]] table of --config")  # fmt: skip
+        base, scoring, seen = self.model_options(), [], set()
+        for spec in self.models:
+            if not MODEL_NAME.match(spec.name):
+                raise UsageError(f"--model {spec.name}={spec.model}: a NAME is letters, digits, _ and -")
+            if spec.name in seen:
+                raise UsageError(f"--model {spec.name}=...: the name {spec.name!r} is given twice")
+            seen.add(spec.name)
+            unknown = sorted(set(dict(spec.options)) - set(PER_MODEL_KEYS))
+            if unknown:
+                raise UsageError(f"model {spec.name}: {', '.join(unknown)} cannot be set per model")
+            try:
+                options = replace(base, model=spec.model, **dict(spec.options))
+            except UsageError as error:
+                raise UsageError(f"model {spec.name}: {error}") from None
+            scoring.append(ScoringModel(spec.name, f"{spec.name}_", options))
+        return scoring
+
     @property
     def output_path(self) -> Path | str:
         """Where the local engine writes, a path or an object URL (the Ray engine: ray_engine.output_folder)."""
@@ -197,4 +283,6 @@ class JobConfig(ModelOptions):
 
     def described(self) -> dict[str, Any]:
         """Every option as JSON-ready values (paths as strings), for the manifest."""
-        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else v) for f in fields(self)}
+        described = {f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else v) for f in fields(self)}
+        described["models"] = [spec.described() for spec in self.models]
+        return described

@@ -10,6 +10,7 @@ signal received) in the same stream.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -176,5 +177,5 @@ class Reporter:
             "rows_per_second": round(summary.rows_per_second, 1), "label_counts": summary.label_counts,
             "output": str(summary.output), "where": summary.where, "from_cache": summary.cached,
             "duplicates": summary.duplicates,
-        }  # fmt: skip
+        } | ({"models": [dataclasses.asdict(model) for model in summary.models]} if summary.models else {})  # fmt: skip
         self._emit("summary", summary.line(), **fields)

@@ -12,7 +12,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import BatchsentError, ExitCode, Interrupted, PublishedWithErrors, ScoringError, first_line
@@ -30,14 +30,14 @@ def run(
     *,
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
-    classifier: Classifier | None = None,
+    classifier: Classifier | Sequence[Classifier] | None = None,
     handle_signals: bool = False,
 ) -> RunSummary:
     """Run the job ``config`` describes and return its summary.
 
     ``handle_signals`` (main thread, local engine): the first SIGINT/SIGTERM stops at the
     next batch boundary, a second quits at once (a Ray run stops at the first). ``stop()`` is asked before every batch as well. A
-    ready ``classifier`` is reused (local engine). The manifest is written also when the
+    ready ``classifier`` (a list of them, one per model, for several models) is reused (local engine). The manifest is written also when the
     run fails; a manifest or report that cannot be written raises PublishedWithErrors,
     whose ``summary`` describes the output, which is published all the same.
     """
@@ -60,7 +60,7 @@ def run(
 
 
 def _engine(config: JobConfig, progress: Progress | None, stop: Callable[[], bool] | None,
-            classifier: Classifier | None, record: dict[str, Any]) -> RunSummary:  # fmt: skip
+            classifier: Classifier | Sequence[Classifier] | None, record: dict[str, Any]) -> RunSummary:  # fmt: skip
     if config.engine == "ray":
         from .ray_engine import run_ray
 
