@@ -233,7 +233,11 @@ def report_command(
     by: Annotated[Optional[str], typer.Option(help="Column to break label shares down by (product, region...).")] = None,
     gold: Annotated[Optional[str], typer.Option(help="Column of human labels: accuracy, precision, recall, F1.")] = None,
     text: Annotated[Optional[str], typer.Option(help="Text column shown in examples. [default: text, if present]")] = None,
-    prefix: Annotated[str, typer.Option(help="Prefix of the prediction columns.")] = "sentiment_",
+    prefix: Annotated[
+        Optional[list[str]], typer.Option(help="Prefix of the prediction columns; repeated (NAME_ of each model of a "
+                                          "multi-model run) for each model's sections and how often they agree. "
+                                          "[default: sentiment_]"),  # fmt: skip
+    ] = None,
     examples: Annotated[int, typer.Option(help="Example rows per table.")] = 5,
     low_confidence: Annotated[float, typer.Option(help="Scores below this count as low confidence.")] = 0.6,
 ) -> None:
@@ -245,8 +249,9 @@ def report_command(
     target = output or scored_file.with_name(f"{scored_file.name.split('.')[0]}.report.html")
     try:
         check_report_target(target)
-        build_report(scored_file, target, ReportOptions(prefix=prefix, by=by, gold=gold, text=text, examples=examples,
-                                                        low_confidence=low_confidence))  # fmt: skip
+        prefixes = tuple(prefix or ["sentiment_"])
+        build_report(scored_file, target, ReportOptions(prefix=prefixes[0], by=by, gold=gold, text=text, examples=examples,
+                                                        low_confidence=low_confidence, prefixes=prefixes))  # fmt: skip
     except BatchsentError as error:
         reporter.fail(str(error), error.exit_code)
     reporter.note(f"report written to {target}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,11 @@ class ReportOptions:
     text: str | None = None
     examples: int = 5
     low_confidence: float = 0.6
+    prefixes: tuple[str, ...] = ()  # a multi-model file: each model's prefix (``prefix`` is then unused)
+
+    @property
+    def model_prefixes(self) -> tuple[str, ...]:
+        return tuple(self.prefixes) or (self.prefix,)
 
     def __post_init__(self) -> None:
         if self.examples < 0:
@@ -186,42 +191,89 @@ def scored_files(path: Path) -> list[Path]:
     return parts
 
 
-def collect(path: Path, options: ReportOptions, truncated: int | None = None) -> ReportStats:
-    """Read a scored file (or folder of part files) once and return its statistics.
+@dataclass
+class Agreement:
+    """How often two models with the same label set give a row the same label (rows both scored)."""
 
-    Columns are checked before any row is read.
-    """
-    stats: ReportStats | None = None
+    first: str  # the models' prefixes
+    second: str
+    pairs: Counter[tuple[str, str]] = field(default_factory=Counter)  # (first's label, second's label) -> rows
+
+    @property
+    def rows(self) -> int:
+        return sum(self.pairs.values())
+
+    @property
+    def agreed(self) -> int:
+        return sum(count for (a, b), count in self.pairs.items() if a == b)
+
+    def add(self, first: pa.Array, second: pa.Array) -> None:
+        table = pa.table({"a": first, "b": second}).filter(pc.and_(pc.is_valid(first), pc.is_valid(second)))
+        for row in table.group_by(["a", "b"]).aggregate([([], "count_all")]).to_pylist():
+            self.pairs[(row["a"], row["b"])] += row["count_all"]
+
+
+@dataclass
+class ModelsReport:
+    """Each model's statistics (one for a single-model file) and the agreement of models that share labels."""
+
+    models: list[ReportStats]
+    agreements: list[Agreement]
+
+
+def collect(path: Path, options: ReportOptions, truncated: int | None = None) -> ReportStats:
+    """Read a scored file (or folder of part files) once and return its statistics (one model's)."""
+    return collect_models(path, options, truncated).models[0]
+
+
+def collect_models(path: Path, options: ReportOptions, truncated: int | None = None) -> ModelsReport:
+    """Read a scored file (or folder of part files) once: each model's statistics, and how often each two
+    models agree when their label sets are the same. Columns are checked before any row is read."""
+    models: list[ReportStats] = []
+    candidates: list[Agreement] = []
     first_row = 1  # rows are numbered from 1, as a spreadsheet shows them
     for part in scored_files(path):
         reader = io.open_reader(part)
         try:
-            text_column = _check_columns(reader, options)
-            stats = stats or ReportStats(path, options, text_column, truncated=truncated)
-            first_row = _add_file(stats, reader, options, first_row)
+            for prefix in options.model_prefixes:
+                text_column = _check_columns(reader, replace(options, prefix=prefix))
+            if not models:
+                models = [ReportStats(path, replace(options, prefix=prefix), text_column, truncated=truncated)
+                          for prefix in options.model_prefixes]  # fmt: skip
+                prefixes = options.model_prefixes
+                candidates = [Agreement(a, b) for i, a in enumerate(prefixes) for b in prefixes[i + 1 :]]
+            first_row = _add_file(models, candidates, reader, first_row)
         finally:
             reader.close()
-    assert stats is not None
     if options.gold is not None:
-        check_gold_overlap(stats)
-    return stats
+        for stats in models:
+            check_gold_overlap(stats)
+    label_sets = {stats.options.prefix: set(stats.label_counts) for stats in models}
+    agreements = [pair for pair in candidates if label_sets[pair.first] == label_sets[pair.second]]
+    return ModelsReport(models, agreements)
 
 
-def _add_file(stats: ReportStats, reader: io.Reader, options: ReportOptions, first_row: int) -> int:
+def _add_file(models: list[ReportStats], agreements: list[Agreement], reader: io.Reader, first_row: int) -> int:
     """Add every row of one scored file; returns the number of the next row."""
-    label_name, score_name = prediction_columns(options.prefix)
+    options = models[0].options
     for batch in reader.batches(REPORT_CHUNK_ROWS):
         table = pa.Table.from_batches([batch])
-        text = stats.text_column
+        text = models[0].text_column
         texts = io.text_values(pc.cast(table.column(text).combine_chunks(), pa.string())) if text else None
-        stats.add(
-            _labels(table.column(label_name).combine_chunks()),
-            _scores(table.column(score_name).combine_chunks()),
-            texts,
-            table.column(options.by).combine_chunks() if options.by else None,
-            table.column(options.gold).combine_chunks() if options.gold else None,
-            first_row,
-        )
+        labels = {}
+        for stats in models:
+            label_name, score_name = prediction_columns(stats.options.prefix)
+            labels[stats.options.prefix] = _labels(table.column(label_name).combine_chunks())
+            stats.add(
+                labels[stats.options.prefix],
+                _scores(table.column(score_name).combine_chunks()),
+                texts,
+                table.column(options.by).combine_chunks() if options.by else None,
+                table.column(options.gold).combine_chunks() if options.gold else None,
+                first_row,
+            )
+        for agreement in agreements:
+            agreement.add(labels[agreement.first], labels[agreement.second])
         first_row += batch.num_rows
     return first_row
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from .errors import OutputError
 from .io import atomic_file
-from .report import HISTOGRAM_BINS, ReportOptions, ReportStats, collect, metrics, top_groups
+from .report import (HISTOGRAM_BINS, Agreement, ModelsReport, ReportOptions, ReportStats, collect_models, metrics,
+                     top_groups)
 
 PALETTE = ["#3b6fb6", "#d1495b", "#edae49", "#66a182", "#8d6cab", "#00798c", "#c3834c", "#5c5c5c"]
 
@@ -141,7 +142,7 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozens
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _gold_section(stats: ReportStats) -> str:
+def _gold_section(stats: ReportStats, title=lambda text: text) -> str:
     """Accuracy, per-label metrics and the confusion chart against the --gold column."""
     accuracy, rows, gold_axis, predicted_axis = metrics(stats)
     table = _table(
@@ -150,43 +151,98 @@ def _gold_section(stats: ReportStats) -> str:
         numeric={1, 2, 3, 4},
     )
     return (
-        f'<section id="gold"><h2>Against the gold labels in {escape(stats.options.gold or "")}</h2>'
+        f'<section id="gold"><h2>{title("Against the gold labels in " + escape(stats.options.gold or ""))}</h2>'
         f"<p>Accuracy <b>{accuracy:.3f}</b> on {sum(stats.confusion.values()):,} rows with both labels.</p>"
         f'{table}<div class="chart">{confusion_chart(stats, gold_axis, predicted_axis)}</div></section>'
     )
 
 
 def render(stats: ReportStats) -> str:
-    """The report page."""
-    options = stats.options
-    cards = [("rows", stats.rows), ("scored", stats.scored), ("empty", stats.empty)]
-    if stats.truncated is not None:
-        cards.append(("truncated", stats.truncated))
-    cards.append((f"score < {options.low_confidence:g}", stats.low_confidence))
+    """The report page of one model's predictions."""
+    return render_models(ModelsReport([stats], []))
+
+
+def render_models(report: ModelsReport) -> str:
+    """The report page: the row counts, each model's sections (headed by its name when there are several),
+    and how often models with the same label set agree."""
+    first = report.models[0]
+    several = len(report.models) > 1
+    cards = [("rows", first.rows), ("scored", first.scored), ("empty", first.empty)]
+    if first.truncated is not None:
+        cards.append(("truncated", first.truncated))
+    if not several:
+        cards.append((f"score < {first.options.low_confidence:g}", first.low_confidence))
     parts = [
-        f"<h1>Scoring report: {escape(stats.source.name)}</h1>",
-        f'<div class="meta">{escape(str(stats.source))} · generated '
-        f'{datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} by batchsent</div>',
+        f"<h1>Scoring report: {escape(first.source.name)}</h1>",
+        f'<div class="meta">{escape(str(first.source))} · generated '
+        f'{datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} by batchsent'
+        + (f" · {len(report.models)} models: {escape(', '.join(_name(s) for s in report.models))}" if several else "")
+        + "</div>",
         '<div class="cards">' + "".join(f"<div class=card><b>{v:,}</b><span>{escape(k)}</span></div>" for k, v in cards)
         + "</div>",
     ]  # fmt: skip
-    if stats.scored:
-        parts.append(f'<section id="labels"><h2>Labels</h2><div class="chart">{label_chart(stats)}</div></section>')
+    if report.agreements:
+        parts.append(_agreement_section(report.agreements))
+    for stats in report.models:
+        parts += _model_sections(stats, _name(stats) if several else "")
+    body = "\n".join(parts)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>batchsent report: {escape(first.source.name)}</title>"
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
+        f"<body><main>\n{body}\n</main></body></html>\n"
+    )
+
+
+def _name(stats: ReportStats) -> str:
+    return stats.options.prefix.removesuffix("_")
+
+
+def _agreement_section(agreements: list[Agreement]) -> str:
+    """A row per pair of models with the same labels: rows both scored and the share given the same label,
+    then each pair's cross-table."""
+    rows = [[a.first.removesuffix("_"), a.second.removesuffix("_"), f"{a.rows:,}", f"{a.agreed:,}",
+             f"{a.agreed / a.rows:.1%}" if a.rows else "-"] for a in agreements]  # fmt: skip
+    parts = [_table(["model", "model", "rows both scored", "same label", "agreement"], rows, numeric={2, 3, 4})]
+    for agreement in agreements:
+        labels = sorted({a for a, _ in agreement.pairs} | {b for _, b in agreement.pairs})
+        first, second = agreement.first.removesuffix("_"), agreement.second.removesuffix("_")
         parts.append(
-            f'<section id="scores"><h2>Scores by label</h2><div class="chart">{histogram_chart(stats)}</div>'
-            f'<p class="meta">Dashed line: the low-confidence threshold ({options.low_confidence:g}).</p></section>'
+            f"<h3>{escape(first)} (rows) against {escape(second)} (columns)</h3>"
+            + _table([""] + labels, [[label] + [f"{agreement.pairs[(label, other)]:,}" for other in labels]
+                                     for label in labels], numeric=set(range(1, len(labels) + 1)))  # fmt: skip
+        )
+    return '<section id="agreement"><h2>Agreement between models</h2>' + "".join(parts) + "</section>"
+
+
+def _model_sections(stats: ReportStats, name: str) -> list[str]:
+    """One model's sections: labels, scores, groups, gold metrics and examples (titles prefixed with ``name``)."""
+    options, parts = stats.options, []
+    title = (lambda text: f"{escape(name)}: {text}") if name else (lambda text: text)
+    suffix = f"-{escape(name)}" if name else ""
+    if name:
+        cards = [("scored", stats.scored), (f"score < {options.low_confidence:g}", stats.low_confidence)]
+        parts.append(f"<h2>Model {escape(name)}</h2>" + '<div class="cards">'
+                     + "".join(f"<div class=card><b>{v:,}</b><span>{escape(k)}</span></div>" for k, v in cards)
+                     + "</div>")  # fmt: skip
+    if stats.scored:
+        parts.append(f'<section id="labels{suffix}"><h2>{title("Labels")}</h2><div class="chart">{label_chart(stats)}'
+                     "</div></section>")  # fmt: skip
+        parts.append(
+            f'<section id="scores{suffix}"><h2>{title("Scores by label")}</h2><div class="chart">{histogram_chart(stats)}'
+            f'</div><p class="meta">Dashed line: the low-confidence threshold ({options.low_confidence:g}).</p></section>'
         )
     if options.by and stats.groups:
         parts.append(
-            f'<section id="groups"><h2>Labels by {escape(options.by)}</h2>'
+            f'<section id="groups{suffix}"><h2>{title("Labels by " + escape(options.by))}</h2>'
             f'<div class="chart">{group_chart(stats)}</div></section>'
         )
     if options.gold and stats.confusion:
-        parts.append(_gold_section(stats))
+        parts.append(_gold_section(stats, title))
     if options.examples:
         least = sorted(stats.least_confident, reverse=True)
         parts.append(
-            f'<section id="low-confidence"><h2>Least confident rows ({stats.low_confidence:,} below '
+            f'<section id="low-confidence{suffix}"><h2>{title("Least confident rows")} ({stats.low_confidence:,} below '
             f"{options.low_confidence:g})</h2>"
             + _table(["row", "label", "score", "text"], [[f"{r:,}", lab, f"{-s:.3f}", t] for s, r, lab, t in least],
                      numeric={0, 2}, text={3})  # fmt: skip
@@ -195,18 +251,12 @@ def render(stats: ReportStats) -> str:
         for label in stats.labels():
             best = sorted(stats.most_confident.get(label, []), reverse=True)
             parts.append(
-                f'<section class="examples"><h2>Most confident {escape(label)}</h2>'
+                f'<section class="examples"><h2>{title("Most confident " + escape(label))}</h2>'
                 + _table(["row", "score", "text"], [[f"{-r:,}", f"{s:.3f}", t] for s, r, t in best],
                          numeric={0, 1}, text={2})  # fmt: skip
                 + "</section>"
             )
-    body = "\n".join(parts)
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>batchsent report: {escape(stats.source.name)}</title>"
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
-        f"<body><main>\n{body}\n</main></body></html>\n"
-    )
+    return parts
 
 
 def write_report(path: Path, html: str) -> None:
@@ -220,7 +270,7 @@ def build_report(scored: Path, target: Path, options: ReportOptions, truncated: 
 
     Raises the reading's BatchsentError, or OutputError when ``target`` cannot be written.
     """
-    html = render(collect(scored, options, truncated))
+    html = render_models(collect_models(scored, options, truncated))
     try:
         write_report(target, html)
     except OSError as error:

@@ -136,8 +136,9 @@ def _write_report(config: JobConfig, summary: RunSummary) -> list[str]:
     from .report_html import build_report
 
     try:
-        build_report(summary.output, config.report, ReportOptions(prefix=config.prefix, text=config.column),
-                     summary.truncated)  # fmt: skip
+        prefixes = tuple(model.prefix for model in config.scoring_models())
+        build_report(summary.output, config.report, ReportOptions(prefix=prefixes[0], text=config.column,
+                                                                  prefixes=prefixes), summary.truncated)  # fmt: skip
     except BatchsentError as problem:
         return [f"cannot write the report {config.report}: {first_line(problem)}"]
     return []

@@ -209,3 +209,35 @@ def test_a_folder_with_several_models(tiny_models, tmp_path):
     for name in ("a.csv", "b.csv"):
         header = next(csv.reader((tmp_path / "out" / name).open()))
         assert header == ["id", "text", "sentiment_label", "sentiment_score", "stars_label", "stars_score"]
+
+
+def test_the_report_shows_each_model_and_how_often_models_with_the_same_labels_agree(tiny_models, corpus, tmp_path):
+    from conftest import build_tiny_model
+
+    from batchsent.report import ReportOptions, collect_models
+
+    other_stars = build_tiny_model(tmp_path / "other-stars", "three", seed=7)
+    models = [*named(tiny_models, "sentiment", "stars"), f"stars2={other_stars}"]
+    report = tmp_path / "report.html"
+    result = invoke(corpus, *(f"--model={m}" for m in models), "-o", tmp_path / "out.parquet", "--report", report, "-q")
+    assert result.exit_code == 0, result.stderr
+    html = report.read_text()
+    for heading in ("Model sentiment", "Model stars", "Model stars2", "sentiment: Labels", "stars2: Scores by label",
+                    "Agreement between models"):  # fmt: skip
+        assert heading in html, heading
+    table = pq.read_table(tmp_path / "out.parquet")
+    same = sum(a == b for a, b in zip(table["stars_label"].to_pylist(), table["stars2_label"].to_pylist()))
+    found = collect_models(tmp_path / "out.parquet", ReportOptions(prefixes=("sentiment_", "stars_", "stars2_")))
+    assert [(a.first, a.second) for a in found.agreements] == [("stars_", "stars2_")]  # sentiment's labels differ
+    assert found.agreements[0].agreed == same and found.agreements[0].rows == table.num_rows
+    assert f"{same / table.num_rows:.1%}" in html and 0 < same < table.num_rows
+    again = invoke_report(tmp_path / "out.parquet", "--prefix", "stars_", "--prefix", "stars2_", "-o", tmp_path / "r.html")
+    assert again.exit_code == 0 and "Agreement between models" in (tmp_path / "r.html").read_text()
+
+
+def invoke_report(*args):
+    from test_cli import runner
+
+    from batchsent.cli import app
+
+    return runner.invoke(app, ["report", *map(str, args)])
