@@ -453,38 +453,20 @@ class _Job:
     checkpoint: Checkpoint
     state: CommittedState
     record: dict[str, Any]
-    groups: list[list[int]] = field(init=False)  # models (by position) that share one tokenization
-
-    def __post_init__(self) -> None:
-        shared: dict[tuple, list[int]] = {}
-        for position, model in enumerate(self.models):
-            shared.setdefault(model.classifier.encoding_key, []).append(position)
-        self.groups = list(shared.values())
 
     def _encoded(self) -> Iterator[tuple[pa.RecordBatch, list[ChunkPlan], list[EncodedChunk], int | None]]:
         """Each chunk not yet committed, planned against the store for every model, its new texts tokenized
-        once per group of models that share a tokenizer."""
+        (once for the models that share a tokenizer)."""
+        from .model import encode_each
+
+        classifiers = [model.classifier for model in self.models]
         for index, batch in enumerate(self.reader.batches(self.config.chunk_rows)):
             if index < self.state.chunks:
                 continue  # committed by an earlier run
             texts = io.text_values(batch.column(self.column))
             pairs = None if self.pair is None else io.text_values(batch.column(self.pair))
             plans = [self._planned(model, texts, pairs) for model in self.models]
-            chunks: list[EncodedChunk] = [None] * len(self.models)  # type: ignore[list-item]
-            for group in self.groups:
-                if len(group) == 1:
-                    chunks[group[0]] = self.models[group[0]].classifier.encode(plans[group[0]].model_texts,
-                                                                               plans[group[0]].model_pairs)  # fmt: skip
-                    continue
-                needs = {position: np.fromiter((text is not None for text in plans[position].model_texts), dtype=bool,
-                                               count=len(texts)) for position in group}  # fmt: skip
-                union = np.logical_or.reduce(list(needs.values()))
-                tokens = self.models[group[0]].classifier.tokenized(
-                    [text if wanted else None for text, wanted in zip(texts, union)],
-                    None if pairs is None else [pair if wanted else None for pair, wanted in zip(pairs, union)],
-                )
-                for position in group:
-                    chunks[position] = self.models[position].classifier.planned(tokens.only(needs[position]))
+            chunks = encode_each(classifiers, [(plan.model_texts, plan.model_pairs) for plan in plans])
             yield batch, plans, chunks, self.reader.estimated_rows()
 
     def _planned(self, model: _Model, texts: list[str | None], pairs: list[str | None] | None) -> ChunkPlan:

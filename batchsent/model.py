@@ -493,6 +493,38 @@ class Classifier:
         return inputs
 
 
+def encode_each(classifiers: Sequence[Classifier],
+                inputs: Sequence[tuple[Sequence[str | None], Sequence[str | None] | None]]) -> list[EncodedChunk]:  # fmt: skip
+    """Each classifier's ``encode`` of its own ``(texts, pairs)`` (rows of one chunk; None where it scores nothing).
+
+    Classifiers with an equal ``encoding_key`` (the same tokenizer and truncation) share one tokenization
+    of the rows any of them needs; each then plans its own batches over its own rows.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for position, classifier in enumerate(classifiers):
+        groups.setdefault(classifier.encoding_key, []).append(position)
+    chunks: list[EncodedChunk] = [None] * len(classifiers)  # type: ignore[list-item]
+    for group in groups.values():
+        if len(group) == 1:
+            chunks[group[0]] = classifiers[group[0]].encode(*inputs[group[0]])
+            continue
+        size = len(inputs[group[0]][0])
+        texts: list[str | None] = [None] * size
+        pairs: list[str | None] | None = None if inputs[group[0]][1] is None else [None] * size
+        needs = {}
+        for position in group:
+            own_texts, own_pairs = inputs[position]
+            needs[position] = np.fromiter((text is not None for text in own_texts), dtype=bool, count=size)
+            for row in np.flatnonzero(needs[position]).tolist():
+                texts[row] = own_texts[row]
+                if pairs is not None:
+                    pairs[row] = own_pairs[row]  # type: ignore[index]
+        tokens = classifiers[group[0]].tokenized(texts, pairs)
+        for position in group:
+            chunks[position] = classifiers[position].planned(tokens.only(needs[position]))
+    return chunks
+
+
 def _softmax(values: np.ndarray) -> np.ndarray:
     shifted = np.exp(values - values.max(axis=-1, keepdims=True))
     return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)

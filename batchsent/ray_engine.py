@@ -19,15 +19,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from . import io
 from .sources import expand
 from .errors import InputError, OutputError, UsageError
-from .job import RunSummary, check_new_columns
+from .job import ModelSummary, RunSummary, check_input_columns, check_model_columns
 from .lock import OutputLock
-from .options import JobConfig
+from .options import JobConfig, ScoringModel
 from .postprocess import column_names, prediction_arrays
 
 
@@ -52,7 +53,7 @@ def check_inputs(paths: list[Path], config: JobConfig) -> pa.Schema:
         reader = io.open_reader(path)
         try:
             reader.text_column(config.column)
-            check_new_columns(column_names([], config.prefix, False), reader.schema, path)
+            check_input_columns(config, reader.schema, path)
             if schema is None:
                 schema = reader.schema
             elif reader.schema.names != schema.names:
@@ -71,23 +72,41 @@ def default_output(spec: str) -> Path:
 
 
 class RayScorer:
-    """Map-batches callable: the local engine's Classifier and columns, loaded once per actor."""
+    """Map-batches callable: the local engine's Classifiers and columns, loaded once per actor.
 
-    def __init__(self, options: Any, column: str, prefix: str, all_scores: bool, counter: Any) -> None:
+    With several models each actor holds them all: a batch is read once, tokenized once per
+    shared tokenizer (``encode_each``), scored by each model and written with every model's columns.
+    """
+
+    def __init__(self, models: list[ScoringModel], column: str, all_scores: bool, counter: Any) -> None:
         from .model import Classifier
 
-        self.classifier = Classifier(options)
+        self.models = models
+        self.classifiers = [Classifier(model.options) for model in models]
         self.column, self.all_scores, self.counter = column, all_scores, counter
-        self.names = column_names(self.classifier.labels, prefix, all_scores, self.classifier.long_text == "chunk")
+        self.names = [column_names(classifier.labels, model.prefix, all_scores, classifier.long_text == "chunk")
+                      for model, classifier in zip(models, self.classifiers)]  # fmt: skip
+        check_model_columns(self.names, models)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        from .model import encode_each
+
         texts = io.text_values(pa.concat_arrays(batch.column(self.column).chunks) if batch.num_rows else pa.array([], pa.string()))
-        scores = self.classifier.predict(texts)
-        arrays = prediction_arrays(scores.probabilities, self.classifier.labels, self.all_scores, scores.windows)
-        labels = Counter(label for label in arrays[0].to_pylist() if label is not None)
-        self.counter.add.remote(batch.num_rows, int(scores.blank.sum()), int(scores.truncated.sum()), dict(labels))
-        for name, array in zip(self.names, arrays, strict=True):
-            batch = batch.append_column(name, array)
+        chunks = encode_each(self.classifiers, [(texts, None)] * len(self.classifiers))
+        truncated, blank, single_labels = np.zeros(len(texts), dtype=bool), None, {}
+        for model, classifier, chunk, names in zip(self.models, self.classifiers, chunks, self.names):
+            scores = classifier.run(chunk)
+            arrays = prediction_arrays(scores.probabilities, classifier.labels, self.all_scores, scores.windows)
+            labels = dict(Counter(label for label in arrays[0].to_pylist() if label is not None))
+            truncated, blank = truncated | scores.truncated, scores.blank
+            if model.name is None:
+                single_labels = labels
+            else:
+                self.counter.add.remote(model.name, batch.num_rows, int(scores.blank.sum()),
+                                        int(scores.truncated.sum()), labels, f"{classifier.device}, {classifier.variant}")  # fmt: skip
+            for name, array in zip(names, arrays, strict=True):
+                batch = batch.append_column(name, array)
+        self.counter.add.remote(None, batch.num_rows, int(blank.sum()), int(truncated.sum()), single_labels, "")
         return batch
 
 
@@ -96,18 +115,21 @@ def _counter_class() -> Any:
 
     @ray.remote(num_cpus=0)
     class Totals:
+        """Counts per model (``None``: the model of a single-model run), added as the actors score."""
+
         def __init__(self) -> None:
-            self.rows = self.empty = self.truncated = 0
-            self.labels: Counter[str] = Counter()
+            self.models: dict[str | None, dict[str, Any]] = {}
 
-        def add(self, rows: int, empty: int, truncated: int, labels: dict[str, int]) -> None:
-            self.rows += rows
-            self.empty += empty
-            self.truncated += truncated
-            self.labels.update(labels)
+        def add(self, name: str | None, rows: int, empty: int, truncated: int, labels: dict[str, int], where: str) -> None:
+            totals = self.models.setdefault(name, {"rows": 0, "empty": 0, "truncated": 0, "labels": Counter(),
+                                                   "where": where})  # fmt: skip
+            totals["rows"] += rows
+            totals["empty"] += empty
+            totals["truncated"] += truncated
+            totals["labels"].update(labels)
 
-        def totals(self) -> tuple[int, int, int, dict[str, int]]:
-            return self.rows, self.empty, self.truncated, dict(self.labels)
+        def totals(self) -> dict[str | None, dict[str, Any]]:
+            return self.models
 
     return Totals
 
@@ -131,15 +153,23 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSumma
         raise OutputError(f"{output}: the folder {output.parent} does not exist")
     record["output"] = output
     with OutputLock(output):
-        rows, empty, truncated, labels = _score_on_cluster(config, paths, output)
-    ordered = dict(sorted(labels.items()))
-    record["labels"] = list(ordered)
+        totals = _score_on_cluster(config, paths, output)
+    nothing = {"rows": 0, "empty": 0, "truncated": 0, "labels": {}, "where": ""}
+    job = totals.get(None, nothing)  # every row once; in a multi-model run, truncated by any model
     where = f"ray, {config.workers} worker{'s' if config.workers > 1 else ''}"
-    return RunSummary(config.input, output, rows, rows - empty, empty, truncated, time.monotonic() - started,
-                      ordered, config.long_text == "chunk", where=where)  # fmt: skip
+    models = tuple(ModelSummary(model.name, dict(sorted(counts["labels"].items())), counts["truncated"],
+                                chunked=model.options.long_text == "chunk", where=f"{where}, {counts['where']}")
+                   for model in config.scoring_models() if model.name is not None
+                   for counts in [totals.get(model.name, nothing)])  # fmt: skip
+    labels = dict(sorted(job["labels"].items()))
+    record["labels"] = list(labels)
+    record["models"] = [{"name": model.name, "labels": list(model.label_counts)} for model in models]
+    return RunSummary(config.input, output, job["rows"], job["rows"] - job["empty"], job["empty"], job["truncated"],
+                      time.monotonic() - started, labels, any(m.options.long_text == "chunk" for m in config.scoring_models()),
+                      where=where, models=models)  # fmt: skip
 
 
-def _score_on_cluster(config: JobConfig, paths: list[Path], output: Path) -> tuple[int, int, int, dict[str, int]]:
+def _score_on_cluster(config: JobConfig, paths: list[Path], output: Path) -> dict[str | None, dict[str, Any]]:
     """Start (or join) Ray, score every file with actors, publish the output folder; returns the counts."""
     import ray
     import ray.data
@@ -166,15 +196,18 @@ def _score_on_cluster(config: JobConfig, paths: list[Path], output: Path) -> tup
 def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, counter: Any) -> Any:
     """The input dataset mapped through RayScorer actors (fractional CPUs: 2-core machines do not starve)."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    options = config.model_options()
-    if options.threads is None and config.gpus_per_worker == 0:
-        options = replace(options, threads=max(1, cpus // config.workers))
-    if config.gpus_per_worker > 0 and options.device == "auto":
-        options = replace(options, device="cuda")
+    models = []
+    for model in config.scoring_models():
+        options = model.options
+        if options.threads is None and config.gpus_per_worker == 0:
+            options = replace(options, threads=max(1, cpus // config.workers))
+        if config.gpus_per_worker > 0 and options.device == "auto":
+            options = replace(options, device="cuda")
+        models.append(replace(model, options=options))
     return dataset.map_batches(
         RayScorer,
-        fn_constructor_kwargs={"options": options, "column": config.column, "prefix": config.prefix,
-                               "all_scores": config.all_scores, "counter": counter},
+        fn_constructor_kwargs={"models": models, "column": config.column, "all_scores": config.all_scores,
+                               "counter": counter},
         batch_format="pyarrow",
         batch_size=config.chunk_rows,
         compute=ray.data.ActorPoolStrategy(size=config.workers),

@@ -92,3 +92,25 @@ def test_missing_extra_says_what_to_install(two_files, monkeypatch):
 def test_ray_only_options_need_the_ray_engine(two_files):
     result = runner.invoke(app, ["score", str(two_files / "part-1.csv"), "--workers", "2"])
     assert result.exit_code == 2 and "need --engine ray" in result.stderr
+
+
+@needs_ray
+def test_ray_scores_several_models_as_the_local_engine(two_files, tiny_models, tmp_path, local_ray):
+    models = [f"--model=sentiment={tiny_models['binary']}", f"--model=stars={tiny_models['three']}"]
+    local = tmp_path / "local"
+    assert runner.invoke(app, ["score", str(two_files), *models, "-o", str(local), "-q"]).exit_code == 0
+    expected = read_rows(local / "part-1.csv") + read_rows(local / "part-2.csv")
+    output, manifest = tmp_path / "scored", tmp_path / "run.json"
+    result = runner.invoke(app, ["score", str(two_files), "--engine", "ray", *models, "-o", str(output), "-q",
+                                 "--manifest", str(manifest)])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "done: 42 rows: 40 scored, 2 empty by 2 models" in result.stderr and "; stars: negative" in result.stderr
+    got = pq.read_table(sorted(output.glob("*.parquet"))).to_pylist()
+    for prefix in ("sentiment_", "stars_"):
+        assert [r[f"{prefix}label"] or "" for r in got] == [r[f"{prefix}label"] for r in expected]
+        ours = np.array([r[f"{prefix}score"] if r[f"{prefix}score"] is not None else np.nan for r in got], dtype=float)
+        theirs = np.array([float(r[f"{prefix}score"]) if r[f"{prefix}score"] else np.nan for r in expected])
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    facts = json.loads(manifest.read_text())
+    assert [entry["name"] for entry in facts["models"]] == ["sentiment", "stars"]
+    assert sum(facts["models"][1]["label_counts"].values()) == 40
