@@ -14,7 +14,7 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score report info test test-avx2 bench bench-cache bench-storage bench-zero-shot bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
+.PHONY: help score report info test test-avx2 bench bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -55,11 +55,12 @@ AS_AVX2 := BATCHSENT_CPU_FLAGS="fpu sse4_2 avx avx2 fma f16c" ATEN_CPU_CAPABILIT
 test-avx2: $(TEST_DEPS) ## Run the test suite as an AVX2-only CPU would (x86 with AVX2 or more)
 	$(AS_AVX2) $(BIN)/python -m pytest -q
 
-bench: $(TEST_DEPS) ## Throughput vs the transformers pipeline, then bench-cache and bench-storage (benchmarks/results/)
+bench: $(TEST_DEPS) ## Throughput vs the transformers pipeline, then bench-cache, -storage, -zero-shot and -models (benchmarks/results/)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cache.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/storage.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/zero_shot.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/models.py
 
 bench-cache: $(TEST_DEPS) ## --cache: second nights with 1% and 0% new rows, peak RSS with a 10M-entry cache
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cache.py $(BENCH_ARGS)
@@ -70,16 +71,20 @@ bench-storage: $(TEST_DEPS) ## A 1 GiB CSV from local disk vs a loopback S3 serv
 bench-zero-shot: $(TEST_DEPS) ## --labels: the Classifier vs the zero-shot pipeline, 5 labels, review mix
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/zero_shot.py $(BENCH_ARGS)
 
+bench-models: $(TEST_DEPS) ## 2 and 3 models sharing a tokenizer: one pass vs one run per model, whole processes
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/models.py $(BENCH_ARGS)
+
 bench-sweep: $(TEST_DEPS) ## Rows/s per token budget, to pick the default
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py --sweep 512,1024,2048,4096,8192,16384 --out benchmarks/results/sweep.json
 
 bench-memory: $(TEST_DEPS) ## Peak RSS of scoring 100k and 1M short rows
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/memory.py $(BENCH_ARGS)
 
-bench-gpu: $(TEST_DEPS) ## On a CUDA GPU: whole-process runs on 50k rows at fp16/fp32, GPU busy %, agreement, budgets
+bench-gpu: $(TEST_DEPS) ## On a CUDA GPU: whole-process runs on 50k rows at fp16/fp32, GPU busy %, agreement, budgets, several models
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/e2e.py --device cuda --dtype float16 --rows 50000 --threads 8 --out benchmarks/results/e2e-gpu-fp16.json
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/e2e.py --device cuda --dtype float32 --rows 50000 --threads 8 --out benchmarks/results/e2e-gpu-fp32.json
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu.py $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/models.py --device cuda --rows 20000 --counts 2,3 --threads 8 --out benchmarks/results/models-gpu.json
 
 bench-e2e: $(TEST_DEPS) ## Whole processes, CSV in and out: batchsent vs a pipeline script, 400 review-mix rows
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/e2e.py $(BENCH_ARGS)

@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 from . import io
 from .sources import expand
 from .errors import InputError, OutputError, UsageError
-from .job import ModelSummary, RunSummary, check_input_columns, check_model_columns
+from .job import ModelSummary, RunSummary, check_input_columns, check_model_columns, check_new_columns
 from .lock import OutputLock
 from .options import JobConfig, ScoringModel
 from .postprocess import column_names, prediction_arrays
@@ -44,6 +44,28 @@ def expand_inputs(spec: str) -> list[Path]:
         raise InputError(f"{spec}: --engine ray reads plain CSV, TSV and Parquet; score JSON Lines and compressed "
                          "files with the local engine")  # fmt: skip
     return inputs.files
+
+
+def check_label_columns(config: JobConfig, schema: pa.Schema, path: Path) -> None:
+    """Columns named after labels (--all-scores) checked on the driver, from the models' configs in the local
+    cache, before Ray starts; a model not cached here is checked when its actors load it."""
+    from transformers import AutoConfig
+
+    wanted, names = config.scoring_models(), []
+    if not config.all_scores:
+        return
+    for model in wanted:
+        labels = list(model.options.candidate_labels)
+        if not labels:
+            try:
+                loaded = AutoConfig.from_pretrained(model.options.model, revision=model.options.revision or "main",
+                                                    local_files_only=True)  # fmt: skip
+            except Exception:  # noqa: BLE001 - not here: the actors report it
+                return
+            labels = [str(loaded.id2label[i]) for i in range(loaded.num_labels)]
+        names.append(column_names(labels, model.prefix, True, model.options.long_text == "chunk"))
+    check_model_columns(names, wanted)
+    check_new_columns([name for group in names for name in group], schema, path, wanted[0].name is not None)
 
 
 def check_inputs(paths: list[Path], config: JobConfig) -> pa.Schema:
@@ -145,7 +167,7 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSumma
     record = {} if record is None else record
     check_ray_installed()
     paths = expand_inputs(str(config.input))
-    check_inputs(paths, config)
+    check_label_columns(config, check_inputs(paths, config), paths[0])
     output = output_folder(config)
     if output.exists() and not config.overwrite:
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it")

@@ -241,3 +241,37 @@ def invoke_report(*args):
     from batchsent.cli import app
 
     return runner.invoke(app, ["report", *map(str, args)])
+
+
+def test_an_interrupted_folder_run_with_several_models_resumes_with_every_models_counts(tiny_models, tmp_path,
+                                                                                        monkeypatch):  # fmt: skip
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_corpus(folder / "a.csv", 30, seed=1, longest_words=30)
+    write_corpus(folder / "b.csv", 30, seed=2, longest_words=30)
+    options = {"models": named(tiny_models, "sentiment", "stars"), "chunk_rows": 10, "quiet": True}
+    reference = score_file(folder, tmp_path / "reference", **options)
+    with monkeypatch.context() as patched:
+        fail_third_chunk(patched, "disk on fire")
+        with pytest.raises(ScoringError):
+            score_file(folder, tmp_path / "out", **options)
+    with monkeypatch.context() as patched:  # a.csv (3 chunks, 6 model runs) finishes; b.csv fails in its first chunk
+        calls = {"n": 0}
+        original = Classifier.run
+
+        def failing(self, chunk, stop=None, on_batch=None):
+            calls["n"] += 1
+            if calls["n"] == 8:
+                raise RuntimeError("disk on fire")
+            return original(self, chunk, stop, on_batch)
+
+        patched.setattr(Classifier, "run", failing)
+        with pytest.raises(ScoringError):
+            score_file(folder, tmp_path / "out", resume=True, **options)
+    summary = score_file(folder, tmp_path / "out", resume=True, **options)
+    assert summary.resumed_rows == 40  # a.csv finished, and b.csv's first chunk committed
+    assert [(m.name, m.label_counts, m.truncated) for m in summary.models] == [
+        (m.name, m.label_counts, m.truncated) for m in reference.models
+    ]
+    for name in ("a.csv", "b.csv"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
