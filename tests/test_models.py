@@ -275,3 +275,26 @@ def test_an_interrupted_folder_run_with_several_models_resumes_with_every_models
     ]
     for name in ("a.csv", "b.csv"):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
+
+
+def test_pairs_and_zero_shot_models_in_one_pass_equal_their_single_runs(tiny_models, tmp_path):
+    import pyarrow as pa
+
+    from conftest import varied_texts
+
+    texts = varied_texts(120, seed=9, longest_words=80)
+    source = tmp_path / "qa.parquet"
+    pq.write_table(pa.table({"q": texts, "a": texts[::-1]}), source)
+    pairs = score_file(source, tmp_path / "pairs.parquet", models=named(tiny_models, "sentiment", "stars"),
+                       column="q", pair_column="a", all_scores=True, chunk_rows=50, quiet=True)  # fmt: skip
+    for name in ("sentiment", "stars"):
+        single = score_file(source, tmp_path / f"{name}-pair.parquet", model=str(tiny_models[KINDS[name]]),
+                            prefix=f"{name}_", column="q", pair_column="a", all_scores=True, chunk_rows=50, quiet=True)  # fmt: skip
+        assert_same_columns(pq.read_table(pairs.output), pq.read_table(single.output), f"{name}_")
+    topic = {"name": "topic", "model": str(tiny_models["nli"]), "labels": "billing,refund,praise", "multi_label": True}
+    mixed = score_file(source, tmp_path / "mixed.parquet", models=[*named(tiny_models, "sentiment"), topic], column="q",
+                       all_scores=True, chunk_rows=50, quiet=True)  # fmt: skip
+    single = score_file(source, tmp_path / "topic.parquet", model=str(tiny_models["nli"]), labels="billing,refund,praise",
+                        multi_label=True, prefix="topic_", column="q", all_scores=True, chunk_rows=50, quiet=True)  # fmt: skip
+    assert_same_columns(pq.read_table(mixed.output), pq.read_table(single.output), "topic_")
+    assert [model.name for model in mixed.models] == ["sentiment", "topic"]
