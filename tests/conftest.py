@@ -78,6 +78,19 @@ def build_tiny_model(directory: Path, kind: str, seed: int = 0) -> Path:
     return directory
 
 
+def relabelled(model: Path, directory: Path, labels: list[str]) -> Path:
+    """A copy of ``model`` whose config names its classes ``labels`` (same weights, other column names)."""
+    import json
+    import shutil
+
+    shutil.copytree(model, directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["id2label"] = {str(i): label for i, label in enumerate(labels)}
+    config["label2id"] = {label: i for i, label in enumerate(labels)}
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
 def fail_third_chunk(monkeypatch: pytest.MonkeyPatch, message: str) -> None:
     """Make Classifier.run raise RuntimeError(message) on its third chunk (two get committed)."""
     from batchsent.model import Classifier

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import fail_third_chunk, write_corpus
+from conftest import fail_third_chunk, relabelled, write_corpus
 from test_cli import bad, invoke
 
 from batchsent import ModelSpec, score_file
@@ -142,11 +141,7 @@ def test_names_and_collisions_are_refused_before_any_model_loads(tiny_models, co
 
 
 def test_columns_of_two_models_that_would_collide_are_refused(tiny_models, corpus, tmp_path):
-    labelled = tmp_path / "labelled"
-    shutil.copytree(tiny_models["binary"], labelled)
-    config = json.loads((labelled / "config.json").read_text())
-    config["id2label"], config["label2id"] = {"0": "label", "1": "other"}, {"label": 0, "other": 1}
-    (labelled / "config.json").write_text(json.dumps(config))
+    labelled = relabelled(tiny_models["binary"], tmp_path / "labelled", ["label", "other"])
     # model "a" with --all-scores writes a_score_label; model "a_score" writes a_score_label too
     bad(invoke(corpus, "--model", f"a={labelled}", "--model", f"a_score={tiny_models['three']}", "--all-scores"), 2,
         "models a and a_score would both write the column 'a_score_label'")  # fmt: skip

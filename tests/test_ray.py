@@ -118,13 +118,9 @@ def test_ray_scores_several_models_as_the_local_engine(two_files, tiny_models, t
 
 @needs_ray
 def test_ray_refuses_colliding_model_columns_before_it_starts(two_files, tiny_models, tmp_path):
-    import shutil
+    from conftest import relabelled
 
-    labelled = tmp_path / "labelled"
-    shutil.copytree(tiny_models["binary"], labelled)
-    config = json.loads((labelled / "config.json").read_text())
-    config["id2label"], config["label2id"] = {"0": "label", "1": "other"}, {"label": 0, "other": 1}
-    (labelled / "config.json").write_text(json.dumps(config))
+    labelled = relabelled(tiny_models["binary"], tmp_path / "labelled", ["label", "other"])
     result = runner.invoke(app, ["score", str(two_files), "--engine", "ray", f"--model=a={labelled}",
                                  f"--model=a_score={tiny_models['three']}", "--all-scores", "-o", str(tmp_path / "o")])  # fmt: skip
     assert result.exit_code == 2 and "models a and a_score would both write the column 'a_score_label'" in result.stderr
