@@ -67,6 +67,11 @@ def first_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "")
     return None
 
 
+def no_model_counts() -> dict[str, Any]:
+    """One model's counts in a multi-model run's state before it scored a row."""
+    return {"truncated": 0, "label_counts": {}, "cached": 0, "duplicates": 0}
+
+
 def _add_labels(total: dict[str, int], added: dict[str, int]) -> None:
     for label, count in added.items():
         total[label] = total.get(label, 0) + count
@@ -108,7 +113,7 @@ class Checkpoint:
         state.duplicates += counts.duplicates
         _add_labels(state.label_counts, counts.label_counts)
         for name, added in counts.models.items():
-            model = state.models.setdefault(name, {"truncated": 0, "label_counts": {}, "cached": 0, "duplicates": 0})
+            model = state.models.setdefault(name, no_model_counts())
             for key in ("truncated", "cached", "duplicates"):
                 model[key] += added[key]
             _add_labels(model["label_counts"], added["label_counts"])

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import io
-from .checkpoint import CommittedState
+from .checkpoint import CommittedState, no_model_counts
 from .errors import OutputError
 from .identity import input_fingerprint
 from .job import (ModelSummary, Progress, RunSummary, check_input_columns, check_output, load_classifiers,
@@ -273,8 +273,7 @@ def _combined_models(files: list[dict[str, Any]]) -> tuple[ModelSummary, ...]:
     totals: dict[str, dict[str, Any]] = {}
     for entry in files:
         for model in entry.get("models", []):
-            total = totals.setdefault(model["name"], {**model, "label_counts": {}, "truncated": 0, "cached": 0,
-                                                      "duplicates": 0})  # fmt: skip
+            total = totals.setdefault(model["name"], {**model, **no_model_counts()})
             for key in ("truncated", "cached", "duplicates"):
                 total[key] += model[key]
             for label, count in model["label_counts"].items():

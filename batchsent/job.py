@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from . import __version__, io
 from .cache import PredictionCache
-from .checkpoint import Checkpoint, CommittedState, ResumeMismatch, first_difference
+from .checkpoint import Checkpoint, CommittedState, ResumeMismatch, first_difference, no_model_counts
 from .errors import BatchsentError, InputError, OutputError, ScoringError, UsageError, first_line
 from .identity import input_fingerprint, model_identity
 from .lock import OutputLock
@@ -439,6 +439,13 @@ class _Model:
     classifier: Classifier
     reuse: RunReuse
 
+    def summary(self, counts: dict[str, Any] | None) -> ModelSummary:
+        """This model's part of a multi-model run's summary, from its committed counts."""
+        counts, loaded = counts or no_model_counts(), self.classifier
+        return ModelSummary(self.name, _ordered(counts["label_counts"], loaded.labels), counts["truncated"],  # type: ignore[arg-type]
+                            counts["cached"], counts["duplicates"], loaded.long_text == "chunk",
+                            f"{loaded.device}, {loaded.variant}")  # fmt: skip
+
 
 @dataclass
 class _Job:
@@ -576,13 +583,7 @@ class _Job:
     def summary(self, output: Path, elapsed: float) -> RunSummary:
         state, record = self.state, self.record
         first = self.models[0].classifier
-        models = tuple(
-            ModelSummary(model.name, _ordered(counts["label_counts"], model.classifier.labels), counts["truncated"],
-                         counts["cached"], counts["duplicates"], model.classifier.long_text == "chunk",
-                         f"{model.classifier.device}, {model.classifier.variant}")
-            for model in self.models if model.name is not None
-            for counts in [state.models.get(model.name, {"truncated": 0, "label_counts": {}, "cached": 0, "duplicates": 0})]
-        )  # fmt: skip
+        models = tuple(model.summary(state.models.get(model.name)) for model in self.models if model.name is not None)
         chunked = any(model.classifier.long_text == "chunk" for model in self.models)
         where = "" if models else f"{first.device}, {first.variant}"
         return RunSummary(

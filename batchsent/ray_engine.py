@@ -179,16 +179,18 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSumma
     nothing = {"rows": 0, "empty": 0, "truncated": 0, "labels": {}, "where": ""}
     job = totals.get(None, nothing)  # every row once; in a multi-model run, truncated by any model
     where = f"ray, {config.workers} worker{'s' if config.workers > 1 else ''}"
-    models = tuple(ModelSummary(model.name, dict(sorted(counts["labels"].items())), counts["truncated"],
-                                chunked=model.options.long_text == "chunk", where=f"{where}, {counts['where']}")
-                   for model in config.scoring_models() if model.name is not None
-                   for counts in [totals.get(model.name, nothing)])  # fmt: skip
+    models = []
+    for model in config.scoring_models():
+        if model.name is not None:
+            counts = totals.get(model.name, nothing)
+            models.append(ModelSummary(model.name, dict(sorted(counts["labels"].items())), counts["truncated"],
+                                       chunked=model.options.long_text == "chunk", where=f"{where}, {counts['where']}"))  # fmt: skip
     labels = dict(sorted(job["labels"].items()))
     record["labels"] = list(labels)
     record["models"] = [{"name": model.name, "labels": list(model.label_counts)} for model in models]
     return RunSummary(config.input, output, job["rows"], job["rows"] - job["empty"], job["empty"], job["truncated"],
                       time.monotonic() - started, labels, any(m.options.long_text == "chunk" for m in config.scoring_models()),
-                      where=where, models=models)  # fmt: skip
+                      where=where, models=tuple(models))  # fmt: skip
 
 
 def _score_on_cluster(config: JobConfig, paths: list[Path], output: Path) -> dict[str | None, dict[str, Any]]:
