@@ -418,8 +418,10 @@ def load_classifiers(config: JobConfig, given: Classifier | Sequence[Classifier]
 
 def _where(wanted: list[ScoringModel], classifiers: list[Classifier]) -> str:
     places = [f"{loaded.device}, {loaded.variant}" for loaded in classifiers]
-    if len(set(places)) == 1:
+    if len(places) == 1:
         return places[0]
+    if len(set(places)) == 1:
+        return f"{len(places)} models, {places[0]}"
     return "; ".join(f"{model.name}: {place}" for model, place in zip(wanted, places))
 
 
