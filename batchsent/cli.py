@@ -69,7 +69,7 @@ def score(
     ] = None,
     model: Annotated[
         Optional[list[str]],
-        typer.Option(help="Hub id or local model directory; or NAME=MODEL, repeated, to score with several models in "
+        typer.Option(metavar="<str>", help="Hub id or local model directory; or NAME=MODEL, repeated, to score with several models in "
                      "one pass (NAME_label, NAME_score... per model). "
                      f"[default: $BATCHSENT_MODEL or {DEFAULT_MODEL}]"),  # fmt: skip
     ] = None,
@@ -234,7 +234,7 @@ def report_command(
     gold: Annotated[Optional[str], typer.Option(help="Column of human labels: accuracy, precision, recall, F1.")] = None,
     text: Annotated[Optional[str], typer.Option(help="Text column shown in examples. [default: text, if present]")] = None,
     prefix: Annotated[
-        Optional[list[str]], typer.Option(help="Prefix of the prediction columns; repeated (NAME_ of each model of a "
+        Optional[list[str]], typer.Option(metavar="<str>", help="Prefix of the prediction columns; repeated (NAME_ of each model of a "
                                           "multi-model run) for each model's sections and how often they agree. "
                                           "[default: sentiment_]"),  # fmt: skip
     ] = None,
@@ -249,9 +249,8 @@ def report_command(
     target = output or scored_file.with_name(f"{scored_file.name.split('.')[0]}.report.html")
     try:
         check_report_target(target)
-        prefixes = tuple(prefix or ["sentiment_"])
-        build_report(scored_file, target, ReportOptions(prefix=prefixes[0], by=by, gold=gold, text=text, examples=examples,
-                                                        low_confidence=low_confidence, prefixes=prefixes))  # fmt: skip
+        build_report(scored_file, target, ReportOptions(by=by, gold=gold, text=text, examples=examples,
+                                                        low_confidence=low_confidence, prefixes=tuple(prefix or ())))  # fmt: skip
     except BatchsentError as error:
         reporter.fail(str(error), error.exit_code)
     reporter.note(f"report written to {target}")

@@ -31,7 +31,7 @@ from .identity import input_fingerprint, model_identity
 from .lock import OutputLock
 from .options import JobConfig, ScoringModel
 from .postprocess import column_names, output_fields, prediction_arrays
-from .reuse import ChunkPlan, ReuseCounts, RunReuse, model_description
+from .reuse import ChunkPlan, ReuseCounts, RunReuse, model_description, row_digests
 from .storage import is_url
 
 if TYPE_CHECKING:
@@ -181,12 +181,8 @@ def check_new_columns(names: list[str], schema: pa.Schema, path: Path, several: 
 def check_input_columns(config: JobConfig, schema: pa.Schema, path: Path) -> None:
     """Before any model loads: every model's label and score columns (known without the model) are new to the input."""
     models = config.scoring_models()
-    names = [name for model in models for name in _known_names(model)]
-    check_new_columns(names, schema, path, len(models) > 1 or models[0].name is not None)
-
-
-def _known_names(model: ScoringModel) -> list[str]:
-    return column_names([], model.prefix, False, model.options.long_text == "chunk")
+    names = [name for model in models for name in column_names([], model.prefix, False, model.options.long_text == "chunk")]
+    check_new_columns(names, schema, path, models[0].name is not None)
 
 
 def check_model_columns(names: list[list[str]], models: list[ScoringModel]) -> None:
@@ -346,7 +342,6 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
     pair = None if config.pair_column is None else reader.text_column(config.pair_column)
     check_input_columns(config, reader.schema, config.input)
     wanted = config.scoring_models()
-    check_model_columns([_known_names(model) for model in wanted], wanted)
     fingerprint = _fingerprint(config, output)
     state = checkpoint.load() if config.resume and checkpoint.exists() else None
     if state is not None:
@@ -417,7 +412,7 @@ def load_classifiers(config: JobConfig, given: Classifier | Sequence[Classifier]
 
 
 def _where(wanted: list[ScoringModel], classifiers: list[Classifier]) -> str:
-    places = [f"{loaded.device}, {loaded.variant}" for loaded in classifiers]
+    places = [loaded.where for loaded in classifiers]
     if len(places) == 1:
         return places[0]
     if len(set(places)) == 1:
@@ -445,8 +440,7 @@ class _Model:
         """This model's part of a multi-model run's summary, from its committed counts."""
         counts, loaded = counts or no_model_counts(), self.classifier
         return ModelSummary(self.name, _ordered(counts["label_counts"], loaded.labels), counts["truncated"],  # type: ignore[arg-type]
-                            counts["cached"], counts["duplicates"], loaded.long_text == "chunk",
-                            f"{loaded.device}, {loaded.variant}")  # fmt: skip
+                            counts["cached"], counts["duplicates"], loaded.long_text == "chunk", loaded.where)  # fmt: skip
 
 
 @dataclass
@@ -474,13 +468,15 @@ class _Job:
                 continue  # committed by an earlier run
             texts = io.text_values(batch.column(self.column))
             pairs = None if self.pair is None else io.text_values(batch.column(self.pair))
-            plans = [self._planned(model, texts, pairs) for model in self.models]
+            digests = row_digests(texts, pairs)
+            plans = [self._planned(model, texts, pairs, digests) for model in self.models]
             chunks = encode_each(classifiers, [(plan.model_texts, plan.model_pairs) for plan in plans])
             yield batch, plans, chunks, self.reader.estimated_rows()
 
-    def _planned(self, model: _Model, texts: list[str | None], pairs: list[str | None] | None) -> ChunkPlan:
+    def _planned(self, model: _Model, texts: list[str | None], pairs: list[str | None] | None,
+                 digests: list[bytes | None]) -> ChunkPlan:  # fmt: skip
         try:
-            return model.reuse.plan(texts, pairs)
+            return model.reuse.plan(texts, pairs, digests)
         except sqlite3.Error as error:
             raise ScoringError(f"cache {model.reuse.store.path}: cannot read: {first_line(error)}") from error
 
@@ -587,7 +583,7 @@ class _Job:
         first = self.models[0].classifier
         models = tuple(model.summary(state.models.get(model.name)) for model in self.models if model.name is not None)
         chunked = any(model.classifier.long_text == "chunk" for model in self.models)
-        where = "" if models else f"{first.device}, {first.variant}"
+        where = "" if models else first.where
         return RunSummary(
             self.config.input, output, state.rows, state.rows - state.empty, state.empty, state.truncated, elapsed,
             {} if models else _ordered(state.label_counts, first.labels), chunked, record["resumed_from_rows"], where,

@@ -478,6 +478,11 @@ class Classifier:
         named = f"{self.backend} {kind}" if self.backend != "torch" else kind
         return f"{named}, --precision {self.precision}" if self.precision else named
 
+    @property
+    def where(self) -> str:
+        """Where and how this model runs, as summaries show it: ``cpu, float32``."""
+        return f"{self.device}, {self.variant}"
+
     def _batch_inputs(self, chunk: EncodedChunk, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Right-padded model inputs (numpy) for one planned batch."""
         lengths = chunk.lengths[batch]

@@ -51,9 +51,9 @@ def check_label_columns(config: JobConfig, schema: pa.Schema, path: Path) -> Non
     cache, before Ray starts; a model not cached here is checked when its actors load it."""
     from transformers import AutoConfig
 
-    wanted, names = config.scoring_models(), []
     if not config.all_scores:
         return
+    wanted, names = config.scoring_models(), []
     for model in wanted:
         labels = list(model.options.candidate_labels)
         if not labels:
@@ -125,7 +125,7 @@ class RayScorer:
                 single_labels = labels
             else:
                 self.counter.add.remote(model.name, batch.num_rows, int(scores.blank.sum()),
-                                        int(scores.truncated.sum()), labels, f"{classifier.device}, {classifier.variant}")  # fmt: skip
+                                        int(scores.truncated.sum()), labels, classifier.where)  # fmt: skip
             for name, array in zip(names, arrays, strict=True):
                 batch = batch.append_column(name, array)
         self.counter.add.remote(None, batch.num_rows, int(blank.sum()), int(truncated.sum()), single_labels, "")

@@ -65,11 +65,9 @@ class RunReuse:
         self._planned = 0
         self._completed = 0
 
-    def plan(self, texts: list[str | None], pairs: list[str | None] | None = None) -> ChunkPlan:
-        if pairs is None:
-            digests = [None if is_blank(text) else digest(text) for text in texts]  # type: ignore[arg-type]
-        else:
-            digests = [None if is_blank(t) or is_blank(p) else digest_pair(t, p) for t, p in zip(texts, pairs, strict=True)]  # type: ignore[arg-type]
+    def plan(self, texts: list[str | None], pairs: list[str | None] | None, digests: list[bytes | None]) -> ChunkPlan:
+        """Which rows of a chunk the model scores; ``digests`` are ``row_digests(texts, pairs)``
+        (computed once per chunk, whatever the number of models)."""
         unique = list(dict.fromkeys(d for d in digests if d is not None))
         with self._lock:
             known = self.store.lookup(self.model_id, unique)
@@ -154,6 +152,13 @@ class RunReuse:
             self._completed += 1
             self._recent.append((self._planned, new))
             self._recent = [(planned, stored) for planned, stored in self._recent if planned > self._completed]
+
+
+def row_digests(texts: list[str | None], pairs: list[str | None] | None = None) -> list[bytes | None]:
+    """Each row's store key: the digest of its text (or text and pair); None for a blank row."""
+    if pairs is None:
+        return [None if is_blank(text) else digest(text) for text in texts]  # type: ignore[arg-type]
+    return [None if is_blank(t) or is_blank(p) else digest_pair(t, p) for t, p in zip(texts, pairs, strict=True)]  # type: ignore[arg-type]
 
 
 def model_description(classifier: Classifier, identity: dict[str, Any], pairs: bool = False) -> dict[str, Any]:

@@ -137,8 +137,7 @@ def _write_report(config: JobConfig, summary: RunSummary) -> list[str]:
 
     try:
         prefixes = tuple(model.prefix for model in config.scoring_models())
-        build_report(summary.output, config.report, ReportOptions(prefix=prefixes[0], text=config.column,
-                                                                  prefixes=prefixes), summary.truncated)  # fmt: skip
+        build_report(summary.output, config.report, ReportOptions(text=config.column, prefixes=prefixes), summary.truncated)
     except BatchsentError as problem:
         return [f"cannot write the report {config.report}: {first_line(problem)}"]
     return []
