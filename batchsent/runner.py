@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import BatchsentError, ExitCode, Interrupted, PublishedWithErrors, ScoringError, first_line
+from .errors import BatchsentError, ExitCode, InputError, Interrupted, PublishedWithErrors, ScoringError, first_line
 from .job import Progress, RunSummary, score_local, score_to_object
 from .options import JobConfig
+from .paths import check_distinct_paths
 from .sources import names_many
-from .storage import is_url
+from .storage import is_url, redact
 
 if TYPE_CHECKING:
     from .model import Classifier
@@ -42,12 +43,14 @@ def run(
     whose ``summary`` describes the output, which is published all the same.
     """
     started_at, record = time.time(), {}
+    check_distinct_paths(config)  # before the try: a manifest that would land on an input is never written
     watcher = _SignalWatcher(progress) if handle_signals and config.engine == "local" else None
     try:
         with watcher or contextlib.nullcontext():
             summary = _engine(config, progress, _either(stop, watcher), classifier, record)
     except (Exception, KeyboardInterrupt) as error:
-        failure = _as_batchsent_error(error, record, watcher)
+        failure = _as_batchsent_error(error, record, watcher, config)
+        failure.args = (redact(str(failure)),)  # Python callers see no credentials either
         _write_manifest_after_failure(config, record, started_at, failure)
         if failure is error:
             raise
@@ -90,21 +93,42 @@ def committed_hint(record: dict[str, Any], advice: str) -> str:
     return f"; {state.rows:,} rows are committed: {advice}"
 
 
-def _as_batchsent_error(error: BaseException, record: dict[str, Any], watcher: _SignalWatcher | None) -> BatchsentError:
-    """Any way a run can end badly, as one BatchsentError with its exit code and a resume hint."""
+def _restart_advice(config: JobConfig, record: dict[str, Any], cause: BaseException | None) -> str | None:
+    """What to run after a failure or interruption that ``--resume`` cannot continue (None: it can).
+
+    An object-storage output is staged in a temporary folder that goes with the run, and
+    the folder form refuses --resume for a URL prefix; rows committed from an input that
+    turned out to be bad cannot be resumed from the fixed (so changed) input.
+    """
+    state = record.get("state")
+    if is_url(config.output_path if not names_many(config.input) else config.output):
+        if names_many(config.input) and state is not None and state.chunks:
+            return "; files finished so far were uploaded: run the same command with --overwrite to score them all again"
+        return "; nothing was uploaded: run the same command again (an object-storage output cannot be resumed)"
+    if isinstance(cause, InputError):
+        return committed_hint(record, "the input is at fault, so fix it and run the same command with --overwrite "
+                              "(--resume continues only from an unchanged input)") or None  # fmt: skip
+    return None
+
+
+def _as_batchsent_error(error: BaseException, record: dict[str, Any], watcher: _SignalWatcher | None,
+                        config: JobConfig) -> BatchsentError:  # fmt: skip
+    """Any way a run can end badly, as one BatchsentError with its exit code and advice that works."""
+    restart = _restart_advice(config, record, error.__cause__ if isinstance(error, BatchsentError) else None)
     if isinstance(error, Interrupted):
         signum = watcher.signal if watcher is not None else None
         name = signal.Signals(signum).name if signum else "a stop request"
-        hint = committed_hint(record, "run the same command with --resume to continue")
+        hint = restart or committed_hint(record, "run the same command with --resume to continue")
         return Interrupted(f"interrupted by {name}{hint}", signum)
     if isinstance(error, KeyboardInterrupt):
-        return Interrupted(f"interrupted; no output was written{committed_hint(record, '--resume continues')}")
+        hint = restart or committed_hint(record, "run the same command with --resume to continue")
+        return Interrupted(f"interrupted; no output was written{hint}")
     if isinstance(error, BatchsentError):
         if error.exit_code != ExitCode.FAILED:
             return error
-        hint = committed_hint(record, "rerun with --resume once fixed")
+        hint = restart or committed_hint(record, "run the same command with --resume once the cause is fixed")
         return ScoringError(f"{first_line(error)}{hint}") if hint else error
-    hint = committed_hint(record, "rerun with --resume once fixed")
+    hint = restart or committed_hint(record, "run the same command with --resume once the cause is fixed")
     return ScoringError(f"{type(error).__name__}: {first_line(error)}{hint}")
 
 

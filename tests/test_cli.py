@@ -124,7 +124,7 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(reviews, binary_model,
     (tmp_path / "notes.txt").write_text("hello")
     bad(invoke(tmp_path / "notes.txt", *model), 2, "unsupported file type '.txt'")
     bad(invoke(reviews, "-o", tmp_path / "out.json", *model), 2, "unsupported file type '.json'")
-    bad(invoke(reviews, "-o", reviews, "--overwrite", *model), 2, "the output would replace the input")
+    bad(invoke(reviews, "-o", reviews, "--overwrite", *model), 2, "a run never writes over its input")
     bad(invoke(reviews, "--batch-size", "0", *model), 2, "--batch-size must be positive")
     bad(invoke(reviews, "--max-length", "-3", *model), 2, "--max-length must be positive")
     bad(invoke(reviews, "--max-length", "4096", *model), 2, "exceeds the model's limit of 512")
@@ -207,7 +207,7 @@ def test_a_failure_while_running_leaves_no_output(reviews, binary_model, monkeyp
 
     fail_third_chunk(monkeypatch, "device fell over")
     result = invoke(reviews, "--model", binary_model, "--chunk-rows", "5")
-    bad(result, 1, "RuntimeError: device fell over; 10 rows are committed: rerun with --resume once fixed")
+    bad(result, 1, "RuntimeError: device fell over; 10 rows are committed: run the same command with --resume once the cause is fixed")
     # no output under the final name; the committed progress is kept for --resume
     assert sorted(p.name for p in reviews.parent.iterdir()) == [".reviews.scored.csv.batchsent", "reviews.csv"]
     monkeypatch.undo()  # the device is back
