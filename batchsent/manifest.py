@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .identity import package_version
 from .io import atomic_file
 from .options import JobConfig
-from .storage import is_url
+from .storage import is_url, redacted
 
 if TYPE_CHECKING:
     from .job import RunSummary
@@ -116,7 +116,8 @@ def build_manifest(config: JobConfig, record: dict[str, Any], summary: RunSummar
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Write ``manifest`` as JSON atomically: readers never see half of it."""
+    """Write ``manifest`` as JSON atomically (readers never see half of it), credentials in URLs redacted."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(redacted(json.loads(json.dumps(manifest, default=str))), indent=2)
     with atomic_file(path) as temporary:
-        temporary.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+        temporary.write_text(text + "\n", encoding="utf-8")

@@ -21,6 +21,7 @@ import typer
 from tqdm import tqdm
 
 from .errors import first_line
+from .storage import redact, redacted
 
 LOG_INTERVAL_SECONDS = 10.0
 
@@ -60,7 +61,7 @@ class BarProgress:
             self._bar.set_postfix_str(f"{rows_done:,} rows, {rows_done / elapsed:,.0f} rows/s", refresh=True)
 
     def note(self, message: str) -> None:
-        tqdm.write(f"note: {message}", file=self._stream)
+        tqdm.write(f"note: {redact(message)}", file=self._stream)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -110,6 +111,7 @@ class LogProgress:
                   file=self._stream, flush=True)  # fmt: skip
 
     def note(self, message: str) -> None:
+        message = redact(message)
         if self._json:
             print(json.dumps({"time": _stamp(), "level": "note", "message": message}), file=self._stream, flush=True)
         else:
@@ -157,6 +159,7 @@ class Reporter:
         self.json = log_format == "json"
 
     def _emit(self, level: str, message: str, **fields: Any) -> None:
+        message, fields = redact(message), redacted(fields)
         if self.json:
             typer.echo(json.dumps({"time": _stamp(), "level": level, "message": message, **fields}), err=True)
         else:

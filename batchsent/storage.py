@@ -15,6 +15,7 @@ Reads stream. Outputs are staged on local disk by the job and uploaded when comp
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,10 +26,33 @@ from .errors import BatchsentError, InputError, OutputError, ScoringError, first
 
 SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "abfss://")
 UPLOAD_BLOCK_BYTES = 8 << 20
+# The user-info part of any URL (``scheme://KEY:SECRET@host``): a credential, never printed or recorded.
+_USER_INFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@")
+REDACTED = "***@"
 
 
 def is_url(value: object) -> bool:
     return isinstance(value, str) and value.lower().startswith(SCHEMES)
+
+
+def redact(text: str) -> str:
+    """``text`` with the user-info of every URL in it replaced: ``s3://KEY:SECRET@bucket/x`` -> ``s3://***@bucket/x``.
+
+    Everything batchsent prints, logs or records goes through this (the summary, errors, notes,
+    the manifest), so credentials given in a URL never leave the process.
+    """
+    return _USER_INFO.sub(lambda match: match.group(1) + REDACTED, text)
+
+
+def redacted(value: object) -> object:
+    """``value`` (strings, lists and dicts of them, nested) with every URL's user-info redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redacted(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
