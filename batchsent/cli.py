@@ -130,6 +130,11 @@ def score(
                                      "(entailment vs contradiction) instead of one softmax across them.",
                                      show_default=False),  # fmt: skip
     ] = None,
+    trust_remote_code: Annotated[
+        Optional[bool], typer.Option("--trust-remote-code/--no-trust-remote-code",
+                                     help="Run the code a model folder or Hub repo brings (its config's auto_map). "
+                                     "Off: such a model is refused.", show_default=False),  # fmt: skip
+    ] = None,
     all_scores: Annotated[
         Optional[bool],
         typer.Option("--all-scores/--no-all-scores", help="Add one PREFIXscore_LABEL column per label.", show_default=False),

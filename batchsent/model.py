@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,10 +116,52 @@ def _not_downloadable(model: str, reason: str) -> ModelLoadError:
     )
 
 
-def _from_pretrained(source: str, revision: str | None, local_only: bool) -> tuple[Any, Any]:
+CUSTOM_CODE_FILES = ("config.json", "tokenizer_config.json")
+
+
+def custom_code(source: str, revision: str | None = None, local_only: bool = True) -> list[str]:
+    """The ``auto_map`` entries of a model's config.json and tokenizer_config.json: code that loading it
+    as its author meant would run (``AutoConfig -> configuration_x.XConfig``...). Empty for a plain model."""
+    from transformers.utils import cached_file
+
+    entries = []
+    for name in CUSTOM_CODE_FILES:
+        try:
+            path = cached_file(source, name, revision=revision or "main", local_files_only=local_only,
+                               _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False)  # fmt: skip
+        except Exception:  # noqa: BLE001 - not found here: the load itself reports it
+            path = None
+        if path is None:
+            continue
+        try:
+            auto_map = json.loads(Path(path).read_text(encoding="utf-8")).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            continue  # an unreadable config: the load itself reports it
+        for key, value in (auto_map.items() if isinstance(auto_map, dict) else ()):
+            target = value if isinstance(value, str) else ", ".join(str(v) for v in value or () if v)
+            entries.append(f"{key} -> {target}")
+    return entries
+
+
+def check_custom_code(source: str, revision: str | None, local_only: bool, trust_remote_code: bool) -> None:
+    """Refuse a model that brings its own code unless the user allowed it (transformers would ask on stdin)."""
+    if trust_remote_code:
+        return
+    entries = custom_code(source, revision, local_only)
+    if entries:
+        raise ModelLoadError(
+            f"model '{source}' brings its own code (auto_map: {', '.join(entries[:3])}); batchsent runs no code from a "
+            "model unless you pass --trust-remote-code (trust-remote-code = true in a job file)"
+        )
+
+
+def _from_pretrained(source: str, revision: str | None, local_only: bool,
+                     trust_remote_code: bool = False) -> tuple[Any, Any]:  # fmt: skip
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    options = {"revision": revision or "main", "local_files_only": local_only}
+    check_custom_code(source, revision, local_only, trust_remote_code)
+    options = {"revision": revision or "main", "local_files_only": local_only, "trust_remote_code": trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(source, **options)
     model, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True, **options)
     missing = [key for key in info.get("missing_keys", ()) if key]
@@ -130,11 +173,13 @@ def _from_pretrained(source: str, revision: str | None, local_only: bool) -> tup
     return tokenizer, model
 
 
-def load_pretrained(model: str, revision: str | None = None) -> tuple[Any, Any]:
+def load_pretrained(model: str, revision: str | None = None, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load tokenizer and model from a local directory, the cache, or the Hub.
 
     The local cache is tried first so a cached model loads with no network traffic;
-    the Hub is asked only on a cache miss and when HF_HUB_OFFLINE is not set.
+    the Hub is asked only on a cache miss and when HF_HUB_OFFLINE is not set. A model
+    whose config maps its classes to its own code is refused unless ``trust_remote_code``;
+    transformers is always told the answer, so it never asks on stdin.
     """
     path = Path(model).expanduser()
     if path.exists():
@@ -143,7 +188,7 @@ def load_pretrained(model: str, revision: str | None = None) -> tuple[Any, Any]:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"--model {model}: the directory holds no model (no config.json)")
         try:
-            return _from_pretrained(str(path), None, local_only=True)
+            return _from_pretrained(str(path), None, local_only=True, trust_remote_code=trust_remote_code)
         except ModelLoadError:
             raise
         except Exception as error:
@@ -151,7 +196,7 @@ def load_pretrained(model: str, revision: str | None = None) -> tuple[Any, Any]:
     if not _HUB_ID.match(model):
         raise ModelLoadError(f"--model {model}: no such directory, and not a Hugging Face Hub id")
     try:
-        return _from_pretrained(model, revision, local_only=True)
+        return _from_pretrained(model, revision, local_only=True, trust_remote_code=trust_remote_code)
     except ModelLoadError:
         raise
     except Exception as cache_miss:
@@ -161,7 +206,7 @@ def load_pretrained(model: str, revision: str | None = None) -> tuple[Any, Any]:
         if unreachable:
             raise _not_downloadable(model, unreachable) from cache_miss
     try:
-        return _from_pretrained(model, revision, local_only=False)
+        return _from_pretrained(model, revision, local_only=False, trust_remote_code=trust_remote_code)
     except ModelLoadError:
         raise
     except Exception as error:
@@ -237,7 +282,7 @@ class Classifier:
         """Tokenizer and model, on the device in the dtype; labels, activation and length limit."""
         import torch
 
-        self.tokenizer, self.model = load_pretrained(self.name, self.options.revision)
+        self.tokenizer, self.model = load_pretrained(self.name, self.options.revision, self.options.trust_remote_code)
         if not getattr(self.tokenizer, "is_fast", False):
             raise ModelLoadError(f"model '{self.name}' has no fast tokenizer (tokenizer.json); batchsent needs one")
         self.model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
@@ -252,6 +297,10 @@ class Classifier:
         max_length = self.options.max_length
         if max_length is not None and max_length > limit:
             raise UsageError(f"--max-length {max_length} exceeds the model's limit of {limit} tokens")
+        specials = self.tokenizer.num_special_tokens_to_add(pair=self.zero_shot)
+        if max_length is not None and max_length <= specials:  # the tokenizer would not cut at all
+            raise UsageError(f"--max-length {max_length} leaves no room for text beside the model's {specials} special "
+                             f"tokens; give at least {specials + 1}")  # fmt: skip
         self.max_length = max_length or limit
 
     def _prepare_encoder(self) -> None:

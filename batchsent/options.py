@@ -64,6 +64,7 @@ class ModelOptions:
     labels: str | None = None  # zero-shot: candidate labels, comma-separated, scored with an NLI model
     hypothesis_template: str = DEFAULT_HYPOTHESIS
     multi_label: bool = False
+    trust_remote_code: bool = False  # run code a model folder brings (its config's auto_map); off unless asked
 
     def __post_init__(self) -> None:
         _positive(batch_size=self.batch_size, token_budget=self.token_budget, max_length=self.max_length,
@@ -95,10 +96,16 @@ class ModelOptions:
             raise UsageError('--labels: give at least one label, e.g. --labels "billing,shipping,refund"')
         if len(set(labels)) != len(labels):
             raise UsageError(f"--labels {self.labels!r}: a label appears twice")
+        shown = f"--hypothesis-template {self.hypothesis_template!r}"
         try:
             filled = self.hypothesis_template.format(labels[0])
-        except (IndexError, KeyError, ValueError) as error:
-            raise UsageError(f"--hypothesis-template {self.hypothesis_template!r}: {error}") from None
+        except KeyError as error:
+            raise UsageError(f"{shown}: {{{error.args[0]}}} is not filled in; {{}} marks where the label goes") from None
+        except IndexError:
+            raise UsageError(f"{shown}: only one {{}} (where the label goes) may appear; write {{{{ and }}}} for "
+                             "literal braces") from None  # fmt: skip
+        except ValueError as error:
+            raise UsageError(f"{shown}: {error}; write {{{{ and }}}} for literal braces") from None
         if filled == self.hypothesis_template:
             raise UsageError(f"--hypothesis-template {self.hypothesis_template!r} has no {{}} where the label goes")
         if self.long_text == "chunk":
@@ -139,8 +146,13 @@ class ModelSpec:
     def parse(cls, value: str) -> ModelSpec | None:
         """``NAME=MODEL`` as a ModelSpec; None for a plain model id or path (no ``NAME=`` in front)."""
         name, equals, model = value.partition("=")
-        if not equals or not MODEL_NAME.match(name):
+        if not equals:
             return None
+        if not MODEL_NAME.match(name):
+            if "/" in name or Path(value).expanduser().exists():
+                return None  # a path or Hub id that holds "=", not NAME=MODEL
+            raise UsageError(f"--model {value}: {name!r} cannot be a NAME (a NAME is letters, digits, _ and -, "
+                             "starting with a letter or digit)")  # fmt: skip
         if not model:
             raise UsageError(f"--model {value}: give the model after {name}=")
         return cls(name, model)

@@ -59,7 +59,8 @@ def check_label_columns(config: JobConfig, schema: pa.Schema, path: Path) -> Non
         if not labels:
             try:
                 loaded = AutoConfig.from_pretrained(model.options.model, revision=model.options.revision or "main",
-                                                    local_files_only=True)  # fmt: skip
+                                                    local_files_only=True,
+                                                    trust_remote_code=model.options.trust_remote_code)  # fmt: skip
             except Exception:  # noqa: BLE001 - not here: the actors report it
                 return
             labels = [str(loaded.id2label[i]) for i in range(loaded.num_labels)]
@@ -167,6 +168,10 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSumma
     record = {} if record is None else record
     check_ray_installed()
     paths = expand_inputs(str(config.input))
+    from .model import check_custom_code
+
+    for model in config.scoring_models():  # from the driver's copy where it has one; the actors check their own
+        check_custom_code(model.options.model, model.options.revision, True, model.options.trust_remote_code)
     check_label_columns(config, check_inputs(paths, config), paths[0])
     output = output_folder(config)
     if output.exists() and not config.overwrite:
