@@ -14,7 +14,7 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score report info test test-avx2 bench bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
+.PHONY: help score report info test test-avx2 bench bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -61,6 +61,9 @@ bench: $(TEST_DEPS) ## Throughput vs the transformers pipeline, then bench-cache
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/storage.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/zero_shot.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/models.py
+
+bench-model-key: $(TEST_DEPS) ## Keying a model folder by content: first hash and remembered hash of the DistilBERT-sized folder
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/model_key.py $(BENCH_ARGS)
 
 bench-cache: $(TEST_DEPS) ## --cache: second nights with 1% and 0% new rows, peak RSS with a 10M-entry cache
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cache.py $(BENCH_ARGS)

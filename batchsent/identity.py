@@ -6,7 +6,11 @@ record a run in its manifest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import sqlite3
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -43,18 +47,84 @@ def input_fingerprint(path: Path | str) -> dict[str, Any]:
 
 
 def model_identity(model_ref: str, model: Any) -> dict[str, Any]:
-    """Where the weights came from: a local folder (with its weight files) or a Hub id and commit."""
+    """What the model's results depend on: a local folder's files by content, or a Hub id and commit.
+
+    A local folder is keyed by the SHA-256 of its weight, config and tokenizer files, so weights
+    replaced with a file of the same size and mtime (``cp -p``, ``rsync -t``, a restore) give
+    another key; each file is hashed once per content (see ``file_sha256``).
+    """
     path = Path(model_ref).expanduser()
-    config_json = model.config.to_json_string(use_diff=False)
-    identity: dict[str, Any] = {"config_sha256": hashlib.sha256(config_json.encode()).hexdigest()}
     if path.is_dir():
-        identity["path"] = str(path.resolve())
-        identity["weights"] = sorted(
-            [f.name, f.stat().st_size, f.stat().st_mtime_ns]
-            for f in path.iterdir()
-            if f.suffix in {".safetensors", ".bin"}
-        )
-    else:
-        identity["hub_id"] = model_ref
-        identity["revision"] = getattr(model.config, "_commit_hash", None)
-    return identity
+        return {"path": str(path.resolve()), "files": folder_digests(path)}
+    config_json = model.config.to_json_string(use_diff=False)
+    return {"config_sha256": hashlib.sha256(config_json.encode()).hexdigest(), "hub_id": model_ref,
+            "revision": getattr(model.config, "_commit_hash", None)}  # fmt: skip
+
+
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")  # weights, config, tokenizer, vocabularies
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    """``{file name: SHA-256}`` of the files of a model folder that its results depend on."""
+    return {entry.name: file_sha256(entry) for entry in sorted(folder.iterdir())
+            if entry.suffix in MODEL_FILE_SUFFIXES and entry.is_file()}  # fmt: skip
+
+
+def digest_memo_path() -> Path:
+    """Where file hashes are remembered: ``$BATCHSENT_STATE_DIR`` or the user's cache folder."""
+    root = os.environ.get("BATCHSENT_STATE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "batchsent"
+    return Path(root).expanduser() / "file-digests.sqlite"
+
+
+HASH_BLOCK_BYTES = 8 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content, remembered against its (device, inode, size, mtime_ns, ctime_ns).
+
+    Any write to a file, or a copy over it, changes its ctime (which no tool sets back), so a
+    remembered hash is reused only for the very same bytes, and a night does not rehash
+    gigabytes. Where the memo cannot be read or written, the file is hashed every time.
+    """
+    stat = path.stat()
+    identity = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    with _digest_memo() as memo:
+        try:
+            row = memo and memo.execute("SELECT sha256 FROM digests WHERE path = ? AND device = ? AND inode = ? AND "
+                                        "size = ? AND mtime_ns = ? AND ctime_ns = ?", identity).fetchone()  # fmt: skip
+        except sqlite3.Error:
+            row = None
+        if row:
+            return str(row[0])
+        digest = hashlib.sha256()
+        with open(path, "rb") as stream:
+            while block := stream.read(HASH_BLOCK_BYTES):
+                digest.update(block)
+        with contextlib.suppress(sqlite3.Error):
+            memo and memo.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                  (*identity, digest.hexdigest()))  # fmt: skip
+        return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _digest_memo() -> Iterator[sqlite3.Connection | None]:
+    """The memo of file hashes (one SQLite table shared by this user's runs), or None where it cannot be opened."""
+    path = digest_memo_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+    except (OSError, sqlite3.Error):
+        yield None
+        return
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER, "
+                           "size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT NOT NULL)")  # fmt: skip
+    except sqlite3.Error:
+        connection.close()
+        yield None
+        return
+    try:
+        yield connection
+    finally:
+        connection.close()

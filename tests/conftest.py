@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("BATCHSENT_STATE_DIR", tempfile.mkdtemp(prefix="batchsent-state-"))  # file hashes of this run
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
