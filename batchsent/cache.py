@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -88,6 +90,16 @@ def model_key(description: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class ModelKey(NamedTuple):
+    """A model key as a run uses it: entries are found and stored by ``key``, never by a remembered row id,
+    so a key that ``prune`` removes mid-run is added again (with the run's entries) and never lent to another."""
+
+    key: str
+    name: str
+    description: str  # JSON
+    labels: str  # JSON
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                  check_same_thread=False)  # fmt: skip
@@ -104,12 +116,16 @@ class PredictionCache:
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise CacheError(f"{self.path}: no such cache file")
         if self.path.is_dir():
             raise CacheError(f"--cache {self.path}: is a directory; expected a cache file")
-        if not self.path.parent.is_dir():
-            raise CacheError(f"--cache {self.path}: the folder {self.path.parent} does not exist")
+        if not create and not self.path.is_file():
+            raise CacheError(f"{self.path}: no such cache file")
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise CacheError(f"--cache {self.path}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            doing = "create the cache there" if not self.path.exists() else "keep the cache's -wal and -shm files there"
+            raise CacheError(f"--cache {self.path}: the folder {folder} is not writable, and SQLite must {doing}")
         try:
             self.connection = _connect(self.path)
             self._check_or_create(create)
@@ -120,7 +136,8 @@ class PredictionCache:
         connection = self.connection
         application_id = connection.execute("PRAGMA application_id").fetchone()[0]
         tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if application_id == 0 and tables == 0 and create:
+        foreign_version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if application_id == 0 and tables == 0 and foreign_version == 0 and create:  # a new (or zero-byte) file
             connection.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table: prune can free pages
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("BEGIN IMMEDIATE")
@@ -154,39 +171,59 @@ class PredictionCache:
             raise CacheError(f"--cache {self.path}: cannot write: {_reason(error)}") from error
         return int(cursor.lastrowid or 0)
 
-    def model_id(self, name: str, description: dict[str, Any], labels: Sequence[str]) -> int:
-        """The id of the model key ``description`` and ``labels`` make (added when new), its last use now."""
-        key, now = model_key({**description, "labels": list(labels)}), time.time()
+    def register(self, name: str, description: dict[str, Any], labels: Sequence[str]) -> ModelKey:
+        """The model key ``description`` and ``labels`` make, added to the file (or its last use set to now)."""
+        description_json = json.dumps(description, sort_keys=True, default=str)
+        model = ModelKey(model_key({**description, "labels": list(labels)}), name, description_json,
+                         json.dumps(list(labels)))  # fmt: skip
         try:
             with self._transaction():
-                self.connection.execute(
-                    "INSERT INTO models (key, name, description, labels, created, last_used) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET last_used = excluded.last_used",
-                    (key, name, json.dumps(description, sort_keys=True, default=str), json.dumps(list(labels)), now, now),
-                )
-                return int(self.connection.execute("SELECT id FROM models WHERE key = ?", (key,)).fetchone()[0])
+                self._model_row(model, touch=True)
         except sqlite3.Error as error:
             raise CacheError(f"--cache {self.path}: cannot write: {_reason(error)}") from error
+        return model
 
-    def lookup(self, model_id: int, digests: Sequence[bytes]) -> dict[bytes, Entry]:
-        """The entries of ``digests`` the cache holds for this model, in a few queries (not one per text)."""
+    def _model_row(self, model: ModelKey, touch: bool = False) -> int:
+        """The row id of ``model`` (inside a write transaction), its row added when missing.
+
+        A new row may take the id of a row deleted earlier; entries left under that id by an older
+        batchsent belong to no key, so they are dropped here rather than lent to the new one.
+        """
+        now = time.time()
+        row = self.connection.execute("SELECT id FROM models WHERE key = ?", (model.key,)).fetchone()
+        if row is not None:
+            if touch:
+                self.connection.execute("UPDATE models SET last_used = ? WHERE id = ?", (now, row[0]))
+            return int(row[0])
+        cursor = self.connection.execute(
+            "INSERT INTO models (key, name, description, labels, created, last_used) VALUES (?, ?, ?, ?, ?, ?)",
+            (model.key, model.name, model.description, model.labels, now, now),
+        )
+        model_id = int(cursor.lastrowid or 0)
+        self.connection.execute("DELETE FROM predictions WHERE model = ?", (model_id,))
+        return model_id
+
+    def lookup(self, model: ModelKey, digests: Sequence[bytes]) -> dict[bytes, Entry]:
+        """The entries of ``digests`` the cache holds for this model key, in a few queries (not one per text)."""
         found: dict[bytes, Entry] = {}
         for start in range(0, len(digests), QUERY_DIGESTS):
             part = digests[start : start + QUERY_DIGESTS]
             rows = self.connection.execute(
                 "SELECT digest, probabilities, truncated, windows, run, used FROM predictions "
-                f"WHERE model = ? AND digest IN ({','.join('?' * len(part))})",
-                (model_id, *part),
+                f"WHERE model = (SELECT id FROM models WHERE key = ?) AND digest IN ({','.join('?' * len(part))})",
+                (model.key, *part),
             )
             found.update((entry.digest, entry) for entry in map(Entry._make, rows))
         return found
 
-    def store(self, model_id: int, run_id: int, new: Iterable[tuple[bytes, bytes, bool, int | None]],
+    def store(self, model: ModelKey, run_id: int, new: Iterable[tuple[bytes, bytes, bool, int | None]],
               used: Sequence[bytes]) -> None:  # fmt: skip
         """Add ``new`` entries (digest, probabilities, truncated, windows) and refresh the last use of
-        ``used`` digests, in one transaction. The first value stored for a text stays."""
+        ``used`` digests, in one transaction, under the model key's row (added again if a prune removed
+        it meanwhile). The first value stored for a text stays."""
         now = int(time.time())
         with self._transaction():
+            model_id = self._model_row(model)
             self.connection.executemany(
                 "INSERT OR IGNORE INTO predictions (model, digest, probabilities, truncated, windows, run, used) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -203,6 +240,12 @@ class PredictionCache:
 
     def stats(self) -> dict[str, Any]:
         """Entries, models (with their entries and last use), file size and last use."""
+        try:
+            return self._stats()
+        except sqlite3.Error as error:
+            raise CacheError(f"{self.path}: cannot read: {_reason(error)}") from error
+
+    def _stats(self) -> dict[str, Any]:
         per_model = {
             model: (count, used)
             for model, count, used in self.connection.execute(
@@ -234,7 +277,10 @@ class PredictionCache:
 
         Returns ``(entries removed, models removed)``; freed pages go back to the file system.
         """
-        known = {name for (name,) in self.connection.execute("SELECT DISTINCT name FROM models")}
+        try:
+            known = {name for (name,) in self.connection.execute("SELECT DISTINCT name FROM models")}
+        except sqlite3.Error as error:
+            raise CacheError(f"{self.path}: cannot read: {_reason(error)}") from error
         unknown = [name for name in model_names if name not in known]
         if unknown:
             names = ", ".join(sorted(known)) or "none"
@@ -292,13 +338,22 @@ def _reason(error: BaseException) -> str:
     text = first_line(error)
     if "file is not a database" in text:
         return "not a batchsent cache (the file is not a SQLite database)"
+    if "unable to open database file" in text:
+        return "cannot open the file or create its -wal and -shm files beside it (check the folder's permissions)"
+    if "malformed" in text:
+        return f"the cache file is damaged ({text}); move it aside and start a new cache"
     return text
 
 
+MAX_AGE_SECONDS = 100 * 365 * 86400  # longer than any cache has lived; larger values only overflow
+
+
 def parse_age(text: str) -> float:
-    """``30d``, ``12h``, ``90m``, ``2w`` or ``45s`` in seconds."""
+    """``30d``, ``12h``, ``90m``, ``2w`` or ``45s`` in seconds (ASCII digits, at most 100 years)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
     number, unit = text[:-1], text[-1:].lower()
-    if unit not in units or not number.isdigit():
+    if unit not in units or not re.fullmatch(r"[0-9]+", number):
         raise CacheError(f"--older-than {text!r}: expected a number and a unit, like 30d, 12h, 90m or 2w")
+    if len(number) > 12 or int(number) * units[unit] > MAX_AGE_SECONDS:
+        raise CacheError(f"--older-than {text!r}: longer than 100 years; give a shorter age, like 30d")
     return int(number) * units[unit]

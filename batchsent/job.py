@@ -339,7 +339,7 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
     """Every check of the input, the resume state and the cache, the models, and the output schema: a job
     ready to score. Stores opened are appended to ``stores`` (the caller closes them)."""
     column = reader.text_column(config.column)
-    pair = None if config.pair_column is None else reader.text_column(config.pair_column)
+    pair = None if config.pair_column is None else reader.text_column(config.pair_column, "--pair-column")
     check_input_columns(config, reader.schema, config.input)
     wanted = config.scoring_models()
     fingerprint = _fingerprint(config, output)
@@ -376,7 +376,7 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
     models = []
     for model, loaded, identity in zip(wanted, classifiers, identities):
         description = model_description(loaded, identity, pair is not None)
-        reuse = RunReuse(store, store.model_id(model.options.model, description, loaded.labels), run_id)
+        reuse = RunReuse(store, store.register(model.options.model, description, loaded.labels), run_id)
         models.append(_Model(model.name, model.prefix, loaded, reuse))
     return _Job(config, reader, column, pair, models, schema, checkpoint, state, record)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .cache import REFRESH_SECONDS, Entry, PredictionCache, digest, digest_pair
+from .cache import REFRESH_SECONDS, Entry, ModelKey, PredictionCache, digest, digest_pair
 from .identity import package_version
 from .model import is_blank
 
@@ -57,8 +57,8 @@ class RunReuse:
     ask for them (a few chunks), so memory does not grow with the file.
     """
 
-    def __init__(self, store: PredictionCache, model_id: int, run_id: int) -> None:
-        self.store, self.model_id, self.run_id = store, model_id, run_id
+    def __init__(self, store: PredictionCache, model: ModelKey, run_id: int) -> None:
+        self.store, self.model, self.run_id = store, model, run_id
         self._lock = threading.Lock()
         self._in_flight: set[bytes] = set()
         self._recent: list[tuple[int, dict[bytes, Values]]] = []  # (plans made when stored, values)
@@ -70,7 +70,7 @@ class RunReuse:
         (computed once per chunk, whatever the number of models)."""
         unique = list(dict.fromkeys(d for d in digests if d is not None))
         with self._lock:
-            known = self.store.lookup(self.model_id, unique)
+            known = self.store.lookup(self.model, unique)
             deferred = {d for d in unique if d not in known and d in self._in_flight}
             new = [d for d in unique if d not in known and d not in deferred]
             self._in_flight.update(new)
@@ -147,7 +147,7 @@ class RunReuse:
         stale = int(time.time()) - REFRESH_SECONDS
         used = [key for key, entry in plan.known.items() if entry.used < stale]
         with self._lock:
-            self.store.store(self.model_id, self.run_id, ((k, *v) for k, v in new.items()), used)
+            self.store.store(self.model, self.run_id, ((k, *v) for k, v in new.items()), used)
             self._in_flight.difference_update(new)
             self._completed += 1
             self._recent.append((self._planned, new))

@@ -134,11 +134,13 @@ def grow_cache(cache: Path, entries: int, labels: int = 2) -> float:
 
     store = PredictionCache(cache)
     run = store.start_run("bench")
+    stats = store.stats()["models"][0]
+    model = store.register(stats["name"], stats["description"], stats["labels"])
     rng = random.Random(5)
     start, step = time.perf_counter(), 200_000
     for offset in range(0, entries, step):
         rows = ((rng.randbytes(16), rng.randbytes(4 * labels), False, None) for _ in range(min(step, entries - offset)))
-        store.store(1, run, rows, [])
+        store.store(model, run, rows, [])
     store.close()
     return time.perf_counter() - start
 
