@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .errors import BatchsentError
+from .errors import BatchsentError, first_line
 from .io import atomic_file
 
 STATE_VERSION = 2
@@ -33,6 +33,15 @@ class ResumeMismatch(BatchsentError):
     """--resume found progress computed from a different input, model or option."""
 
     exit_code = 2
+
+
+class DamagedProgress(ResumeMismatch):
+    """The progress folder cannot be read back (a truncated state.json, a part that is not an Arrow file)."""
+
+
+def damaged(directory: Path, what: str) -> DamagedProgress:
+    return DamagedProgress(f"{directory}: the interrupted run's progress is damaged ({what}); pass --overwrite to "
+                           "start over")  # fmt: skip
 
 
 @dataclass
@@ -88,10 +97,25 @@ class Checkpoint:
         return self.state_path.is_file()
 
     def load(self) -> CommittedState:
-        raw = json.loads(self.state_path.read_text(encoding="utf-8"))
-        if raw.pop("version", None) != STATE_VERSION:
+        """The committed state, every part it names checked to open as Arrow (a DamagedProgress if not)."""
+        try:
+            raw = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise damaged(self.directory, f"{self.state_path.name}: {first_line(error)}") from None
+        if not isinstance(raw, dict) or raw.pop("version", None) != STATE_VERSION:
             raise ResumeMismatch(f"{self.directory}: progress from another batchsent version; pass --overwrite")
-        return CommittedState(**raw)
+        try:
+            state = CommittedState(**raw)
+        except TypeError:
+            raise damaged(self.directory, f"{self.state_path.name} lacks fields it should have") from None
+        for index in range(1, state.chunks + 1):
+            part = self._part(index)
+            try:
+                with pa.memory_map(str(part)) as source:
+                    pa.ipc.open_file(source)
+            except (OSError, pa.ArrowException) as error:
+                raise damaged(self.directory, f"{part.name}: {first_line(error)}") from None
+        return state
 
     def start(self, fingerprint: dict[str, Any]) -> CommittedState:
         """A fresh, empty progress folder (any older one is removed)."""

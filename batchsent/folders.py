@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import io
-from .checkpoint import CommittedState, no_model_counts
-from .errors import OutputError
+from .checkpoint import CommittedState, damaged, no_model_counts
+from .errors import InputError, OutputError, ScoringError, first_line
 from .identity import input_fingerprint
 from .job import (ModelSummary, Progress, RunSummary, check_input_columns, check_output, load_classifiers,
                   score_local, score_to_object)
@@ -55,7 +55,12 @@ class _Finished:
         self.files: dict[str, dict[str, Any]] = {}
 
     def load(self) -> None:
-        raw = json.loads(self.path.read_text(encoding="utf-8"))
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise damaged(self.path, first_line(error)) from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("files"), dict):
+            raise damaged(self.path, "it lists no files")
         if raw.get("version") != DONE_VERSION:
             raise OutputError(f"{self.path}: progress from another batchsent version; pass --overwrite")
         self.files = raw["files"]
@@ -151,6 +156,11 @@ def score_files(config: JobConfig, progress: Progress | None = None,
             classifier = load_classifiers(config, None, record, shown)  # once, after every file passed its checks
         try:
             files = _score_each(jobs, inputs, output, finished, classifier, shown, stop, record)
+        except InputError as error:
+            record["state"] = _committed_so_far(finished, record.get("current", {}))
+            if record["state"].chunks:  # a file went bad after others were finished: a failure while running
+                raise ScoringError(str(error)) from error
+            raise
         except BaseException:
             record["state"] = _committed_so_far(finished, record.get("current", {}))
             raise
@@ -170,9 +180,9 @@ def _score_each(jobs: list[_FileJob], inputs: InputFiles, output: Path | str,
     for file in jobs:
         source, job, done = file.source, file.job, file.done
         if done is None:
+            record["current"] = file_record = {}  # before anything can fail: a failure counts this file's rows only
             relative = inputs.relative(source)
-            fingerprint = input_fingerprint(source)
-            record["current"] = file_record = {}
+            fingerprint = _fingerprint_of(source)
             if isinstance(output, str):
                 summary = score_to_object(job, progress=shown, classifier=classifier, stop=stop, record=file_record)
             else:
@@ -182,6 +192,7 @@ def _score_each(jobs: list[_FileJob], inputs: InputFiles, output: Path | str,
                            if k in ("model", "labels", "device", "dtype", "variant", "models")})  # fmt: skip
             resumed += file_record.get("resumed_from_rows", 0)
             finished.add(relative, fingerprint, summary)
+            record["current"] = {}  # its rows are counted as a finished file's now
             done = finished.files[str(relative)]
         else:
             resumed += done["rows"]
@@ -190,6 +201,16 @@ def _score_each(jobs: list[_FileJob], inputs: InputFiles, output: Path | str,
             shown.file_done(done["rows"], file.size)
     record["resumed_from_rows"] = resumed
     return files
+
+
+def _fingerprint_of(source: Path | str) -> dict[str, Any]:
+    """The input's fingerprint; a file that disappeared since the run listed it is an InputError."""
+    try:
+        return input_fingerprint(source)
+    except FileNotFoundError:
+        raise InputError(f"{source}: no such file (it was listed when the run started)") from None
+    except OSError as error:
+        raise InputError(f"{source}: cannot read ({first_line(error)})") from error
 
 
 def _committed_so_far(finished: _Finished, current: dict[str, Any]) -> CommittedState:
@@ -241,6 +262,8 @@ def _plan(config: JobConfig, inputs: InputFiles, output: Path | str, finished: _
             reader = io.open_reader(source)
             try:
                 reader.text_column(config.column)
+                if config.pair_column is not None:
+                    reader.text_column(config.pair_column, "--pair-column")
                 check_input_columns(config, reader.schema, source)
                 jobs.append(_FileJob(source, job, None, reader.total_bytes, reader.total_rows))
             finally:

@@ -164,12 +164,12 @@ class Reader:
             self.rows_read += batch.num_rows
             yield batch
 
-    def text_column(self, name: str) -> int:
-        """Index of the text column ``name``; refuses a missing, duplicated or non-text column."""
+    def text_column(self, name: str, option: str = "--column") -> int:
+        """Index of the text column ``name`` (given as ``option``); refuses a missing, duplicated or non-text column."""
         names = self.schema.names
         if name not in names:
             shown = ", ".join(repr(n) for n in names)
-            raise ColumnNotFound(f"{self.path}: no column {name!r}; the file has {shown} (pick one with --column)")
+            raise ColumnNotFound(f"{self.path}: no column {name!r}; the file has {shown} (pick one with {option})")
         if names.count(name) > 1:
             raise InputError(f"{self.path}: column {name!r} appears {names.count(name)} times")
         field = self.schema.field(name)
@@ -323,8 +323,9 @@ class JsonLinesReader(Reader):
         while True:
             try:
                 line = self._lines.readline()
-            except UnicodeDecodeError:
-                raise InputError(f"{self.path}: line {self._line_number + 1}: bytes that are not valid UTF-8") from None
+            except UnicodeDecodeError:  # decoded a block ahead of the line being read: find the line itself
+                line_number = first_invalid_utf8_line(self.path)
+                raise InputError(f"{self.path}: line {line_number}: bytes that are not valid UTF-8") from None
             except (OSError, EOFError, pa.ArrowException) as error:
                 raise InputError(f"{self.path}: cannot read ({first_line(error)})") from error
             if not line:
@@ -333,22 +334,29 @@ class JsonLinesReader(Reader):
             if line.strip():
                 return line.rstrip("\r\n").lstrip("\ufeff") if self._line_number == 1 else line.rstrip("\r\n")
 
-    def _object(self, line: str) -> dict[str, Any]:
+    def _object(self, line: str, spelled: bool = False) -> dict[str, Any]:
+        """The line's object. Numbers are not converted (only the text keys are used, and a 5,000-digit
+        integer would exceed Python's conversion limit): ``spelled`` keeps them as their text, else they
+        become opaque; nesting too deep to parse is an InputError."""
+        number = str if spelled else _number
         try:
-            value = json.loads(line)
+            value = json.loads(line, parse_int=number, parse_float=number, parse_constant=number)
         except json.JSONDecodeError as error:
             raise InputError(f"{self.path}: line {self._line_number}: not valid JSON ({error.msg})") from None
+        except RecursionError:
+            raise InputError(f"{self.path}: line {self._line_number}: arrays or objects nested too deeply to "
+                             "read") from None  # fmt: skip
         if not isinstance(value, dict):
             raise InputError(f"{self.path}: line {self._line_number}: not a JSON object but {type(value).__name__}")
         return value
 
-    def text_column(self, name: str) -> int:
+    def text_column(self, name: str, option: str = "--column") -> int:
         """The text key ``name``, which the first object must have; its column follows the line's."""
         first = self._object(self._pending)  # type: ignore[arg-type]
         if name not in first:
             shown = ", ".join(repr(k) for k in first) or "no keys"
             raise ColumnNotFound(f"{self.path}: line {self._line_number}: no key {name!r}; the object has {shown} "
-                                 "(pick one with --column)")  # fmt: skip
+                                 f"(pick one with {option})")  # fmt: skip
         if name not in self.keys:
             self.keys.append(name)
             self.schema = _jsonl_schema(self.keys)
@@ -370,8 +378,11 @@ class JsonLinesReader(Reader):
             for key, column in zip(self.keys, texts, strict=True):
                 text = value.get(key)
                 if text is not None and not isinstance(text, str):
-                    raise InputError(f"{self.path}: line {self._line_number}: {key!r} holds {type(text).__name__}, "
-                                     "not text")  # fmt: skip
+                    kind = "a number" if isinstance(text, _Number) else type(text).__name__
+                    raise InputError(f"{self.path}: line {self._line_number}: {key!r} holds {kind}, not text")
+                if text is not None and not _encodable(text):
+                    raise InputError(f"{self.path}: line {self._line_number}: {key!r} holds an escaped lone "
+                                     "surrogate (such as \\ud800), which is not Unicode text")  # fmt: skip
                 column.append(text)
             lines.append(line)
             if len(lines) == chunk_rows:
@@ -383,6 +394,53 @@ class JsonLinesReader(Reader):
     def close(self) -> None:
         self._lines.close()
         self._raw.close()
+
+class JsonLinesFields(JsonLinesReader):
+    """JSON Lines read back as a table (a scored file, for reports): every key of the first object is a
+    column of text, numbers as written, objects and arrays as JSON, and a missing key null."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.keys = list(self._object(self._pending))  # type: ignore[arg-type]
+        self.schema = pa.schema([(key, pa.string()) for key in self.keys])
+
+    def text_column(self, name: str, option: str = "--column") -> int:
+        return Reader.text_column(self, name, option)
+
+    def _batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        columns: list[list[str | None]] = [[] for _ in self.keys]
+        while True:
+            line = self._pending if self._pending is not None else self._next_line()
+            self._pending = None
+            if line is None:
+                break
+            value = self._object(line, spelled=True)
+            for key, column in zip(self.keys, columns, strict=True):
+                cell = value.get(key)
+                column.append(cell if cell is None or isinstance(cell, str) else json.dumps(cell, ensure_ascii=False))
+            if len(columns[0]) == chunk_rows:
+                yield pa.record_batch(columns, schema=self.schema)
+                columns = [[] for _ in self.keys]
+        if columns and columns[0]:
+            yield pa.record_batch(columns, schema=self.schema)
+
+
+class _Number:
+    """A JSON number left unconverted (its value is never needed)."""
+
+
+def _number(spelling: str) -> _Number:
+    return _Number()
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (a JSON escape can produce a lone surrogate, which is not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 def check_input(path: Path | str) -> str:
     """The input's format, after checking it exists and can be read (an object: its bucket and key)."""
@@ -398,13 +456,14 @@ def check_input(path: Path | str) -> str:
     return fmt
 
 
-def open_reader(path: Path | str) -> Reader:
-    """Open a file or object for streaming; raises InputError for anything unreadable."""
+def open_reader(path: Path | str, *, table: bool = False) -> Reader:
+    """Open a file or object for streaming; raises InputError for anything unreadable. ``table``: JSON Lines
+    with every key as a column (``JsonLinesFields``, to read a scored file back) instead of lines and texts."""
     fmt = file_format(path) if is_url(path) else check_input(path)  # an object is checked by its reader
     if fmt == "parquet":
         return ParquetReader(path)
     if fmt == "jsonl":
-        return JsonLinesReader(path)
+        return JsonLinesFields(path) if table else JsonLinesReader(path)
     return CsvReader(path, "\t" if fmt == "tsv" else ",")
 
 

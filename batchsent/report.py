@@ -187,7 +187,7 @@ def scored_files(path: Path) -> list[Path]:
         return [path]
     parts = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in io.FORMATS)
     if not parts:
-        raise InputError(f"{path}: a folder with no CSV, TSV or Parquet files")
+        raise InputError(f"{path}: a folder with no CSV, TSV, JSON Lines or Parquet files")
     return parts
 
 
@@ -233,7 +233,7 @@ def collect_models(path: Path, options: ReportOptions, truncated: int | None = N
     candidates: list[Agreement] = []
     first_row = 1  # rows are numbered from 1, as a spreadsheet shows them
     for part in scored_files(path):
-        reader = io.open_reader(part)
+        reader = io.open_reader(part, table=True)
         try:
             for prefix in options.model_prefixes:
                 text_column = _check_columns(reader, replace(options, prefix=prefix))

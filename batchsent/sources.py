@@ -9,8 +9,6 @@ type is refused. Both engines use this.
 from __future__ import annotations
 
 import fnmatch
-import glob
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +59,24 @@ def _glob_root(spec: str) -> Path:
             break
         fixed.append(part)
     return Path(*fixed) if fixed else Path(".")
+
+
+def _glob_files(text: str, root: Path) -> list[Path]:
+    """The files a local glob matches, sorted. As in the folder form, symbolic links to folders are not
+    followed (``**`` does not descend into them, and no match may pass through one), so a link loop
+    cannot repeat the tree; hidden names match only a pattern part that starts with a dot."""
+    rest = Path(text).expanduser().parts[len(root.parts) :]
+    pattern = "/".join(rest) + ("/*" if rest[-1] == "**" else "")
+    explicit_hidden = any(part.startswith(".") for part in rest)
+    files = []
+    for match in root.glob(pattern):
+        relative = match.relative_to(root)
+        through = [root.joinpath(*relative.parts[:depth]) for depth in range(1, len(relative.parts))]
+        if any(folder.is_symlink() for folder in through) or not match.is_file():
+            continue
+        if explicit_hidden or _visible(str(relative)):
+            files.append(match)
+    return sorted(files)
 
 
 def _visible(relative: str) -> bool:
@@ -124,7 +140,7 @@ def expand(spec: str | Path) -> InputFiles:
             raise InputError(f"{text}: no CSV, TSV, JSON Lines or Parquet files in this folder")
     elif names_many(text):
         root = _glob_root(text)
-        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if Path(p).is_file())
+        files = _glob_files(text, root)
         if not files:
             raise InputError(f"{text}: matches no files")
     else:

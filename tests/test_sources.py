@@ -152,7 +152,7 @@ def _as_csv(tmp_path: Path, rows: list[str]) -> Path:
     [
         (['{"text": "a"}', "[1, 2]"], "line 2: not a JSON object but list", 2),
         (['{"text": "a"}', '{"text": "b"'], "line 2: not valid JSON", 2),
-        (['{"text": "a"}', '{"text": 5}'], "line 2: 'text' holds int, not text", 2),
+        (['{"text": "a"}', '{"text": 5}'], "line 2: 'text' holds a number, not text", 2),
         (['{"body": "a"}'], "line 1: no key 'text'; the object has 'body'", 2),
         (['{"text": "a", "sentiment_label": "x"}'], "line 1: already has key(s) 'sentiment_label'", 2),
     ],
