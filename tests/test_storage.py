@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import socket
 import subprocess
@@ -143,11 +144,59 @@ def exports_folder(tmp_path) -> Path:
 def test_a_failed_run_leaves_no_object_under_the_output_name(s3, tmp_path, binary_model, monkeypatch):
     client, bucket = s3
     client.put_object(Bucket=bucket, Key="in.csv", Body=csv_bytes(200, 4))
+    from batchsent.model import Classifier
+
+    working = Classifier.run
     fail_third_chunk(monkeypatch, "CUDA error: out of memory")
     result = runner.invoke(app, ["score", f"s3://{bucket}/in.csv", "-o", f"s3://{bucket}/out.csv", "--model",
                                  str(binary_model), "--chunk-rows", "50"])  # fmt: skip
     assert result.exit_code == 1 and "out of memory" in result.output
+    assert "nothing was uploaded: run the same command again" in result.output and "--resume" not in result.output
     assert keys(client, bucket) == ["in.csv"]
+    monkeypatch.setattr(Classifier, "run", working)
+    again = runner.invoke(app, ["score", f"s3://{bucket}/in.csv", "-o", f"s3://{bucket}/out.csv", "--model",
+                                str(binary_model), "--chunk-rows", "50"])  # the advice, as given
+    assert again.exit_code == 0, again.output
+    assert keys(client, bucket) == ["in.csv", "out.csv"]
+
+
+def test_an_interrupted_object_output_advises_what_works(s3, tmp_path, binary_model):
+    from batchsent import JobConfig, run
+    from batchsent.errors import Interrupted
+
+    client, bucket = s3
+    client.put_object(Bucket=bucket, Key="in.csv", Body=csv_bytes(200, 4))
+    config = JobConfig(input=f"s3://{bucket}/in.csv", output=f"s3://{bucket}/out.csv", model=str(binary_model),
+                       chunk_rows=50, quiet=True)  # fmt: skip
+    batches = {"n": 0}
+
+    def stop_after_a_while() -> bool:  # as SIGTERM does: stop at the next batch boundary
+        batches["n"] += 1
+        return batches["n"] > 3
+
+    with pytest.raises(Interrupted, match="nothing was uploaded: run the same command again") as stopped:
+        run(config, stop=stop_after_a_while)
+    assert "--resume" not in str(stopped.value) and keys(client, bucket) == ["in.csv"]
+    assert run(config).rows == 200
+
+
+def test_credentials_in_a_url_are_never_printed_or_recorded(s3, tmp_path, binary_model, monkeypatch):
+    client, bucket = s3
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-4711")
+    client.put_object(Bucket=bucket, Key="x.csv", Body=csv_bytes(20, 6))
+    url = f"s3://KEYID:url-secret-0815@{bucket}"
+    manifest = tmp_path / "run.json"
+    done = runner.invoke(app, ["score", f"{url}/x.csv", "-o", str(tmp_path / "out.csv"), "--model", str(binary_model),
+                               "--manifest", str(manifest), "--log-format", "json"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    failed = runner.invoke(app, ["score", f"{url}/missing.csv", "-o", str(tmp_path / "o2.csv"), "--model",
+                                 str(binary_model), "--manifest", str(tmp_path / "failed.json")])  # fmt: skip
+    assert failed.exit_code == 2 and "missing.csv: no such object" in failed.output
+    recorded = json.loads((tmp_path / "failed.json").read_text())
+    assert "missing.csv" in recorded["error"] and f"s3://***@{bucket}/x.csv" in manifest.read_text()
+    for text in (done.output, failed.output, manifest.read_text(), (tmp_path / "failed.json").read_text()):
+        for secret in ("url-secret-0815", "KEYID", "env-secret-4711"):
+            assert secret not in text
 
 
 @pytest.mark.parametrize(
