@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from batchsent.cache import PredictionCache
 from batchsent.checkpoint import Checkpoint
 from batchsent.cli import app
-from batchsent.identity import digest_memo_path, model_identity
 from batchsent.model import Classifier
 
 runner = CliRunner()
@@ -205,6 +204,8 @@ def test_resume_refuses_weights_replaced_with_the_same_size_and_mtime(tmp_path, 
 
 
 def test_a_folder_is_hashed_once_per_content(tmp_path, binary_model):
+    from batchsent.identity import digest_memo_path, model_identity
+
     model = tmp_path / "model"
     shutil.copytree(binary_model, model)
     first = model_identity(str(model), None)
