@@ -30,7 +30,8 @@ from .io import atomic_file
 BACKENDS = ("torch", "onnx")
 QUANTIZATIONS = ("int8",)
 ONNX_OPSET = 17
-EXPORT_FORMAT = 1  # bump when the way models are exported changes
+EXPORT_FORMAT = 2  # bump when the way models are exported changes (2: checked against torch before it is kept)
+EXPORT_TOLERANCE = 1e-4  # largest logit difference from torch an export may show on the check batches
 
 
 def check_backend_options(backend: str, quantize: str | None, dtype: str) -> None:
@@ -41,8 +42,8 @@ def check_backend_options(backend: str, quantize: str | None, dtype: str) -> Non
         raise UsageError(f"--quantize {quantize!r}: expected int8")
     if backend == "onnx" and importlib.util.find_spec("onnxruntime") is None:
         raise UsageError("--backend onnx needs onnxruntime: pip install 'batchsent[onnx]'")
-    if quantize == "int8" and importlib.util.find_spec("onnx") is None and backend == "onnx":
-        raise UsageError("--quantize int8 with --backend onnx needs onnx: pip install 'batchsent[onnx]'")
+    if backend == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise UsageError("--backend onnx needs onnx to export the model: pip install 'batchsent[onnx]'")
     if backend == "onnx" and dtype not in ("auto", "float32"):
         raise UsageError(f"--backend onnx runs float32 (or --quantize int8), not --dtype {dtype}")
     if quantize == "int8" and dtype not in ("auto", "float32"):
@@ -133,8 +134,13 @@ def export_key(model_ref: str, model: Any, input_names: list[str], quantize: str
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def onnx_model(model_ref: str, model: Any, sample: dict[str, np.ndarray], quantize: str | None) -> tuple[Path, bool]:
-    """Path of the cached ONNX export for this model (exported now if missing) and whether it was."""
+def onnx_model(model_ref: str, model: Any, sample: dict[str, np.ndarray], quantize: str | None,
+               checks: list[dict[str, np.ndarray]]) -> tuple[Path, bool]:  # fmt: skip
+    """Path of the cached ONNX export for this model (exported now if missing) and whether it was.
+
+    A new export is traced on ``sample`` and kept only when ONNX Runtime gives torch's logits
+    (within EXPORT_TOLERANCE) on every batch of ``checks``; otherwise it is refused (exit 2).
+    """
     names = list(sample)
     directory = onnx_cache_root() / export_key(model_ref, model, names, quantize)
     target = directory / ("model.int8.onnx" if quantize == "int8" else "model.onnx")
@@ -145,6 +151,7 @@ def onnx_model(model_ref: str, model: Any, sample: dict[str, np.ndarray], quanti
     if not float_path.is_file():
         with atomic_file(float_path) as temporary:
             _export(model, sample, temporary)
+            _check_export(model, temporary, checks)
     if quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -159,6 +166,28 @@ def onnx_model(model_ref: str, model: Any, sample: dict[str, np.ndarray], quanti
     return target, True
 
 
+def _check_export(model: Any, path: Path, checks: list[dict[str, np.ndarray]]) -> None:
+    """Refuse an export whose logits differ from torch's by more than EXPORT_TOLERANCE (or that fails to run)."""
+    import onnxruntime as ort
+    import torch
+
+    worst = 0.0
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        for inputs in checks:
+            with torch.inference_mode():
+                expected = model(**{name: torch.from_numpy(value) for name, value in inputs.items()}).logits.float().numpy()
+            got = session.run(["logits"], {name: value for name, value in inputs.items() if name in names})[0]
+            worst = max(worst, float(np.abs(np.asarray(got, dtype=np.float32) - expected).max()))
+    except Exception as error:  # noqa: BLE001 - a graph ONNX Runtime cannot run on other shapes is a bad export
+        raise ModelLoadError(f"the ONNX export of this model fails on inputs of other lengths ({first_line(error)}); "
+                             "use --backend torch") from error  # fmt: skip
+    if not worst <= EXPORT_TOLERANCE:
+        raise ModelLoadError(f"the ONNX export of this model differs from torch by {worst:.1e} (more than "
+                             f"{EXPORT_TOLERANCE:.0e}) on inputs of other lengths; use --backend torch")  # fmt: skip
+
+
 def _export(model: Any, sample: dict[str, np.ndarray], path: Path) -> None:
     import torch
 
@@ -169,8 +198,30 @@ def _export(model: Any, sample: dict[str, np.ndarray], path: Path) -> None:
         warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches
         try:
             torch.onnx.export(
-                model.float().cpu(), args=(), kwargs=tensors, f=str(path), input_names=names,
+                _LogitsOnly(model.float().cpu(), names).eval(), args=tuple(tensors[name] for name in names), f=str(path),
+                input_names=names,
                 output_names=["logits"], dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False,
             )  # fmt: skip
         except Exception as error:  # noqa: BLE001 - any exporter failure means this model cannot go to ONNX
             raise ModelLoadError(f"cannot export this model to ONNX: {first_line(error)}") from error
+
+
+def _logits_only_class() -> type:
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        """The model with the logits as its only output: encoder-decoder models (T5) return caches and
+        other state beside them, which the tracer cannot export."""
+
+        def __init__(self, model: Any, names: list[str]) -> None:
+            super().__init__()
+            self.model, self.names = model, names
+
+        def forward(self, *tensors: Any) -> Any:
+            return self.model(**dict(zip(self.names, tensors, strict=True)), return_dict=True).logits
+
+    return LogitsOnly
+
+
+def _LogitsOnly(model: Any, names: list[str]) -> Any:  # noqa: N802 - builds the module (torch is imported only when exporting)
+    return _logits_only_class()(model, names)

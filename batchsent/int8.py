@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -101,7 +102,7 @@ class Int8Linear(torch.nn.Module):
         weight = linear.weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
         quantized = torch.round(weight / scale[:, None]).to(torch.int8)
-        self.out_features = linear.out_features
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.register_buffer("weight_t", quantized.t())  # (in, out) view of the (out, in) rows
         self.register_buffer("weight_scale", scale)
         # Row sums of the dequantized weights: the zero-point term of asymmetric activations.
@@ -134,7 +135,7 @@ class FbgemmInt8Linear(torch.nn.Module):
             warnings.simplefilter("ignore")  # quantized tensors are marked deprecated; fbgemm still takes them
             quantized = torch.quantize_per_channel(weight, scale, zero_points, 0, torch.qint8)
             self._packed = torch.ops.quantized.linear_prepack(quantized, None)
-        self.out_features = linear.out_features
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.register_buffer("weight_sum", quantized.dequantize().sum(dim=1))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
 
@@ -149,6 +150,16 @@ class FbgemmInt8Linear(torch.nn.Module):
             y.add_(self.bias)
         y.addr_(low.squeeze(1), self.weight_sum)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def _int8_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """What model code may ask of a quantized layer's ``weight``: its shape and the int8 dtype, no values
+    (the float32 weights are gone). T5's feed-forward reads ``wo.weight.dtype`` and leaves int8 alone."""
+    return torch.empty(layer.out_features, layer.in_features, dtype=torch.int8, device="meta")
+
+
+Int8Linear.weight = property(_int8_weight)  # type: ignore[attr-defined]
+FbgemmInt8Linear.weight = property(_int8_weight)  # type: ignore[attr-defined]
 
 
 def _unit_product(unit: torch.Tensor, packed: Any) -> torch.Tensor:
@@ -166,7 +177,8 @@ LAYERS = {"int_mm": Int8Linear, "fbgemm": FbgemmInt8Linear}
 
 
 def quantize_encoder_int8(model: Any, kernel: str = "int_mm") -> int:
-    """Replace the encoder's Linear layers with the ``kernel``'s int8 layer in place; returns how many.
+    """Replace the encoder's Linear (and GPT-2's Conv1D) layers with the ``kernel``'s int8 layer in place;
+    returns how many (0: the model has none, and runs float32).
 
     The encoder is ``model.base_model`` less its pooler; heads and the pooler see one row
     per text and stay float32.
@@ -178,11 +190,16 @@ def quantize_encoder_int8(model: Any, kernel: str = "int_mm") -> int:
     if isinstance(pooler, torch.nn.Module):
         keep = {id(module) for module in pooler.modules()}
     replaced = 0
+    from transformers.pytorch_utils import Conv1D
+
     for parent in list(base.modules()):
         if id(parent) in keep:
             continue
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.Linear):
                 setattr(parent, name, layer(child))
+                replaced += 1
+            elif isinstance(child, Conv1D):  # GPT-2's layers: y = x W + b with W stored (in, out)
+                setattr(parent, name, layer(SimpleNamespace(weight=child.weight.t(), bias=child.bias)))
                 replaced += 1
     return replaced

@@ -28,6 +28,9 @@ from .errors import Interrupted, ModelLoadError, UsageError, first_line
 from .options import DEFAULT_MODEL, ModelOptions
 from .postprocess import activate, activation_for, aggregate_windows
 
+# A long row (truncated at --max-length) for checking an ONNX export beyond the traced shapes: sliding windows
+# (Longformer), relative positions and local attention only show past a few dozen tokens.
+EXPORT_CHECK_TEXT = " ".join(["the film was long, and the plot went on and on"] * 40)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -213,10 +216,17 @@ def load_pretrained(model: str, revision: str | None = None, trust_remote_code: 
         raise _not_downloadable(model, first_line(error)) from error
 
 
-def _model_length_limit(tokenizer: Any, config: Any) -> int:
+def _model_length_limit(tokenizer: Any, model: Any) -> int:
+    """The most tokens a row may have: the tokenizer's limit, else the model's positions. RoBERTa-style
+    embeddings number positions from ``padding_idx + 1``, so that many fewer fit in their table."""
     limit = getattr(tokenizer, "model_max_length", None)
     if limit is None or limit > 1_000_000:  # transformers' "no limit set" sentinel
-        limit = getattr(config, "max_position_embeddings", 512)
+        limit = getattr(model.config, "max_position_embeddings", 512)
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    positions = getattr(embeddings, "position_embeddings", None)
+    if isinstance(padding_idx, int) and hasattr(positions, "num_embeddings"):
+        limit = min(limit, positions.num_embeddings - padding_idx - 1)
     return int(limit)
 
 
@@ -287,13 +297,17 @@ class Classifier:
             raise ModelLoadError(f"model '{self.name}' has no fast tokenizer (tokenizer.json); batchsent needs one")
         self.model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
         config = self.model.config
+        if getattr(config, "use_cache", False):
+            config.use_cache = False  # one forward pass per batch: a key/value cache is only memory (and breaks ONNX export)
+        eos = getattr(config, "eos_token_id", None)
+        self._eos_id = eos if getattr(config, "is_encoder_decoder", False) and isinstance(eos, int) else None
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
         self.activation = activation_for(config)
         self.zero_shot = bool(self.options.candidate_labels)
         if self.zero_shot:
             self.entailment_id = _entailment_id(self.name, config)
             self.labels, self.activation = list(self.options.candidate_labels), "zero-shot"
-        limit = _model_length_limit(self.tokenizer, config)
+        limit = _model_length_limit(self.tokenizer, self.model)
         max_length = self.options.max_length
         if max_length is not None and max_length > limit:
             raise UsageError(f"--max-length {max_length} exceeds the model's limit of {limit} tokens")
@@ -312,7 +326,7 @@ class Classifier:
         self._pad_id = self.tokenizer.pad_token_id or 0
         self._pad_type_id = getattr(self.tokenizer, "pad_token_type_id", 0) or 0
         self._wants_type_ids = "token_type_ids" in self.tokenizer.model_input_names
-        self._encoder = type(self.tokenizer.backend_tokenizer).from_str(self.tokenizer.backend_tokenizer.to_str())
+        self._encoder = _copied(self.tokenizer.backend_tokenizer)
         self._encoder.no_padding()
         self._encoder.enable_truncation(
             self.max_length, stride=0, strategy="longest_first", direction=self.tokenizer.truncation_side
@@ -320,7 +334,7 @@ class Classifier:
         if self.long_text == "chunk":
             self._prepare_windows()
         if self.zero_shot:  # as the pipeline: only the text is cut, never the hypothesis
-            self._hypothesis_encoder = type(self._encoder).from_str(self._encoder.to_str())
+            self._hypothesis_encoder = _copied(self._encoder)
             self._hypothesis_encoder.enable_truncation(
                 self.max_length, stride=0, strategy="only_first", direction=self.tokenizer.truncation_side
             )
@@ -329,7 +343,7 @@ class Classifier:
         windows = (self.long_text, self.stride) if self.long_text == "chunk" else None
         hypotheses = (tuple(self.labels), self.options.hypothesis_template) if self.zero_shot else None
         content = hashlib.sha256(self._encoder.to_str().encode("utf-8")).hexdigest()
-        self.encoding_key = (content, windows, hypotheses, self._wants_type_ids)
+        self.encoding_key = (content, self._encoder.encode_special_tokens, windows, hypotheses, self._wants_type_ids)
 
     def _prepare_runner(self) -> None:
         """What runs the model: ONNX Runtime on a cached export, or torch (int8 layers swapped in)."""
@@ -337,18 +351,21 @@ class Classifier:
         if self.backend == "onnx":
             sample = self.encode(["a short sample", "a somewhat longer sample text for the export"])
             inputs = self._batch_inputs(sample, sample.batches[0])
-            path, self.exported = onnx_model(self.name, self.model, inputs, self.quantize)
+            check = self.encode(["one", "a sample of another length, to check the export " * 2, EXPORT_CHECK_TEXT])
+            checks = [self._batch_inputs(check, np.arange(len(check.lengths)))]
+            path, self.exported = onnx_model(self.name, self.model, inputs, self.quantize, checks)
             self._runner: TorchRunner | OnnxRunner = OnnxRunner(path, self.device, self.options.threads)
             return
         if self.kernel is not None:
             from .int8 import quantize_encoder_int8
 
-            quantize_encoder_int8(self.model, self.kernel)
+            if not quantize_encoder_int8(self.model, self.kernel):  # nothing int8 can run: say it ran float32
+                self.quantize = self.kernel = None
         self._runner = TorchRunner(self.model, self.device)
 
     def _prepare_windows(self) -> None:
         """Learn the special tokens around one sequence, to wrap every window in them."""
-        self._full_encoder = type(self._encoder).from_str(self._encoder.to_str())
+        self._full_encoder = _copied(self._encoder)
         self._full_encoder.no_truncation()
         probe = self._full_encoder.encode("hello world", add_special_tokens=True)
         content = [i for i, special in enumerate(probe.special_tokens_mask) if not special]
@@ -399,8 +416,23 @@ class Classifier:
         return chunk
 
     def planned(self, chunk: EncodedChunk) -> EncodedChunk:
-        """``chunk`` with this model's length-sorted, token-budgeted batches."""
-        chunk.batches = plan_batches(chunk.lengths, self.token_budget, self.batch_size)
+        """``chunk`` with this model's length-sorted, token-budgeted batches.
+
+        An encoder-decoder head (BART, T5) reads the hidden state at the ``</s>`` tokens and
+        needs the same count of them in every row of a batch; a text may hold ``</s>`` itself
+        (``<s>old price</s>``), so such models batch rows of equal counts together.
+        """
+        if self._eos_id is None:
+            chunk.batches = plan_batches(chunk.lengths, self.token_budget, self.batch_size)
+            return chunk
+        starts = chunk.offsets[: len(chunk.lengths)]
+        seen = np.concatenate(([0], np.cumsum(chunk.flat_ids == self._eos_id)))
+        counts = seen[starts + chunk.lengths] - seen[starts]
+        chunk.batches = []
+        for count in np.unique(counts):
+            members = np.flatnonzero(counts == count)
+            chunk.batches += [members[batch] for batch in plan_batches(chunk.lengths[members], self.token_budget,
+                                                                       self.batch_size)]  # fmt: skip
         return chunk
 
 
@@ -577,6 +609,14 @@ def encode_each(classifiers: Sequence[Classifier],
         for position in group:
             chunks[position] = classifiers[position].planned(tokens.only(needs[position]))
     return chunks
+
+
+def _copied(tokenizer: Any) -> Any:
+    """A private copy of a ``tokenizers.Tokenizer``; ``to_str`` leaves out ``encode_special_tokens``
+    (a tokenizer config's ``split_special_tokens``), so it is carried over here."""
+    copy = type(tokenizer).from_str(tokenizer.to_str())
+    copy.encode_special_tokens = tokenizer.encode_special_tokens
+    return copy
 
 
 def _softmax(values: np.ndarray) -> np.ndarray:
