@@ -125,3 +125,19 @@ def test_ray_refuses_colliding_model_columns_before_it_starts(two_files, tiny_mo
                                  f"--model=a_score={tiny_models['three']}", "--all-scores", "-o", str(tmp_path / "o")])  # fmt: skip
     assert result.exit_code == 2 and "models a and a_score would both write the column 'a_score_label'" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@needs_ray
+def test_rays_path_listing_can_import_fsspecs_http_filesystem():
+    """Ray Data asks, from several threads, whether each listed path is on fsspec's HTTP filesystem. Without
+    aiohttp (part of batchsent[ray]) that import fails half-way, and a plain local folder run failed at random
+    with "cannot import name 'HTTPFileSystem'"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyarrow.fs import LocalFileSystem
+    from ray.data.datasource.path_util import _is_http_filesystem
+
+    import fsspec.implementations.http  # noqa: F401 - the import that failed
+
+    with ThreadPoolExecutor(8) as pool:
+        assert not any(pool.map(lambda _: _is_http_filesystem(LocalFileSystem()), range(64)))
