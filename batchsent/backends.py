@@ -130,7 +130,7 @@ def onnx_cache_root() -> Path:
 def export_key(model_ref: str, model: Any, input_names: list[str], quantize: str | None) -> str:
     """Hash of what an export depends on: model identity, revision, config, weights, options."""
     identity = {"format": EXPORT_FORMAT, "opset": ONNX_OPSET, "inputs": input_names, "quantize": quantize}
-    identity["model"] = model_identity(model_ref, model)
+    identity["model"] = model_identity(model_ref, model.config)
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -46,8 +46,9 @@ def input_fingerprint(path: Path | str) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256_edges": digest.hexdigest()}
 
 
-def model_identity(model_ref: str, model: Any) -> dict[str, Any]:
-    """What the model's results depend on: a local folder's files by content, or a Hub id and commit.
+def model_identity(model_ref: str, config: Any) -> dict[str, Any]:
+    """What the model's results depend on: a local folder's files by content, or a Hub id, commit and config
+    (``config``: the model's loaded config; no weights are needed).
 
     A local folder is keyed by the SHA-256 of its weight, config and tokenizer files, so weights
     replaced with a file of the same size and mtime (``cp -p``, ``rsync -t``, a restore) give
@@ -56,9 +57,9 @@ def model_identity(model_ref: str, model: Any) -> dict[str, Any]:
     path = Path(model_ref).expanduser()
     if path.is_dir():
         return {"path": str(path.resolve()), "files": folder_digests(path)}
-    config_json = model.config.to_json_string(use_diff=False)
+    config_json = config.to_json_string(use_diff=False)
     return {"config_sha256": hashlib.sha256(config_json.encode()).hexdigest(), "hub_id": model_ref,
-            "revision": getattr(model.config, "_commit_hash", None)}  # fmt: skip
+            "revision": getattr(config, "_commit_hash", None)}  # fmt: skip
 
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")  # weights, config, tokenizer, vocabularies

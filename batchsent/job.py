@@ -350,7 +350,7 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
         stores.append(PredictionCache(config.cache))
         run_id = stores[0].start_run(__version__)
     classifiers = load_classifiers(config, classifier, record, progress)
-    identities = [model_identity(model.options.model, loaded.model) for model, loaded in zip(wanted, classifiers)]
+    identities = [model_identity(model.options.model, loaded.config) for model, loaded in zip(wanted, classifiers)]
     prints = [_model_fingerprint(identity, loaded) for identity, loaded in zip(identities, classifiers)]
     _record_models(record, wanted, classifiers, prints)
     fingerprint["model"] = prints[0] if wanted[0].name is None else {m.name: p for m, p in zip(wanted, prints)}
@@ -400,13 +400,15 @@ def load_classifiers(config: JobConfig, given: Classifier | Sequence[Classifier]
     if given is None:
         from .model import Classifier
 
-        classifiers = [Classifier(model.options) for model in wanted]
+        # With --cache, the weights wait for the first row the cache does not hold: a night whose rows are
+        # all cached never loads them (the cache key comes from the model's files, not from its weights).
+        classifiers = [Classifier(model.options, weights=config.cache is None) for model in wanted]
     else:
         classifiers = [given] if not isinstance(given, Sequence) else list(given)
         if len(classifiers) != len(wanted):
             raise UsageError(f"{len(classifiers)} classifiers given for {len(wanted)} models")
     record["load_seconds"] = time.monotonic() - started
-    if progress is not None:
+    if progress is not None and all(loaded.weights_loaded for loaded in classifiers):
         progress.loaded(record["load_seconds"], _where(wanted, classifiers))
     return classifiers
 
@@ -502,10 +504,14 @@ class _Job:
                             done = (position + share) / count
                             self._advance(progress, rows_before + int(done * batch.num_rows), estimated_rows)
 
-                    results.append(self._completed(model, plan, self._run_model(model, chunk, stop, report)))
+                    results.append(self._completed(model, plan, self._run_model(model, chunk, stop, report, progress)))
                 self._commit(batch, results)
                 if progress is not None:
                     self._advance(progress, state.rows, estimated_rows)
+            for model in self.models:
+                if progress is not None and not model.classifier.weights_loaded:
+                    whose = f"model {model.name}" if model.name else "the model"
+                    progress.note(f"{whose} was not loaded: every row came from the cache")
         except InputError as error:
             if state.chunks:  # the file went bad after rows were committed: a failure while running
                 raise ScoringError(str(error)) from error
@@ -520,8 +526,16 @@ class _Job:
                 progress.close()
 
     def _run_model(self, model: _Model, chunk: EncodedChunk, stop: Callable[[], bool] | None,
-                   report: Callable[[float], None] | None) -> Scores:  # fmt: skip
-        """One Classifier on one chunk; a failure of the model itself becomes a ScoringError."""
+                   report: Callable[[float], None] | None, progress: Progress | None) -> Scores:  # fmt: skip
+        """One Classifier on one chunk (its weights loaded now if this is the first chunk that needs them);
+        a failure of the model itself becomes a ScoringError."""
+        if chunk.batches and not model.classifier.weights_loaded:
+            seconds = model.classifier.load_weights()
+            self.record["load_seconds"] = self.record.get("load_seconds", 0.0) + seconds
+            if progress is not None:
+                whose = f"model {model.name}" if model.name else "model"
+                progress.note(f"{whose} loaded in {seconds:.1f} s for the rows the cache does not hold "
+                              f"({model.classifier.where})")  # fmt: skip
         try:
             return model.classifier.run(chunk, stop=stop, on_batch=report)
         except (BatchsentError, KeyboardInterrupt):

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,25 +160,50 @@ def check_custom_code(source: str, revision: str | None, local_only: bool, trust
         )
 
 
-def _from_pretrained(source: str, revision: str | None, local_only: bool,
-                     trust_remote_code: bool = False) -> tuple[Any, Any]:  # fmt: skip
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+@dataclass
+class Pretrained:
+    """A model's tokenizer and config, loaded; its weights load later (``load_model``), or never when
+    every row of a run comes from the cache. ``local_only``: where the tokenizer and config were found."""
+
+    source: str
+    revision: str | None
+    local_only: bool
+    trust_remote_code: bool
+    tokenizer: Any
+    config: Any
+
+    def load_model(self) -> Any:
+        """The sequence-classification model with these weights (refused without a trained head)."""
+        from transformers import AutoModelForSequenceClassification
+
+        options = {"revision": self.revision or "main", "trust_remote_code": self.trust_remote_code,
+                   "config": self.config, "output_loading_info": True}  # fmt: skip
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(self.source, local_files_only=self.local_only,
+                                                                             **options)  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - every way weights fail to load is one line
+            raise ModelLoadError(f"cannot load the weights of model '{self.source}': {first_line(error)}") from error
+        missing = [key for key in info.get("missing_keys", ()) if key]
+        if missing:
+            raise ModelLoadError(
+                f"model '{self.source}' has no trained classification head (missing weights: "
+                f"{', '.join(sorted(missing)[:3])}); batchsent needs a fine-tuned sequence-classification model"
+            )
+        return model
+
+
+def _from_pretrained(source: str, revision: str | None, local_only: bool, trust_remote_code: bool = False) -> Pretrained:
+    from transformers import AutoConfig, AutoTokenizer
 
     check_custom_code(source, revision, local_only, trust_remote_code)
     options = {"revision": revision or "main", "local_files_only": local_only, "trust_remote_code": trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(source, **options)
-    model, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True, **options)
-    missing = [key for key in info.get("missing_keys", ()) if key]
-    if missing:
-        raise ModelLoadError(
-            f"model '{source}' has no trained classification head (missing weights: {', '.join(sorted(missing)[:3])}); "
-            "batchsent needs a fine-tuned sequence-classification model"
-        )
-    return tokenizer, model
+    config = AutoConfig.from_pretrained(source, **options)
+    return Pretrained(source, revision, local_only, trust_remote_code, tokenizer, config)
 
 
-def load_pretrained(model: str, revision: str | None = None, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """Load tokenizer and model from a local directory, the cache, or the Hub.
+def load_pretrained(model: str, revision: str | None = None, trust_remote_code: bool = False) -> Pretrained:
+    """The tokenizer and config of a local directory, a cached model, or a Hub model (its weights load later).
 
     The local cache is tried first so a cached model loads with no network traffic;
     the Hub is asked only on a cache miss and when HF_HUB_OFFLINE is not set. A model
@@ -216,18 +242,32 @@ def load_pretrained(model: str, revision: str | None = None, trust_remote_code: 
         raise _not_downloadable(model, first_line(error)) from error
 
 
-def _model_length_limit(tokenizer: Any, model: Any) -> int:
-    """The most tokens a row may have: the tokenizer's limit, else the model's positions. RoBERTa-style
-    embeddings number positions from ``padding_idx + 1``, so that many fewer fit in their table."""
+# Embeddings that number positions from padding_idx + 1 (RoBERTa's scheme): that many fewer positions fit.
+PADDING_OFFSET_MODELS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer",
+                                   "roberta-prelayernorm", "data2vec-text", "xmod", "ibert", "luke", "mpnet"})  # fmt: skip
+
+
+def _model_length_limit(tokenizer: Any, config: Any) -> int:
+    """The most tokens a row may have: the tokenizer's limit, else the model's positions, less RoBERTa-style
+    embeddings' offset (known from the config, so it holds before the weights load)."""
     limit = getattr(tokenizer, "model_max_length", None)
+    positions = getattr(config, "max_position_embeddings", None)
     if limit is None or limit > 1_000_000:  # transformers' "no limit set" sentinel
-        limit = getattr(model.config, "max_position_embeddings", 512)
-    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
-    padding_idx = getattr(embeddings, "padding_idx", None)
-    positions = getattr(embeddings, "position_embeddings", None)
-    if isinstance(padding_idx, int) and hasattr(positions, "num_embeddings"):
-        limit = min(limit, positions.num_embeddings - padding_idx - 1)
+        limit = positions or 512
+    padding = getattr(config, "pad_token_id", None)
+    if config.model_type in PADDING_OFFSET_MODELS and isinstance(padding, int) and positions:
+        limit = min(limit, positions - padding - 1)
     return int(limit)
+
+
+def _position_capacity(model: Any) -> int | None:
+    """How many positions a loaded model's embeddings hold for one row (None: no such limit to read)."""
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+    positions = getattr(embeddings, "position_embeddings", None)
+    if not hasattr(positions, "num_embeddings"):
+        return None
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    return positions.num_embeddings - (padding_idx + 1 if isinstance(padding_idx, int) else 0)
 
 
 class Classifier:
@@ -241,9 +281,10 @@ class Classifier:
     (``mean``, ``max`` or ``first``).
     """
 
-    def __init__(self, model: str | ModelOptions = DEFAULT_MODEL, **options: Any) -> None:
+    def __init__(self, model: str | ModelOptions = DEFAULT_MODEL, *, weights: bool = True, **options: Any) -> None:
         """``Classifier(ModelOptions(...))`` (a JobConfig is one), or ``Classifier("id or dir", device=...)``
-        with ModelOptions' fields as keywords. Options are validated before anything loads."""
+        with ModelOptions' fields as keywords. Options are validated before anything loads; ``weights=False``
+        loads the tokenizer and config only (the weights load with the first batch, see ``load_weights``)."""
         if isinstance(model, ModelOptions):
             if options:
                 raise TypeError("pass the options as one ModelOptions or as keywords, not both")
@@ -255,9 +296,36 @@ class Classifier:
             self.options.long_text, self.options.window_stride, self.options.window_aggregate
         )
         self._choose_runtime()
-        self._load()
+        self._load_tokenizer()
         self._prepare_encoder()
+        self.model: Any = None
+        self._runner: TorchRunner | OnnxRunner | None = None
+        if weights:
+            self.load_weights()
+
+    @property
+    def weights_loaded(self) -> bool:
+        return self._runner is not None
+
+    def load_weights(self) -> float:
+        """Load the weights on the device in the dtype and prepare what runs them (once); the seconds it took.
+
+        ``Classifier(..., weights=False)`` leaves this to the first batch that needs the model, so a
+        run whose rows all come from the cache never loads it.
+        """
+        import torch
+
+        if self._runner is not None:
+            return 0.0
+        started = time.monotonic()
+        model = self._pretrained.load_model()
+        capacity = _position_capacity(model)
+        if capacity is not None and capacity < self.max_length:
+            raise ModelLoadError(f"model '{self.name}' holds {capacity} positions, fewer than its tokenizer's limit of "
+                                 f"{self.max_length}; pass --max-length {capacity}")  # fmt: skip
+        self.model = model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
         self._prepare_runner()
+        return time.monotonic() - started
 
     def _choose_runtime(self) -> None:
         """Device, dtype, variant and batch limits: everything decided before the weights load."""
@@ -288,15 +356,13 @@ class Classifier:
         self.batch_size = options.batch_size or limits.rows
         self.token_budget = options.token_budget or limits.tokens
 
-    def _load(self) -> None:
-        """Tokenizer and model, on the device in the dtype; labels, activation and length limit."""
-        import torch
-
-        self.tokenizer, self.model = load_pretrained(self.name, self.options.revision, self.options.trust_remote_code)
+    def _load_tokenizer(self) -> None:
+        """Tokenizer and config: labels, activation and length limit (everything but the weights)."""
+        self._pretrained = load_pretrained(self.name, self.options.revision, self.options.trust_remote_code)
+        self.tokenizer, self.config = self._pretrained.tokenizer, self._pretrained.config
         if not getattr(self.tokenizer, "is_fast", False):
             raise ModelLoadError(f"model '{self.name}' has no fast tokenizer (tokenizer.json); batchsent needs one")
-        self.model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
-        config = self.model.config
+        config = self.config
         if getattr(config, "use_cache", False):
             config.use_cache = False  # one forward pass per batch: a key/value cache is only memory (and breaks ONNX export)
         eos = getattr(config, "eos_token_id", None)
@@ -307,7 +373,7 @@ class Classifier:
         if self.zero_shot:
             self.entailment_id = _entailment_id(self.name, config)
             self.labels, self.activation = list(self.options.candidate_labels), "zero-shot"
-        limit = _model_length_limit(self.tokenizer, self.model)
+        limit = _model_length_limit(self.tokenizer, config)
         max_length = self.options.max_length
         if max_length is not None and max_length > limit:
             raise UsageError(f"--max-length {max_length} exceeds the model's limit of {limit} tokens")
@@ -354,7 +420,7 @@ class Classifier:
             check = self.encode(["one", "a sample of another length, to check the export " * 2, EXPORT_CHECK_TEXT])
             checks = [self._batch_inputs(check, np.arange(len(check.lengths)))]
             path, self.exported = onnx_model(self.name, self.model, inputs, self.quantize, checks)
-            self._runner: TorchRunner | OnnxRunner = OnnxRunner(path, self.device, self.options.threads)
+            self._runner = OnnxRunner(path, self.device, self.options.threads)
             return
         if self.kernel is not None:
             from .int8 import quantize_encoder_int8
@@ -508,13 +574,15 @@ class Classifier:
         ``stop()`` is asked before each batch; True raises ``Interrupted``. ``on_batch(share)``
         is told after each batch what share of the chunk's tokens is done (for progress).
         """
-        width = self.model.config.num_labels if self.zero_shot else len(self.labels)
+        if chunk.batches and self._runner is None:
+            self.load_weights()
+        width = self.config.num_labels if self.zero_shot else len(self.labels)
         sequences = np.empty((len(chunk.lengths), width), dtype=np.float32)
         total_tokens, done_tokens = max(int(chunk.lengths.sum()), 1), 0
         for batch in chunk.batches:
             if stop is not None and stop():
                 raise Interrupted("stopped at a batch boundary")
-            logits = self._runner(self._batch_inputs(chunk, batch))
+            logits = self._runner(self._batch_inputs(chunk, batch))  # type: ignore[misc]
             sequences[batch] = logits if self.zero_shot else activate(logits, self.activation)
             if on_batch is not None:
                 done_tokens += int(chunk.lengths[batch].sum())

@@ -415,3 +415,35 @@ def test_cache_in_a_job_file_and_refused_with_ray(tmp_path, binary_model):
     assert build_config({}, job).cache == tmp_path / "state" / "cache.sqlite"
     with pytest.raises(UsageError, match="--cache is for the local engine"):
         JobConfig(input=Path("in.csv"), engine="ray", cache=Path("c.sqlite"))
+
+
+def test_a_night_whose_rows_are_all_cached_never_loads_the_model(tmp_path, binary_model, monkeypatch):
+    from batchsent.model import Pretrained
+
+    texts = corpus_texts(120, seed=21)
+    source = write_input(tmp_path / "in.csv", texts)
+    cache = tmp_path / "cache.sqlite"
+    first = runner.invoke(app, ["score", str(source), "-o", str(tmp_path / "one.csv"), "--model", str(binary_model),
+                                "--cache", str(cache), "--chunk-rows", "40"])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    loads = {"n": 0}
+    real = Pretrained.load_model
+
+    def counted(self):
+        loads["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(Pretrained, "load_model", counted)
+    second = runner.invoke(app, ["score", str(source), "-o", str(tmp_path / "two.csv"), "--model", str(binary_model),
+                                 "--cache", str(cache), "--chunk-rows", "40"])  # fmt: skip
+    assert second.exit_code == 0, second.output
+    assert loads["n"] == 0 and "the model was not loaded: every row came from the cache" in second.output
+    assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    tomorrow = write_input(tmp_path / "tomorrow.csv", texts + ["a text no night has seen before"])
+    third = runner.invoke(app, ["score", str(tomorrow), "-o", str(tmp_path / "three.csv"), "--model", str(binary_model),
+                                "--cache", str(cache), "--chunk-rows", "40"])  # fmt: skip
+    assert third.exit_code == 0 and loads["n"] == 1, third.output
+    assert "loaded in" in third.output and "for the rows the cache does not hold" in third.output
+    plain = tmp_path / "plain.csv"
+    score_file(tomorrow, plain, model=str(binary_model), chunk_rows=40, quiet=True)
+    assert_agree(read_output(tmp_path / "three.csv"), read_output(plain))
