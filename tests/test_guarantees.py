@@ -94,6 +94,22 @@ def test_the_output_written_over_the_cache_is_refused(tmp_path, reviews, binary_
     assert PredictionCache(cache, create=False).stats()["entries"] == entries > 0
 
 
+def test_the_path_rule_holds_for_folder_runs_and_the_ray_engine(tmp_path, binary_model):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    write_corpus(folder / "a.csv", 12, seed=1, longest_words=10)
+    before = (folder / "a.csv").read_bytes()
+    for engine in ("local", "ray"):
+        result = score(folder, "-o", tmp_path / f"out-{engine}", "--model", binary_model, "--engine", engine,
+                       "--manifest", folder / "a.csv")  # fmt: skip
+        one_error_line(result, 2, "--manifest", "the input file", "never writes over its input")
+        (tmp_path / f"out-{engine}").mkdir()
+        inside = score(folder, "-o", tmp_path / f"out-{engine}", "--model", binary_model, "--engine", engine,
+                       "--report", tmp_path / f"out-{engine}" / "r.html")  # fmt: skip
+        one_error_line(inside, 2, "--report", "lies inside --output")
+    assert (folder / "a.csv").read_bytes() == before
+
+
 # --- 2. no code from a model folder unless asked ---------------------------------------------------------------
 
 CONFIGURATION = '''
