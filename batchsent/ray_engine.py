@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -84,6 +85,25 @@ def check_inputs(paths: list[Path], config: JobConfig) -> pa.Schema:
         finally:
             reader.close()
     return schema
+
+
+RAY_CONNECT_SECONDS = 10
+
+
+def check_ray_address(address: str | None) -> None:
+    """Refuse a ``--ray-address`` (``host:port`` or ``ray://host:port``) that does not answer, before Ray tries:
+    ``ray.init`` would retry for minutes. ``auto`` and no address (a local Ray for this job) need no check."""
+    if address is None or address == "auto" or address.startswith("local"):
+        return
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, separator, port = target.rpartition(":")
+    if not separator or not port.isdigit():
+        raise UsageError(f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_SECONDS).close()
+    except OSError as error:
+        raise UsageError(f"--ray-address {address}: cannot reach the Ray cluster ({error.strerror or error}); "
+                         "check the address, or leave it out to start a local Ray for this job") from None  # fmt: skip
 
 
 def default_output(spec: str) -> Path:
@@ -167,6 +187,7 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSumma
     started = time.monotonic()
     record = {} if record is None else record
     check_ray_installed()
+    check_ray_address(config.ray_address)
     paths = expand_inputs(str(config.input))
     from .model import check_custom_code
 

@@ -141,3 +141,22 @@ def test_rays_path_listing_can_import_fsspecs_http_filesystem():
 
     with ThreadPoolExecutor(8) as pool:
         assert not any(pool.map(lambda _: _is_http_filesystem(LocalFileSystem()), range(64)))
+
+
+@needs_ray
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_unreachable_ray_address_is_one_line_and_no_hang(tmp_path, scheme):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    result = runner.invoke(app, ["score", str(SAMPLE / "reviews.csv"), "--engine", "ray", "-o", str(tmp_path / "out"),
+                                 "--ray-address", f"{scheme}127.0.0.1:{port}", "--model", str(SAMPLE)])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot reach the Ray cluster" in errors[0], result.output
+    assert time.monotonic() - started < 60  # a bound on a hang, not a timing: Ray alone retries for minutes
+    assert not (tmp_path / "out").exists()
