@@ -243,8 +243,11 @@ def load_pretrained(model: str, revision: str | None = None, trust_remote_code: 
 
 
 # Embeddings that number positions from padding_idx + 1 (RoBERTa's scheme): that many fewer positions fit.
+# (transformers' text classifiers whose embeddings have both a padding_idx and a position table; a model outside
+# this list that has them is caught when its weights load, with the --max-length to pass.)
 PADDING_OFFSET_MODELS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer",
-                                   "roberta-prelayernorm", "data2vec-text", "xmod", "ibert", "luke", "mpnet"})  # fmt: skip
+                                   "roberta-prelayernorm", "data2vec-text", "xmod", "luke", "mpnet", "lilt",
+                                   "markuplm"})  # fmt: skip
 
 
 def _model_length_limit(tokenizer: Any, config: Any) -> int:
