@@ -156,13 +156,10 @@ def score_files(config: JobConfig, progress: Progress | None = None,
             classifier = load_classifiers(config, None, record, shown)  # once, after every file passed its checks
         try:
             files = _score_each(jobs, inputs, output, finished, classifier, shown, stop, record)
-        except InputError as error:
+        except BaseException as error:
             record["state"] = _committed_so_far(finished, record.get("current", {}))
-            if record["state"].chunks:  # a file went bad after others were finished: a failure while running
+            if isinstance(error, InputError) and record["state"].chunks:  # a file went bad after others finished
                 raise ScoringError(str(error)) from error
-            raise
-        except BaseException:
-            record["state"] = _committed_so_far(finished, record.get("current", {}))
             raise
         finally:
             if shown is not None:

@@ -362,15 +362,19 @@ class JsonLinesReader(Reader):
             self.schema = _jsonl_schema(self.keys)
         return 1 + self.keys.index(name)
 
-    def _batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        lines: list[str] = []
-        texts: list[list[str | None]] = [[] for _ in self.keys]
+    def _objects(self, spelled: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each non-blank line and its object (see ``_object``), the first line included."""
         while True:
             line = self._pending if self._pending is not None else self._next_line()
             self._pending = None
             if line is None:
-                break
-            value = self._object(line)
+                return
+            yield line, self._object(line, spelled)
+
+    def _batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        lines: list[str] = []
+        texts: list[list[str | None]] = [[] for _ in self.keys]
+        for line, value in self._objects():
             taken = self.reserved.intersection(value)
             if taken:
                 raise InputError(f"{self.path}: line {self._line_number}: already has key(s) "
@@ -409,12 +413,7 @@ class JsonLinesFields(JsonLinesReader):
 
     def _batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         columns: list[list[str | None]] = [[] for _ in self.keys]
-        while True:
-            line = self._pending if self._pending is not None else self._next_line()
-            self._pending = None
-            if line is None:
-                break
-            value = self._object(line, spelled=True)
+        for _, value in self._objects(spelled=True):
             for key, column in zip(self.keys, columns, strict=True):
                 cell = value.get(key)
                 column.append(cell if cell is None or isinstance(cell, str) else json.dumps(cell, ensure_ascii=False))

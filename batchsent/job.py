@@ -438,6 +438,11 @@ class _Model:
     classifier: Classifier
     reuse: RunReuse
 
+    @property
+    def called(self) -> str:
+        """How messages name this model: "the model", or "the model NAME" in a multi-model run."""
+        return f"the model {self.name}" if self.name else "the model"
+
     def summary(self, counts: dict[str, Any] | None) -> ModelSummary:
         """This model's part of a multi-model run's summary, from its committed counts."""
         counts, loaded = counts or no_model_counts(), self.classifier
@@ -510,8 +515,7 @@ class _Job:
                     self._advance(progress, state.rows, estimated_rows)
             for model in self.models:
                 if progress is not None and not model.classifier.weights_loaded:
-                    whose = f"model {model.name}" if model.name else "the model"
-                    progress.note(f"{whose} was not loaded: every row came from the cache")
+                    progress.note(f"{model.called} was not loaded: every row came from the cache")
         except InputError as error:
             if state.chunks:  # the file went bad after rows were committed: a failure while running
                 raise ScoringError(str(error)) from error
@@ -533,16 +537,14 @@ class _Job:
             seconds = model.classifier.load_weights()
             self.record["load_seconds"] = self.record.get("load_seconds", 0.0) + seconds
             if progress is not None:
-                whose = f"model {model.name}" if model.name else "model"
-                progress.note(f"{whose} loaded in {seconds:.1f} s for the rows the cache does not hold "
+                progress.note(f"{model.called} loaded in {seconds:.1f} s for the rows the cache does not hold "
                               f"({model.classifier.where})")  # fmt: skip
         try:
             return model.classifier.run(chunk, stop=stop, on_batch=report)
         except (BatchsentError, KeyboardInterrupt):
             raise
         except Exception as error:  # noqa: BLE001 - any model failure is a failure while running
-            whose = f"the model {model.name}" if model.name else "the model"
-            raise ScoringError(f"{whose} failed: {type(error).__name__}: {first_line(error)}") from error
+            raise ScoringError(f"{model.called} failed: {type(error).__name__}: {first_line(error)}") from error
 
     def _completed(self, model: _Model, plan: ChunkPlan, scores: Scores) -> tuple[Scores, ReuseCounts]:
         """Every row's scores (the reused ones filled in), the new texts stored before the chunk commits."""

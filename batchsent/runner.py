@@ -100,9 +100,9 @@ def _restart_advice(config: JobConfig, record: dict[str, Any], cause: BaseExcept
     the folder form refuses --resume for a URL prefix; rows committed from an input that
     turned out to be bad cannot be resumed from the fixed (so changed) input.
     """
-    state = record.get("state")
-    if is_url(config.output_path if not names_many(config.input) else config.output):
-        if names_many(config.input) and state is not None and state.chunks:
+    state, folder_run = record.get("state"), names_many(config.input)
+    if is_url(config.output if folder_run else config.output_path):
+        if folder_run and state is not None and state.chunks:
             return "; files finished so far were uploaded: run the same command with --overwrite to score them all again"
         return "; nothing was uploaded: run the same command again (an object-storage output cannot be resumed)"
     if isinstance(cause, InputError):
