@@ -14,7 +14,7 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score report info test test-avx2 bench bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
+.PHONY: help score report info test test-avx2 bench bench-ct2 bench-tune bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -55,12 +55,25 @@ AS_AVX2 := BATCHSENT_CPU_FLAGS="fpu sse4_2 avx avx2 fma f16c" ATEN_CPU_CAPABILIT
 test-avx2: $(TEST_DEPS) ## Run the test suite as an AVX2-only CPU would (x86 with AVX2 or more)
 	$(AS_AVX2) $(BIN)/python -m pytest -q
 
-bench: $(TEST_DEPS) ## Throughput vs the transformers pipeline, then bench-cache, -storage, -zero-shot and -models (benchmarks/results/)
+# The benchmarks' optional anchor (CTranslate2) on top of the test extras.
+BENCH_DEPS := $(VENV)/.bench-deps
+$(BENCH_DEPS): $(TEST_DEPS)
+	$(BIN)/pip install --quiet -e ".[test,ctranslate2]"
+	@touch $@
+
+bench: $(BENCH_DEPS) ## Throughput vs the transformers pipeline, the CTranslate2 anchor, then bench-cache, -storage, -zero-shot and -models (benchmarks/results/)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ctranslate2_anchor.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cache.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/storage.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/zero_shot.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/models.py
+
+bench-ct2: $(BENCH_DEPS) ## CTranslate2 float32/int8 vs batchsent's float32, int8 and tuned fast: same batches, model time
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ctranslate2_anchor.py $(BENCH_ARGS)
+
+bench-tune: $(TEST_DEPS) ## batchsent tune on MiniLM (../shared) and the DistilBERT shape: every variant, rows/s and agreement
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/tune.py $(BENCH_ARGS)
 
 bench-model-key: $(TEST_DEPS) ## Keying a model folder by content: first hash and remembered hash of the DistilBERT-sized folder
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/model_key.py $(BENCH_ARGS)

@@ -34,7 +34,7 @@ EXPORT_FORMAT = 2  # bump when the way models are exported changes (2: checked a
 EXPORT_TOLERANCE = 1e-4  # largest logit difference from torch an export may show on the check batches
 
 
-def check_backend_options(backend: str, quantize: str | None, dtype: str) -> None:
+def check_backend_options(backend: str, quantize: str | None, dtype: str, int8_kernel: str | None = None) -> None:
     """Refuse backend/precision combinations before anything loads."""
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r}: expected torch or onnx")
@@ -48,10 +48,15 @@ def check_backend_options(backend: str, quantize: str | None, dtype: str) -> Non
         raise UsageError(f"--backend onnx runs float32 (or --quantize int8), not --dtype {dtype}")
     if quantize == "int8" and dtype not in ("auto", "float32"):
         raise UsageError(f"--quantize int8 starts from float32 weights; drop --dtype {dtype}")
+    if int8_kernel is not None and (quantize != "int8" or backend != "torch"):
+        raise UsageError("an int8 kernel is chosen only with --quantize int8 and the torch backend")
     if quantize == "int8" and backend == "torch":
-        from .int8 import choose_kernel
+        from .int8 import check_kernel, choose_kernel
 
-        choose_kernel(this_cpu())  # refuses where int8 would be slower than float32
+        if int8_kernel is None:
+            choose_kernel(this_cpu())  # refuses where int8 would be slower than float32
+        else:
+            check_kernel(int8_kernel)
 
 
 def device_refusal(backend: str, quantize: str | None, device_type: str) -> str | None:

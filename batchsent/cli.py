@@ -13,10 +13,11 @@ import typer
 from . import __version__
 from .config import build_config
 from .device import CPU_LIMITS, CUDA_LIMITS
-from .errors import BatchsentError, ExitCode, PublishedWithErrors
+from .errors import BatchsentError, ExitCode, PublishedWithErrors, UsageError, first_line
 from .options import DEFAULT_CHUNK_ROWS, DEFAULT_MODEL, JobConfig
 from .progress import Reporter, progress_for
 from .runner import run
+from .tune_sample import SAMPLE_ROWS
 
 JOB_FIELDS = set(JobConfig.__dataclass_fields__)
 
@@ -259,6 +260,48 @@ def report_command(
     except BatchsentError as error:
         reporter.fail(str(error), error.exit_code)
     reporter.note(f"report written to {target}")
+
+
+@app.command("tune")
+def tune_command(
+    model: Annotated[str, typer.Option(help="Hugging Face model id or local directory.")] = DEFAULT_MODEL,
+    sample: Annotated[
+        Optional[str], typer.Option(help=f"File of your own texts to measure on (CSV, TSV, JSON Lines, Parquet; at least "
+                                    f"500 non-blank rows). [default: a built-in mix of {SAMPLE_ROWS} short and long reviews]"),  # fmt: skip
+    ] = None,
+    column: Annotated[str, typer.Option(help="Text column of --sample.")] = "text",
+    max_length: Annotated[Optional[int], typer.Option(help="Truncate at this many tokens. [default: the model's limit]")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads, as the runs it is for will use. [default: torch's]")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Model revision (Hub branch, tag or commit).")] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Run code the model folder brings (its config's auto_map).")
+    ] = False,
+    time_cap: Annotated[float, typer.Option(help="Stop measuring after this many seconds; variants not fully "
+                                            "measured are not chosen.")] = 600.0,  # fmt: skip
+) -> None:
+    """Time every variant this machine can run on a model and store the fastest that keeps 99.5% of
+    float32's labels: what --precision fast then runs here, for this model."""
+    from .options import ModelOptions
+    from .tuning import run_tuning, sample_texts
+
+    _quiet_libraries()
+    reporter = Reporter("text")
+    try:
+        if time_cap <= 0:
+            raise UsageError(f"--time-cap must be positive, got {time_cap:g}")
+        options = ModelOptions(model=model, max_length=max_length, threads=threads, revision=revision,
+                               trust_remote_code=trust_remote_code, device="cpu")  # fmt: skip
+        texts, described = sample_texts(sample, column)
+        tuning = run_tuning(options, texts, described, time_cap, reporter.note)
+    except BatchsentError as error:
+        reporter.fail(str(error), error.exit_code)
+    except KeyboardInterrupt:
+        reporter.fail("interrupted: nothing was stored", ExitCode.INTERRUPTED)
+    except Exception as error:  # noqa: BLE001 - one line and exit 1, never a traceback
+        reporter.fail(f"tuning failed: {first_line(error)}", ExitCode.FAILED)
+    typer.echo(f"{model}: --precision fast runs {tuning.chosen.variant} here "
+               f"({tuning.scope['cpu']}, {tuning.scope['threads']} threads, max length {tuning.scope['max_length']})")  # fmt: skip
+    typer.echo("\n".join(tuning.table()))
 
 
 @app.command("info")

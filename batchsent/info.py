@@ -43,7 +43,7 @@ def collect() -> dict[str, Any]:
     cpu = this_cpu()
     cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     fast_device = "cuda" if cuda else "cpu"
-    fast = resolve_precision("fast", fast_device, cpu)
+    fast = resolve_precision("fast", fast_device)
     return {
         "cpu": {"model": cpu.model, "machine": cpu.machine, "class": cpu.cpu_class, "features": cpu.features},
         "builds": {
@@ -57,11 +57,26 @@ def collect() -> dict[str, Any]:
         "variants": _variants(cpu),
         "precision_fast": {
             "device": fast_device,
-            "dtype": fast.dtype,
+            "dtype": fast.dtype if fast_device != "cpu" else None,
             "quantize": fast.quantize,
             "basis": fast.basis,
         },
+        "tunings": _tunings(cpu),
     }
+
+
+def _tunings(cpu: CpuInfo) -> list[dict[str, Any]]:
+    """The stored tunings measured on this CPU (``batchsent tune``, or a first ``--precision fast``)."""
+    from .tuning import TuningStore, scope_of
+
+    here = {key: value for key, value in scope_of("", 0, 0, cpu).items() if key in ("cpu", "cpu_flags", "format")}
+    try:
+        stored = TuningStore().all()
+    except UsageError:
+        return []
+    return [{"scope": tuning.scope, "sample": tuning.sample, "measured_at": tuning.measured_at,
+             "versions": tuning.facts["versions"], "chosen": tuning.chosen.variant, "table": tuning.table()}
+            for tuning in stored if all(tuning.scope.get(key) == value for key, value in here.items())]  # fmt: skip
 
 
 def render(info: dict[str, Any]) -> list[str]:
@@ -75,6 +90,15 @@ def render(info: dict[str, Any]) -> list[str]:
         f"cuda devices: {', '.join(info['cuda_devices']) or 'none'}",
     ]
     lines += [f"variant {name}: {state}" for name, state in info["variants"].items()]
-    chosen = fast["quantize"] or fast["dtype"]
-    lines.append(f"--precision fast here: {chosen} on {fast['device']}; measured: {fast['basis']}")
+    if fast["device"] == "cpu":
+        lines.append(f"--precision fast here: {fast['basis']}; {len(info['tunings'])} stored for this CPU")
+    else:
+        lines.append(f"--precision fast here: {fast['quantize'] or fast['dtype']} on {fast['device']}; "
+                     f"measured: {fast['basis']}")  # fmt: skip
+    for tuning in info["tunings"]:
+        scope = tuning["scope"]
+        versions = ", ".join(f"{name} {version or 'absent'}" for name, version in tuning["versions"].items())
+        lines.append(f"tuning {scope['model']} (max length {scope['max_length']}, {scope['threads']} threads; "
+                     f"{tuning['measured_at']}, {tuning['sample']}; {versions}): fast runs {tuning['chosen']}")  # fmt: skip
+        lines += tuning["table"]
     return lines

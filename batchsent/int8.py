@@ -94,6 +94,16 @@ def choose_kernel(cpu: CpuInfo) -> str:
     return kernel
 
 
+def check_kernel(kernel: str) -> None:
+    """Refuse an int8 kernel asked for by name that this torch cannot run exactly."""
+    if kernel not in KERNELS:
+        raise UsageError(f"int8 kernel {kernel!r}: expected {' or '.join(KERNELS)}")
+    if kernel == "int_mm" and not int8_matmul_available():
+        raise UsageError("the int_mm kernel needs torch's int8 matrix product on CPU, missing or inexact here")
+    if kernel == "fbgemm" and not fbgemm_available():
+        raise UsageError(f"the fbgemm kernel needs torch's fbgemm engine, absent from torch {torch.__version__}")
+
+
 class Int8Linear(torch.nn.Module):
     """A Linear layer computed in int8: ``y = W x + b`` with W per-channel, x per-token quantized."""
 

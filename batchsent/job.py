@@ -385,11 +385,12 @@ def _record_models(record: dict[str, Any], wanted: list[ScoringModel], classifie
                    prints: list[dict[str, Any]]) -> None:  # fmt: skip
     """What the manifest says of the models: one entry per model, and the single model's keys at the top."""
     entries = [{"name": model.name, "id": model.options.model, "model": fingerprint, "labels": loaded.labels,
-                "device": str(loaded.device), "dtype": loaded.dtype, "variant": loaded.variant}
+                "device": str(loaded.device), "dtype": loaded.dtype, "variant": loaded.variant,
+                "precision_basis": loaded.tuning.basis() if loaded.tuning is not None else None}
                for model, loaded, fingerprint in zip(wanted, classifiers, prints)]  # fmt: skip
     record["models"] = entries
     if wanted[0].name is None:
-        record.update({key: entries[0][key] for key in ("model", "labels", "device", "dtype", "variant")})
+        record.update({key: entries[0][key] for key in ("model", "labels", "device", "dtype", "variant", "precision_basis")})
 
 
 def load_classifiers(config: JobConfig, given: Classifier | Sequence[Classifier] | None, record: dict[str, Any],
@@ -402,7 +403,8 @@ def load_classifiers(config: JobConfig, given: Classifier | Sequence[Classifier]
 
         # With --cache, the weights wait for the first row the cache does not hold: a night whose rows are
         # all cached never loads them (the cache key comes from the model's files, not from its weights).
-        classifiers = [Classifier(model.options, weights=config.cache is None) for model in wanted]
+        notes = progress.note if progress is not None else None
+        classifiers = [Classifier(model.options, weights=config.cache is None, notes=notes) for model in wanted]
     else:
         classifiers = [given] if not isinstance(given, Sequence) else list(given)
         if len(classifiers) != len(wanted):

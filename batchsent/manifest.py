@@ -68,7 +68,8 @@ def _model_entries(config: JobConfig, record: dict[str, Any], summary: RunSummar
         entry = loaded.get(scoring.name, {})
         described = {"name": scoring.name, "prefix": scoring.prefix,
                      **_model_entry(scoring.options.model, entry.get("model") or {}, entry.get("labels")),
-                     "device": entry.get("device"), "dtype": entry.get("dtype"), "variant": entry.get("variant")}  # fmt: skip
+                     "device": entry.get("device"), "dtype": entry.get("dtype"), "variant": entry.get("variant"),
+                     "precision_basis": entry.get("precision_basis")}  # fmt: skip
         if scoring.name is not None:
             if scoring.name in predicted:
                 counts = predicted[scoring.name]
@@ -105,6 +106,7 @@ def build_manifest(config: JobConfig, record: dict[str, Any], summary: RunSummar
         "device": record.get("device"),
         "dtype": record.get("dtype"),
         "variant": record.get("variant"),
+        "precision_basis": record.get("precision_basis"),  # --precision fast on CPU: the tuning it followed
         "started": _iso(started_at),
         "ended": _iso(ended_at),
         "elapsed_seconds": round(elapsed, 3),

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from .device import batch_limits, check_dtype_supported, resolve_device, resolve
 from .errors import Interrupted, ModelLoadError, UsageError, first_line
 from .options import DEFAULT_MODEL, ModelOptions
 from .postprocess import activate, activation_for, aggregate_windows
+
+if TYPE_CHECKING:
+    from .tuning import Tuning
 
 # A long row (truncated at --max-length) for checking an ONNX export beyond the traced shapes: sliding windows
 # (Longformer), relative positions and local attention only show past a few dozen tokens.
@@ -284,10 +287,12 @@ class Classifier:
     (``mean``, ``max`` or ``first``).
     """
 
-    def __init__(self, model: str | ModelOptions = DEFAULT_MODEL, *, weights: bool = True, **options: Any) -> None:
+    def __init__(self, model: str | ModelOptions = DEFAULT_MODEL, *, weights: bool = True,
+                 notes: Callable[[str], None] | None = None, **options: Any) -> None:  # fmt: skip
         """``Classifier(ModelOptions(...))`` (a JobConfig is one), or ``Classifier("id or dir", device=...)``
         with ModelOptions' fields as keywords. Options are validated before anything loads; ``weights=False``
-        loads the tokenizer and config only (the weights load with the first batch, see ``load_weights``)."""
+        loads the tokenizer and config only (the weights load with the first batch, see ``load_weights``).
+        ``notes`` receives what a user should know about the set-up (``--precision fast`` tuning now)."""
         if isinstance(model, ModelOptions):
             if options:
                 raise TypeError("pass the options as one ModelOptions or as keywords, not both")
@@ -300,6 +305,9 @@ class Classifier:
         )
         self._choose_runtime()
         self._load_tokenizer()
+        self.tuning: Tuning | None = None
+        if self.precision == "fast" and self.device.type == "cpu":
+            self._follow_tuning(notes)
         self._prepare_encoder()
         self.model: Any = None
         self._runner: TorchRunner | OnnxRunner | None = None
@@ -338,8 +346,8 @@ class Classifier:
         backend, quantize, dtype = options.backend, options.quantize, options.dtype
         cuda_usable = device_refusal(backend, quantize, "cuda") is None
         self.device = resolve_device(options.device, cuda_usable=cuda_usable)
-        if options.precision is not None:
-            variant = resolve_precision(options.precision, self.device.type, this_cpu())
+        if options.precision is not None:  # on CPU, fast is float32 until the tuning is read (_follow_tuning)
+            variant = resolve_precision(options.precision, self.device.type)
             dtype, quantize = variant.dtype, variant.quantize
             check_backend_options(backend, quantize, dtype)
         self.dtype = resolve_dtype(dtype, self.device.type)
@@ -352,12 +360,22 @@ class Classifier:
         if quantize == "int8" and backend == "torch":
             from .int8 import choose_kernel
 
-            self.kernel = choose_kernel(this_cpu())
+            self.kernel = options.int8_kernel or choose_kernel(this_cpu())
         if options.threads is not None:
             torch.set_num_threads(options.threads)
         limits = batch_limits(self.device.type)
         self.batch_size = options.batch_size or limits.rows
         self.token_budget = options.token_budget or limits.tokens
+
+    def _follow_tuning(self, notes: Callable[[str], None] | None) -> None:
+        """``--precision fast`` on CPU: the variant this machine's tuning for this model chose (tuned now if none)."""
+        from .tuning import fast_variant
+
+        self.tuning = fast_variant(self.options, self.config, self.max_length, notes)
+        chosen = self.tuning.candidate()
+        check_backend_options(chosen.backend, chosen.quantize, chosen.dtype, chosen.int8_kernel)
+        check_dtype_supported(chosen.dtype, self.device)
+        self.backend, self.quantize, self.dtype, self.kernel = chosen.backend, chosen.quantize, chosen.dtype, chosen.int8_kernel
 
     def _load_tokenizer(self) -> None:
         """Tokenizer and config: labels, activation and length limit (everything but the weights)."""

@@ -61,6 +61,7 @@ class ModelOptions:
     backend: str = "torch"
     quantize: str | None = None
     precision: str | None = None
+    int8_kernel: str | None = None  # with --quantize int8 on torch: "int_mm" or "fbgemm" instead of this CPU's pick (tune)
     labels: str | None = None  # zero-shot: candidate labels, comma-separated, scored with an NLI model
     hypothesis_template: str = DEFAULT_HYPOTHESIS
     multi_label: bool = False
@@ -82,7 +83,7 @@ class ModelOptions:
         if self.stride is not None and self.max_length is not None and self.stride >= self.max_length:
             raise UsageError(f"--stride {self.stride} must be smaller than the window (--max-length {self.max_length})")
         check_precision_options(self.precision, self.dtype, self.quantize, self.backend)
-        check_backend_options(self.backend, self.quantize, self.dtype)
+        check_backend_options(self.backend, self.quantize, self.dtype, self.int8_kernel)
         self._check_zero_shot()
 
     def _check_zero_shot(self) -> None:

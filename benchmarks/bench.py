@@ -37,7 +37,6 @@ from batchsent import JobConfig, run  # noqa: E402
 from batchsent.batching import padded_tokens  # noqa: E402
 from batchsent.cpu import this_cpu  # noqa: E402
 from batchsent.model import Classifier  # noqa: E402
-from batchsent.precision import resolve_precision  # noqa: E402
 
 # Switches that make an AVX-512 machine run torch's, oneDNN's, MKL's and fbgemm's AVX2 code
 # (`make bench-avx2`); recorded with every figure so an emulated run is never mistaken for one.
@@ -382,9 +381,7 @@ def main() -> None:
                 result["agreement"] = fixture_agreement(directory, args.threads, args.agreement_rows)
             report["results"].append(result)
             print_result(result)
-    fast = resolve_precision("fast", "cpu", this_cpu())
-    print(f"\n--precision fast on this CPU class ({this_cpu().cpu_class}): "
-          f"{fast.quantize or fast.dtype}; its table entry: {fast.basis}", flush=True)  # fmt: skip
+    print("\n--precision fast is measured per machine and model: make bench-tune (batchsent tune)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written: {args.out} (CPU: {report['cpu']})")

@@ -1,0 +1,171 @@
+"""`batchsent tune` and `--precision fast` on CPU: measured on this machine for this model, stored, followed.
+
+The rules are tested on a tiny seeded model (real loading, real timing); which variant
+wins on it says nothing, so the tests check that what ran is what the stored tuning chose.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from batchsent import tuning
+from batchsent.cli import app
+from batchsent.cpu import CpuInfo
+from batchsent.tune_sample import SAMPLE_ROWS, builtin_sample
+from batchsent.tuning import MIN_ROWS, Measurement, Tuning, TuningStore
+
+
+@pytest.fixture(autouse=True)
+def own_state(tmp_path, monkeypatch):
+    """Each test starts with no stored tuning (and its own ONNX export cache)."""
+    monkeypatch.setenv("BATCHSENT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("BATCHSENT_ONNX_CACHE", str(tmp_path / "onnx"))
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def write_texts(path, count: int):
+    path.write_text("text\n" + "".join(f"review number {i} was {'good' if i % 2 else 'bad'}\n" for i in range(count)))
+    return path
+
+
+def test_the_builtin_sample_is_fixed_and_holds_short_and_long_reviews():
+    sample = builtin_sample()
+    assert len(sample) == SAMPLE_ROWS >= MIN_ROWS and sample == builtin_sample()
+    words = sorted(len(text.split()) for text in sample)
+    assert words[0] <= 3 and words[-1] > 400  # one word to past 512 tokens
+    assert sum(count <= 25 for count in words) > SAMPLE_ROWS // 3
+
+
+def test_candidates_follow_the_cpu():
+    from batchsent.int8 import fbgemm_available, int8_matmul_available
+
+    avx2 = [c.name for c in tuning.candidates(CpuInfo("EPYC", "x86_64", frozenset({"avx2", "fma"})))]
+    assert avx2[0] == "float32" and "bfloat16" not in avx2 and "int8/int_mm" not in avx2
+    assert ("int8/fbgemm" in avx2) == fbgemm_available()
+    amx = [c.name for c in tuning.candidates(CpuInfo("Xeon", "x86_64", frozenset({"avx2", "avx512_bf16", "amx_int8"})))]
+    assert "bfloat16" in amx and ("int8/int_mm" in amx) == int8_matmul_available()
+    arm = [c.name for c in tuning.candidates(CpuInfo("Graviton", "aarch64", frozenset({"asimd"})))]
+    assert not any(name.startswith(("int8", "bfloat16")) for name in arm)
+
+
+def scope() -> dict:
+    return {"format": 1, "model": "m", "max_length": 8, "threads": 2, "cpu": "c", "cpu_flags": "f"}
+
+
+def made(*measurements: Measurement) -> Tuning:
+    return Tuning(scope(), {"versions": {}, "model": {}}, "s", "t", list(measurements))
+
+
+def test_the_fastest_variant_that_agrees_on_enough_rows_is_chosen():
+    reference = Measurement("float32", 520, 10.0, 1.0)
+    assert made(reference, Measurement("int8/fbgemm", 520, 5.0, 0.996), Measurement("onnx int8", 520, 4.0, 0.99),
+                Measurement("onnx float32", 520, 8.0, 1.0)).chosen.variant == "int8/fbgemm"  # fmt: skip
+    # agreement measured on fewer than 500 rows is not eligible, however fast and however equal
+    assert made(reference, Measurement("int8/fbgemm", MIN_ROWS - 1, 1.0, 1.0)).chosen.variant == "float32"
+    assert made(reference, Measurement("bfloat16", 520, 2.0, 1.0, "stopped: time cap reached")).chosen.variant == "float32"
+    assert made(Measurement("float32", 0, 0.0, None, "stopped: time cap reached")).chosen.variant == "float32"
+
+
+def test_tune_stores_a_table_and_fast_runs_what_it_chose(tmp_path, binary_model):
+    result = invoke("tune", "--model", str(binary_model))
+    assert result.exit_code == 0, result.stderr
+    stored = TuningStore().all()
+    assert len(stored) == 1
+    chosen = stored[0].chosen.variant
+    assert f"--precision fast runs {chosen} here" in result.stdout
+    assert all(m.rows == SAMPLE_ROWS for m in stored[0].measurements if m.problem is None)
+
+    source = write_texts(tmp_path / "in.csv", 20)
+    output, manifest = tmp_path / "out.csv", tmp_path / "run.json"
+    scored = invoke("score", str(source), "--model", str(binary_model), "--precision", "fast", "-o", str(output),
+                    "--manifest", str(manifest))  # fmt: skip
+    assert scored.exit_code == 0, scored.stderr
+    assert "--precision fast:" not in scored.stderr  # the stored tuning is used as it is
+    record = json.loads(manifest.read_text())
+    assert record["variant"] == f"{chosen}, --precision fast"
+    basis = record["precision_basis"]
+    assert basis["variant"] == chosen and basis["measured_at"] == stored[0].measured_at and basis["rows"] == SAMPLE_ROWS
+
+    info = invoke("info")
+    assert f"tuning {binary_model.resolve()}" in info.stdout and f"fast runs {chosen}" in info.stdout
+
+
+def test_fast_with_nothing_stored_tunes_once_and_says_so_in_one_line(tmp_path, binary_model):
+    source = write_texts(tmp_path / "in.csv", 20)
+    first = invoke("score", str(source), "--model", str(binary_model), "--precision", "fast", "-o", str(tmp_path / "a.csv"))
+    assert first.exit_code == 0, first.stderr
+    notes = [line for line in first.stderr.splitlines() if "--precision fast:" in line]
+    assert len(notes) == 1 and "no tuning is stored" in notes[0] and "at most 300 s" in notes[0]
+    second = invoke("score", str(source), "--model", str(binary_model), "--precision", "fast", "-o", str(tmp_path / "b.csv"))
+    assert second.exit_code == 0 and "--precision fast:" not in second.stderr
+    assert len(TuningStore().all()) == 1
+
+
+def test_a_tuning_from_another_torch_or_model_version_is_ignored_with_a_note(tmp_path, binary_model):
+    from batchsent.model import Classifier
+
+    model = tmp_path / "model"
+    shutil.copytree(binary_model, model)
+    first = Classifier(str(model), device="cpu", precision="fast")
+    store = TuningStore()
+    stale = first.tuning
+    stale.facts["versions"]["torch"] = "1.0.0"
+    stale.measurements = [Measurement("float32", 520, 10.0, 1.0), Measurement("onnx float32", 520, 1.0, 1.0)]
+    store.put(stale)  # a result that would choose onnx float32, measured with another torch
+
+    notes: list[str] = []
+    again = Classifier(str(model), device="cpu", precision="fast", notes=notes.append)
+    assert len(notes) == 1 and "measured with torch 1.0.0, now " in notes[0] and "ignored" in notes[0]
+    assert again.tuning.measured_at >= stale.measured_at and again.tuning.facts["versions"]["torch"] != "1.0.0"
+    assert store.all()[0].facts == again.tuning.facts  # replaced, never used
+
+    config = json.loads((model / "config.json").read_text())
+    config["id2label"] = {"0": "NEG", "1": "POS"}
+    (model / "config.json").write_text(json.dumps(config))
+    notes.clear()
+    Classifier(str(model), device="cpu", precision="fast", notes=notes.append)
+    assert len(notes) == 1 and "another version of the model" in notes[0]
+
+
+def test_a_time_cap_leaves_the_variants_it_cut_unchosen(binary_model):
+    from batchsent.options import ModelOptions
+
+    result = tuning.run_tuning(ModelOptions(model=str(binary_model), device="cpu"), builtin_sample(), "s", 1e-6)
+    assert result.chosen.variant == "float32"
+    assert all(m.problem and "time cap" in m.problem for m in result.measurements)
+
+
+@pytest.mark.parametrize("rows", [0, MIN_ROWS - 1])
+def test_tune_on_a_sample_too_small_is_one_line(tmp_path, binary_model, rows):
+    sample = write_texts(tmp_path / "sample.csv", rows)
+    result = invoke("tune", "--model", str(binary_model), "--sample", str(sample))
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and f"{rows} non-blank texts" in result.stderr and "at least 500" in result.stderr
+    assert not TuningStore().all()
+
+
+def test_tune_on_a_sample_of_your_own(tmp_path, binary_model):
+    sample = write_texts(tmp_path / "sample.csv", MIN_ROWS)
+    result = invoke("tune", "--model", str(binary_model), "--sample", str(sample), "--max-length", "16")
+    assert result.exit_code == 0, result.stderr
+    stored = TuningStore().all()[0]
+    assert stored.sample == f"{sample} ({MIN_ROWS} rows)" and stored.scope["max_length"] == 16
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "/nonexistent/model"], "/nonexistent/model"),
+    (["--time-cap", "0"], "--time-cap must be positive"),
+    (["--sample", "/nonexistent.csv"], "/nonexistent.csv"),
+])  # fmt: skip
+def test_tune_refusals_are_one_line(binary_model, args, message):
+    full = ["tune", "--model", str(binary_model), *args] if args[0] != "--model" else ["tune", *args]
+    result = invoke(*full)
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr
