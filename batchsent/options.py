@@ -230,8 +230,6 @@ class JobConfig(ModelOptions):
             raise UsageError("--ray-address, --workers and --gpus-per-worker need --engine ray")
         if self.workers < 1 or self.gpus_per_worker < 0:
             raise UsageError("--workers must be positive and --gpus-per-worker zero or more")
-        if self.engine == "ray" and self.resume:
-            raise UsageError("--resume is for the local engine (a Ray run writes its output folder in one go)")
         if self.pair_column is not None:
             if self.pair_column == self.column:
                 raise UsageError(f"--pair-column {self.pair_column!r} is the text column itself")
@@ -249,6 +247,8 @@ class JobConfig(ModelOptions):
             raise UsageError("--cache is for the local engine (Ray workers on other machines cannot share one file)")
         if self.report is not None:
             check_report_target(self.report)
+        if is_url(self.output_path) and self.engine == "ray" and self.report is not None:
+            raise UsageError("--report needs a local output; run batchsent report on a downloaded copy")
         if is_url(self.output_path) and self.engine == "local":
             if self.resume:
                 raise UsageError("--resume needs a local output: an object-storage output is staged on this machine "

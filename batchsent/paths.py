@@ -65,7 +65,11 @@ def _output_claims(config: JobConfig) -> list[Claim]:
         from .ray_engine import output_folder
 
         folder = output_folder(config)
-        return [Claim("--output", folder, folder=True), Claim("--output's lock", lock_path(folder))]
+        if isinstance(folder, str):  # an object prefix: its parts and progress are objects too
+            return []
+        progress = folder.parent / f".{folder.name}.batchsent-ray"
+        return [Claim("--output", folder, folder=True), Claim("--output's lock", lock_path(folder)),
+                Claim("--output's Ray progress folder", progress, folder=True)]  # fmt: skip
     if names_many(config.input):
         if config.output is None or is_url(config.output):
             return []  # the default <folder>.scored is beside the input folder; folders.py checks it

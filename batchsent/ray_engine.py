@@ -1,50 +1,51 @@
 """--engine ray: the same scoring on Ray Data, across cores, GPUs and nodes.
 
-Ray reads the files (CSV/TSV with every column as text, as the local engine does), a
-callable class wrapping the same Classifier and post-processing scores each batch (the
-model loads once per actor), and Ray writes a folder of Parquet or CSV files. Inputs,
-columns and the output folder are checked before the cluster does any work.
+Every input the local engine takes (files, folders, globs and object prefixes; CSV, TSV,
+JSON Lines and Parquet, plain or compressed) is read by the local engine's readers inside
+Ray read tasks (``ray_io``), scored by actors that wrap the same Classifier and
+post-processing (the model loads once per actor), and written as parts beside the output.
+When Ray is done, the driver merges each input file's parts, in row order and each row
+once, into one output file named as the input (the local engine's writers), then
+publishes the folder (or uploads each file to the output prefix). ``--resume`` uses Ray
+Data's checkpointing, keyed by each row's stable id. Inputs, columns and the output are
+checked before the cluster does any work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
 import time
-from collections import Counter
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 
-from . import io
-from .sources import expand
-from .errors import InputError, OutputError, UsageError
+from . import io, ray_io
+from .checkpoint import ResumeMismatch, first_difference
+from .errors import BatchsentError, ModelLoadError, OutputError, ScoringError, UsageError, first_line
+from .identity import input_fingerprint
 from .job import ModelSummary, RunSummary, check_input_columns, check_model_columns, check_new_columns
 from .lock import OutputLock
 from .options import JobConfig, ScoringModel
 from .postprocess import column_names, prediction_arrays
+from .sources import InputFiles, expand
+from .storage import is_url, remote, upload
 
 
 def check_ray_installed() -> None:
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.data") is None:
         raise UsageError("--engine ray needs Ray Data: pip install 'batchsent[ray]'")
-
-
-def expand_inputs(spec: str) -> list[Path]:
-    """A file, a folder or a glob (see ``sources.expand``), in a format Ray Data reads here."""
-    inputs = expand(spec)
-    if inputs.format == "jsonl" or any(io.compression(path) for path in inputs.files):
-        raise InputError(f"{spec}: --engine ray reads plain CSV, TSV and Parquet; score JSON Lines and compressed "
-                         "files with the local engine")  # fmt: skip
-    return inputs.files
 
 
 def check_label_columns(config: JobConfig, schema: pa.Schema, path: Path) -> None:
@@ -70,21 +71,19 @@ def check_label_columns(config: JobConfig, schema: pa.Schema, path: Path) -> Non
     check_new_columns([name for group in names for name in group], schema, path, wanted[0].name is not None)
 
 
-def check_inputs(paths: list[Path], config: JobConfig) -> pa.Schema:
-    """The same checks and messages as the local engine, on every file, before Ray starts."""
-    schema = None
-    for path in paths:
+def check_inputs(inputs: InputFiles, config: JobConfig) -> list[pa.Schema]:
+    """The local engine's checks and messages on every file, before Ray starts; each file's schema as read
+    (JSON Lines: the line and its text keys, with the metadata the writer needs)."""
+    schemas = []
+    for path in inputs.files:
         reader = io.open_reader(path)
         try:
             reader.text_column(config.column)
-            check_input_columns(config, reader.schema, path)
-            if schema is None:
-                schema = reader.schema
-            elif reader.schema.names != schema.names:
-                raise InputError(f"{path}: its columns differ from {paths[0].name}'s")
+            check_input_columns(config, reader.schema, path)  # type: ignore[arg-type]
+            schemas.append(reader.schema)
         finally:
             reader.close()
-    return schema
+    return schemas
 
 
 RAY_CONNECT_SECONDS = 10
@@ -106,7 +105,14 @@ def check_ray_address(address: str | None) -> None:
                          "check the address, or leave it out to start a local Ray for this job") from None  # fmt: skip
 
 
-def default_output(spec: str) -> Path:
+def output_folder(config: JobConfig) -> Path | str:
+    """Where a Ray run writes: --output (a local folder or an object prefix), or ``<input>.scored`` beside a
+    local file or folder."""
+    if config.output is not None:
+        return str(config.output).rstrip("/") if is_url(config.output) else Path(config.output).expanduser()
+    spec = str(config.input)
+    if is_url(spec):
+        raise UsageError("--engine ray with an object-storage input needs --output (a local folder or a URL prefix)")
     path = Path(spec).expanduser()
     if any(ch in spec for ch in "*?[") and not path.exists():
         raise UsageError("--engine ray with a glob needs --output DIR")
@@ -114,19 +120,33 @@ def default_output(spec: str) -> Path:
     return base.with_name(f"{base.name}.scored")
 
 
+def progress_location(output: Path | str) -> str:
+    """Beside the output, kept until the run is published: its parts, Ray's checkpoint and what the run was."""
+    text = str(output).rstrip("/")
+    parent, _, name = text.rpartition("/")
+    return f"{parent or '.'}/.{name}.batchsent-ray"
+
+
 class RayScorer:
     """Map-batches callable: the local engine's Classifiers and columns, loaded once per actor.
 
     With several models each actor holds them all: a batch is read once, tokenized once per
-    shared tokenizer (``encode_each``), scored by each model and written with every model's columns.
+    shared tokenizer (``encode_each``), scored by each model and written with every model's
+    columns, and one flag column per model says which rows it truncated (for the counts).
     """
 
-    def __init__(self, models: list[ScoringModel], column: str, all_scores: bool, counter: Any) -> None:
+    def __init__(self, models: list[ScoringModel], column: str, all_scores: bool) -> None:
+        import socket as sockets
+
         from .model import Classifier
 
         self.models = models
-        self.classifiers = [Classifier(model.options) for model in models]
-        self.column, self.all_scores, self.counter = column, all_scores, counter
+        try:
+            self.classifiers = [Classifier(model.options) for model in models]
+        except Exception as error:  # noqa: BLE001 - say which node could not load it
+            node = f"{sockets.gethostname()} ({ray_node_ip()})"
+            raise ModelLoadError(f"Ray node {node} cannot load the model: {first_line(error)}") from None
+        self.column, self.all_scores = column, all_scores
         self.names = [column_names(classifier.labels, model.prefix, all_scores, classifier.long_text == "chunk")
                       for model, classifier in zip(models, self.classifiers)]  # fmt: skip
         check_model_columns(self.names, models)
@@ -136,114 +156,307 @@ class RayScorer:
 
         texts = io.text_values(pa.concat_arrays(batch.column(self.column).chunks) if batch.num_rows else pa.array([], pa.string()))
         chunks = encode_each(self.classifiers, [(texts, None)] * len(self.classifiers))
-        truncated, blank, single_labels = np.zeros(len(texts), dtype=bool), None, {}
-        for model, classifier, chunk, names in zip(self.models, self.classifiers, chunks, self.names):
+        flags = []
+        for classifier, chunk, names in zip(self.classifiers, chunks, self.names):
             scores = classifier.run(chunk)
             arrays = prediction_arrays(scores.probabilities, classifier.labels, self.all_scores, scores.windows)
-            labels = dict(Counter(label for label in arrays[0].to_pylist() if label is not None))
-            truncated, blank = truncated | scores.truncated, scores.blank
-            if model.name is None:
-                single_labels = labels
-            else:
-                self.counter.add.remote(model.name, batch.num_rows, int(scores.blank.sum()),
-                                        int(scores.truncated.sum()), labels, classifier.where)  # fmt: skip
             for name, array in zip(names, arrays, strict=True):
                 batch = batch.append_column(name, array)
-        self.counter.add.remote(None, batch.num_rows, int(blank.sum()), int(truncated.sum()), single_labels, "")
+            flags.append(scores.truncated)
+        for index, truncated in enumerate(flags):
+            batch = batch.append_column(ray_io.truncated_column(index), pa.array(np.asarray(truncated, dtype=bool)))
         return batch
 
 
-def _counter_class() -> Any:
+def ray_node_ip() -> str:
     import ray
 
-    @ray.remote(num_cpus=0)
-    class Totals:
-        """Counts per model (``None``: the model of a single-model run), added as the actors score."""
-
-        def __init__(self) -> None:
-            self.models: dict[str | None, dict[str, Any]] = {}
-
-        def add(self, name: str | None, rows: int, empty: int, truncated: int, labels: dict[str, int], where: str) -> None:
-            totals = self.models.setdefault(name, {"rows": 0, "empty": 0, "truncated": 0, "labels": Counter(),
-                                                   "where": where})  # fmt: skip
-            totals["rows"] += rows
-            totals["empty"] += empty
-            totals["truncated"] += truncated
-            totals["labels"].update(labels)
-
-        def totals(self) -> dict[str | None, dict[str, Any]]:
-            return self.models
-
-    return Totals
+    try:
+        return str(ray.util.get_node_ip_address())
+    except Exception:  # noqa: BLE001 - the name alone then
+        return "address unknown"
 
 
-def output_folder(config: JobConfig) -> Path:
-    """Where a Ray run writes: --output, or ``<input>.scored`` beside a file or folder input."""
-    return config.output or default_output(str(config.input))
+def _fingerprint(config: JobConfig, inputs: InputFiles) -> dict[str, Any]:
+    """What a --resume must find unchanged: each input file's content and every option that changes the output."""
+    runtime = {"resume", "overwrite", "quiet", "manifest", "report", "log_format", "workers", "ray_address",
+               "gpus_per_worker", "threads", "chunk_rows", "device", "output"}  # fmt: skip
+    options = {key: value for key, value in config.described().items() if key not in runtime}
+    files = {str(inputs.relative(path)): input_fingerprint(path) for path in inputs.files}
+    return json.loads(json.dumps({"inputs": files, "options": options}, default=str))
+
+
+class _Progress:
+    """The folder (or prefix) of an unpublished Ray run: ``parts/``, ``checkpoint/`` and ``run.json``."""
+
+    def __init__(self, output: Path | str) -> None:
+        self.location = progress_location(output)
+        self.parts = f"{self.location}/parts"
+        self.checkpoint = f"{self.location}/checkpoint"
+        self.filesystem, self.root = ray_io.filesystem_of(self.location)
+
+    def exists(self) -> bool:
+        from pyarrow import fs
+
+        return self.filesystem.get_file_info(f"{self.root}/run.json").type != fs.FileType.NotFound
+
+    def read(self) -> dict[str, Any]:
+        try:
+            with self.filesystem.open_input_stream(f"{self.root}/run.json") as stream:
+                return json.loads(stream.read().decode("utf-8"))
+        except (OSError, ValueError) as error:
+            raise OutputError(f"{self.location}/run.json: damaged ({first_line(error)}); pass --overwrite to start over") from error
+
+    def start(self, fingerprint: dict[str, Any]) -> None:
+        self.filesystem.create_dir(self.root, recursive=True)
+        with self.filesystem.open_output_stream(f"{self.root}/run.json") as stream:
+            stream.write(json.dumps(fingerprint).encode("utf-8"))
+
+    def has_parts(self) -> bool:
+        from pyarrow import fs
+
+        selector = fs.FileSelector(f"{self.root}/parts", recursive=True, allow_not_found=True)
+        return any(info.type == fs.FileType.File for info in self.filesystem.get_file_info(selector))
+
+    def remove(self) -> None:
+        from pyarrow import fs
+
+        if self.filesystem.get_file_info(self.root).type != fs.FileType.NotFound:
+            self.filesystem.delete_dir(self.root)
 
 
 def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSummary:
-    """Score ``config.input`` (a file, folder or glob) on Ray into an output folder; returns the local engine's summary."""
+    """Score ``config.input`` on Ray into an output folder or prefix, one file per input file; returns the summary."""
     started = time.monotonic()
     record = {} if record is None else record
     check_ray_installed()
     check_ray_address(config.ray_address)
-    paths = expand_inputs(str(config.input))
+    inputs = expand(str(config.input))
     from .model import check_custom_code
 
     for model in config.scoring_models():  # from the driver's copy where it has one; the actors check their own
         check_custom_code(model.options.model, model.options.revision, True, model.options.trust_remote_code)
-    check_label_columns(config, check_inputs(paths, config), paths[0])
+    schemas = check_inputs(inputs, config)
+    check_label_columns(config, schemas[0], inputs.files[0])  # type: ignore[arg-type]
     output = output_folder(config)
-    if output.exists() and not config.overwrite:
-        raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
+    record["output"] = output
+    with contextlib.nullcontext() if isinstance(output, str) else OutputLock(_checked_local_output(output)):
+        progress = _Progress(output)
+        fingerprint = _fingerprint(config, inputs)
+        resumed = _prepare_progress(config, progress, fingerprint, output)
+        record["ray_progress"] = progress.location
+        try:
+            counts = _score_and_publish(config, inputs, schemas, output, progress, resumed)
+        except BaseException:
+            if not resumed and not progress.has_parts():  # nothing scored: nothing to resume, nothing left behind
+                progress.remove()
+                record.pop("ray_progress")
+            raise
+        progress.remove()
+    return _summary(config, output, counts, started, record)
+
+
+def _checked_local_output(output: Path) -> Path:
     if not output.parent.is_dir():
         raise OutputError(f"{output}: the folder {output.parent} does not exist")
-    record["output"] = output
-    with OutputLock(output):
-        totals = _score_on_cluster(config, paths, output)
-    nothing = {"rows": 0, "empty": 0, "truncated": 0, "labels": {}, "where": ""}
-    job = totals.get(None, nothing)  # every row once; in a multi-model run, truncated by any model
+    return output
+
+
+def _prepare_progress(config: JobConfig, progress: _Progress, fingerprint: dict[str, Any], output: Path | str) -> bool:
+    """Refuse or clear what an interrupted run left, as the local engine does; True when resuming it."""
+    if progress.exists():
+        if config.resume:
+            changed = first_difference(progress.read(), fingerprint, "")
+            if changed:
+                raise ResumeMismatch(f"cannot resume: {changed} changed since the interrupted run; pass --overwrite "
+                                     "to start over")  # fmt: skip
+            return True
+        if not config.overwrite:
+            raise OutputError(f"{output}: an interrupted Ray run left its progress in {progress.location}; pass "
+                              "--resume to continue it or --overwrite to start over")  # fmt: skip
+        progress.remove()
+    if _output_exists(output) and not config.overwrite:
+        raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
+    progress.start(fingerprint)
+    return False
+
+
+def _output_exists(output: Path | str) -> bool:
+    from pyarrow import fs
+
+    if isinstance(output, Path):
+        return output.exists()
+    location = remote(output + "/", OutputError)
+    listing = location.fs.get_file_info(fs.FileSelector(location.path.rstrip("/"), allow_not_found=True))
+    return bool(listing)
+
+
+def _score_and_publish(config: JobConfig, inputs: InputFiles, schemas: list[pa.Schema], output: Path | str,
+                       progress: _Progress, resumed: bool) -> ray_io.MergeCounts:  # fmt: skip
+    """Run the Ray pipeline into parts (skipping rows a resumed run's checkpoint holds), then merge and publish."""
+    _score_on_cluster(config, inputs, progress, resumed)
+    label_columns = [f"{model.prefix}label" for model in config.scoring_models()]
+    counts = ray_io.MergeCounts()
+    staging = Path(tempfile.mkdtemp(prefix=f".{Path(str(output)).name}.", suffix=".staging",
+                                    dir=output.parent if isinstance(output, Path) else None))  # fmt: skip
+    try:
+        written = []
+        for index, (source, schema) in enumerate(zip(inputs.files, schemas, strict=True)):
+            relative = inputs.relative(source)
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ray_io.merge_parts(progress.parts, index, str(source), _output_schema(progress.parts, index, schema),
+                               label_columns, target, counts)  # fmt: skip
+            written.append(relative)
+        _publish(staging, output, written)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return counts
+
+
+def _output_schema(parts: str, index: int, schema: pa.Schema) -> pa.Schema:
+    """The input file's own schema followed by the prediction columns its parts hold."""
+    names = set(schema.names)
+    listed = ray_io.list_parts(parts, index)
+    if not listed:
+        return schema
+    filesystem, _ = ray_io.filesystem_of(parts)
+    import pyarrow.parquet as pq
+
+    part = pq.read_schema(listed[0], filesystem=filesystem)
+    added = [field for field in part if field.name not in names and not field.name.startswith("__batchsent_")]
+    return pa.schema(list(schema) + added, metadata=schema.metadata)
+
+
+def _publish(staging: Path, output: Path | str, written: list[Path]) -> None:
+    """A local folder appears whole (one rename); an object prefix gets each file once it is complete, and a
+    failed upload deletes what this run uploaded."""
+    if isinstance(output, Path):
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        os.replace(staging, output)
+        return
+    uploaded = []
+    try:
+        for relative in written:
+            location = remote(f"{output}/{relative.as_posix()}", OutputError)
+            upload(staging / relative, location)
+            uploaded.append(location)
+    except BaseException:
+        for location in uploaded:
+            with contextlib.suppress(Exception):
+                location.fs.delete_file(location.path)
+        raise
+
+
+def _summary(config: JobConfig, output: Path | str, counts: ray_io.MergeCounts, started: float,
+             record: dict[str, Any]) -> RunSummary:  # fmt: skip
     where = f"ray, {config.workers} worker{'s' if config.workers > 1 else ''}"
-    models = []
-    for model in config.scoring_models():
-        if model.name is not None:
-            counts = totals.get(model.name, nothing)
-            models.append(ModelSummary(model.name, dict(sorted(counts["labels"].items())), counts["truncated"],
-                                       chunked=model.options.long_text == "chunk", where=f"{where}, {counts['where']}"))  # fmt: skip
-    labels = dict(sorted(job["labels"].items()))
+    wanted = config.scoring_models()
+    per_model = counts.models or [ray_io.ModelCounts() for _ in wanted]
+    models = tuple(ModelSummary(model.name, dict(sorted(found.labels.items())), found.truncated,
+                                chunked=model.options.long_text == "chunk", where=where)
+                   for model, found in zip(wanted, per_model) if model.name is not None)  # fmt: skip
+    labels = dict(sorted(per_model[0].labels.items())) if wanted[0].name is None else {}
     record["labels"] = list(labels)
     record["models"] = [{"name": model.name, "labels": list(model.label_counts)} for model in models]
-    return RunSummary(config.input, output, job["rows"], job["rows"] - job["empty"], job["empty"], job["truncated"],
-                      time.monotonic() - started, labels, any(m.options.long_text == "chunk" for m in config.scoring_models()),
-                      where=where, models=tuple(models))  # fmt: skip
+    return RunSummary(config.input, output, counts.rows, counts.rows - counts.empty, counts.empty, counts.truncated,
+                      time.monotonic() - started, labels, any(m.options.long_text == "chunk" for m in wanted),
+                      where=where, models=models)  # fmt: skip
 
 
-def _score_on_cluster(config: JobConfig, paths: list[Path], output: Path) -> dict[str | None, dict[str, Any]]:
-    """Start (or join) Ray, score every file with actors, publish the output folder; returns the counts."""
+LIGHT_TASK_CPUS = 0.25  # reading and writing parts is mostly I/O: whole-CPU tasks would wait behind the scorers
+
+
+def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress, resumed: bool) -> None:
+    """Start (or join) Ray and run read -> score -> parts, with Ray Data's checkpointing keyed by row id."""
     import ray
     import ray.data
+    from ray.data.checkpoint import CheckpointConfig
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR if config.quiet else logging.WARNING)
+    # Failures come back from Ray as exceptions and leave as one line: Ray's own printed stack traces stay out.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     started_here = not ray.is_initialized()
     if started_here:
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # failures come back as exceptions, in one line
         ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
                  logging_level="ERROR")  # fmt: skip
     try:
+        _quiet_ray_error_listener()
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = not config.quiet
-        counter = _counter_class().remote()
-        scored = _scored_dataset(ray, _read(ray.data, paths), config, counter)
-        _publish(scored, output, io.FORMATS.get(output.suffix.lower(), "parquet"))
-        return ray.get(counter.totals.remote())
+        filesystem, root = ray_io.filesystem_of(progress.checkpoint)
+        context.checkpoint_config = CheckpointConfig(id_column=ray_io.ROW_ID, checkpoint_path=progress.checkpoint,
+                                                     delete_checkpoint_on_success=False,
+                                                     override_filesystem=filesystem)  # fmt: skip
+        # Its filter actors (on --resume) take a whole CPU each: one is enough, and more would starve the scorers.
+        context.checkpoint_config.checkpoint_actor_pool_max_size = 1
+        files = [str(path) for path in inputs.files]
+        source = ray_io.make_datasource(files, config.column, config.pair_column, config.chunk_rows,
+                                        _reserved_names(config))  # fmt: skip
+        # One read task per file, its blocks as the reader chunks them (Ray would otherwise split them small).
+        dataset = ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS, override_num_blocks=len(files))
+        with warnings.catch_warnings():  # "at-least-once": a row written twice is kept once when the parts merge
+            warnings.filterwarnings("ignore", message="Checkpointing with non-file datasink")
+            try:
+                _scored_dataset(ray, dataset, config).write_datasink(ray_io.make_datasink(progress.parts),
+                                                                     ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})  # fmt: skip
+            except ray.exceptions.RayError as error:
+                raise _worker_failure(error) from error
     finally:
+        with contextlib.suppress(Exception):
+            ray.data.DataContext.get_current().checkpoint_config = None
         if started_here:
             ray.shutdown()
 
 
-def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, counter: Any) -> Any:
+def _worker_failure(error: BaseException) -> BatchsentError:
+    """A Ray task or actor failure as batchsent's own error: the worker's BatchsentError as it was raised
+    (a bad input line, a node that cannot load the model), anything else as a scoring failure in one line."""
+    from . import errors
+
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, BatchsentError):
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    if cause is not None:
+        found = type(cause).__new__(type(cause))
+        found.args = cause.args
+        return found
+    # An actor that died in its constructor keeps only the text of the error it raised.
+    raised = re.findall(r"batchsent\.errors\.(\w+): (.+)", str(error))
+    kind = getattr(errors, raised[-1][0], None) if raised else None
+    if isinstance(kind, type) and issubclass(kind, BatchsentError):
+        return kind(raised[-1][1])
+    inner = getattr(error, "cause", None)
+    return ScoringError(f"a Ray worker failed: {first_line(inner if inner is not None else error)}")
+
+
+def _quiet_ray_error_listener() -> None:
+    """Keep Ray's driver from printing workers' failures (with their stack traces) to stdout as they happen:
+    the run reports each failure itself, in one line. Only messages from the raylet are held back."""
+    from ray._private import worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "batchsent_quiet", False):
+        return
+
+    def print_unless_raylet(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            logging.getLogger("batchsent.ray").debug("%s", "\n".join(data.get("lines", [])))
+            return
+        printer(data, ignore_prefix)
+
+    print_unless_raylet.batchsent_quiet = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = print_unless_raylet
+
+
+def _reserved_names(config: JobConfig) -> set[str]:
+    """Prediction keys a JSON Lines object must not have already (label and score of each model)."""
+    return {f"{model.prefix}{name}" for model in config.scoring_models() for name in ("label", "score")}
+
+
+def _scored_dataset(ray: Any, dataset: Any, config: JobConfig) -> Any:
     """The input dataset mapped through RayScorer actors (fractional CPUs: 2-core machines do not starve)."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     models = []
@@ -256,45 +469,10 @@ def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, counter: Any) -> 
         models.append(replace(model, options=options))
     return dataset.map_batches(
         RayScorer,
-        fn_constructor_kwargs={"models": models, "column": config.column, "all_scores": config.all_scores,
-                               "counter": counter},
+        fn_constructor_kwargs={"models": models, "column": config.column, "all_scores": config.all_scores},
         batch_format="pyarrow",
         batch_size=config.chunk_rows,
         compute=ray.data.ActorPoolStrategy(size=config.workers),
         num_cpus=min(0.5, cpus / (config.workers + 1)),  # whole-CPU actors would starve the read and write tasks
         num_gpus=config.gpus_per_worker or None,
-    )  # fmt: skip
-
-
-def _publish(scored: Any, output: Path, fmt: str) -> None:
-    """Write into a staging folder beside ``output`` and rename it into place when complete."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        if fmt == "parquet":
-            scored.write_parquet(str(staging))
-        else:
-            delimiter = "\t" if fmt == "tsv" else ","
-            scored.write_csv(str(staging), arrow_csv_args_fn=lambda: {"write_options": pacsv.WriteOptions(delimiter=delimiter)})
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _read(data: Any, paths: list[Path]) -> Any:
-    fmt = io.file_format(paths[0])
-    files = [str(p) for p in paths]
-    if fmt == "parquet":
-        return data.read_parquet(files)
-    reader = io.open_reader(paths[0])
-    names = reader.schema.names
-    reader.close()
-    delimiter = "\t" if fmt == "tsv" else ","
-    return data.read_csv(
-        files,
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if fmt == "csv" else False,
-                                         newlines_in_values=fmt == "csv"),
-        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False),
     )  # fmt: skip

@@ -101,6 +101,13 @@ def _restart_advice(config: JobConfig, record: dict[str, Any], cause: BaseExcept
     turned out to be bad cannot be resumed from the fixed (so changed) input.
     """
     state, folder_run = record.get("state"), names_many(config.input)
+    if config.engine == "ray":  # the parts scored so far stay beside the output, on object storage too
+        if record.get("ray_progress") and not isinstance(cause, InputError):
+            return "; the rows scored so far are kept: run the same command with --resume to continue"
+        if record.get("ray_progress"):
+            return ("; the input is at fault, so fix it and run the same command with --overwrite (--resume "
+                    "continues only from an unchanged input)")  # fmt: skip
+        return None
     if is_url(config.output if folder_run else config.output_path):
         if folder_run and state is not None and state.chunks:
             return "; files finished so far were uploaded: run the same command with --overwrite to score them all again"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -133,6 +134,8 @@ def main() -> None:
     report = {"cpu": this_cpu().describe(), "torch": torch.__version__, "ctranslate2": ctranslate2.__version__,
               "threads": args.threads, "models": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
+        os.environ["BATCHSENT_STATE_DIR"] = str(Path(scratch) / "state")  # a fresh tuning, the user's left alone
+        os.environ["BATCHSENT_ONNX_CACHE"] = str(Path(scratch) / "onnx")
         models = {"distilbert": str(distilbert_shaped(Path(scratch) / "distilbert"))}
         if FIXTURE_MODEL.is_dir():
             models["minilm"] = str(FIXTURE_MODEL)

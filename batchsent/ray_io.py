@@ -1,0 +1,227 @@
+"""The two ends of a ``--engine ray`` run, on Ray Data's own extension points.
+
+- ``InputFilesDatasource``: one read task per input file, reading it with the local
+  engine's readers (CSV, TSV, JSON Lines, Parquet, plain or compressed, local or on
+  s3/gs/az), so every cell is kept exactly as the local engine keeps it. Each row gets a
+  stable id: its file's index among the sorted inputs and its row number in that file.
+  Ray Data's checkpointing filters rows by that id on ``--resume``.
+- ``PartsDatasink``: each scored block is written as Parquet parts named by file and
+  first row, beside the output. A retried task writes the same names with the same rows,
+  so nothing is doubled.
+- ``merge_parts``: on the driver, once Ray is done, each input file's parts are streamed
+  in row order (a row written twice is kept once, a missing row is an error) into one
+  output file with the local engine's writers, and the run's counts are taken from them:
+  every row counted exactly once, however often Ray retried.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import io
+from .errors import ScoringError
+
+FILE = "__batchsent_file"
+ROW = "__batchsent_row"
+ROW_ID = "__batchsent_id"  # file index << ROW_BITS | row number: unique across the run, the same on every replay
+TRUNCATED = "__batchsent_truncated"  # one column per model: TRUNCATED + "_<model index>"
+ROW_BITS = 40
+INTERNAL = (FILE, ROW, ROW_ID)
+
+
+def truncated_column(index: int) -> str:
+    return f"{TRUNCATED}_{index}"
+
+
+def filesystem_of(location: str) -> tuple[Any, str]:
+    """The pyarrow filesystem and path of a local folder or an object-storage URL."""
+    from pyarrow import fs
+
+    from .storage import is_url, remote
+
+    if is_url(location):
+        found = remote(location)
+        return found.fs, found.path
+    return fs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+
+
+def _datasource_base() -> type:
+    from ray.data.datasource import Datasource
+
+    return Datasource
+
+
+def make_datasource(files: list[str], column: str, pair_column: str | None, chunk_rows: int,
+                    reserved: set[str]) -> Any:  # fmt: skip
+    """The Datasource of ``files`` (paths or URLs, in the run's order)."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import ReadTask
+
+    class InputFilesDatasource(_datasource_base()):  # type: ignore[misc]
+        """Each input file read by batchsent's own reader, in chunks of ``chunk_rows``, with row ids."""
+
+        def get_name(self) -> str:
+            return "BatchsentInputFiles"
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list[Any]:  # fmt: skip
+            tasks = []
+            for index, source in enumerate(files):
+                metadata = BlockMetadata(num_rows=None, size_bytes=None, input_files=[source], exec_stats=None)
+                tasks.append(ReadTask(lambda index=index, source=source: _read_file(index, source, column, pair_column,
+                                                                                    chunk_rows, reserved),
+                                      metadata))  # fmt: skip
+            return tasks
+
+    return InputFilesDatasource()
+
+
+def _read_file(index: int, source: str, column: str, pair_column: str | None, chunk_rows: int,
+               reserved: set[str]) -> Iterator[pa.Table]:  # fmt: skip
+    from .storage import is_url
+
+    reader = io.open_reader(source if is_url(source) else Path(source))
+    try:
+        reader.text_column(column)
+        if pair_column is not None:
+            reader.text_column(pair_column, "--pair-column")
+        if hasattr(reader, "reserved"):
+            reader.reserved = set(reserved)
+        first = 0
+        for batch in reader.batches(chunk_rows):
+            rows = np.arange(first, first + batch.num_rows, dtype=np.int64)
+            first += batch.num_rows
+            table = pa.Table.from_batches([batch]).replace_schema_metadata(None)
+            table = table.append_column(FILE, pa.array(np.full(len(rows), index, dtype=np.int32)))
+            table = table.append_column(ROW, pa.array(rows))
+            yield table.append_column(ROW_ID, pa.array(rows + (np.int64(index) << ROW_BITS)))
+    finally:
+        reader.close()
+
+
+def make_datasink(parts: str) -> Any:
+    """The Datasink writing scored blocks as Parquet parts under ``parts`` (a folder or URL prefix)."""
+    from ray.data.block import BlockAccessor
+    from ray.data.datasource import Datasink
+
+    class PartsDatasink(Datasink):
+        """``<parts>/<file index>/<first row>.parquet``: deterministic names, so a retried write replaces its own."""
+
+        def write(self, blocks: Iterable[Any], ctx: Any) -> None:
+            filesystem, root = filesystem_of(parts)
+            for block in blocks:
+                table = BlockAccessor.for_block(block).to_arrow()
+                if not table.num_rows:
+                    continue
+                indexes = table.column(FILE).to_numpy()
+                for index in np.unique(indexes):
+                    part = table.filter(pa.array(indexes == index))
+                    first = int(part.column(ROW)[0].as_py())
+                    _write_part(filesystem, f"{root}/{int(index):06d}", f"{first:012d}.parquet", part)
+
+    return PartsDatasink()
+
+
+def _write_part(filesystem: Any, folder: str, name: str, table: pa.Table) -> None:
+    """Write ``table`` under a temporary name, then move it to ``name`` (an object PUT is atomic by itself)."""
+    from pyarrow import fs
+
+    filesystem.create_dir(folder, recursive=True)
+    if isinstance(filesystem, fs.LocalFileSystem):
+        temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.partial"
+        pq.write_table(table, temporary, filesystem=filesystem)
+        os.replace(temporary, f"{folder}/{name}")
+    else:
+        pq.write_table(table, f"{folder}/{name}", filesystem=filesystem)
+
+
+@dataclass
+class ModelCounts:
+    """One model's counts over the merged rows."""
+
+    labels: Counter = field(default_factory=Counter)
+    truncated: int = 0
+
+
+@dataclass
+class MergeCounts:
+    """The run's counts, taken from the merged parts: rows, blank rows, truncated by any model, per model."""
+
+    rows: int = 0
+    empty: int = 0
+    truncated: int = 0
+    models: list[ModelCounts] = field(default_factory=list)
+
+
+def list_parts(parts: str, index: int) -> list[str]:
+    """The part files of input ``index``, in row order."""
+    from pyarrow import fs
+
+    filesystem, root = filesystem_of(parts)
+    selector = fs.FileSelector(f"{root}/{index:06d}", allow_not_found=True)
+    names = [info.path for info in filesystem.get_file_info(selector)
+             if info.type == fs.FileType.File and info.base_name.endswith(".parquet") and not info.base_name.startswith(".")]  # fmt: skip
+    return sorted(names, key=lambda path: int(path.rsplit("/", 1)[-1].split(".")[0]))
+
+
+def merge_parts(parts: str, index: int, source: str, schema: pa.Schema, label_columns: list[str],
+                target: Path, counts: MergeCounts) -> None:  # fmt: skip
+    """Stream input ``index``'s parts into ``target`` (the local engine's writer for its format), each row once.
+
+    ``schema`` is the input's own (JSON Lines metadata included) followed by the prediction columns.
+    """
+    filesystem, _ = filesystem_of(parts)
+    writer = io.AtomicWriter(target, schema)
+    next_row = 0
+    try:
+        for path in list_parts(parts, index):
+            table = pq.read_table(path, filesystem=filesystem)
+            rows = table.column(ROW).to_numpy()
+            keep = rows >= next_row  # a row a replay wrote twice is kept once
+            if not keep.all():
+                table, rows = table.filter(pa.array(keep)), rows[keep]
+            if not len(rows):
+                continue
+            if rows[0] != next_row or (np.diff(rows) != 1).any():
+                raise ScoringError(f"{source}: rows {next_row}... are missing from the scored parts; run the same "
+                                   "command with --resume to score them again")  # fmt: skip
+            next_row = int(rows[-1]) + 1
+            _count(table, label_columns, counts)
+            output = pa.Table.from_arrays([table.column(name) for name in schema.names], schema=schema)
+            for batch in output.to_batches():
+                writer.write(batch)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _count(table: pa.Table, label_columns: list[str], counts: MergeCounts) -> None:
+    counts.rows += table.num_rows
+    if not counts.models:
+        counts.models = [ModelCounts() for _ in label_columns]
+    blank = None
+    truncated = np.zeros(table.num_rows, dtype=bool)
+    for model, (name, model_counts) in enumerate(zip(label_columns, counts.models, strict=True)):
+        labels = table.column(name)
+        blank = pc.is_null(labels).to_numpy(zero_copy_only=False)
+        model_counts.labels.update(label for label in labels.to_pylist() if label is not None)
+        flags = table.column(truncated_column(model)).to_numpy(zero_copy_only=False)
+        model_counts.truncated += int(flags.sum())
+        truncated |= flags
+    counts.empty += int(blank.sum()) if blank is not None else 0
+    counts.truncated += int(truncated.sum())

@@ -1,0 +1,207 @@
+"""--engine ray where the data lives and when things go wrong: object storage (moto on loopback),
+kill -9 then --resume, and a worker node lost from a three-node ``ray.cluster_utils.Cluster``.
+
+Each run is ``python -m batchsent score`` in its own process, as cron runs it, so the
+environment (credentials, endpoint) and the Ray it starts or joins are those of a real run.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import varied_texts
+
+pytestmark = [pytest.mark.ray, pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")]
+
+
+def write_inputs(folder: Path, files: int, rows: int, seed: int = 0) -> Path:
+    """CSV files with a unique id per row, texts of 1-60 words."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(files):
+        texts = varied_texts(rows, seed=seed + index, longest_words=60)
+        with open(folder / f"part-{index}.csv", "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["id", "text"])
+            writer.writerows((f"{index}-{row}", text) for row, text in enumerate(texts))
+    return folder
+
+
+def command(source: str, model: Path, output: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "batchsent", "score", source, "--engine", "ray", "--model", str(model),
+            "-o", output, "-q", *extra]  # fmt: skip
+
+
+def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A run in its own process group (the local Ray it starts dies with it on kill -9)."""
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def finish(process: subprocess.Popen, timeout: float = 400) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stderr
+
+
+def read_rows(folder: Path) -> dict[str, dict]:
+    """Every output row by id, asserting each id appears once."""
+    rows: dict[str, dict] = {}
+    for path in sorted(folder.glob("*.csv")):
+        with open(path, newline="") as stream:
+            for row in csv.DictReader(stream):
+                assert row["id"] not in rows, f"row {row['id']} written twice"
+                rows[row["id"]] = row
+    return rows
+
+
+def assert_equal_runs(got: dict[str, dict], expected: dict[str, dict]) -> None:
+    """Same rows and labels; scores within 1e-5 (rows batched with other rows move in the last bits)."""
+    assert list(got) == list(expected)
+    assert [r["sentiment_label"] for r in got.values()] == [r["sentiment_label"] for r in expected.values()]
+    ours = np.array([float(r["sentiment_score"]) for r in got.values()])
+    theirs = np.array([float(r["sentiment_score"]) for r in expected.values()])
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def wait_for(condition, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the run ended (exit {process.returncode}) before the moment the test waits for: "
+                        f"{process.stderr.read() if process.stderr else ''}")  # fmt: skip
+        if time.monotonic() > deadline:
+            pytest.fail("timed out waiting")
+        time.sleep(0.05)
+
+
+def parts_written(output: Path) -> int:
+    return len(list((output.parent / f".{output.name}.batchsent-ray" / "parts").rglob("*.parquet")))
+
+
+def test_kill_9_then_resume_gives_every_row_once(tmp_path, binary_model):
+    source = write_inputs(tmp_path / "in", files=4, rows=1500)
+    reference = tmp_path / "reference"
+    code, stderr = finish(start(command(str(source), binary_model, str(reference), "--chunk-rows", "100")))
+    assert code == 0, stderr
+
+    output = tmp_path / "out"
+    process = start(command(str(source), binary_model, str(output), "--chunk-rows", "100", "--threads", "1"))
+    wait_for(lambda: parts_written(output) >= 3, 300, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not output.exists()  # nothing is published before every row is scored
+
+    again = start(command(str(source), binary_model, str(output), "--chunk-rows", "100"))
+    code, stderr = finish(again)
+    assert code == 2 and "an interrupted Ray run left its progress" in stderr and "--resume" in stderr
+    changed = start(command(str(source), binary_model, str(output), "--chunk-rows", "100", "--resume", "--all-scores"))
+    code, stderr = finish(changed)
+    assert code == 2 and "cannot resume: options.all_scores (False -> True) changed" in stderr, stderr
+
+    resumed = start(command(str(source), binary_model, str(output), "--chunk-rows", "100", "--resume",
+                            "--manifest", str(tmp_path / "run.json")))  # fmt: skip
+    code, stderr = finish(resumed)
+    assert code == 0, stderr
+    assert "done: 6,000 rows: 6,000 scored" in stderr
+    assert_equal_runs(read_rows(output), read_rows(reference))
+    assert sorted(p.name for p in output.iterdir()) == [f"part-{i}.csv" for i in range(4)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "reference", "run.json"]  # no stray files
+    assert json.loads((tmp_path / "run.json").read_text())["rows_total"] == 6000
+
+
+@pytest.fixture
+def s3_env():
+    boto3 = pytest.importorskip("boto3")
+    from test_storage import start_s3_server
+
+    process, endpoint = start_s3_server()
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")  # fmt: skip
+    client.create_bucket(Bucket="nightly")
+    yield env, client
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_json_lines_from_an_object_prefix_into_an_object_prefix(tmp_path, binary_model, s3_env):
+    env, client = s3_env
+    lines = {}
+    for name in ("2026/a.jsonl.gz", "2026/b.jsonl.gz"):
+        texts = varied_texts(60, seed=len(lines), longest_words=40)
+        body = [json.dumps({"id": f"{name}-{i}", "text": t, "meta": {"tags": ["x", 1.50]}, "big": 10**30})
+                for i, t in enumerate(texts)]  # fmt: skip
+        body[3] = body[3].replace('"big": 1000000000000000000000000000000', '"big": 1.0e+30')  # a spelling kept as is
+        lines[name] = body
+        client.put_object(Bucket="nightly", Key=f"exports/{name}", Body=gzip.compress(("\n".join(body) + "\n").encode()))
+    code, stderr = finish(start(command("s3://nightly/exports/", binary_model, "s3://nightly/scored",
+                                        "--workers", "2"), env))  # fmt: skip
+    assert code == 0, stderr
+    assert "done: 120 rows: 120 scored" in stderr
+    listed = sorted(o["Key"] for o in client.list_objects_v2(Bucket="nightly")["Contents"])
+    assert listed == ["exports/2026/a.jsonl.gz", "exports/2026/b.jsonl.gz", "scored/2026/a.jsonl.gz",
+                      "scored/2026/b.jsonl.gz"]  # named as the inputs, and nothing left beside them  # fmt: skip
+    for name, body in lines.items():
+        scored = gzip.decompress(client.get_object(Bucket="nightly", Key=f"scored/{name}")["Body"].read()).decode()
+        out = scored.splitlines()
+        assert len(out) == len(body)
+        for original, line in zip(body, out):
+            assert line.startswith(original[:-1] + ', "sentiment_label": ')  # keys, order, nesting, numbers untouched
+            assert list(json.loads(line))[-2:] == ["sentiment_label", "sentiment_score"]
+
+    # a failed run (a column the files lack) leaves nothing under the output prefix
+    code, stderr = finish(start(command("s3://nightly/exports/", binary_model, "s3://nightly/failed", "-c", "body"), env))
+    assert code == 2 and stderr.count("\n") == 1 and "no key 'body'" in stderr
+    assert not client.list_objects_v2(Bucket="nightly", Prefix="failed").get("Contents")
+    assert not client.list_objects_v2(Bucket="nightly", Prefix=".failed").get("Contents")
+
+
+def _cluster_run(tmp_path: Path, binary_model: Path, remove_when) -> None:
+    """Score 6,000 rows on a head and two worker nodes, removing one worker node when ``remove_when(output)``."""
+    from ray.cluster_utils import Cluster
+
+    source = write_inputs(tmp_path / "in", files=3, rows=2000, seed=5)
+    reference = tmp_path / "reference"
+    code, stderr = finish(start(command(str(source), binary_model, str(reference), "--chunk-rows", "200")))
+    assert code == 0, stderr
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        workers = [cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1)]
+        cluster.wait_for_nodes()
+        output, manifest = tmp_path / "out", tmp_path / "run.json"
+        process = start(command(str(source), binary_model, str(output), "--ray-address", cluster.address,
+                                "--workers", "2", "--chunk-rows", "200", "--threads", "1",
+                                "--manifest", str(manifest)))  # fmt: skip
+        wait_for(lambda: remove_when(output), 300, process)
+        cluster.remove_node(workers[0])
+        code, stderr = finish(process)
+    finally:
+        cluster.shutdown()
+    assert code == 0, stderr
+    assert "done: 6,000 rows: 6,000 scored" in stderr
+    assert_equal_runs(read_rows(output), read_rows(reference))
+    facts = json.loads(manifest.read_text())
+    assert facts["rows_total"] == 6000 and sum(facts["label_counts"].values()) == 6000
+
+
+def test_a_worker_node_lost_while_scoring(tmp_path, binary_model):
+    _cluster_run(tmp_path, binary_model, lambda output: parts_written(output) >= 2)
+
+
+def test_a_worker_node_lost_while_the_model_loads(tmp_path, binary_model):
+    def started(output: Path) -> bool:  # the driver passed its checks and starts the actors; nothing scored yet
+        return (output.parent / f".{output.name}.batchsent-ray" / "run.json").exists() and parts_written(output) == 0
+
+    _cluster_run(tmp_path, binary_model, started)
