@@ -14,7 +14,7 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score report info test test-avx2 bench bench-ct2 bench-tune bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
+.PHONY: help score report info test test-avx2 bench bench-ct2 bench-tune bench-ray bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -74,6 +74,9 @@ bench-ct2: $(BENCH_DEPS) ## CTranslate2 float32/int8 vs batchsent's float32, int
 
 bench-tune: $(TEST_DEPS) ## batchsent tune on MiniLM (../shared) and the DistilBERT shape: every variant, rows/s and agreement
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/tune.py $(BENCH_ARGS)
+
+bench-ray: $(TEST_DEPS) ## The Ray engine (1 and 2 workers) against the local engine: 60,000 short rows, whole processes
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ray_scale.py $(BENCH_ARGS)
 
 bench-model-key: $(TEST_DEPS) ## Keying a model folder by content: first hash and remembered hash of the DistilBERT-sized folder
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/model_key.py $(BENCH_ARGS)

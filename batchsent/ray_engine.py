@@ -34,13 +34,13 @@ import pyarrow as pa
 from . import io, ray_io
 from .checkpoint import ResumeMismatch, first_difference
 from .errors import BatchsentError, ModelLoadError, OutputError, ScoringError, UsageError, first_line
-from .identity import input_fingerprint
+from .identity import input_fingerprint, model_identity
 from .job import ModelSummary, RunSummary, check_input_columns, check_model_columns, check_new_columns
 from .lock import OutputLock
 from .options import JobConfig, ScoringModel
 from .postprocess import column_names, prediction_arrays
 from .sources import InputFiles, expand
-from .storage import is_url, remote, upload
+from .storage import is_url, redact, remote, upload
 
 
 def check_ray_installed() -> None:
@@ -183,7 +183,15 @@ def _fingerprint(config: JobConfig, inputs: InputFiles) -> dict[str, Any]:
                "gpus_per_worker", "threads", "chunk_rows", "device", "output"}  # fmt: skip
     options = {key: value for key, value in config.described().items() if key not in runtime}
     files = {str(inputs.relative(path)): input_fingerprint(path) for path in inputs.files}
-    return json.loads(json.dumps({"inputs": files, "options": options}, default=str))
+    models = [_model_fingerprint(model.options.model, model.options.revision) for model in config.scoring_models()]
+    return json.loads(json.dumps({"inputs": files, "models": models, "options": options}, default=str))
+
+
+def _model_fingerprint(model_ref: str, revision: str | None) -> dict[str, Any]:
+    """A local folder by the content of its files (as the local engine keys it); a Hub id by id and revision."""
+    if Path(model_ref).expanduser().is_dir():
+        return model_identity(model_ref, None)
+    return {"hub_id": model_ref, "revision": revision}
 
 
 class _Progress:
@@ -243,7 +251,10 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSumma
     with contextlib.nullcontext() if isinstance(output, str) else OutputLock(_checked_local_output(output)):
         progress = _Progress(output)
         fingerprint = _fingerprint(config, inputs)
-        resumed = _prepare_progress(config, progress, fingerprint, output)
+        try:
+            resumed = _prepare_progress(config, progress, fingerprint, output)
+        except OSError as failure:  # a missing bucket, denied credentials: before the cluster does any work
+            raise OutputError(f"{redact(str(output))}: {first_line(failure)}") from None
         record["ray_progress"] = progress.location
         try:
             counts = _score_and_publish(config, inputs, schemas, output, progress, resumed)
@@ -287,7 +298,10 @@ def _output_exists(output: Path | str) -> bool:
     if isinstance(output, Path):
         return output.exists()
     location = remote(output + "/", OutputError)
-    listing = location.fs.get_file_info(fs.FileSelector(location.path.rstrip("/"), allow_not_found=True))
+    try:
+        listing = location.fs.get_file_info(fs.FileSelector(location.path.rstrip("/"), allow_not_found=True))
+    except OSError as failure:
+        raise OutputError(f"{output}: {first_line(failure)}") from None
     return bool(listing)
 
 
@@ -428,8 +442,22 @@ def _worker_failure(error: BaseException) -> BatchsentError:
     kind = getattr(errors, raised[-1][0], None) if raised else None
     if isinstance(kind, type) and issubclass(kind, BatchsentError):
         return kind(raised[-1][1])
-    inner = getattr(error, "cause", None)
-    return ScoringError(f"a Ray worker failed: {first_line(inner if inner is not None else error)}")
+    return ScoringError(f"a Ray worker failed: {_deepest_cause(error)}")
+
+
+def _deepest_cause(error: BaseException) -> str:
+    """The error a worker's code raised, in one line, under Ray's wrappers (RayTaskError, UserCodeException)."""
+    found, seen = error, set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if not type(cause).__module__.startswith("ray"):
+            found = cause
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    if found is not error:
+        return f"{type(found).__name__}: {first_line(found)}"
+    raised = re.findall(r"^(\w+(?:Error|Exception)): (.+)$", str(error), re.MULTILINE)
+    return f"{raised[-1][0]}: {raised[-1][1]}" if raised else first_line(error)
 
 
 def _quiet_ray_error_listener() -> None:

@@ -276,7 +276,7 @@ def sample_texts(path: str | None, column: str = "text") -> tuple[list[str], str
     if path is None:
         return builtin_sample(), BUILTIN_SAMPLE
     from . import io
-    from .storage import is_url
+    from .storage import is_url, redact
 
     source: Path | str = path if is_url(path) else Path(path)
     io.check_input(source)
@@ -287,10 +287,11 @@ def sample_texts(path: str | None, column: str = "text") -> tuple[list[str], str
                  if text is not None and text.strip()]  # fmt: skip
     finally:
         reader.close()
+    shown = redact(path)  # credentials in a URL are never printed or stored
     if len(texts) < MIN_ROWS:
-        raise UsageError(f"{path}: {len(texts)} non-blank texts in column {column!r}; tuning needs at least {MIN_ROWS}, "
+        raise UsageError(f"{shown}: {len(texts)} non-blank texts in column {column!r}; tuning needs at least {MIN_ROWS}, "
                          "so that agreement with float32 means something")  # fmt: skip
-    return texts, f"{path} ({len(texts)} rows)"
+    return texts, f"{shown} ({len(texts)} rows)"
 
 
 def measure(base: ModelOptions, texts: Sequence[str], time_cap: float, notes: Notes | None = None) -> list[Measurement]:

@@ -205,3 +205,42 @@ def test_a_worker_node_lost_while_the_model_loads(tmp_path, binary_model):
         return (output.parent / f".{output.name}.batchsent-ray" / "run.json").exists() and parts_written(output) == 0
 
     _cluster_run(tmp_path, binary_model, started)
+
+
+BOOM_MODELING = '''
+from transformers import DistilBertForSequenceClassification
+
+
+class BoomModel(DistilBertForSequenceClassification):
+    """Raises on any row holding the token BOOM_ID: a model that fails on one row."""
+
+    def forward(self, input_ids=None, **kwargs):
+        if input_ids is not None and bool((input_ids == BOOM_ID).any()):
+            raise RuntimeError("this model cannot take a row with 'boom'")
+        return super().forward(input_ids=input_ids, **kwargs)
+'''
+
+
+def test_a_worker_that_fails_on_a_row_is_exit_1_and_keeps_what_it_scored(tmp_path, binary_model):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "boom-model"
+    shutil.copytree(binary_model, model)
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_boom.BoomModel"}
+    (model / "config.json").write_text(json.dumps(config))
+    boom = AutoTokenizer.from_pretrained(str(model)).convert_tokens_to_ids("boom")
+    (model / "modeling_boom.py").write_text(BOOM_MODELING.replace("BOOM_ID", str(boom)))
+    source = write_inputs(tmp_path / "in", files=3, rows=400)
+    last = source / "part-2.csv"
+    last.write_text(last.read_text().rstrip("\n") + '\n2-400,"the kettle went boom"\n')
+
+    process = start(command(str(source), model, str(tmp_path / "out"), "--chunk-rows", "50", "--trust-remote-code"),
+                    {"HF_MODULES_CACHE": str(tmp_path / "modules")})  # fmt: skip
+    code, stderr = finish(process)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1, stderr
+    assert "cannot take a row with 'boom'" in errors[0] and "run the same command with --resume" in errors[0]
+    assert not (tmp_path / "out").exists() and parts_written(tmp_path / "out") > 0  # what was scored is kept

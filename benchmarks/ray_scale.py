@@ -1,0 +1,156 @@
+"""The Ray engine against the local engine on the same machine: 60,000 short rows, whole processes.
+
+Rows are real SST-2 phrases (../shared; a seeded synthetic stand-in when absent) in 6 CSV
+files of 10,000; the model is MiniLM (../shared/models/minilm-sst2, else the DistilBERT
+shape). Each figure is a whole ``batchsent score`` process: start-up, model load, Ray's
+start-up where it applies, read, score, write. The same machine and threads for all.
+
+  python benchmarks/ray_scale.py [--rows 60000] [--files 6] [--workers 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import RESULTS, distilbert_shaped  # noqa: E402
+from corpus import FIXTURE_MODEL, sst2_phrases  # noqa: E402
+
+from batchsent.cpu import this_cpu  # noqa: E402
+
+
+def write_files(folder: Path, rows: int, files: int) -> None:
+    phrases = sst2_phrases()
+    folder.mkdir()
+    per_file = rows // files
+    for index in range(files):
+        with open(folder / f"part-{index}.csv", "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["id", "text"])
+            for row in range(per_file):
+                number = index * per_file + row
+                writer.writerow([number, phrases[number % len(phrases)]])
+
+
+def timed_run(args: list[str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "batchsent", "score", *args, "-q"], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {done.stderr}")
+    return seconds, done.stderr.strip().splitlines()[-1]
+
+
+def tiny_model(directory: Path) -> str:
+    """A seeded one-layer BERT (hidden 32) with the real uncased vocabulary: model time near zero, so what a
+    Ray run costs beyond it shows."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from bench import _tokenizer_source
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                        label2id={"NEGATIVE": 0, "POSITIVE": 1})  # fmt: skip
+    BertForSequenceClassification(config).eval().save_pretrained(directory)
+    AutoTokenizer.from_pretrained(_tokenizer_source()).save_pretrained(directory)
+    return str(directory)
+
+
+def block_overhead(root: Path, rows: int) -> dict:
+    """Ray's cost per block: the tiny model over the same rows in blocks of 4,000 and of 250 rows."""
+    model = tiny_model(root / "tiny")
+    timings = {}
+    for chunk in (4000, 250):
+        seconds, _ = timed_run([str(root / "in"), "--engine", "ray", "--model", model, "--chunk-rows", str(chunk),
+                                "-o", str(root / f"tiny-{chunk}")])  # fmt: skip
+        timings[chunk] = seconds
+    files = len(list((root / "in").iterdir()))
+    blocks = {chunk: files * -(-(rows // files) // chunk) for chunk in timings}
+    per_block = (timings[250] - timings[4000]) / (blocks[250] - blocks[4000])
+    print(f"  Ray per-block overhead (tiny model): {timings[4000]:.1f} s in {blocks[4000]} blocks, {timings[250]:.1f} s "
+          f"in {blocks[250]} blocks: {1000 * per_block:.0f} ms a block", flush=True)  # fmt: skip
+    return {"seconds": timings, "blocks": blocks, "per_block_ms": round(1000 * per_block, 1)}
+
+
+def merge_rate(root: Path, rows: int = 1_000_000, per_part: int = 4096) -> dict:
+    """The driver's merge alone: ``rows`` short rows in parts of ``per_part``, into one CSV."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from batchsent import ray_io
+
+    phrases = sst2_phrases()
+    folder = root / "parts" / "000000"
+    folder.mkdir(parents=True)
+    for first in range(0, rows, per_part):
+        count = min(per_part, rows - first)
+        numbers = np.arange(first, first + count)
+        pq.write_table(pa.table({
+            "id": [str(n) for n in numbers], "text": [phrases[n % len(phrases)] for n in numbers],
+            "sentiment_label": ["POSITIVE"] * count, "sentiment_score": pa.array(np.full(count, 0.9, np.float32)),
+            ray_io.FILE: pa.array(np.zeros(count, np.int32)), ray_io.ROW: pa.array(numbers),
+            ray_io.ROW_ID: pa.array(numbers), ray_io.truncated_column(0): pa.array(np.zeros(count, bool)),
+        }), folder / f"{first:012d}.parquet")  # fmt: skip
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("sentiment_label", pa.string()),
+                        ("sentiment_score", pa.float32())])  # fmt: skip
+    started = time.perf_counter()
+    ray_io.merge_parts(str(root / "parts"), 0, "bench", schema, ["sentiment_label"], root / "merged.csv",
+                       ray_io.MergeCounts())  # fmt: skip
+    seconds = time.perf_counter() - started
+    size = (root / "merged.csv").stat().st_size
+    print(f"  driver merge: {rows:,} rows ({size / 2**20:.0f} MiB of CSV) in {seconds:.1f} s: {rows / seconds:,.0f} rows/s, "
+          f"{size / 2**20 / seconds:.0f} MiB/s", flush=True)  # fmt: skip
+    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds), "mib_per_s": round(size / 2**20 / seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=60_000)
+    parser.add_argument("--files", type=int, default=6)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--overhead-only", action="store_true", help="only Ray's per-block overhead")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ray_scale.json")
+    args = parser.parse_args()
+    report = {"cpu": this_cpu().describe(), "rows": args.rows, "files": args.files, "runs": []}
+    print(f"CPU: {report['cpu']}; {args.rows:,} short rows in {args.files} CSV files; whole processes", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        model = str(FIXTURE_MODEL) if FIXTURE_MODEL.is_dir() else str(distilbert_shaped(root / "distilbert"))
+        write_files(root / "in", args.rows, args.files)
+        if args.overhead_only:
+            report["block_overhead"] = block_overhead(root, args.rows)
+            report["merge"] = merge_rate(root)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.with_name("ray_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+            return
+        runs = [("local", [str(root / "in"), "--model", model, "-o", str(root / "local")])]
+        for workers in args.workers.split(","):
+            runs.append((f"ray, {workers} worker(s)", [str(root / "in"), "--engine", "ray", "--workers", workers,
+                                                       "--model", model, "-o", str(root / f"ray-{workers}")]))  # fmt: skip
+        local_rate = None
+        for name, run_args in runs:
+            seconds, summary = timed_run(run_args)
+            rate = args.rows / seconds
+            local_rate = local_rate or rate
+            report["runs"].append({"engine": name, "seconds": round(seconds, 1), "rows_per_s": round(rate, 1),
+                                   "share_of_local": round(rate / local_rate, 3), "summary": summary})  # fmt: skip
+            print(f"  {name:20} {seconds:7.1f} s  {rate:7.1f} rows/s  {rate / local_rate:6.1%} of local", flush=True)
+        report["block_overhead"] = block_overhead(root, args.rows)
+        report["merge"] = merge_rate(root)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written: {args.out} (CPU: {report['cpu']})")
+
+
+if __name__ == "__main__":
+    main()
