@@ -413,6 +413,7 @@ def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress
         dataset = ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS, override_num_blocks=len(files))
         with warnings.catch_warnings():  # "at-least-once": a row written twice is kept once when the parts merge
             warnings.filterwarnings("ignore", message="Checkpointing with non-file datasink")
+            warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")  # fewer files than --workers
             try:
                 _scored_dataset(ray, dataset, config).write_datasink(ray_io.make_datasink(progress.parts),
                                                                      ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})  # fmt: skip
