@@ -319,27 +319,12 @@ def _score_and_publish(config: JobConfig, inputs: InputFiles, schemas: list[pa.S
             relative = inputs.relative(source)
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            ray_io.merge_parts(progress.parts, index, str(source), _output_schema(progress.parts, index, schema),
-                               label_columns, target, counts)  # fmt: skip
+            ray_io.merge_parts(progress.parts, index, str(source), schema, label_columns, target, counts)
             written.append(relative)
         _publish(staging, output, written)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return counts
-
-
-def _output_schema(parts: str, index: int, schema: pa.Schema) -> pa.Schema:
-    """The input file's own schema followed by the prediction columns its parts hold."""
-    names = set(schema.names)
-    listed = ray_io.list_parts(parts, index)
-    if not listed:
-        return schema
-    filesystem, _ = ray_io.filesystem_of(parts)
-    import pyarrow.parquet as pq
-
-    part = pq.read_schema(listed[0], filesystem=filesystem)
-    added = [field for field in part if field.name not in names and not field.name.startswith("__batchsent_")]
-    return pa.schema(list(schema) + added, metadata=schema.metadata)
 
 
 def _publish(staging: Path, output: Path | str, written: list[Path]) -> None:

@@ -178,17 +178,25 @@ def list_parts(parts: str, index: int) -> list[str]:
     return sorted(names, key=lambda path: int(path.rsplit("/", 1)[-1].split(".")[0]))
 
 
-def merge_parts(parts: str, index: int, source: str, schema: pa.Schema, label_columns: list[str],
+def merge_parts(parts: str, index: int, source: str, input_schema: pa.Schema, label_columns: list[str],
                 target: Path, counts: MergeCounts) -> None:  # fmt: skip
     """Stream input ``index``'s parts into ``target`` (the local engine's writer for its format), each row once.
 
-    ``schema`` is the input's own (JSON Lines metadata included) followed by the prediction columns.
+    The output's schema is the input's own (``input_schema``, JSON Lines metadata included) followed by the
+    prediction columns the parts hold.
     """
     filesystem, _ = filesystem_of(parts)
+    listed = list_parts(parts, index)
+    schema = input_schema
+    if listed:
+        names = set(input_schema.names)
+        added = [field for field in pq.read_schema(listed[0], filesystem=filesystem)
+                 if field.name not in names and not field.name.startswith("__batchsent_")]  # fmt: skip
+        schema = pa.schema(list(input_schema) + added, metadata=input_schema.metadata)
     writer = io.AtomicWriter(target, schema)
     next_row = 0
     try:
-        for path in list_parts(parts, index):
+        for path in listed:
             table = pq.read_table(path, filesystem=filesystem)
             rows = table.column(ROW).to_numpy()
             keep = rows >= next_row  # a row a replay wrote twice is kept once
