@@ -188,8 +188,9 @@ def score(
         Optional[Path], typer.Option(help="Write a JSON manifest of the run here (also when it fails; both engines).")
     ] = None,
     cache: Annotated[
-        Optional[Path], typer.Option(help="Prediction cache file (SQLite, created if missing): texts scored by an "
-                                     "earlier run with the same model and options are not scored again."),  # fmt: skip
+        Optional[str], typer.Option(help="Prediction cache (created if missing): texts scored by an earlier run with "
+                                    "the same model and options are not scored again. A SQLite file; with --engine "
+                                    "ray a folder or s3://, gs://, az:// prefix that every node reaches."),  # fmt: skip
     ] = None,
     log_format: Annotated[
         str, typer.Option(help="text, or json (one JSON object per line) for progress, errors and the summary.")

@@ -1,4 +1,5 @@
-"""``batchsent cache stats|prune``: look after a prediction cache file (see ``batchsent.cache``)."""
+"""``batchsent cache stats|prune|export``: look after a prediction cache: a SQLite file (``batchsent.cache``), or
+a Ray run's shared folder or object prefix (``batchsent.shared_cache``)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,21 @@ import typer
 
 from .cache import CacheError, PredictionCache, parse_age
 from .progress import Reporter
+from .shared_cache import SharedCache, export_sqlite, is_shared_location
 
 cache_app = typer.Typer(
-    no_args_is_help=True, rich_markup_mode=None, help="Look after a prediction cache file (--cache)."
+    no_args_is_help=True, rich_markup_mode=None, help="Look after a prediction cache (--cache)."
 )
 
-CachePath = Annotated[Path, typer.Argument(help="The cache file (as given to --cache).", show_default=False,
-                                            metavar="PATH")]  # fmt: skip
+CachePath = Annotated[str, typer.Argument(help="The cache as given to --cache: a SQLite file, or a Ray run's folder "
+                                               "or s3://, gs://, az:// prefix.", show_default=False, metavar="PATH")]  # fmt: skip
+
+
+def _open(path: str) -> PredictionCache | SharedCache:
+    """The cache at ``path``, which must exist: a folder or prefix is a shared cache, a file a SQLite one."""
+    if is_shared_location(path):
+        return SharedCache(path, create=False)
+    return PredictionCache(Path(path), create=False)
 
 
 def _when(timestamp: float | None) -> str:
@@ -37,7 +46,7 @@ def stats_command(
 ) -> None:
     """Entries, models, size on disk and last use of a cache."""
     try:
-        cache = PredictionCache(path, create=False)
+        cache = _open(path)
         try:
             stats = cache.stats()
         finally:
@@ -47,7 +56,7 @@ def stats_command(
     if as_json:
         typer.echo(json.dumps(stats, indent=2))
         return
-    typer.echo(f"{path}: {stats['entries']:,} entries, {len(stats['models'])} model key(s), {_size(stats['bytes'])}, "
+    typer.echo(f"{stats['path']}: {stats['entries']:,} entries, {len(stats['models'])} model key(s), {_size(stats['bytes'])}, "
                f"{stats['runs']:,} run(s), last used {_when(stats['last_used'])}")  # fmt: skip
     for model in stats["models"]:
         description = model["description"]
@@ -73,7 +82,7 @@ def prune_command(
     reporter = Reporter("text")
     try:
         age = None if older_than is None else parse_age(older_than)
-        cache = PredictionCache(path, create=False)
+        cache = _open(path)
         try:
             before = cache.size_bytes()
             removed, models = cache.prune(age, model or ())
@@ -82,5 +91,30 @@ def prune_command(
             cache.close()
     except CacheError as error:
         reporter.fail(str(error), error.exit_code)
-    reporter.note(f"{path}: removed {removed:,} entries and {models} model key(s); "
+    reporter.note(f"{cache.shown if isinstance(cache, SharedCache) else path}: removed {removed:,} entries and {models} model key(s); "
                   f"{_size(before)} -> {_size(after)}")  # fmt: skip
+
+
+@cache_app.command("export")
+def export_command(
+    source: Annotated[Path, typer.Argument(help="A SQLite cache file (the local engine's --cache).", show_default=False,
+                                           metavar="SQLITE")],  # fmt: skip
+    target: Annotated[str, typer.Argument(help="A Ray run's cache: a folder or s3://, gs://, az:// prefix (created "
+                                               "when missing).", show_default=False, metavar="LOCATION")],  # fmt: skip
+) -> None:
+    """Copy a SQLite cache's entries into a shared cache, so Ray runs reuse what local runs scored."""
+    reporter = Reporter("text")
+    try:
+        if is_shared_location(source):
+            raise CacheError(f"{source}: a folder; export reads a SQLite cache file")
+        sqlite = PredictionCache(source, create=False)
+        try:
+            shared = SharedCache(target)
+            entries, models = export_sqlite(sqlite, shared)
+        finally:
+            sqlite.close()
+    except CacheError as error:
+        reporter.fail(str(error), error.exit_code)
+    except OSError as error:
+        reporter.fail(f"{target}: cannot write: {error}", 1)
+    reporter.note(f"{shared.shown}: {entries:,} entries of {models} model key(s) copied from {source}")

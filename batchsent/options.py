@@ -191,7 +191,8 @@ class ScoringModel:
 class JobConfig(ModelOptions):
     """One scoring job. ``output`` None means ``<input stem>.scored<suffix>`` beside the input
     (a ``.scored`` folder for the Ray engine); ``manifest`` and ``report`` are written at the end;
-    ``cache`` is a prediction cache file shared across runs (see ``batchsent.cache``)."""
+    ``cache`` is a prediction cache shared across runs: a SQLite file for the local engine (``batchsent.cache``),
+    a folder or object prefix for Ray (``batchsent.shared_cache``)."""
 
     input: Path  # or an object URL (s3://, gs://, az://), kept as a string
     output: Path | None = None  # or an object URL
@@ -208,7 +209,7 @@ class JobConfig(ModelOptions):
     gpus_per_worker: float = 0.0
     manifest: Path | None = None
     report: Path | None = None
-    cache: Path | None = None
+    cache: Path | None = None  # or, for --engine ray, an object URL
     pair_column: str | None = None  # a second text column: (text, text_pair) for cross-encoders
     models: tuple[ModelSpec, ...] = ()  # several models in one pass (``model`` and ``prefix`` then unused)
 
@@ -218,11 +219,12 @@ class JobConfig(ModelOptions):
         self.scoring_models()  # each model's own options validated now
         for name in ("input", "output", "manifest", "report", "cache"):  # Python callers may pass strings
             value = getattr(self, name)
-            if isinstance(value, str) and not (name in ("input", "output") and is_url(value)):
+            if isinstance(value, str) and not (name in ("input", "output", "cache") and is_url(value)):
                 object.__setattr__(self, name, Path(value))
         for name in ("manifest", "report", "cache"):
-            if is_url(str(getattr(self, name) or "")):
-                raise UsageError(f"--{name} must be a local path")
+            if is_url(str(getattr(self, name) or "")) and not (name == "cache" and self.engine == "ray"):
+                raise UsageError(f"--{name} must be a local path" + (" (a Ray run's may be an object prefix)"
+                                                                     if name == "cache" else ""))  # fmt: skip
         _positive(chunk_rows=self.chunk_rows)
         if self.engine not in ENGINES:
             raise UsageError(f"--engine {self.engine!r}: expected local or ray")
@@ -243,8 +245,6 @@ class JobConfig(ModelOptions):
                                      "text with its hypotheses)")  # fmt: skip
             if self.engine == "ray":
                 raise UsageError("--pair-column is for the local engine")
-        if self.engine == "ray" and self.cache is not None:
-            raise UsageError("--cache is for the local engine (Ray workers on other machines cannot share one file)")
         if self.report is not None:
             check_report_target(self.report)
         if is_url(self.output_path) and self.engine == "ray" and self.report is not None:

@@ -40,7 +40,7 @@ from .lock import OutputLock
 from .options import JobConfig, ScoringModel
 from .postprocess import column_names, prediction_arrays
 from .sources import InputFiles, expand
-from .storage import is_url, redact, remote, upload
+from .storage import filesystem_of, is_url, redact, remote, upload
 
 
 def check_ray_installed() -> None:
@@ -133,16 +133,20 @@ class RayScorer:
     With several models each actor holds them all: a batch is read once, tokenized once per
     shared tokenizer (``encode_each``), scored by each model and written with every model's
     columns, and one flag column per model says which rows it truncated (for the counts).
+
+    With a shared cache (``cache``: its location) each model looks up the batch's digests under
+    its own key and scores only the rows it does not hold; the weights load with the first such
+    row. The columns ``merge_parts`` needs to add the new entries and count the hits come along.
     """
 
-    def __init__(self, models: list[ScoringModel], column: str, all_scores: bool) -> None:
+    def __init__(self, models: list[ScoringModel], column: str, all_scores: bool, cache: str | None = None) -> None:
         import socket as sockets
 
         from .model import Classifier
 
         self.models = models
         try:
-            self.classifiers = [Classifier(model.options) for model in models]
+            self.classifiers = [Classifier(model.options, weights=cache is None) for model in models]
         except Exception as error:  # noqa: BLE001 - say which node could not load it
             node = f"{sockets.gethostname()} ({ray_node_ip()})"
             raise ModelLoadError(f"Ray node {node} cannot load the model: {first_line(error)}") from None
@@ -150,22 +154,64 @@ class RayScorer:
         self.names = [column_names(classifier.labels, model.prefix, all_scores, classifier.long_text == "chunk")
                       for model, classifier in zip(models, self.classifiers)]  # fmt: skip
         check_model_columns(self.names, models)
+        self.cache, self.keys = None, []
+        if cache is not None:
+            from .reuse import model_description
+            from .shared_cache import SharedCache
+
+            self.cache = SharedCache(cache, create=False)
+            for model, classifier in zip(models, self.classifiers):
+                identity = model_identity(model.options.model, classifier.config)
+                self.keys.append(self.cache.register(model.options.model, model_description(classifier, identity),
+                                                     classifier.labels))  # fmt: skip
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from .model import encode_each
+        from .reuse import row_digests
 
         texts = io.text_values(pa.concat_arrays(batch.column(self.column).chunks) if batch.num_rows else pa.array([], pa.string()))
-        chunks = encode_each(self.classifiers, [(texts, None)] * len(self.classifiers))
+        digests = row_digests(texts) if self.cache is not None else None
+        found = [self.cache.lookup(key, digests, len(classifier.labels))  # type: ignore[arg-type]
+                 for key, classifier in zip(self.keys, self.classifiers)] if self.cache is not None else []  # fmt: skip
+        inputs = [([None if hit else text for text, hit in zip(texts, cached.hit)], None) for cached in found] \
+            or [(texts, None)] * len(self.classifiers)  # fmt: skip
+        chunks = encode_each(self.classifiers, inputs)
         flags = []
-        for classifier, chunk, names in zip(self.classifiers, chunks, self.names):
+        for index, (classifier, chunk, names) in enumerate(zip(self.classifiers, chunks, self.names)):
             scores = classifier.run(chunk)
-            arrays = prediction_arrays(scores.probabilities, classifier.labels, self.all_scores, scores.windows)
+            probabilities, truncated, windows = scores.probabilities, scores.truncated, scores.windows
+            if found:
+                probabilities, truncated, windows, batch = self._with_cache(index, found[index], digests, scores, batch)
+            arrays = prediction_arrays(probabilities, classifier.labels, self.all_scores, windows)
             for name, array in zip(names, arrays, strict=True):
                 batch = batch.append_column(name, array)
-            flags.append(scores.truncated)
+            flags.append(truncated)
         for index, truncated in enumerate(flags):
             batch = batch.append_column(ray_io.truncated_column(index), pa.array(np.asarray(truncated, dtype=bool)))
+        if digests is not None:
+            batch = batch.append_column(ray_io.DIGEST, pa.array(digests, pa.binary(16)))
         return batch
+
+    def _with_cache(self, index: int, found: Any, digests: list[bytes | None], scores: Any,
+                    batch: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, pa.Table]:  # fmt: skip
+        """The model's scores with the cache's hits filled in, and the batch with the columns the merge reads:
+        the entries to add (rows scored now, and hits not used for a week), the hits, and the model key."""
+        probabilities, truncated = scores.probabilities.copy(), scores.truncated.copy()
+        windows = None if scores.windows is None else scores.windows.copy()
+        probabilities[found.hit] = found.probabilities[found.hit]
+        truncated[found.hit] = found.truncated[found.hit]
+        if windows is not None:
+            windows[found.hit] = found.windows[found.hit]
+        scored = np.fromiter((digest is not None for digest in digests), dtype=bool, count=len(digests)) & ~found.hit
+        store = scored | found.stale
+        width = probabilities.shape[1]
+        values = [row.tobytes() if keep else None for row, keep in zip(probabilities, store)]
+        batch = batch.append_column(ray_io.cache_column("store", index), pa.array(values, pa.binary(4 * width)))
+        batch = batch.append_column(ray_io.cache_column("hit", index), pa.array(found.hit))
+        if windows is not None:
+            batch = batch.append_column(ray_io.cache_column("windows", index), pa.array(windows.astype(np.int32)))
+        key = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(digests), dtype=np.int32)), pa.array([self.keys[index].key]))
+        return probabilities, truncated, windows, batch.append_column(ray_io.cache_column("key", index), key)
 
 
 def ray_node_ip() -> str:
@@ -180,7 +226,7 @@ def ray_node_ip() -> str:
 def _fingerprint(config: JobConfig, inputs: InputFiles) -> dict[str, Any]:
     """What a --resume must find unchanged: each input file's content and every option that changes the output."""
     runtime = {"resume", "overwrite", "quiet", "manifest", "report", "log_format", "workers", "ray_address",
-               "gpus_per_worker", "threads", "chunk_rows", "device", "output"}  # fmt: skip
+               "gpus_per_worker", "threads", "chunk_rows", "device", "output", "cache"}  # fmt: skip
     options = {key: value for key, value in config.described().items() if key not in runtime}
     files = {str(inputs.relative(path)): input_fingerprint(path) for path in inputs.files}
     models = [_model_fingerprint(model.options.model, model.options.revision) for model in config.scoring_models()]
@@ -201,7 +247,7 @@ class _Progress:
         self.location = progress_location(output)
         self.parts = f"{self.location}/parts"
         self.checkpoint = f"{self.location}/checkpoint"
-        self.filesystem, self.root = ray_io.filesystem_of(self.location)
+        self.filesystem, self.root = filesystem_of(self.location)
 
     def exists(self) -> bool:
         from pyarrow import fs
@@ -248,6 +294,7 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSumma
     check_label_columns(config, schemas[0], inputs.files[0])  # type: ignore[arg-type]
     output = output_folder(config)
     record["output"] = output
+    cache = _open_cache(config)
     with contextlib.nullcontext() if isinstance(output, str) else OutputLock(_checked_local_output(output)):
         progress = _Progress(output)
         fingerprint = _fingerprint(config, inputs)
@@ -257,7 +304,7 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSumma
             raise OutputError(f"{redact(str(output))}: {first_line(failure)}") from None
         record["ray_progress"] = progress.location
         try:
-            counts = _score_and_publish(config, inputs, schemas, output, progress, resumed)
+            counts = _score_and_publish(config, inputs, schemas, output, progress, resumed, cache)
         except BaseException:
             if not resumed and not progress.has_parts():  # nothing scored: nothing to resume, nothing left behind
                 progress.remove()
@@ -265,6 +312,20 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSumma
             raise
         progress.remove()
     return _summary(config, output, counts, started, record)
+
+
+def _open_cache(config: JobConfig) -> Any:
+    """The shared cache of ``--cache``, checked (a batchsent cache, or a new one) and written to (the run is
+    recorded) before the cluster does any work; None without --cache. (A cache inside the output folder was
+    refused with the other path claims.)"""
+    if config.cache is None:
+        return None
+    from . import __version__
+    from .shared_cache import SharedCache
+
+    cache = SharedCache(str(config.cache))
+    cache.start_run(__version__)
+    return cache
 
 
 def _checked_local_output(output: Path) -> Path:
@@ -306,11 +367,17 @@ def _output_exists(output: Path | str) -> bool:
 
 
 def _score_and_publish(config: JobConfig, inputs: InputFiles, schemas: list[pa.Schema], output: Path | str,
-                       progress: _Progress, resumed: bool) -> ray_io.MergeCounts:  # fmt: skip
-    """Run the Ray pipeline into parts (skipping rows a resumed run's checkpoint holds), then merge and publish."""
-    _score_on_cluster(config, inputs, progress, resumed)
+                       progress: _Progress, resumed: bool, cache: Any) -> ray_io.MergeCounts:  # fmt: skip
+    """Run the Ray pipeline into parts (skipping rows a resumed run's checkpoint holds), then merge and publish;
+    with a shared cache, the run's new entries are added to it before the output is published."""
+    _score_on_cluster(config, inputs, progress, resumed, cache)
     label_columns = [f"{model.prefix}label" for model in config.scoring_models()]
     counts = ray_io.MergeCounts()
+    entries = None
+    if cache is not None:
+        from .shared_cache import EntryWriter
+
+        entries = EntryWriter(cache, int(time.time()))
     staging = Path(tempfile.mkdtemp(prefix=f".{Path(str(output)).name}.", suffix=".staging",
                                     dir=output.parent if isinstance(output, Path) else None))  # fmt: skip
     try:
@@ -319,12 +386,24 @@ def _score_and_publish(config: JobConfig, inputs: InputFiles, schemas: list[pa.S
             relative = inputs.relative(source)
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            ray_io.merge_parts(progress.parts, index, str(source), schema, label_columns, target, counts)
+            ray_io.merge_parts(progress.parts, index, str(source), schema, label_columns, target, counts, entries)
             written.append(relative)
+        if entries is not None:
+            _flush_entries(entries)
         _publish(staging, output, written)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return counts
+
+
+def _flush_entries(entries: Any) -> None:
+    from .cache import CacheError
+
+    try:
+        entries.flush()
+    except OSError as error:
+        raise CacheError(f"--cache {entries.cache.shown}: cannot write: {first_line(error)}; run the same command "
+                         "with --resume to try again") from None  # fmt: skip
 
 
 def _publish(staging: Path, output: Path | str, written: list[Path]) -> None:
@@ -353,7 +432,7 @@ def _summary(config: JobConfig, output: Path | str, counts: ray_io.MergeCounts, 
     where = f"ray, {config.workers} worker{'s' if config.workers > 1 else ''}"
     wanted = config.scoring_models()
     per_model = counts.models or [ray_io.ModelCounts() for _ in wanted]
-    models = tuple(ModelSummary(model.name, dict(sorted(found.labels.items())), found.truncated,
+    models = tuple(ModelSummary(model.name, dict(sorted(found.labels.items())), found.truncated, found.cached,
                                 chunked=model.options.long_text == "chunk", where=where)
                    for model, found in zip(wanted, per_model) if model.name is not None)  # fmt: skip
     labels = dict(sorted(per_model[0].labels.items())) if wanted[0].name is None else {}
@@ -361,13 +440,13 @@ def _summary(config: JobConfig, output: Path | str, counts: ray_io.MergeCounts, 
     record["models"] = [{"name": model.name, "labels": list(model.label_counts)} for model in models]
     return RunSummary(config.input, output, counts.rows, counts.rows - counts.empty, counts.empty, counts.truncated,
                       time.monotonic() - started, labels, any(m.options.long_text == "chunk" for m in wanted),
-                      where=where, models=models)  # fmt: skip
+                      where=where, cached=counts.cached, models=models)  # fmt: skip
 
 
 LIGHT_TASK_CPUS = 0.25  # reading and writing parts is mostly I/O: whole-CPU tasks would wait behind the scorers
 
 
-def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress, resumed: bool) -> None:
+def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress, resumed: bool, cache: Any) -> None:
     """Start (or join) Ray and run read -> score -> parts, with Ray Data's checkpointing keyed by row id."""
     import ray
     import ray.data
@@ -385,7 +464,7 @@ def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = not config.quiet
-        filesystem, root = ray_io.filesystem_of(progress.checkpoint)
+        filesystem, root = filesystem_of(progress.checkpoint)
         context.checkpoint_config = CheckpointConfig(id_column=ray_io.ROW_ID, checkpoint_path=progress.checkpoint,
                                                      delete_checkpoint_on_success=False,
                                                      override_filesystem=filesystem)  # fmt: skip
@@ -400,7 +479,7 @@ def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress
             warnings.filterwarnings("ignore", message="Checkpointing with non-file datasink")
             warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")  # fewer files than --workers
             try:
-                _scored_dataset(ray, dataset, config).write_datasink(ray_io.make_datasink(progress.parts),
+                _scored_dataset(ray, dataset, config, cache).write_datasink(ray_io.make_datasink(progress.parts),
                                                                      ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})  # fmt: skip
             except ray.exceptions.RayError as error:
                 raise _worker_failure(error) from error
@@ -470,7 +549,7 @@ def _reserved_names(config: JobConfig) -> set[str]:
     return {f"{model.prefix}{name}" for model in config.scoring_models() for name in ("label", "score")}
 
 
-def _scored_dataset(ray: Any, dataset: Any, config: JobConfig) -> Any:
+def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, cache: Any) -> Any:
     """The input dataset mapped through RayScorer actors (fractional CPUs: 2-core machines do not starve)."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     models = []
@@ -483,7 +562,8 @@ def _scored_dataset(ray: Any, dataset: Any, config: JobConfig) -> Any:
         models.append(replace(model, options=options))
     return dataset.map_batches(
         RayScorer,
-        fn_constructor_kwargs={"models": models, "column": config.column, "all_scores": config.all_scores},
+        fn_constructor_kwargs={"models": models, "column": config.column, "all_scores": config.all_scores,
+                               "cache": None if cache is None else cache.location},
         batch_format="pyarrow",
         batch_size=config.chunk_rows,
         compute=ray.data.ActorPoolStrategy(size=config.workers),

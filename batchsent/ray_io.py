@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,11 +29,13 @@ import pyarrow.parquet as pq
 
 from . import io
 from .errors import ScoringError
+from .storage import filesystem_of, write_parquet_atomically
 
 FILE = "__batchsent_file"
 ROW = "__batchsent_row"
 ROW_ID = "__batchsent_id"  # file index << ROW_BITS | row number: unique across the run, the same on every replay
 TRUNCATED = "__batchsent_truncated"  # one column per model: TRUNCATED + "_<model index>"
+DIGEST = "__batchsent_digest"  # with --cache: the row's text digest (null when blank)
 ROW_BITS = 40
 INTERNAL = (FILE, ROW, ROW_ID)
 
@@ -44,16 +44,9 @@ def truncated_column(index: int) -> str:
     return f"{TRUNCATED}_{index}"
 
 
-def filesystem_of(location: str) -> tuple[Any, str]:
-    """The pyarrow filesystem and path of a local folder or an object-storage URL."""
-    from pyarrow import fs
-
-    from .storage import is_url, remote
-
-    if is_url(location):
-        found = remote(location)
-        return found.fs, found.path
-    return fs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+def cache_column(kind: str, index: int) -> str:
+    """With --cache, per model: ``store`` (probabilities to add to the cache), ``hit``, ``windows``, ``key``."""
+    return f"__batchsent_cache_{kind}_{index}"
 
 
 def _datasource_base() -> type:
@@ -131,22 +124,9 @@ def make_datasink(parts: str) -> Any:
                 for index in np.unique(indexes):
                     part = table.filter(pa.array(indexes == index))
                     first = int(part.column(ROW)[0].as_py())
-                    _write_part(filesystem, f"{root}/{int(index):06d}", f"{first:012d}.parquet", part)
+                    write_parquet_atomically(filesystem, f"{root}/{int(index):06d}", f"{first:012d}.parquet", part)
 
     return PartsDatasink()
-
-
-def _write_part(filesystem: Any, folder: str, name: str, table: pa.Table) -> None:
-    """Write ``table`` under a temporary name, then move it to ``name`` (an object PUT is atomic by itself)."""
-    from pyarrow import fs
-
-    filesystem.create_dir(folder, recursive=True)
-    if isinstance(filesystem, fs.LocalFileSystem):
-        temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.partial"
-        pq.write_table(table, temporary, filesystem=filesystem)
-        os.replace(temporary, f"{folder}/{name}")
-    else:
-        pq.write_table(table, f"{folder}/{name}", filesystem=filesystem)
 
 
 @dataclass
@@ -155,6 +135,7 @@ class ModelCounts:
 
     labels: Counter = field(default_factory=Counter)
     truncated: int = 0
+    cached: int = 0
 
 
 @dataclass
@@ -164,6 +145,7 @@ class MergeCounts:
     rows: int = 0
     empty: int = 0
     truncated: int = 0
+    cached: int = 0  # rows the models took from the cache, added up over the models (as the local engine counts)
     models: list[ModelCounts] = field(default_factory=list)
 
 
@@ -179,11 +161,12 @@ def list_parts(parts: str, index: int) -> list[str]:
 
 
 def merge_parts(parts: str, index: int, source: str, input_schema: pa.Schema, label_columns: list[str],
-                target: Path, counts: MergeCounts) -> None:  # fmt: skip
+                target: Path, counts: MergeCounts, entries: Any = None) -> None:  # fmt: skip
     """Stream input ``index``'s parts into ``target`` (the local engine's writer for its format), each row once.
 
     The output's schema is the input's own (``input_schema``, JSON Lines metadata included) followed by the
-    prediction columns the parts hold.
+    prediction columns the parts hold. With a shared cache, ``entries`` (an ``EntryWriter``) receives the
+    rows' new entries.
     """
     filesystem, _ = filesystem_of(parts)
     listed = list_parts(parts, index)
@@ -209,6 +192,8 @@ def merge_parts(parts: str, index: int, source: str, input_schema: pa.Schema, la
                                    "command with --resume to score them again")  # fmt: skip
             next_row = int(rows[-1]) + 1
             _count(table, label_columns, counts)
+            if entries is not None:
+                _collect_entries(table, len(label_columns), entries)
             output = pa.Table.from_arrays([table.column(name) for name in schema.names], schema=schema)
             for batch in output.to_batches():
                 writer.write(batch)
@@ -231,5 +216,29 @@ def _count(table: pa.Table, label_columns: list[str], counts: MergeCounts) -> No
         flags = table.column(truncated_column(model)).to_numpy(zero_copy_only=False)
         model_counts.truncated += int(flags.sum())
         truncated |= flags
+        if cache_column("hit", model) in table.column_names:
+            hits = int(pc.sum(table.column(cache_column("hit", model))).as_py() or 0)
+            model_counts.cached += hits
+            counts.cached += hits
     counts.empty += int(blank.sum()) if blank is not None else 0
     counts.truncated += int(truncated.sum())
+
+
+def _collect_entries(table: pa.Table, models: int, entries: Any) -> None:
+    """The rows each model scored in this run (and the hits it refreshes), as entries under its model key."""
+    for model in range(models):
+        store = cache_column("store", model)
+        if store not in table.column_names:
+            continue
+        rows = table.filter(pc.is_valid(table.column(store)))
+        if not rows.num_rows:
+            continue
+        width = rows.schema.field(store).type.byte_width // 4
+        keys = rows.column(cache_column("key", model)).combine_chunks()
+        keys = keys.dictionary_decode() if pa.types.is_dictionary(keys.type) else keys
+        windows = cache_column("windows", model)
+        for key in pc.unique(keys).to_pylist():
+            own = rows.filter(pc.equal(keys, key))
+            entries.add(key, width, own.column(DIGEST).combine_chunks(), own.column(store).combine_chunks(),
+                        own.column(truncated_column(model)).combine_chunks(),
+                        own.column(windows).combine_chunks() if windows in own.column_names else None)  # fmt: skip

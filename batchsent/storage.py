@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,31 @@ def remote(url: str, error: type[BatchsentError] = InputError) -> Remote:
     except (OSError, ValueError) as failure:
         raise error(f"{url}: {_reason(failure)}") from failure
     return Remote(url, filesystem, path)
+
+
+def filesystem_of(location: str) -> tuple[Any, str]:
+    """The pyarrow filesystem and path of a local folder or an object-storage URL."""
+    from pyarrow import fs
+
+    if is_url(location):
+        found = remote(location)
+        return found.fs, found.path
+    return fs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+
+
+def write_parquet_atomically(filesystem: Any, folder: str, name: str, table: Any) -> None:
+    """Write ``table`` as ``folder/name``, whole or not at all: locally under a temporary name then renamed,
+    on object storage by one PUT (atomic by itself). Readers skip names that start with a dot."""
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    if isinstance(filesystem, fs.LocalFileSystem):  # an object store has no folders to create
+        filesystem.create_dir(folder, recursive=True)
+        temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.partial"
+        pq.write_table(table, temporary, filesystem=filesystem)
+        os.replace(temporary, f"{folder}/{name}")
+    else:
+        pq.write_table(table, f"{folder}/{name}", filesystem=filesystem)
 
 
 def _reason(failure: BaseException) -> str:

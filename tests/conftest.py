@@ -142,3 +142,20 @@ def write_corpus(path: Path, rows: int, seed: int, longest_words: int) -> Path:
     texts = varied_texts(rows, seed=seed, longest_words=longest_words)
     path.write_text("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
     return path
+
+
+@pytest.fixture
+def s3_env():
+    """moto's S3 server on loopback with a bucket "nightly": the environment a run needs, and a client."""
+    boto3 = pytest.importorskip("boto3")
+    from test_storage import start_s3_server
+
+    process, endpoint = start_s3_server()
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")  # fmt: skip
+    client.create_bucket(Bucket="nightly")
+    yield env, client
+    process.terminate()
+    process.wait(timeout=10)

@@ -407,14 +407,15 @@ def test_cache_stats_and_prune(cached_run, tmp_path, binary_model):
     assert not (tmp_path / "missing.sqlite").exists()
 
 
-def test_cache_in_a_job_file_and_refused_with_ray(tmp_path, binary_model):
+def test_cache_in_a_job_file_and_an_object_prefix_only_for_ray(tmp_path, binary_model):
     from batchsent.config import build_config
 
     job = tmp_path / "nightly.toml"
     job.write_text('input = "in.csv"\ncache = "state/cache.sqlite"\n')
     assert build_config({}, job).cache == tmp_path / "state" / "cache.sqlite"
-    with pytest.raises(UsageError, match="--cache is for the local engine"):
-        JobConfig(input=Path("in.csv"), engine="ray", cache=Path("c.sqlite"))
+    assert JobConfig(input=Path("in.csv"), engine="ray", cache="s3://bucket/cache").cache == "s3://bucket/cache"
+    with pytest.raises(UsageError, match="--cache must be a local path"):
+        JobConfig(input=Path("in.csv"), cache="s3://bucket/cache")
 
 
 def test_a_night_whose_rows_are_all_cached_never_loads_the_model(tmp_path, binary_model, monkeypatch):

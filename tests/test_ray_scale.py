@@ -119,22 +119,6 @@ def test_kill_9_then_resume_gives_every_row_once(tmp_path, binary_model):
     assert json.loads((tmp_path / "run.json").read_text())["rows_total"] == 6000
 
 
-@pytest.fixture
-def s3_env():
-    boto3 = pytest.importorskip("boto3")
-    from test_storage import start_s3_server
-
-    process, endpoint = start_s3_server()
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                          region_name="us-east-1")  # fmt: skip
-    client.create_bucket(Bucket="nightly")
-    yield env, client
-    process.terminate()
-    process.wait(timeout=10)
-
-
 def test_json_lines_from_an_object_prefix_into_an_object_prefix(tmp_path, binary_model, s3_env):
     env, client = s3_env
     lines = {}
