@@ -28,17 +28,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from . import io, ray_io
 from .checkpoint import ResumeMismatch, first_difference
-from .errors import BatchsentError, ModelLoadError, OutputError, ScoringError, UsageError, first_line
+from .errors import BatchsentError, OutputError, ScoringError, UsageError, first_line
 from .identity import input_fingerprint, model_identity
 from .job import ModelSummary, RunSummary, check_input_columns, check_model_columns, check_new_columns
 from .lock import OutputLock
-from .options import JobConfig, ScoringModel
-from .postprocess import column_names, prediction_arrays
+from .options import JobConfig
+from .postprocess import column_names
 from .sources import InputFiles, expand
 from .storage import filesystem_of, is_url, redact, remote, upload
 
@@ -125,102 +124,6 @@ def progress_location(output: Path | str) -> str:
     text = str(output).rstrip("/")
     parent, _, name = text.rpartition("/")
     return f"{parent or '.'}/.{name}.batchsent-ray"
-
-
-class RayScorer:
-    """Map-batches callable: the local engine's Classifiers and columns, loaded once per actor.
-
-    With several models each actor holds them all: a batch is read once, tokenized once per
-    shared tokenizer (``encode_each``), scored by each model and written with every model's
-    columns, and one flag column per model says which rows it truncated (for the counts).
-
-    With a shared cache (``cache``: its location) each model looks up the batch's digests under
-    its own key and scores only the rows it does not hold; the weights load with the first such
-    row. The columns ``merge_parts`` needs to add the new entries and count the hits come along.
-    """
-
-    def __init__(self, models: list[ScoringModel], column: str, all_scores: bool, cache: str | None = None) -> None:
-        import socket as sockets
-
-        from .model import Classifier
-
-        self.models = models
-        try:
-            self.classifiers = [Classifier(model.options, weights=cache is None) for model in models]
-        except Exception as error:  # noqa: BLE001 - say which node could not load it
-            node = f"{sockets.gethostname()} ({ray_node_ip()})"
-            raise ModelLoadError(f"Ray node {node} cannot load the model: {first_line(error)}") from None
-        self.column, self.all_scores = column, all_scores
-        self.names = [column_names(classifier.labels, model.prefix, all_scores, classifier.long_text == "chunk")
-                      for model, classifier in zip(models, self.classifiers)]  # fmt: skip
-        check_model_columns(self.names, models)
-        self.cache, self.keys = None, []
-        if cache is not None:
-            from .reuse import model_description
-            from .shared_cache import SharedCache
-
-            self.cache = SharedCache(cache, create=False)
-            for model, classifier in zip(models, self.classifiers):
-                identity = model_identity(model.options.model, classifier.config)
-                self.keys.append(self.cache.register(model.options.model, model_description(classifier, identity),
-                                                     classifier.labels))  # fmt: skip
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from .model import encode_each
-        from .reuse import row_digests
-
-        texts = io.text_values(pa.concat_arrays(batch.column(self.column).chunks) if batch.num_rows else pa.array([], pa.string()))
-        digests = row_digests(texts) if self.cache is not None else None
-        found = [self.cache.lookup(key, digests, len(classifier.labels))  # type: ignore[arg-type]
-                 for key, classifier in zip(self.keys, self.classifiers)] if self.cache is not None else []  # fmt: skip
-        inputs = [([None if hit else text for text, hit in zip(texts, cached.hit)], None) for cached in found] \
-            or [(texts, None)] * len(self.classifiers)  # fmt: skip
-        chunks = encode_each(self.classifiers, inputs)
-        flags = []
-        for index, (classifier, chunk, names) in enumerate(zip(self.classifiers, chunks, self.names)):
-            scores = classifier.run(chunk)
-            probabilities, truncated, windows = scores.probabilities, scores.truncated, scores.windows
-            if found:
-                probabilities, truncated, windows, batch = self._with_cache(index, found[index], digests, scores, batch)
-            arrays = prediction_arrays(probabilities, classifier.labels, self.all_scores, windows)
-            for name, array in zip(names, arrays, strict=True):
-                batch = batch.append_column(name, array)
-            flags.append(truncated)
-        for index, truncated in enumerate(flags):
-            batch = batch.append_column(ray_io.truncated_column(index), pa.array(np.asarray(truncated, dtype=bool)))
-        if digests is not None:
-            batch = batch.append_column(ray_io.DIGEST, pa.array(digests, pa.binary(16)))
-        return batch
-
-    def _with_cache(self, index: int, found: Any, digests: list[bytes | None], scores: Any,
-                    batch: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, pa.Table]:  # fmt: skip
-        """The model's scores with the cache's hits filled in, and the batch with the columns the merge reads:
-        the entries to add (rows scored now, and hits not used for a week), the hits, and the model key."""
-        probabilities, truncated = scores.probabilities.copy(), scores.truncated.copy()
-        windows = None if scores.windows is None else scores.windows.copy()
-        probabilities[found.hit] = found.probabilities[found.hit]
-        truncated[found.hit] = found.truncated[found.hit]
-        if windows is not None:
-            windows[found.hit] = found.windows[found.hit]
-        scored = np.fromiter((digest is not None for digest in digests), dtype=bool, count=len(digests)) & ~found.hit
-        store = scored | found.stale
-        width = probabilities.shape[1]
-        values = [row.tobytes() if keep else None for row, keep in zip(probabilities, store)]
-        batch = batch.append_column(ray_io.cache_column("store", index), pa.array(values, pa.binary(4 * width)))
-        batch = batch.append_column(ray_io.cache_column("hit", index), pa.array(found.hit))
-        if windows is not None:
-            batch = batch.append_column(ray_io.cache_column("windows", index), pa.array(windows.astype(np.int32)))
-        key = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(digests), dtype=np.int32)), pa.array([self.keys[index].key]))
-        return probabilities, truncated, windows, batch.append_column(ray_io.cache_column("key", index), key)
-
-
-def ray_node_ip() -> str:
-    import ray
-
-    try:
-        return str(ray.util.get_node_ip_address())
-    except Exception:  # noqa: BLE001 - the name alone then
-        return "address unknown"
 
 
 def _fingerprint(config: JobConfig, inputs: InputFiles) -> dict[str, Any]:
@@ -550,7 +453,11 @@ def _reserved_names(config: JobConfig) -> set[str]:
 
 
 def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, cache: Any) -> Any:
-    """The input dataset mapped through RayScorer actors (fractional CPUs: 2-core machines do not starve)."""
+    """The input dataset through the tokenizing tasks (``prepare_block``) and the RayScorer actors (fractional
+    CPUs: 2-core machines do not starve); with a shared cache, the actors' model keys are learnt first by one
+    task with their resources."""
+    from .ray_scoring import RayScorer, cache_keys, prepare_block
+
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     models = []
     for model in config.scoring_models():
@@ -560,13 +467,23 @@ def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, cache: Any) -> An
         if config.gpus_per_worker > 0 and options.device == "auto":
             options = replace(options, device="cuda")
         models.append(replace(model, options=options))
-    return dataset.map_batches(
+    location = None if cache is None else cache.location
+    keys = None
+    if cache is not None:
+        probe = ray.remote(cache_keys).options(num_cpus=LIGHT_TASK_CPUS, num_gpus=config.gpus_per_worker or None)
+        keys = ray.get(probe.remote(models, location))
+    actor_cpus = min(0.5, cpus / (config.workers + 1))  # whole-CPU actors would starve the read, tokenize and write tasks
+    prepared = dataset.map_batches(prepare_block, fn_kwargs={"models": models, "column": config.column,
+                                                             "cache": location, "keys": keys,
+                                                             "run": None if cache is None else cache.run},
+                                   batch_format="pyarrow", batch_size=config.chunk_rows, num_cpus=actor_cpus)  # fmt: skip
+    return prepared.map_batches(
         RayScorer,
         fn_constructor_kwargs={"models": models, "column": config.column, "all_scores": config.all_scores,
-                               "cache": None if cache is None else cache.location},
+                               "cache": location, "keys": keys},
         batch_format="pyarrow",
         batch_size=config.chunk_rows,
         compute=ray.data.ActorPoolStrategy(size=config.workers),
-        num_cpus=min(0.5, cpus / (config.workers + 1)),  # whole-CPU actors would starve the read and write tasks
+        num_cpus=actor_cpus,
         num_gpus=config.gpus_per_worker or None,
     )  # fmt: skip

@@ -127,6 +127,7 @@ class SharedCache:
         except Exception as error:  # noqa: BLE001 - a URL pyarrow cannot open, in one line
             raise CacheError(f"--cache {self.shown}: {first_line(error)}") from None
         self._loaded: OrderedDict[tuple[str, int], _Bucket] = OrderedDict()
+        self.run: str | None = None  # set by start_run
         self._loaded_entries = 0
         try:
             self._check_or_create(create)
@@ -198,6 +199,7 @@ class SharedCache:
             self._write_json(f"runs/{run}.json", {"started": time.time(), "version": version})
         except OSError as error:
             raise CacheError(f"--cache {self.shown}: cannot write: {first_line(error)}") from None
+        self.run = run
         return run
 
     def register(self, name: str, description: dict[str, Any], labels: Sequence[str]) -> ModelKey:
@@ -295,14 +297,16 @@ class SharedCache:
 
     # --- additions -------------------------------------------------------------------------------
 
-    def add(self, key: str, entries: pa.Table) -> None:
-        """Write ``entries`` (``entries_table``) of one model key, one segment per bucket, named by their digests."""
+    def add(self, key: str, entries: pa.Table) -> int:
+        """Write ``entries`` (``entries_table``) of one model key, one segment per bucket, named by their digests;
+        how many distinct texts they hold."""
         if not entries.num_rows:
-            return
+            return 0
         entries = _newest_first(entries)
         buckets = np.frombuffer(_digest_array(entries.column("digest")).tobytes(), dtype=np.uint8)[::DIGEST_BYTES]
         for bucket in np.unique(buckets):
             self._write_segment(key, int(bucket), entries.filter(pa.array(buckets == bucket)))
+        return entries.num_rows
 
     def _write_segment(self, key: str, bucket: int, entries: pa.Table) -> str:
         digests = _digest_array(entries.column("digest"))
@@ -435,9 +439,7 @@ class EntryWriter:
 
     def flush(self) -> None:
         for (key, _), tables in self._pending.items():
-            entries = pa.concat_tables(tables)
-            self.cache.add(key, entries)
-            self.written += entries.num_rows
+            self.written += self.cache.add(key, pa.concat_tables(tables))
         self._pending.clear()
         self._rows = 0
 
