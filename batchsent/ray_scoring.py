@@ -17,6 +17,8 @@ once as a task with them), and each actor checks that it computes the same key.
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +35,7 @@ from .postprocess import column_names, prediction_arrays
 TOKENS = "__batchsent_tokens_{}"  # per tokenizer group: list<list<int32>> (null: the row goes to no model)
 TYPES = "__batchsent_types_{}"  # its token type ids, list<list<int8>>, for models that take them
 OVER = "__batchsent_over_{}"  # the row is longer than the model's limit (truncated, or scored in windows)
+TIMINGS_ENV = "BATCHSENT_RAY_TIMINGS"  # a folder: each actor writes there how long it worked and waited (make bench-ray)
 
 
 def node_name() -> str:
@@ -236,6 +239,8 @@ class RayScorer:
         self.groups = encoding_groups(self.classifiers)
         if cache is not None:
             self._check_keys(models, cache)
+        self._timings = {"busy": 0.0, "waited": 0.0, "first_wait": None, "calls": 0, "rows": 0}
+        self._idle_since = time.perf_counter()
 
     def _check_keys(self, models: list[ScoringModel], cache: str) -> None:
         """Entries found under the run's key are this actor's to use only if it computes that key too."""
@@ -249,6 +254,30 @@ class RayScorer:
                                      "torch and transformers, or --precision float32")  # fmt: skip
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
+        scored = self._score(batch)
+        self._record(started, batch.num_rows)
+        return scored
+
+    def _record(self, started: float, rows: int) -> None:
+        """With $BATCHSENT_RAY_TIMINGS: this actor's time scoring and time waiting for its next block, so far."""
+        folder = os.environ.get(TIMINGS_ENV)
+        if not folder:
+            return
+        timings, now = self._timings, time.perf_counter()
+        waited = started - self._idle_since
+        if timings["first_wait"] is None:
+            timings["first_wait"] = waited  # from the model's load to the first block: the pipeline filling
+        else:
+            timings["waited"] += waited
+        timings["busy"] += now - started
+        timings["calls"] += 1
+        timings["rows"] += rows
+        self._idle_since = now
+        with open(os.path.join(folder, f"actor-{os.getpid()}.json"), "w") as stream:
+            json.dump(timings, stream)
+
+    def _score(self, batch: pa.Table) -> pa.Table:
         texts = io.text_values(pa.concat_arrays(batch.column(self.column).chunks) if batch.num_rows else pa.array([], pa.string()))
         flags = []
         for index, (classifier, group, names) in enumerate(zip(self.classifiers, self.groups, self.names)):

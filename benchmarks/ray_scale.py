@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,9 +40,10 @@ def write_files(folder: Path, rows: int, files: int) -> None:
                 writer.writerow([number, phrases[number % len(phrases)]])
 
 
-def timed_run(args: list[str]) -> tuple[float, str]:
+def timed_run(args: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "batchsent", "score", *args, "-q"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "batchsent", "score", *args, "-q"], capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})  # fmt: skip
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"failed: {done.stderr}")
@@ -63,6 +65,18 @@ def tiny_model(directory: Path) -> str:
     BertForSequenceClassification(config).eval().save_pretrained(directory)
     AutoTokenizer.from_pretrained(_tokenizer_source()).save_pretrained(directory)
     return str(directory)
+
+
+def actor_waits(folder: Path) -> dict | None:
+    """The model actors' time waiting for their next block, as a share of their time from the first block to
+    their last (``first_wait_s``: the longest wait before an actor's first block, the pipeline filling)."""
+    actors = [json.loads(path.read_text()) for path in folder.glob("actor-*.json")]
+    if not actors:
+        return None
+    busy, waited = sum(a["busy"] for a in actors), sum(a["waited"] for a in actors)
+    return {"actors": len(actors), "busy_s": round(busy, 1), "waited_s": round(waited, 1),
+            "wait_share": round(waited / max(busy + waited, 1e-9), 3),
+            "first_wait_s": round(max(a["first_wait"] or 0 for a in actors), 1)}  # fmt: skip
 
 
 def block_overhead(root: Path, rows: int) -> dict:
@@ -119,6 +133,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=6)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--overhead-only", action="store_true", help="only Ray's per-block overhead")
+    parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                        help="also two nights with --cache (the second finds every text)")
     parser.add_argument("--out", type=Path, default=RESULTS / "ray_scale.json")
     args = parser.parse_args()
     report = {"cpu": this_cpu().describe(), "rows": args.rows, "files": args.files, "runs": []}
@@ -137,14 +153,26 @@ def main() -> None:
         for workers in args.workers.split(","):
             runs.append((f"ray, {workers} worker(s)", [str(root / "in"), "--engine", "ray", "--workers", workers,
                                                        "--model", model, "-o", str(root / f"ray-{workers}")]))  # fmt: skip
+        if args.cache:
+            workers = args.workers.split(",")[-1]
+            for night in ("first", "second"):
+                runs.append((f"ray, {workers} worker(s), --cache, {night} night",
+                             [str(root / "in"), "--engine", "ray", "--workers", workers, "--model", model,
+                              "--cache", str(root / "cache"), "-o", str(root / f"ray-cache-{night}")]))  # fmt: skip
         local_rate = None
         for name, run_args in runs:
-            seconds, summary = timed_run(run_args)
+            timings = root / f"timings-{len(report['runs'])}"
+            timings.mkdir()
+            seconds, summary = timed_run(run_args, {"BATCHSENT_RAY_TIMINGS": str(timings)})
             rate = args.rows / seconds
             local_rate = local_rate or rate
+            waits = actor_waits(timings)
             report["runs"].append({"engine": name, "seconds": round(seconds, 1), "rows_per_s": round(rate, 1),
-                                   "share_of_local": round(rate / local_rate, 3), "summary": summary})  # fmt: skip
-            print(f"  {name:20} {seconds:7.1f} s  {rate:7.1f} rows/s  {rate / local_rate:6.1%} of local", flush=True)
+                                   "share_of_local": round(rate / local_rate, 3), "summary": summary,
+                                   "actors": waits})  # fmt: skip
+            wait = f"  actors waited {waits['wait_share']:.1%} (+{waits['first_wait_s']:.1f} s before the first block)" \
+                if waits else ""  # fmt: skip
+            print(f"  {name:20} {seconds:7.1f} s  {rate:7.1f} rows/s  {rate / local_rate:6.1%} of local{wait}", flush=True)
         report["block_overhead"] = block_overhead(root, args.rows)
         report["merge"] = merge_rate(root)
     args.out.parent.mkdir(parents=True, exist_ok=True)
