@@ -14,7 +14,7 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score report info test test-avx2 bench bench-ct2 bench-tune bench-ray bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
+.PHONY: help score report info test test-avx2 bench bench-ct2 bench-tune bench-ray bench-ray-cache bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -77,6 +77,9 @@ bench-tune: $(TEST_DEPS) ## batchsent tune on MiniLM (../shared) and the DistilB
 
 bench-ray: $(TEST_DEPS) ## The Ray engine (1 and 2 workers) against the local engine: 60,000 short rows, whole processes
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ray_scale.py $(BENCH_ARGS)
+
+bench-ray-cache: $(TEST_DEPS) ## The shared cache of --engine ray alone: adding 1,000,000 entries, looking blocks up cold and warm (folder and moto S3)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/shared_cache.py --s3 $(BENCH_ARGS)
 
 bench-model-key: $(TEST_DEPS) ## Keying a model folder by content: first hash and remembered hash of the DistilBERT-sized folder
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/model_key.py $(BENCH_ARGS)

@@ -120,7 +120,8 @@ class SharedCache:
     """A shared cache location, opened (and created when missing or empty, with ``create``) and checked."""
 
     def __init__(self, location: str | Path, *, create: bool = True) -> None:
-        self.location = str(location).rstrip("/") if is_url(str(location)) else str(Path(location).expanduser())
+        # A local folder by its absolute path: Ray's worker processes do not share the driver's working folder.
+        self.location = str(location).rstrip("/") if is_url(str(location)) else str(Path(location).expanduser().resolve())
         self.shown = redact(self.location)
         try:
             self.filesystem, self.root = filesystem_of(self.location)
