@@ -68,8 +68,11 @@ _LOADED: dict[str, Any] = {}  # per Ray worker process: tokenizers and caches, l
 
 
 def _loaded(kind: str, key: Any, load: Any) -> Any:
+    """What ``load`` returns, once per worker process and ``key``; one of each kind is kept (the latest run's)."""
     name = f"{kind}:{json.dumps(key, sort_keys=True, default=str)}"
     if name not in _LOADED:
+        for stale in [held for held in _LOADED if held.startswith(f"{kind}:")]:
+            del _LOADED[stale]
         _LOADED[name] = load()
     return _LOADED[name]
 

@@ -148,7 +148,8 @@ class SharedCache:
             if not empty:
                 raise CacheError(f"--cache {self.shown}: not a batchsent cache (it holds other files and no {MARKER})")
             if not create:
-                raise CacheError(f"{self.shown}: no such cache")
+                raise CacheError(f"{self.shown}: no such cache (neither a SQLite cache file nor a folder or prefix "
+                                 "that a Ray run's --cache made)")  # fmt: skip
             if not is_url(self.location) and not Path(self.location).parent.is_dir():
                 raise CacheError(f"--cache {self.shown}: the folder {Path(self.location).parent} does not exist")
             self._write_json(MARKER, {"format": FORMAT, "version": FORMAT_VERSION, "buckets": 256})

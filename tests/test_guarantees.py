@@ -453,8 +453,10 @@ def test_a_template_with_another_placeholder_says_so(tmp_path, reviews, tiny_mod
     one_error_line(result, 2, "{x} is not filled in", "{} marks where the label goes")
 
 
-def test_cache_stats_of_a_folder_says_it_is_a_folder(tmp_path):
-    one_error_line(runner.invoke(app, ["cache", "stats", str(tmp_path)]), 2, "is a directory")
+def test_cache_stats_of_a_plain_folder_says_there_is_no_cache(tmp_path):
+    one_error_line(runner.invoke(app, ["cache", "stats", str(tmp_path)]), 2, "no such cache (neither a SQLite")
+    (tmp_path / "notes.txt").write_text("hello")
+    one_error_line(runner.invoke(app, ["cache", "stats", str(tmp_path)]), 2, "not a batchsent cache")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes in read-only folders; needs an unprivileged user")
