@@ -91,10 +91,13 @@ def written_claims(config: JobConfig) -> list[Claim]:
     for role, path in (("--manifest", config.manifest), ("--report", config.report)):
         if path is not None:
             claims.append(Claim(role, Path(path)))
-    if config.cache is not None:
+    if config.cache is not None and not is_url(config.cache):
         cache = Path(config.cache)
-        claims.append(Claim("--cache", cache))
-        claims += [Claim(f"--cache's {suffix} file", cache.with_name(cache.name + suffix)) for suffix in SQLITE_COMPANIONS]
+        if config.engine == "ray":  # a shared cache: a folder of its own
+            claims.append(Claim("--cache", cache, folder=True))
+        else:
+            claims.append(Claim("--cache", cache))
+            claims += [Claim(f"--cache's {suffix} file", cache.with_name(cache.name + suffix)) for suffix in SQLITE_COMPANIONS]
     return claims
 
 
@@ -138,3 +141,11 @@ def check_distinct_paths(config: JobConfig) -> None:
             if _inside(claim, source) and source.role == "the model folder":
                 raise UsageError(f"{claim.shown()} lies inside {source.role} {source.path}: a run never writes into a "
                                  "model it loads; choose another path")  # fmt: skip
+            if claim.role == "--cache" and _inside(source, claim):  # a Ray run's cache folder holds no input
+                raise UsageError(f"{source.role} {source.path} lies inside {claim.shown()}, which the run owns; choose "
+                                 "a path outside it")  # fmt: skip
+    if config.cache is not None and config.engine == "ray" and not is_url(config.cache) and not is_url(config.input):
+        cache, source = Path(config.cache).expanduser().resolve(), Path(config.input).expanduser().resolve()
+        if source.is_dir() and cache.is_relative_to(source):
+            raise UsageError(f"--cache {config.cache} lies inside the input folder {config.input}: its files would be "
+                             "read as input the next night; choose a path outside it")  # fmt: skip

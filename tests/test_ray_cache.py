@@ -106,3 +106,17 @@ def test_the_cache_is_never_inside_the_output_it_replaces(tmp_path, binary_model
                                         str(tmp_path / "out" / "cache"))))  # fmt: skip
     assert code == 2 and "lies inside --output" in stderr and stderr.count("\n") == 1, stderr
 
+
+
+def test_a_cache_folder_and_the_inputs_never_overlap(tmp_path, binary_model):
+    from typer.testing import CliRunner
+
+    from batchsent.cli import app
+
+    source = write_inputs(tmp_path / "in", files=1, rows=20)
+    base = ["score", "--engine", "ray", "--model", str(binary_model), "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*base[:1], str(source), *base[1:], "--cache", str(source / "cache")])
+    assert result.exit_code == 2 and "lies inside the input folder" in result.output, result.output
+    result = CliRunner().invoke(app, [*base[:1], str(source / "part-0.csv"), *base[1:], "--cache", str(source)])
+    assert result.exit_code == 2 and "lies inside --cache" in result.output, result.output
+    assert sorted(p.name for p in source.iterdir()) == ["part-0.csv"]  # nothing written among the inputs
