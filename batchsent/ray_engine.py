@@ -197,7 +197,6 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSumma
     check_label_columns(config, schemas[0], inputs.files[0])  # type: ignore[arg-type]
     output = output_folder(config)
     record["output"] = output
-    cache = _open_cache(config)
     with contextlib.nullcontext() if isinstance(output, str) else OutputLock(_checked_local_output(output)):
         progress = _Progress(output)
         fingerprint = _fingerprint(config, inputs)
@@ -207,6 +206,7 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSumma
             raise OutputError(f"{redact(str(output))}: {first_line(failure)}") from None
         record["ray_progress"] = progress.location
         try:
+            cache = _open_cache(config)  # once the output is known to be free: a refused run is not recorded in it
             counts = _score_and_publish(config, inputs, schemas, output, progress, resumed, cache)
         except BaseException:
             if not resumed and not progress.has_parts():  # nothing scored: nothing to resume, nothing left behind
