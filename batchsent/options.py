@@ -243,8 +243,6 @@ class JobConfig(ModelOptions):
                 if scoring.options.labels is not None:
                     raise UsageError(f"{whose}--pair-column cannot be combined with --labels (zero-shot pairs each "
                                      "text with its hypotheses)")  # fmt: skip
-            if self.engine == "ray":
-                raise UsageError("--pair-column is for the local engine")
         if self.report is not None:
             check_report_target(self.report)
         if is_url(self.output_path) and self.engine == "ray" and self.report is not None:

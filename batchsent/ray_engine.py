@@ -78,6 +78,8 @@ def check_inputs(inputs: InputFiles, config: JobConfig) -> list[pa.Schema]:
         reader = io.open_reader(path)
         try:
             reader.text_column(config.column)
+            if config.pair_column is not None:
+                reader.text_column(config.pair_column, "--pair-column")
             check_input_columns(config, reader.schema, path)  # type: ignore[arg-type]
             schemas.append(reader.schema)
         finally:
@@ -471,16 +473,17 @@ def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, cache: Any) -> An
     keys = None
     if cache is not None:
         probe = ray.remote(cache_keys).options(num_cpus=LIGHT_TASK_CPUS, num_gpus=config.gpus_per_worker or None)
-        keys = ray.get(probe.remote(models, location))
+        keys = ray.get(probe.remote(models, location, config.pair_column is not None))
     actor_cpus = min(0.5, cpus / (config.workers + 1))  # whole-CPU actors would starve the read, tokenize and write tasks
     prepared = dataset.map_batches(prepare_block, fn_kwargs={"models": models, "column": config.column,
+                                                             "pair_column": config.pair_column,
                                                              "cache": location, "keys": keys,
                                                              "run": None if cache is None else cache.run},
                                    batch_format="pyarrow", batch_size=config.chunk_rows, num_cpus=actor_cpus)  # fmt: skip
     return prepared.map_batches(
         RayScorer,
         fn_constructor_kwargs={"models": models, "column": config.column, "all_scores": config.all_scores,
-                               "cache": location, "keys": keys},
+                               "cache": location, "keys": keys, "pair_column": config.pair_column},
         batch_format="pyarrow",
         batch_size=config.chunk_rows,
         compute=ray.data.ActorPoolStrategy(size=config.workers),

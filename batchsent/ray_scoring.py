@@ -77,9 +77,16 @@ def _loaded(kind: str, key: Any, load: Any) -> Any:
     return _LOADED[name]
 
 
+def _column_texts(batch: pa.Table, column: str | None) -> list[str | None] | None:
+    if column is None:
+        return None
+    return io.text_values(pa.concat_arrays(batch.column(column).chunks) if batch.num_rows else pa.array([], pa.string()))
+
+
 def prepare_block(batch: pa.Table, models: list[ScoringModel], column: str, cache: str | None,
-                  keys: list[Any] | None, run: str | None = None) -> pa.Table:  # fmt: skip
-    """A block with its digests and cache hits (``--cache``) and the tokens of the rows the models score.
+                  keys: list[Any] | None, run: str | None = None, pair_column: str | None = None) -> pa.Table:  # fmt: skip
+    """A block with its digests and cache hits (``--cache``) and the tokens of the rows the models score
+    (each text with its pair from ``pair_column``, as the pipeline's ``text_pair``).
 
     The buckets of the cache a worker process has read stay in memory for the run ``run`` only."""
     from .model import Classifier
@@ -90,23 +97,24 @@ def prepare_block(batch: pa.Table, models: list[ScoringModel], column: str, cach
                              lambda: [Classifier(tokenizer_options(model).options, weights=False) for model in models])
     except Exception as error:  # noqa: BLE001 - say which node could not load it
         raise ModelLoadError(f"Ray node {node_name()} cannot load the model: {first_line(error)}") from None
-    texts = io.text_values(pa.concat_arrays(batch.column(column).chunks) if batch.num_rows else pa.array([], pa.string()))
-    needed = [list(texts) for _ in models]
+    texts, pairs = _column_texts(batch, column), _column_texts(batch, pair_column)
+    needed = [list(texts) for _ in models]  # type: ignore[arg-type]
     if cache is not None:
         from .shared_cache import SharedCache
 
         shared = _loaded("cache", [cache, run], lambda: SharedCache(cache, create=False))
-        digests = row_digests(texts)
+        digests = row_digests(texts, pairs)  # type: ignore[arg-type]
         batch = batch.append_column(ray_io.DIGEST, pa.array(digests, pa.binary(16)))
         for index, (key, tokenizer) in enumerate(zip(keys or [], tokenizers)):
             found = shared.lookup(key, digests, len(tokenizer.labels))
-            needed[index] = [None if hit else text for text, hit in zip(texts, found.hit)]
+            needed[index] = [None if hit else text for text, hit in zip(texts, found.hit)]  # type: ignore[arg-type]
             batch = _with_hits(batch, index, found)
     groups = encoding_groups(tokenizers)
     for group in range(max(groups) + 1):
         members = [index for index, owner in enumerate(groups) if owner == group]
-        union = [next((needed[m][row] for m in members if needed[m][row] is not None), None) for row in range(len(texts))]
-        chunk = tokenizers[members[0]].tokenized(union)
+        union = [next((needed[m][row] for m in members if needed[m][row] is not None), None) for row in range(len(texts))]  # type: ignore[arg-type]
+        chunk = tokenizers[members[0]].tokenized(union, None if pairs is None else
+                                                 [pair if text is not None else None for text, pair in zip(union, pairs)])  # fmt: skip
         ids, types = _token_columns(chunk, tokenizers[members[0]]._wants_type_ids)
         batch = batch.append_column(TOKENS.format(group), ids)
         if types is not None:
@@ -174,9 +182,9 @@ def _token_columns(chunk: Any, with_types: bool) -> tuple[pa.Array, pa.Array | N
     return ids, types
 
 
-def encoded_chunk(batch: pa.Table, group: int, wanted: np.ndarray, texts: list[str | None], classifier: Any) -> Any:
+def encoded_chunk(batch: pa.Table, group: int, wanted: np.ndarray, texts: list, classifier: Any) -> Any:
     """The ``EncodedChunk`` of the rows ``wanted`` (a mask) from the block's token columns: each distinct text
-    once (its repeats are copies), without tokenizing anything."""
+    (or (text, pair)) once, its repeats as copies, without tokenizing anything."""
     from .model import EncodedChunk, _first_occurrences
 
     outer = batch.column(TOKENS.format(group)).combine_chunks()
@@ -200,7 +208,7 @@ def encoded_chunk(batch: pa.Table, group: int, wanted: np.ndarray, texts: list[s
                         hypotheses)  # fmt: skip
 
 
-def cache_keys(models: list[ScoringModel], cache: str) -> list[Any]:
+def cache_keys(models: list[ScoringModel], cache: str, pairs: bool = False) -> list[Any]:
     """The model keys the actors compute (their device, dtype and variant): run as a task with their resources."""
     from .model import Classifier
     from .reuse import model_description
@@ -213,7 +221,7 @@ def cache_keys(models: list[ScoringModel], cache: str) -> list[Any]:
             classifier = Classifier(model.options, weights=False)
         except Exception as error:  # noqa: BLE001 - say which node could not load it
             raise ModelLoadError(f"Ray node {node_name()} cannot load the model: {first_line(error)}") from None
-        description = model_description(classifier, model_identity(model.options.model, classifier.config))
+        description = model_description(classifier, model_identity(model.options.model, classifier.config), pairs)
         keys.append(shared.register(model.options.model, description, classifier.labels))
     return keys
 
@@ -228,14 +236,14 @@ class RayScorer:
     """
 
     def __init__(self, models: list[ScoringModel], column: str, all_scores: bool, cache: str | None = None,
-                 keys: list[Any] | None = None) -> None:  # fmt: skip
+                 keys: list[Any] | None = None, pair_column: str | None = None) -> None:  # fmt: skip
         from .model import Classifier
 
         try:
             self.classifiers = [Classifier(model.options, weights=cache is None) for model in models]
         except Exception as error:  # noqa: BLE001 - say which node could not load it
             raise ModelLoadError(f"Ray node {node_name()} cannot load the model: {first_line(error)}") from None
-        self.column, self.all_scores, self.keys = column, all_scores, keys or []
+        self.column, self.pair_column, self.all_scores, self.keys = column, pair_column, all_scores, keys or []
         self.names = [column_names(classifier.labels, model.prefix, all_scores, classifier.long_text == "chunk")
                       for model, classifier in zip(models, self.classifiers)]  # fmt: skip
         check_model_columns(self.names, models)
@@ -250,7 +258,8 @@ class RayScorer:
         from .reuse import model_description
 
         for model, classifier, key in zip(models, self.classifiers, self.keys):
-            own = model_description(classifier, model_identity(model.options.model, classifier.config))
+            own = model_description(classifier, model_identity(model.options.model, classifier.config),
+                                    self.pair_column is not None)  # fmt: skip
             if json.dumps(own, sort_keys=True, default=str) != key.description:
                 raise ModelLoadError(f"Ray node {node_name()} runs {model.options.model} as {classifier.where}, unlike "
                                      "the node that made the run's cache key; give every node the same batchsent, "
@@ -281,14 +290,15 @@ class RayScorer:
             json.dump(timings, stream)
 
     def _score(self, batch: pa.Table) -> pa.Table:
-        texts = io.text_values(pa.concat_arrays(batch.column(self.column).chunks) if batch.num_rows else pa.array([], pa.string()))
+        texts, pairs = _column_texts(batch, self.column), _column_texts(batch, self.pair_column)
+        keys = texts if pairs is None else list(zip(texts, pairs))  # type: ignore[arg-type]
         flags = []
         for index, (classifier, group, names) in enumerate(zip(self.classifiers, self.groups, self.names)):
             hit = None
             if self.keys:
                 hit = batch.column(ray_io.cache_column("hit", index)).to_numpy(zero_copy_only=False).astype(bool)
-            wanted = np.ones(len(texts), dtype=bool) if hit is None else ~hit
-            scores = classifier.run(classifier.planned(encoded_chunk(batch, group, wanted, texts, classifier)))
+            wanted = np.ones(len(keys), dtype=bool) if hit is None else ~hit
+            scores = classifier.run(classifier.planned(encoded_chunk(batch, group, wanted, keys, classifier)))
             probabilities, truncated, windows = scores.probabilities, scores.truncated, scores.windows
             if hit is not None:
                 probabilities, truncated, windows, batch = self._with_cache(index, hit, scores, batch)

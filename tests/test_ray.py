@@ -189,3 +189,27 @@ def test_an_output_another_run_is_writing_is_refused_before_ray_starts(two_files
                                      "-o", str(output)])  # fmt: skip
     assert result.exit_code == 2 and "another batchsent run" in result.stderr and result.stderr.count("\n") == 1
     assert not output.exists()
+
+
+@needs_ray
+def test_ray_scores_text_pairs_as_the_local_engine(tmp_path, tiny_models, local_ray):
+    from conftest import varied_texts
+
+    folder = tmp_path / "faq"
+    folder.mkdir()
+    questions, answers = varied_texts(30, seed=11, longest_words=40), varied_texts(30, seed=12, longest_words=40)
+    answers[4] = ""  # a blank pair: an empty row
+    with open(folder / "faq.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["id", "question", "answer"])
+        writer.writerows((i, q, a) for i, (q, a) in enumerate(zip(questions, answers)))
+    options = ["-c", "question", "--pair-column", "answer", "--model", str(tiny_models["three"]), "-q"]
+    local = tmp_path / "local.csv"
+    assert runner.invoke(app, ["score", str(folder / "faq.csv"), *options, "-o", str(local)]).exit_code == 0
+    result = runner.invoke(app, ["score", str(folder), "--engine", "ray", *options, "-o", str(tmp_path / "ray")])
+    assert result.exit_code == 0, result.stderr
+    assert "done: 30 rows: 29 scored, 1 empty" in result.stderr
+    assert_same_predictions(read_rows(tmp_path / "ray" / "faq.csv"), read_rows(local), "sentiment_")
+    result = runner.invoke(app, ["score", str(folder), "--engine", "ray", "-c", "question", "--pair-column", "missing",
+                                 "--model", str(tiny_models["three"]), "-o", str(tmp_path / "bad")])  # fmt: skip
+    assert result.exit_code == 2 and "no column 'missing'" in result.stderr and not (tmp_path / "bad").exists()

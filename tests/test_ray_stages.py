@@ -133,3 +133,26 @@ def test_rows_the_cache_holds_are_not_tokenized_and_come_back_equal(tiny_models,
     table = scored([model], texts, cache=location, cut=13)
     assert table.column(ray_io.cache_column("hit", 0)).to_pylist() == hits.tolist()
     assert_like_the_classifier(table, model, texts)
+
+
+@pytest.mark.parametrize("with_cache", [False, True])
+def test_text_pairs_match_the_classifier(tiny_models, tmp_path, with_cache):
+    texts = texts_with_repeats(30, seed=7, longest_words=120)
+    pairs: list[str | None] = list(varied_texts(30, seed=8, longest_words=60))
+    pairs[3], pairs[9], texts[12] = pairs[1], None, texts[11]  # a repeated pair, a blank pair, a text with two pairs
+    model = ScoringModel(None, "s_", ModelOptions(model=str(tiny_models["three"]), max_length=48))
+    location = None
+    if with_cache:
+        location = str(tmp_path / "cache")
+        SharedCache(location).start_run("test")
+    keys = cache_keys([model], location, pairs=True) if location else None
+    table = block(texts).append_column("pair", pa.array(pairs, pa.string()))
+    prepared = prepare_block(table, [model], "text", location, keys, run="pairs", pair_column="pair")
+    scorer = RayScorer([model], "text", True, location, keys, pair_column="pair")
+    got = pa.concat_tables([scorer(prepared.slice(start, 8)) for start in range(0, len(texts), 8)])
+    classifier = Classifier(model.options)
+    expected = classifier.predict(texts, pairs)
+    np.testing.assert_allclose(probabilities(got, "s_", classifier.labels), expected.probabilities, atol=TOLERANCE)
+    assert np.isnan(expected.probabilities[9]).all() and got.column("s_label")[9].as_py() is None
+    if with_cache:
+        assert keys[0].key != cache_keys([model], location)[0].key  # a pair's entry is never a text's alone
