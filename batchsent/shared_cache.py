@@ -336,8 +336,9 @@ class SharedCache:
             width = len(model["labels"])
             count = 0
             for bucket in range(256):
-                if self._segments(model["key"], bucket):
-                    count += self._read_bucket(model["key"], bucket, width).num_rows
+                segments = self._segments(model["key"], bucket)
+                if segments:
+                    count += self._read_bucket(model["key"], bucket, width, segments).num_rows
             models.append({"id": model["key"][:12], "name": model["name"], "entries": count,
                            "last_used": model.get("last_used"), "labels": model["labels"],
                            "description": model["description"]})  # fmt: skip
