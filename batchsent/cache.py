@@ -114,23 +114,24 @@ class PredictionCache:
     and writes in its scoring thread); callers serialise their calls.
     """
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
+    def __init__(self, path: Path, *, create: bool = True, named: str = "--cache") -> None:
         self.path = Path(path)
+        self.named = named  # how messages name it: "--cache" for a run, "cache" for `batchsent cache`
         if self.path.is_dir():
-            raise CacheError(f"--cache {self.path}: is a directory; expected a cache file")
+            raise CacheError(f"{self.named} {self.path}: is a directory; expected a cache file")
         if not create and not self.path.is_file():
             raise CacheError(f"{self.path}: no such cache file")
         folder = self.path.parent
         if not folder.is_dir():
-            raise CacheError(f"--cache {self.path}: the folder {folder} does not exist")
+            raise CacheError(f"{self.named} {self.path}: the folder {folder} does not exist")
         if not os.access(folder, os.W_OK | os.X_OK):
             doing = "create the cache there" if not self.path.exists() else "keep the cache's -wal and -shm files there"
-            raise CacheError(f"--cache {self.path}: the folder {folder} is not writable, and SQLite must {doing}")
+            raise CacheError(f"{self.named} {self.path}: the folder {folder} is not writable, and SQLite must {doing}")
         try:
             self.connection = _connect(self.path)
             self._check_or_create(create)
         except sqlite3.Error as error:
-            raise CacheError(f"--cache {self.path}: {_reason(error)}") from error
+            raise CacheError(f"{self.named} {self.path}: {_reason(error)}") from error
 
     def _check_or_create(self, create: bool) -> None:
         connection = self.connection
@@ -168,7 +169,7 @@ class PredictionCache:
             with self._transaction():
                 cursor = self.connection.execute("INSERT INTO runs (started, version) VALUES (?, ?)", (time.time(), version))
         except sqlite3.Error as error:
-            raise CacheError(f"--cache {self.path}: cannot write: {_reason(error)}") from error
+            raise CacheError(f"{self.named} {self.path}: cannot write: {_reason(error)}") from error
         return int(cursor.lastrowid or 0)
 
     def register(self, name: str, description: dict[str, Any], labels: Sequence[str]) -> ModelKey:
@@ -180,7 +181,7 @@ class PredictionCache:
             with self._transaction():
                 self._model_row(model, touch=True)
         except sqlite3.Error as error:
-            raise CacheError(f"--cache {self.path}: cannot write: {_reason(error)}") from error
+            raise CacheError(f"{self.named} {self.path}: cannot write: {_reason(error)}") from error
         return model
 
     def _model_row(self, model: ModelKey, touch: bool = False) -> int:

@@ -26,7 +26,7 @@ import pyarrow as pa
 from .errors import BatchsentError, first_line
 from .io import atomic_file
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 class ResumeMismatch(BatchsentError):

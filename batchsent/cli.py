@@ -20,6 +20,7 @@ from .runner import run
 from .tune_sample import SAMPLE_ROWS
 
 JOB_FIELDS = set(JobConfig.__dataclass_fields__)
+MAX_TIME_CAP_SECONDS = 86_400  # a tune is a measurement, not a job: a day is past any sensible cap
 
 app = typer.Typer(
     add_completion=False,
@@ -165,7 +166,7 @@ def score(
         typer.Option("--quiet/--no-quiet", "-q", help="No progress; notes, errors and the summary only.", show_default=False),
     ] = None,
     report: Annotated[
-        Optional[Path], typer.Option(help="Also write an HTML report of the output here at the end (both engines).")
+        Optional[str], typer.Option(help="Also write an HTML report of the output here at the end (both engines).")
     ] = None,
     engine: Annotated[
         Optional[str],
@@ -185,7 +186,7 @@ def score(
         bool, typer.Option("--resume", help="Continue an interrupted run from its last committed chunk.")
     ] = False,
     manifest: Annotated[
-        Optional[Path], typer.Option(help="Write a JSON manifest of the run here (also when it fails; both engines).")
+        Optional[str], typer.Option(help="Write a JSON manifest of the run here (also when it fails; both engines).")
     ] = None,
     cache: Annotated[
         Optional[str], typer.Option(help="Prediction cache (created if missing): texts scored by an earlier run with "
@@ -288,8 +289,8 @@ def tune_command(
     _quiet_libraries()
     reporter = Reporter("text")
     try:
-        if time_cap <= 0:
-            raise UsageError(f"--time-cap must be positive, got {time_cap:g}")
+        if not 0 < time_cap <= MAX_TIME_CAP_SECONDS:  # nan compares false: refused too
+            raise UsageError(f"--time-cap must be more than 0 and at most {MAX_TIME_CAP_SECONDS:,} seconds, got {time_cap:g}")
         options = ModelOptions(model=model, max_length=max_length, threads=threads, revision=revision,
                                trust_remote_code=trust_remote_code, device="cpu")  # fmt: skip
         texts, described = sample_texts(sample, column)

@@ -25,8 +25,8 @@ CachePath = Annotated[str, typer.Argument(help="The cache as given to --cache: a
 def _open(path: str) -> PredictionCache | SharedCache:
     """The cache at ``path``, which must exist: a folder or prefix is a shared cache, a file a SQLite one."""
     if is_shared_location(path):
-        return SharedCache(path, create=False)
-    return PredictionCache(Path(path), create=False)
+        return SharedCache(path, create=False, named="cache")
+    return PredictionCache(Path(path), create=False, named="cache")
 
 
 def _when(timestamp: float | None) -> str:
@@ -107,9 +107,9 @@ def export_command(
     try:
         if is_shared_location(source):
             raise CacheError(f"{source}: a folder; export reads a SQLite cache file")
-        sqlite = PredictionCache(source, create=False)
+        sqlite = PredictionCache(source, create=False, named="source")
         try:
-            shared = SharedCache(target)
+            shared = SharedCache(target, named="target")
             entries, models = export_sqlite(sqlite, shared)
         finally:
             sqlite.close()

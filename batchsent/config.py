@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import UsageError
 from .options import PER_MODEL_KEYS, JobConfig, ModelSpec
-from .storage import is_url
+from .storage import check_location, is_url
 
 MODEL_ENV = "BATCHSENT_MODEL"
 
@@ -47,6 +47,9 @@ def read_job_file(path: Path) -> dict[str, Any]:
             raw = tomllib.load(stream)
     except FileNotFoundError:
         raise UsageError(f"--config {path}: no such file") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(f"--config {path}: not a UTF-8 text file (byte {error.start + 1} is 0x{error.object[error.start]:02x}); "
+                         "a job file is TOML") from None  # fmt: skip
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise UsageError(f"--config {path}: {error}") from error
     options: dict[str, Any] = {}
@@ -59,6 +62,7 @@ def read_job_file(path: Path) -> dict[str, Any]:
         if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
             raise UsageError(f"--config {path}: {key} must be {expected[0].__name__}, got {value!r}")
         if name in _PATH_KEYS and not is_url(value):
+            check_location(key, value)
             value = path.parent / Path(value).expanduser()
         options[name] = _model_tables(path, value) if name == "models" else value
     return options
@@ -115,5 +119,6 @@ def build_config(
         raise UsageError("no INPUT file given (as an argument, or as input = ... in --config)")
     for name in _PATH_KEYS & options.keys():
         if not is_url(options[name]):
+            check_location("INPUT" if name == "input" else f"--{name}", options[name])
             options[name] = Path(options[name])
     return JobConfig(**options)

@@ -106,3 +106,10 @@ def to_device(array: Any, device: Any) -> Any:
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor if device.type == "cpu" else tensor.to(device)
+
+
+def cuda_device_count() -> int:
+    """CUDA GPUs torch can use here (0 on a CPU-only build, without initialising CUDA there)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.backends.cuda.is_built() else 0

@@ -10,7 +10,6 @@ ends, so ``--resume`` skips them and continues the one in progress.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -23,7 +22,7 @@ from .errors import InputError, OutputError, ScoringError, first_line
 from .identity import input_fingerprint
 from .job import (ModelSummary, Progress, RunSummary, check_input_columns, check_output, load_classifiers,
                   score_local, score_to_object)
-from .lock import OutputLock
+from .lock import output_lock
 from .options import JobConfig
 from .sources import InputFiles, expand
 from .storage import check_writable, is_url, remote
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
 
     from .model import Classifier
 
-DONE_VERSION = 1
+DONE_VERSION = 2
 
 
 def default_output_folder(inputs: InputFiles) -> Path:
@@ -136,9 +135,9 @@ def score_files(config: JobConfig, progress: Progress | None = None,
         remote(output + "/", OutputError).info(OutputError)
     else:
         output = Path(config.output).expanduser() if config.output is not None else default_output_folder(inputs)
-        _check_folders(inputs, output)
+        _check_folders(output)
     record["output"] = output
-    with contextlib.nullcontext() if remote_output else OutputLock(output):  # type: ignore[arg-type]
+    with output_lock(output):
         finished = _Finished(None if remote_output else output)  # type: ignore[arg-type]
         if finished.exists():
             if config.resume:
@@ -181,7 +180,8 @@ def _score_each(jobs: list[_FileJob], inputs: InputFiles, output: Path | str,
             relative = inputs.relative(source)
             fingerprint = _fingerprint_of(source)
             if isinstance(output, str):
-                summary = score_to_object(job, progress=shown, classifier=classifier, stop=stop, record=file_record)
+                summary = score_to_object(job, progress=shown, classifier=classifier, stop=stop, record=file_record,
+                                          locked=True)  # fmt: skip
             else:
                 (output / relative).parent.mkdir(parents=True, exist_ok=True)
                 summary = score_local(job, progress=shown, classifier=classifier, stop=stop, record=file_record)
@@ -218,11 +218,8 @@ def _committed_so_far(finished: _Finished, current: dict[str, Any]) -> Committed
     return CommittedState({}, chunks, rows)
 
 
-def _check_folders(inputs: InputFiles, output: Path) -> None:
-    target = output.resolve()
-    if isinstance(inputs.root, Path) and (target == inputs.root.resolve() or target.is_relative_to(inputs.root.resolve())):
-        raise OutputError(f"{output}: the output folder is inside the input folder {inputs.root}; "
-                          "choose an --output folder outside it")  # fmt: skip
+def _check_folders(output: Path) -> None:
+    """The output folder's own checks (its place against the inputs is the path rule's, paths.py)."""
     if output.exists() and not output.is_dir():
         raise OutputError(f"{output}: exists and is not a folder; a folder or glob INPUT needs an output folder")
     if not output.parent.is_dir():
@@ -262,6 +259,7 @@ def _plan(config: JobConfig, inputs: InputFiles, output: Path | str, finished: _
                 if config.pair_column is not None:
                     reader.text_column(config.pair_column, "--pair-column")
                 check_input_columns(config, reader.schema, source)
+                io.check_output_schema(reader.schema, target, source)
                 jobs.append(_FileJob(source, job, None, reader.total_bytes, reader.total_rows))
             finally:
                 reader.close()

@@ -17,8 +17,6 @@ from typing import Any
 
 from .storage import fingerprint, is_url, remote
 
-EDGE_BYTES = 1 << 20
-
 
 def package_version(package: str) -> str | None:
     """An installed package's version (None when absent), as the manifest and the cache key record it."""
@@ -29,7 +27,8 @@ def package_version(package: str) -> str | None:
 
 
 def input_fingerprint(path: Path | str) -> dict[str, Any]:
-    """Size, mtime and a hash of the first and last MiB: cheap, and changes when the file does.
+    """A local file's size, mtime and SHA-256 of its whole content (remembered, see ``file_sha256``), so an edit
+    that keeps the size and mtime (``cp -p``, ``rsync -t``) is still a change.
 
     An object on object storage: its URL, size and modification time.
     """
@@ -37,18 +36,12 @@ def input_fingerprint(path: Path | str) -> dict[str, Any]:
         return fingerprint(remote(str(path)))
     assert isinstance(path, Path)
     stat = path.stat()
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        digest.update(stream.read(EDGE_BYTES))
-        if stat.st_size > EDGE_BYTES:
-            stream.seek(max(EDGE_BYTES, stat.st_size - EDGE_BYTES))
-            digest.update(stream.read(EDGE_BYTES))
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256_edges": digest.hexdigest()}
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(path)}
 
 
-def model_identity(model_ref: str, config: Any) -> dict[str, Any]:
-    """What the model's results depend on: a local folder's files by content, or a Hub id, commit and config
-    (``config``: the model's loaded config; no weights are needed).
+def model_identity(model_ref: str, config: Any, commit: str | None = None) -> dict[str, Any]:
+    """What the model's results depend on: a local folder's files by content, or a Hub id, the commit of the
+    snapshot loaded (``commit``, see ``hub_commit``) and its config (``config``: the loaded config; no weights needed).
 
     A local folder is keyed by the SHA-256 of its weight, config and tokenizer files, so weights
     replaced with a file of the same size and mtime (``cp -p``, ``rsync -t``, a restore) give
@@ -58,8 +51,27 @@ def model_identity(model_ref: str, config: Any) -> dict[str, Any]:
     if path.is_dir():
         return {"path": str(path.resolve()), "files": folder_digests(path)}
     config_json = config.to_json_string(use_diff=False)
-    return {"config_sha256": hashlib.sha256(config_json.encode()).hexdigest(), "hub_id": model_ref,
-            "revision": getattr(config, "_commit_hash", None)}  # fmt: skip
+    return {"config_sha256": hashlib.sha256(config_json.encode()).hexdigest(), "hub_id": model_ref, "revision": commit}
+
+
+def hub_snapshot(model_ref: str, revision: str | None) -> Path | None:
+    """The local Hub cache's snapshot folder of ``model_ref`` at ``revision`` (a branch, tag or commit; None: main),
+    found without the network; None when it is not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model_ref, "config.json", revision=revision or "main")
+    except Exception:  # noqa: BLE001 - not a repository id, or an unreadable cache: not cached
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def hub_commit(model_ref: str, revision: str | None) -> str | None:
+    """The commit ``revision`` of a cached Hub model points at now (the snapshot folder's name); None when not cached.
+    A run loads every file from this commit, so a branch that moves during a run, or between a run and its
+    --resume, cannot mix two versions of the model."""
+    snapshot = hub_snapshot(model_ref, revision)
+    return snapshot.name if snapshot is not None and snapshot.parent.name == "snapshots" else None
 
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")  # weights, config, tokenizer, vocabularies

@@ -44,6 +44,10 @@ def collect() -> dict[str, Any]:
     cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     fast_device = "cuda" if cuda else "cpu"
     fast = resolve_precision("fast", fast_device)
+    try:
+        tunings, store_error = _tunings(cpu), None
+    except UsageError as error:  # a damaged or unreadable store: said, not shown as "0 stored"
+        tunings, store_error = [], str(error)
     return {
         "cpu": {"model": cpu.model, "machine": cpu.machine, "class": cpu.cpu_class, "features": cpu.features},
         "builds": {
@@ -61,7 +65,8 @@ def collect() -> dict[str, Any]:
             "quantize": fast.quantize,
             "basis": fast.basis,
         },
-        "tunings": _tunings(cpu),
+        "tunings": tunings,
+        "tuning_store_error": store_error,
     }
 
 
@@ -70,10 +75,7 @@ def _tunings(cpu: CpuInfo) -> list[dict[str, Any]]:
     from .tuning import TuningStore, scope_of
 
     here = {key: value for key, value in scope_of("", 0, 0, cpu).items() if key in ("cpu", "cpu_flags", "format")}
-    try:
-        stored = TuningStore().all()
-    except UsageError:
-        return []
+    stored = TuningStore().all()  # a damaged store is a UsageError, which collect() shows
     return [{"scope": tuning.scope, "sample": tuning.sample, "measured_at": tuning.measured_at,
              "versions": tuning.facts["versions"], "chosen": tuning.chosen.variant, "table": tuning.table()}
             for tuning in stored if all(tuning.scope.get(key) == value for key, value in here.items())]  # fmt: skip
@@ -90,7 +92,9 @@ def render(info: dict[str, Any]) -> list[str]:
         f"cuda devices: {', '.join(info['cuda_devices']) or 'none'}",
     ]
     lines += [f"variant {name}: {state}" for name, state in info["variants"].items()]
-    if fast["device"] == "cpu":
+    if info.get("tuning_store_error"):
+        lines.append(f"tuning store: {info['tuning_store_error']}; move it aside to start over")
+    elif fast["device"] == "cpu":
         lines.append(f"--precision fast here: {fast['basis']}; {len(info['tunings'])} stored for this CPU")
     else:
         lines.append(f"--precision fast here: {fast['quantize'] or fast['dtype']} on {fast['device']}; "

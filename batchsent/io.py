@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import codecs
 import csv
+import glob
 import io as stdio
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +35,7 @@ from .storage import check_readable, is_url, remote
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 CSV_BLOCK_BYTES = 1 << 20
+MAX_CSV_BLOCK_BYTES = 1 << 30  # pyarrow takes a block of up to 2 GiB; a row of 1 GiB is a damaged file
 REMOTE_READ_BYTES = 16 << 20  # an object is read in ranged GETs of this size: few requests, bounded memory
 JSONL_CHUNK_BYTES = 8 << 20
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
@@ -59,9 +62,12 @@ def file_format(path: Path | str, *, output: bool = False) -> str:
     _, suffix, compressed = split_suffix(base_name(path))
     fmt = FORMATS.get(suffix.lower())
     error = OutputError if output else InputError
+    if fmt is None and not (suffix + compressed):
+        what = "an output" if output else "an input"
+        raise error(f"{path}: no suffix to tell {what} file's format from; name a .csv, .tsv, .jsonl or .parquet file"
+                    + (" (or an existing folder to write into)" if output else ""))  # fmt: skip
     if fmt is None:
-        shown = (suffix + compressed) or "(no suffix)"
-        raise error(f"{path}: unsupported file type {shown!r}; use .csv, .tsv, .jsonl or .parquet "
+        raise error(f"{path}: unsupported file type {suffix + compressed!r}; use .csv, .tsv, .jsonl or .parquet "
                     "(CSV, TSV and JSON Lines may end in .gz, .bz2 or .zst)")  # fmt: skip
     if fmt == "parquet" and compressed:
         raise error(f"{path}: Parquet is compressed inside the file; drop the {compressed} suffix")
@@ -207,37 +213,72 @@ class ParquetReader(Reader):
 
 
 class CsvReader(Reader):
-    """CSV (quoted cells may hold delimiters and line breaks) or TSV (no quoting)."""
+    """CSV (quoted cells may hold delimiters and line breaks) or TSV (no quoting).
+
+    pyarrow parses in blocks that must hold a whole row; a row longer than the block (a cell of megabytes) is
+    read again with a block four times larger, up to MAX_CSV_BLOCK_BYTES, skipping the rows already given.
+    """
 
     def __init__(self, path: Path, delimiter: str) -> None:
         super().__init__(path)
         self._invalid_row: str | None = None
+        self._invalid_utf8 = False  # set by _quiet_undecodable_rows when pyarrow cannot even show the bad row
+        self._block = CSV_BLOCK_BYTES
         self._parse = pacsv.ParseOptions(
             delimiter=delimiter,
             quote_char='"' if delimiter == "," else False,
             newlines_in_values=delimiter == ",",
             invalid_row_handler=self._on_invalid_row,
         )
+        _install_undecodable_row_filter()
         self._raw, self._stream = open_binary(path)
         try:
-            names = self._open(None).schema.names
+            self._refuse_utf16()
+            try:
+                names = self._opened(None).schema.names  # pyarrow decodes the header only here
+            except UnicodeDecodeError as error:
+                raise self._error(error) from None
             if len(names) == 1:
                 # With one column an empty line is an empty cell, not a line to skip.
                 self._parse.ignore_empty_lines = False
-            self.close()
-            self._raw, self._stream = open_binary(path)
-            self._reader = self._open({name: pa.string() for name in names})
+            self._types = {name: pa.string() for name in names}
+            self._reader = self._opened(self._types)
         except BaseException:
             self.close()
             raise
         self.schema = self._reader.schema
 
+    def _refuse_utf16(self) -> None:
+        with open_binary(self.path)[1] as start:
+            head = start.read(2)
+        if head in (b"\xff\xfe", b"\xfe\xff"):
+            raise InputError(f"{self.path}: UTF-16 text (it starts with a UTF-16 byte-order mark); batchsent reads "
+                             "UTF-8: convert it first, e.g. iconv -f UTF-16 -t UTF-8")  # fmt: skip
+
+    def _opened(self, column_types: dict[str, pa.DataType] | None) -> pacsv.CSVStreamingReader:
+        """A reader from the file's start, with the current block size, growing it for a row longer than a block."""
+        while True:
+            self.close()
+            self._raw, self._stream = open_binary(self.path)
+            try:
+                return self._open(column_types)
+            except InputError as error:
+                if not self._grow(error):
+                    raise
+
+    def _grow(self, error: BaseException) -> bool:
+        """A larger block after pyarrow's "straddling object" error (True), or False at the largest block."""
+        if "straddling" not in str(error.__cause__ or error) or self._block >= MAX_CSV_BLOCK_BYTES:
+            return False
+        self._block = min(self._block * 4, MAX_CSV_BLOCK_BYTES)
+        return True
+
     def _open(self, column_types: dict[str, pa.DataType] | None) -> pacsv.CSVStreamingReader:
         convert = pacsv.ConvertOptions(column_types=column_types or {}, strings_can_be_null=False)
-        read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=True)
+        read = pacsv.ReadOptions(block_size=self._block, use_threads=True)
         try:
             return pacsv.open_csv(self._stream, read_options=read, parse_options=self._parse, convert_options=convert)
-        except (pa.ArrowException, OSError) as error:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
             raise self._error(error) from error
 
     def _on_invalid_row(self, row: pacsv.InvalidRow) -> str:
@@ -261,28 +302,64 @@ class CsvReader(Reader):
 
     def _error(self, error: BaseException) -> InputError:
         message = first_line(error)
-        if "invalid UTF8" in message:
+        if "invalid UTF8" in message or isinstance(error, UnicodeDecodeError) or self._invalid_utf8:
             line = first_invalid_utf8_line(self.path)
             return InputError(f"{self.path}: line {line}: bytes that are not valid UTF-8")
         if self._invalid_row:
             return InputError(f"{self.path}: {self._invalid_row}")
         if "Empty CSV file" in message:
             return InputError(f"{self.path}: the file is empty (no header line)")
+        if "straddling" in message:
+            return InputError(f"{self.path}: a row longer than {MAX_CSV_BLOCK_BYTES >> 20} MiB (pyarrow: {message})")
         return InputError(f"{self.path}: not a readable CSV file ({message})")
 
     def _batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        given = skip = 0  # rows yielded; rows to drop after a re-read from the start with a larger block
         while True:
             try:
                 batch = self._reader.read_next_batch()
             except StopIteration:
                 return
-            except (pa.ArrowException, OSError) as error:
-                raise self._error(error) from error
+            except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
+                if not self._grow(error):
+                    raise self._error(error) from error
+                self._reader, skip = self._opened(self._types), given
+                continue
+            if skip:
+                dropped = min(skip, batch.num_rows)
+                batch, skip = batch.slice(dropped), skip - dropped
+                if not batch.num_rows:
+                    continue
+            given += batch.num_rows
             yield batch
 
     def close(self) -> None:
-        self._stream.close()
-        self._raw.close()
+        for stream in (getattr(self, "_stream", None), getattr(self, "_raw", None)):
+            if stream is not None:
+                stream.close()
+
+
+_previous_unraisable_hook: Any = None
+
+
+def _install_undecodable_row_filter() -> None:
+    """pyarrow decodes a row of the wrong width as UTF-8 before calling CsvReader._on_invalid_row; when that fails
+    it prints "Exception ignored" and a traceback, then stops with a parse error. This filter (installed once,
+    everything else handed on) keeps that off the terminal and tells the reader to name the bad line instead."""
+    global _previous_unraisable_hook
+    if _previous_unraisable_hook is not None:
+        return
+    _previous_unraisable_hook = sys.unraisablehook
+
+    def quiet(unraisable: Any) -> None:
+        handler = unraisable.object
+        if isinstance(unraisable.exc_value, UnicodeDecodeError) and isinstance(getattr(handler, "__self__", None),
+                                                                                CsvReader):  # fmt: skip
+            handler.__self__._invalid_utf8 = True
+            return
+        _previous_unraisable_hook(unraisable)
+
+    sys.unraisablehook = quiet
 
 
 def _jsonl_schema(keys: list[str]) -> pa.Schema:
@@ -523,6 +600,13 @@ def publish(temporary: Path, path: Path) -> None:
     _fsync(path.parent)
 
 
+def remove_stale_partials(path: Path) -> None:
+    """Delete the temporary files a killed writer left beside ``path`` (``.<name>.<random>.partial``); call it only
+    while holding ``path``'s lock, when no live writer can own one."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+        stale.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; published as ``path`` on a clean exit, removed otherwise.
@@ -536,6 +620,19 @@ def atomic_file(path: Path) -> Iterator[Path]:
         publish(Path(temporary), path)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def check_output_schema(schema: pa.Schema, output: Path | str, source: Path | str) -> None:
+    """Refuse, before any row is scored, an input column that the output's format cannot hold: CSV and TSV
+    cells are text, so nested columns and bytes (not always UTF-8) have no faithful cell."""
+    if file_format(output, output=True) not in ("csv", "tsv"):
+        return
+    for field in schema:
+        kind = field.type
+        if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind) \
+                or pa.types.is_fixed_size_binary(kind):  # fmt: skip
+            raise InputError(f"{source}: column {field.name!r} holds {kind}, which a {file_format(output, output=True)} "
+                             "output cannot hold; write .parquet (or drop the column first)")  # fmt: skip
 
 
 class AtomicWriter:

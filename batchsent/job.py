@@ -8,6 +8,7 @@ with signals, the manifest and the report.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sqlite3
@@ -27,8 +28,8 @@ from . import __version__, io
 from .cache import PredictionCache
 from .checkpoint import Checkpoint, CommittedState, ResumeMismatch, first_difference, no_model_counts
 from .errors import BatchsentError, InputError, OutputError, ScoringError, UsageError, first_line
-from .identity import input_fingerprint, model_identity
-from .lock import OutputLock
+from .identity import input_fingerprint
+from .lock import OutputLock, output_lock
 from .options import JobConfig, ScoringModel
 from .postprocess import column_names, output_fields, prediction_arrays
 from .reuse import ChunkPlan, ReuseCounts, RunReuse, model_description, row_digests
@@ -105,6 +106,7 @@ class RunSummary:
     cached: int = 0  # of the scored rows, those whose probabilities came from the --cache
     duplicates: int = 0  # of the scored rows, those that repeated a text scored earlier in the run
     models: tuple[ModelSummary, ...] = ()  # a multi-model run's models, in column order
+    weights_loaded: bool = True  # False: every row came from the cache, load_seconds was the tokenizer's set-up
 
     @property
     def scoring_seconds(self) -> float:
@@ -126,13 +128,18 @@ class RunSummary:
             f"{self.rows:,} rows: {self.scored:,} scored" + (f" ({', '.join(reused)})" if reused else "")
             + f", {self.empty:,} empty, {self.truncated:,} "
             + ("over the limit (scored in windows) " if self.chunked else "truncated ")
-            + f"in {self.elapsed:.1f} s (model load {self.load_seconds:.1f} s, scoring {self.scoring_seconds:.1f} s "
+            + f"in {self.elapsed:.1f} s ({self._loading()}, scoring {self.scoring_seconds:.1f} s "
             + f"at {self.rows_per_second:,.0f} rows/s"
             + (f", resumed after {self.resumed_rows:,} rows)" if self.resumed_rows else ")")
             + (f"; {labels}" if labels else "")
             + f" -> {self.output}"
             + (f" [{self.where}]" if self.where else "")
         )
+
+    def _loading(self) -> str:
+        if self.weights_loaded:
+            return f"model load {self.load_seconds:.1f} s"
+        return f"set-up {self.load_seconds:.1f} s, model not loaded"
 
     def _models_line(self) -> str:
         wheres = {model.where for model in self.models}
@@ -190,6 +197,11 @@ def check_model_columns(names: list[list[str]], models: list[ScoringModel]) -> N
     owner: dict[str, str | None] = {}
     for model, columns in zip(models, names, strict=True):
         for name in columns:
+            if name in owner and owner[name] == model.name:
+                whose = f"model {model.name}" if model.name else "the model"
+                raise UsageError(f"{whose} gives two of its classes one name, so it would write the column {name!r} "
+                                 "twice; score without --all-scores, or name its classes apart (id2label in its "
+                                 "config.json)")  # fmt: skip
             if name in owner:
                 raise UsageError(f"models {owner[name]} and {model.name} would both write the column {name!r}; "
                                  "rename one of them")  # fmt: skip
@@ -281,6 +293,7 @@ def score_local(
     record = {} if record is None else record
     output = check_output(config)
     with OutputLock(output):
+        io.remove_stale_partials(output)  # a run killed while writing the output left its copy
         checkpoint = _checkpoint_for(config, output)
         reader = io.open_reader(config.input)
         stores: list[PredictionCache] = []
@@ -297,11 +310,13 @@ def score_local(
 
 def score_to_object(config: JobConfig, progress: Progress | None = None,
                     classifier: Classifier | Sequence[Classifier] | None = None,
-                    stop: Callable[[], bool] | None = None, record: dict[str, Any] | None = None) -> RunSummary:  # fmt: skip
+                    stop: Callable[[], bool] | None = None, record: dict[str, Any] | None = None,
+                    locked: bool = False) -> RunSummary:  # fmt: skip
     """An object-storage output: the job writes a local staging copy, uploaded in one go once complete.
 
     Nothing appears under the output name before the upload completes; a failed run
-    uploads nothing (the staging folder, under $TMPDIR, is removed either way).
+    uploads nothing (the staging folder, under $TMPDIR, is removed either way). The output's
+    lease is held throughout (``locked``: the caller, a folder run, holds its folder's).
     """
     from .storage import check_writable, remote, upload
 
@@ -309,12 +324,16 @@ def score_to_object(config: JobConfig, progress: Progress | None = None,
     io.check_input(config.input)  # the input's own errors first
     target = remote(str(config.output_path), OutputError)
     io.file_format(target.url, output=True)
-    check_writable(target, config.overwrite)
+    check_writable(target, config.overwrite)  # the bucket's and the object's own errors first
     record["output"] = target.url
-    with tempfile.TemporaryDirectory(prefix="batchsent-") as staging:
+    with contextlib.nullcontext() if locked else output_lock(target.url) as lock, \
+            tempfile.TemporaryDirectory(prefix="batchsent-") as staging:  # fmt: skip
+        check_writable(target, config.overwrite)  # again under the lease: another run may have published meanwhile
         local = Path(staging) / target.name
         summary = score_local(replace(config, output=local), progress=progress, classifier=classifier, stop=stop,
                               record=record)  # fmt: skip
+        if lock is not None:
+            lock.check()
         upload(local, target)
     return replace(summary, output=target.url)  # type: ignore[arg-type]
 
@@ -341,6 +360,7 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
     column = reader.text_column(config.column)
     pair = None if config.pair_column is None else reader.text_column(config.pair_column, "--pair-column")
     check_input_columns(config, reader.schema, config.input)
+    io.check_output_schema(reader.schema, output, config.input)
     wanted = config.scoring_models()
     fingerprint = _fingerprint(config, output)
     state = checkpoint.load() if config.resume and checkpoint.exists() else None
@@ -350,7 +370,7 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
         stores.append(PredictionCache(config.cache))
         run_id = stores[0].start_run(__version__)
     classifiers = load_classifiers(config, classifier, record, progress)
-    identities = [model_identity(model.options.model, loaded.config) for model, loaded in zip(wanted, classifiers)]
+    identities = [loaded.identity for loaded in classifiers]
     prints = [_model_fingerprint(identity, loaded) for identity, loaded in zip(identities, classifiers)]
     _record_models(record, wanted, classifiers, prints)
     fingerprint["model"] = prints[0] if wanted[0].name is None else {m.name: p for m, p in zip(wanted, prints)}
@@ -376,7 +396,8 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
     models = []
     for model, loaded, identity in zip(wanted, classifiers, identities):
         description = model_description(loaded, identity, pair is not None)
-        reuse = RunReuse(store, store.register(model.options.model, description, loaded.labels), run_id)
+        reuse = RunReuse(store, store.register(model.options.model, description, loaded.labels), run_id,
+                         shared=config.cache is not None)  # fmt: skip
         models.append(_Model(model.name, model.prefix, loaded, reuse))
     return _Job(config, reader, column, pair, models, schema, checkpoint, state, record)
 
@@ -487,7 +508,8 @@ class _Job:
         try:
             return model.reuse.plan(texts, pairs, digests)
         except sqlite3.Error as error:
-            raise ScoringError(f"cache {model.reuse.store.path}: cannot read: {first_line(error)}") from error
+            raise ScoringError(f"cache {model.reuse.store.path}: cannot read: {first_line(error)}; if it is damaged, "
+                               "move it aside and run again (batchsent cache stats checks it)") from error  # fmt: skip
 
     def _advance(self, progress: Progress, rows_done: int, estimated_rows: int | None) -> None:
         """Rows done, and the byte position they stand for (CSV: rows x the mean bytes per row read so far)."""
@@ -606,6 +628,7 @@ class _Job:
             self.config.input, output, state.rows, state.rows - state.empty, state.empty, state.truncated, elapsed,
             {} if models else _ordered(state.label_counts, first.labels), chunked, record["resumed_from_rows"], where,
             record["load_seconds"], state.cached, state.duplicates, models,
+            any(model.classifier.weights_loaded for model in self.models),
         )  # fmt: skip
 
 

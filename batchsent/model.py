@@ -26,6 +26,7 @@ from .precision import resolve_precision
 from .backends import OnnxRunner, TorchRunner, check_backend_options, device_refusal, onnx_model
 from .device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype
 from .errors import Interrupted, ModelLoadError, UsageError, first_line
+from .identity import hub_commit, hub_snapshot, model_identity
 from .options import DEFAULT_MODEL, ModelOptions
 from .postprocess import activate, activation_for, aggregate_windows
 
@@ -174,12 +175,13 @@ class Pretrained:
     trust_remote_code: bool
     tokenizer: Any
     config: Any
+    commit: str | None = None  # a Hub model: the commit its tokenizer and config came from, which its weights load from
 
     def load_model(self) -> Any:
         """The sequence-classification model with these weights (refused without a trained head)."""
         from transformers import AutoModelForSequenceClassification
 
-        options = {"revision": self.revision or "main", "trust_remote_code": self.trust_remote_code,
+        options = {"revision": self.commit or self.revision or "main", "trust_remote_code": self.trust_remote_code,
                    "config": self.config, "output_loading_info": True}  # fmt: skip
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(self.source, local_files_only=self.local_only,
@@ -195,14 +197,36 @@ class Pretrained:
         return model
 
 
+# Files a tokenizer's vocabulary comes from; a folder with none of them gets a tokenizer of special tokens only
+# from transformers, which maps every word to [UNK] and scores garbage.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "bpe.codes")
+
+
 def _from_pretrained(source: str, revision: str | None, local_only: bool, trust_remote_code: bool = False) -> Pretrained:
+    """Tokenizer and config of a folder, or of one commit of a Hub model (its weights later load from that commit)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    check_custom_code(source, revision, local_only, trust_remote_code)
-    options = {"revision": revision or "main", "local_files_only": local_only, "trust_remote_code": trust_remote_code}
+    local = Path(source).is_dir()
+    commit = None if local else hub_commit(source, revision)
+    pinned = commit or revision or "main"
+    check_custom_code(source, pinned, local_only, trust_remote_code)
+    options = {"revision": pinned, "local_files_only": local_only, "trust_remote_code": trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(source, **options)
     config = AutoConfig.from_pretrained(source, **options)
-    return Pretrained(source, revision, local_only, trust_remote_code, tokenizer, config)
+    if not local and commit is None:  # downloaded just now: the commit it came from is in the cache now
+        commit = hub_commit(source, revision)
+    _check_tokenizer(source, Path(source) if local else hub_snapshot(source, commit or revision), tokenizer)
+    return Pretrained(source, revision, local_only, trust_remote_code, tokenizer, config, commit)
+
+
+def _check_tokenizer(source: str, folder: Path | None, tokenizer: Any) -> None:
+    """Refuse a model whose tokenizer has no vocabulary files (transformers would make up an empty one)."""
+    files = [] if folder is None else [entry.name for entry in folder.iterdir() if entry.is_file()]
+    has_files = folder is None or any(name in TOKENIZER_FILES or name.endswith(".model") for name in files)
+    if not has_files or len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise ModelLoadError(f"model '{source}' has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])} or a "
+                             "SentencePiece .model file beside its config.json); save its tokenizer into the model "
+                             "folder with tokenizer.save_pretrained(folder)")  # fmt: skip
 
 
 def load_pretrained(model: str, revision: str | None = None, trust_remote_code: bool = False) -> Pretrained:
@@ -334,9 +358,23 @@ class Classifier:
         if capacity is not None and capacity < self.max_length:
             raise ModelLoadError(f"model '{self.name}' holds {capacity} positions, fewer than its tokenizer's limit of "
                                  f"{self.max_length}; pass --max-length {capacity}")  # fmt: skip
+        self._check_unchanged()
         self.model = model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
         self._prepare_runner()
         return time.monotonic() - started
+
+    def _check_unchanged(self) -> None:
+        """Refuse weights loaded from files other than those ``identity`` keys (a model folder replaced between
+        reading its config and loading its weights): the cache and --resume would file one model's answers
+        under another's key."""
+        if "files" not in self.identity:
+            return  # a Hub model: its weights load from the commit its identity names
+        now = model_identity(self.name, self.config)
+        if now != self.identity:
+            before, after = self.identity["files"], now.get("files", {})
+            changed = sorted(name for name in {*before, *after} if before.get(name) != after.get(name))
+            raise ModelLoadError(f"model '{self.name}' changed while this run loaded it ({', '.join(changed)}); run "
+                                 "again once its files are in place")  # fmt: skip
 
     def _choose_runtime(self) -> None:
         """Device, dtype, variant and batch limits: everything decided before the weights load."""
@@ -381,6 +419,9 @@ class Classifier:
         """Tokenizer and config: labels, activation and length limit (everything but the weights)."""
         self._pretrained = load_pretrained(self.name, self.options.revision, self.options.trust_remote_code)
         self.tokenizer, self.config = self._pretrained.tokenizer, self._pretrained.config
+        # What this model's results are keyed by (resume, cache, manifest), taken before the weights load and
+        # checked again once they have (_check_unchanged).
+        self.identity = model_identity(self.name, self.config, self._pretrained.commit)
         if not getattr(self.tokenizer, "is_fast", False):
             raise ModelLoadError(f"model '{self.name}' has no fast tokenizer (tokenizer.json); batchsent needs one")
         config = self.config
@@ -525,11 +566,27 @@ class Classifier:
 
     def _encode_rows(self, inputs: list, rows: np.ndarray, blank: np.ndarray) -> EncodedChunk:
         """Every non-blank row as one sequence (a text, or a (text, pair) tuple), truncated to ``max_length``."""
-        encodings = self._encoder.encode_batch([inputs[i] for i in rows], add_special_tokens=True)
+        encodings = self._encoded_cut([inputs[i] for i in rows])
         lengths, offsets, flat_ids, flat_type_ids = self._flattened(encodings)
         truncated = np.zeros(len(inputs), dtype=bool)
         truncated[rows] = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(rows))
         return EncodedChunk(len(inputs), rows, lengths, offsets, flat_ids, flat_type_ids, truncated, blank, [])
+
+    def _encoded_cut(self, inputs: list) -> list:
+        """``inputs`` encoded with truncation, a very long text cut first (a 50 MB cell would cost minutes and
+        gigabytes for the 512 tokens kept): to ``max_length * CUT_CHARS_PER_TOKEN`` characters at a whitespace,
+        kept only where its encoding still overflows by CUT_MARGIN_TOKENS (so the cut word's tokens all lie
+        past the kept ones and the result is the whole text's), else encoded whole."""
+        limit = self.max_length * CUT_CHARS_PER_TOKEN
+        cut = {index: _cut_at_space(text, limit) for index, text in enumerate(inputs)
+               if isinstance(text, str) and len(text) > limit}  # fmt: skip
+        if not cut:
+            return self._encoder.encode_batch(inputs, add_special_tokens=True)
+        encodings = self._encoder.encode_batch([cut.get(i, text) for i, text in enumerate(inputs)], add_special_tokens=True)
+        short = [i for i in cut if sum(len(piece.ids) for piece in encodings[i].overflowing) < CUT_MARGIN_TOKENS]
+        for index, encoding in zip(short, self._encoder.encode_batch([inputs[i] for i in short], add_special_tokens=True)):
+            encodings[index] = encoding
+        return encodings
 
     def _encode_hypotheses(self, texts: list, rows: np.ndarray, blank: np.ndarray) -> EncodedChunk:
         """Each non-blank row paired with every candidate label's hypothesis: one sequence per (row, label),
@@ -706,6 +763,17 @@ def _copied(tokenizer: Any) -> Any:
     copy = type(tokenizer).from_str(tokenizer.to_str())
     copy.encode_special_tokens = tokenizer.encode_special_tokens
     return copy
+
+
+CUT_CHARS_PER_TOKEN = 64  # a truncated row keeps max_length tokens; a token rarely spans more characters than this
+CUT_MARGIN_TOKENS = 64  # tokens a cut text must still have past the kept ones for the cut to change nothing kept
+
+
+def _cut_at_space(text: str, limit: int) -> str:
+    """``text``'s first ``limit`` characters, ended at the last whitespace in them (the whole prefix if none)."""
+    head = text[:limit]
+    end = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
+    return head[:end] if end > limit // 2 else head
 
 
 def _softmax(values: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ backends, precision), called from here and nowhere else.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -17,13 +18,14 @@ from .backends import check_backend_options
 from .device import check_device_name, check_dtype_name
 from .errors import UsageError
 from .io import split_suffix
-from .storage import is_url
+from .storage import check_location, is_url
 from .postprocess import AGGREGATIONS
 from .precision import check_precision_options
 from .report import check_report_target
 
 DEFAULT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
 DEFAULT_CHUNK_ROWS = 4096
+MAX_CHUNK_ROWS = 1_000_000
 DEFAULT_STRIDE = 64
 DEFAULT_HYPOTHESIS = "This example is {}."  # the zero-shot-classification pipeline's
 LONG_TEXT_MODES = ("truncate", "chunk")
@@ -35,6 +37,14 @@ def scored_name(name: str) -> str:
     """The default output name of an input file: ``x.csv.gz`` -> ``x.scored.csv.gz``."""
     stem, suffix, compressed = split_suffix(name)
     return f"{stem}.scored{suffix}{compressed}"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and taskset narrow), at least 1."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _positive(**values: int | None) -> None:
@@ -70,6 +80,9 @@ class ModelOptions:
     def __post_init__(self) -> None:
         _positive(batch_size=self.batch_size, token_budget=self.token_budget, max_length=self.max_length,
                   threads=self.threads)  # fmt: skip
+        if self.threads is not None and self.threads > usable_cpus():
+            raise UsageError(f"--threads {self.threads}: this machine lets batchsent use {usable_cpus()} CPUs; give at "
+                             f"most {usable_cpus()}")  # fmt: skip
         check_device_name(self.device)
         check_dtype_name(self.dtype)
         if self.long_text not in LONG_TEXT_MODES:
@@ -219,6 +232,7 @@ class JobConfig(ModelOptions):
         self.scoring_models()  # each model's own options validated now
         for name in ("input", "output", "manifest", "report", "cache"):  # Python callers may pass strings
             value = getattr(self, name)
+            check_location(f"--{name}" if name != "input" else "INPUT", value)
             if isinstance(value, str) and not (name in ("input", "output", "cache") and is_url(value)):
                 object.__setattr__(self, name, Path(value))
         for name in ("manifest", "report", "cache"):
@@ -226,6 +240,8 @@ class JobConfig(ModelOptions):
                 raise UsageError(f"--{name} must be a local path" + (" (a Ray run's may be an object prefix)"
                                                                      if name == "cache" else ""))  # fmt: skip
         _positive(chunk_rows=self.chunk_rows)
+        if self.chunk_rows > MAX_CHUNK_ROWS:  # a chunk's rows, tokens and outputs are held in memory at once
+            raise UsageError(f"--chunk-rows {self.chunk_rows}: at most {MAX_CHUNK_ROWS:,} rows are read at a time")
         if self.engine not in ENGINES:
             raise UsageError(f"--engine {self.engine!r}: expected local or ray")
         if self.engine == "local" and (self.ray_address is not None or self.workers != 1 or self.gpus_per_worker):
@@ -243,6 +259,9 @@ class JobConfig(ModelOptions):
                 if scoring.options.labels is not None:
                     raise UsageError(f"{whose}--pair-column cannot be combined with --labels (zero-shot pairs each "
                                      "text with its hypotheses)")  # fmt: skip
+        if self.manifest is not None and Path(self.manifest).expanduser().is_dir():
+            raise UsageError(f"--manifest {self.manifest}: is a folder; give a file name, e.g. "
+                             f"{Path(self.manifest) / 'run.json'}")  # fmt: skip
         if self.report is not None:
             check_report_target(self.report)
         if is_url(self.output_path) and self.engine == "ray" and self.report is not None:
@@ -284,13 +303,18 @@ class JobConfig(ModelOptions):
 
     @property
     def output_path(self) -> Path | str:
-        """Where the local engine writes, a path or an object URL (the Ray engine: ray_engine.output_folder)."""
+        """Where the local engine writes, a path or an object URL (the Ray engine: ray_engine.output_folder); an
+        existing folder as --output takes the default name inside it (``-o exports/``, as ``cp`` does)."""
         if self.output is not None:
+            if isinstance(self.output, Path) and not is_url(self.input) and self.output.is_dir() \
+                    and Path(self.input).is_file():  # fmt: skip
+                return self.output / scored_name(Path(self.input).name)
             return self.output
         if is_url(self.input):
             folder, _, name = str(self.input).rpartition("/")
             return f"{folder}/{scored_name(name)}"
-        return self.input.with_name(scored_name(self.input.name))
+        source = self.input if self.input.name not in ("", "..") else Path(os.path.abspath(self.input))  # "." and ".."
+        return source.with_name(scored_name(source.name))
 
     def described(self) -> dict[str, Any]:
         """Every option as JSON-ready values (paths as strings), for the manifest."""

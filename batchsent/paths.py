@@ -11,14 +11,15 @@ links and ``./`` followed), and existing files also by device and inode (hard li
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import Checkpoint
-from .errors import BatchsentError, UsageError
+from .errors import BatchsentError, UsageError, first_line
 from .lock import lock_path
 from .options import JobConfig
-from .sources import expand, names_many
+from .sources import InputFiles, expand, names_many
 from .storage import is_url
 
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
@@ -31,13 +32,17 @@ class Claim:
     role: str
     path: Path
     folder: bool = False
+    per_file: bool = False  # one file's output (and what goes with it) in a folder run: checked against inputs only
 
     @property
     def resolved(self) -> Path:
-        return self.path.expanduser().resolve()
+        try:
+            return self.path.expanduser().resolve()
+        except (RuntimeError, OSError) as error:  # Python 3.11 raises RuntimeError for a loop of symbolic links
+            raise UsageError(f"{self.role} {self.path}: cannot be followed ({first_line(error)})") from None
 
     def shown(self) -> str:
-        return f"{self.role} {self.path}"
+        return f"{self.path} ({self.role})" if self.per_file else f"{self.role} {self.path}"
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
@@ -59,35 +64,66 @@ def _inside(claim: Claim, folder: Claim) -> bool:
     return folder.folder and claim.resolved != folder.resolved and claim.resolved.is_relative_to(folder.resolved)
 
 
-def _output_claims(config: JobConfig) -> list[Claim]:
-    """What the output part of a run writes on this machine (nothing for an object-storage output)."""
+def _output_folder(config: JobConfig, inputs: InputFiles | None) -> Path | None:
+    """The local folder a folder or glob run (or any Ray run) writes into; None for an object prefix."""
     if config.engine == "ray":
         from .ray_engine import output_folder
 
         folder = output_folder(config)
-        if isinstance(folder, str):  # an object prefix: its parts and progress are objects too
+        return None if isinstance(folder, str) else folder
+    if config.output is not None:
+        return None if is_url(config.output) else Path(config.output).expanduser()
+    if inputs is None or not isinstance(inputs.root, Path):
+        return None  # an object-storage input needs --output, which folders.py asks for
+    from .folders import default_output_folder
+
+    return default_output_folder(inputs)
+
+
+def _output_claims(config: JobConfig, inputs: InputFiles | None) -> list[Claim]:
+    """What the output part of a run writes on this machine (nothing for an object-storage output); for a
+    folder, glob or Ray run, every file's output (and, on the local engine, its progress folder and lock) too."""
+    if config.engine != "ray" and not names_many(config.input):
+        output = config.output_path
+        if is_url(output):
             return []
-        progress = folder.parent / f".{folder.name}.batchsent-ray"
-        return [Claim("--output", folder, folder=True), Claim("--output's lock", lock_path(folder)),
-                Claim("--output's Ray progress folder", progress, folder=True)]  # fmt: skip
-    if names_many(config.input):
-        if config.output is None or is_url(config.output):
-            return []  # the default <folder>.scored is beside the input folder; folders.py checks it
-        folder = Path(config.output)
-        finished = folder.parent / f".{folder.name}.batchsent-files.json"
-        return [Claim("--output", folder, folder=True), Claim("--output's list of finished files", finished),
-                Claim("--output's lock", lock_path(folder))]  # fmt: skip
-    output = config.output_path
-    if is_url(output):
+        assert isinstance(output, Path)
+        return [Claim("--output", output), Claim("--output's progress folder", Checkpoint(output).directory, folder=True),
+                Claim("--output's lock", lock_path(output))]  # fmt: skip
+    folder = _output_folder(config, inputs)
+    if folder is None:
         return []
-    assert isinstance(output, Path)
-    return [Claim("--output", output), Claim("--output's progress folder", Checkpoint(output).directory, folder=True),
-            Claim("--output's lock", lock_path(output))]  # fmt: skip
+    if config.engine == "ray":
+        progress = folder.parent / f".{folder.name}.batchsent-ray"
+        claims = [Claim("--output", folder, folder=True), Claim("--output's lock", lock_path(folder)),
+                  Claim("--output's Ray progress folder", progress, folder=True),
+                  Claim("--output's staging folder", folder.parent / f".{folder.name}.batchsent-staging", folder=True)]  # fmt: skip
+    else:
+        finished = folder.parent / f".{folder.name}.batchsent-files.json"
+        claims = [Claim("--output", folder, folder=True), Claim("--output's list of finished files", finished),
+                  Claim("--output's lock", lock_path(folder))]  # fmt: skip
+    for source in inputs.files if inputs is not None else ():
+        target = folder / inputs.relative(source)  # type: ignore[union-attr]
+        claims.append(Claim(f"the output of {source}", target, per_file=True))
+        if config.engine != "ray":
+            claims += [Claim(f"the progress folder of {source}", Checkpoint(target).directory, folder=True, per_file=True),
+                       Claim(f"the lock of {source}", lock_path(target), per_file=True)]  # fmt: skip
+    return claims
 
 
-def written_claims(config: JobConfig) -> list[Claim]:
+def _inputs(config: JobConfig) -> InputFiles | None:
+    """The local files INPUT names (None for object storage, or a folder the engine reports as empty or mixed)."""
+    if is_url(config.input):
+        return None
+    try:
+        return expand(config.input)
+    except BatchsentError:
+        return None  # an empty or mixed folder: the engine reports it (and records it in the manifest)
+
+
+def written_claims(config: JobConfig, inputs: InputFiles | None = None) -> list[Claim]:
     """Every local path a run of ``config`` writes, under the option that names it."""
-    claims = _output_claims(config)
+    claims = _output_claims(config, inputs)
     for role, path in (("--manifest", config.manifest), ("--report", config.report)):
         if path is not None:
             claims.append(Claim(role, Path(path)))
@@ -101,16 +137,12 @@ def written_claims(config: JobConfig) -> list[Claim]:
     return claims
 
 
-def read_claims(config: JobConfig) -> list[Claim]:
+def read_claims(config: JobConfig, inputs: InputFiles | None = None) -> list[Claim]:
     """The local files a run reads (every file of a folder or glob) and the local model folders it loads."""
     claims: list[Claim] = []
     if not is_url(config.input):
         if names_many(config.input):
-            try:
-                files = expand(config.input).files
-            except BatchsentError:
-                files = []  # an empty or mixed folder: the engine reports it (and records it in the manifest)
-            claims += [Claim("the input file", Path(path)) for path in files]
+            claims += [Claim("the input file", Path(path)) for path in (inputs.files if inputs is not None else ())]
         else:
             claims.append(Claim("the input file", Path(config.input)))
     for model in config.scoring_models():
@@ -121,8 +153,11 @@ def read_claims(config: JobConfig) -> list[Claim]:
 
 
 def check_distinct_paths(config: JobConfig) -> None:
-    """Refuse (UsageError, exit 2) a run that would write one path twice, over an input, or into a folder it reads."""
-    written = written_claims(config)
+    """Refuse (UsageError, exit 2) a run that would write one path twice, over an input, into a folder it reads
+    (the input folder, whose next run would read the output, or a model folder)."""
+    inputs = _inputs(config) if names_many(config.input) or config.engine == "ray" else None
+    claims = written_claims(config, inputs)
+    written = [claim for claim in claims if not claim.per_file]
     for index, claim in enumerate(written):
         for other in written[index + 1 :]:
             if _same(claim, other):
@@ -132,20 +167,42 @@ def check_distinct_paths(config: JobConfig) -> None:
                 if _inside(inner, outer):
                     raise UsageError(f"{inner.shown()} lies inside {outer.shown()}, which the run owns; choose a path "
                                      "outside it")  # fmt: skip
-    reads = read_claims(config)
-    for claim in written:
-        for source in reads:
-            if _same(claim, source) and not source.folder:
-                raise UsageError(f"{claim.shown()} is {source.role} {source.path}: a run never writes over its input; "
-                                 "choose another path")  # fmt: skip
-            if _inside(claim, source) and source.role == "the model folder":
-                raise UsageError(f"{claim.shown()} lies inside {source.role} {source.path}: a run never writes into a "
+    _check_input_folder(config, inputs, written)  # -o the input folder: said of the folder, not of each file in it
+    reads = read_claims(config, inputs)
+    models = [source for source in reads if source.folder]
+    files = [source for source in reads if not source.folder]
+    by_path = {source.resolved: source for source in files}
+    by_identity = {identity: source for source in files if (identity := _file_identity(source.path)) is not None}
+    for claim in claims:
+        identity = _file_identity(claim.path)
+        source = by_path.get(claim.resolved) or (by_identity.get(identity) if identity is not None else None)
+        if source is not None:
+            raise UsageError(f"{claim.shown()} is {source.role} {source.path}: a run never writes over its input; "
+                             "choose another path")  # fmt: skip
+        for model in models:
+            if _inside(claim, model):
+                raise UsageError(f"{claim.shown()} lies inside {model.role} {model.path}: a run never writes into a "
                                  "model it loads; choose another path")  # fmt: skip
-            if claim.role == "--cache" and _inside(source, claim):  # a Ray run's cache folder holds no input
+        for source in reads if claim.role == "--cache" else ():  # a Ray run's cache folder holds no input
+            if _inside(source, claim):
                 raise UsageError(f"{source.role} {source.path} lies inside {claim.shown()}, which the run owns; choose "
                                  "a path outside it")  # fmt: skip
-    if config.cache is not None and config.engine == "ray" and not is_url(config.cache) and not is_url(config.input):
-        cache, source = Path(config.cache).expanduser().resolve(), Path(config.input).expanduser().resolve()
-        if source.is_dir() and cache.is_relative_to(source):
-            raise UsageError(f"--cache {config.cache} lies inside the input folder {config.input}: its files would be "
-                             "read as input the next night; choose a path outside it")  # fmt: skip
+    _check_input_folder(config, inputs, [claim for claim in claims if claim.per_file])
+
+
+def _check_input_folder(config: JobConfig, inputs: InputFiles | None, claims: list[Claim]) -> None:
+    """Nothing a run writes beside its outputs lands inside the input folder: the next run would read it (a Ray
+    run's cache folder included)."""
+    if inputs is None or not inputs.many or not isinstance(inputs.root, Path):
+        return
+    root = Path(os.path.abspath(inputs.root.expanduser())).resolve()
+    for claim in claims:
+        if not (claim.role.startswith(("--output", "the output of", "the progress folder", "the lock of"))
+                or (claim.role == "--cache" and config.engine == "ray")):  # fmt: skip
+            continue
+        if claim.resolved == root or claim.resolved.is_relative_to(root):
+            if claim.role == "--cache":
+                raise UsageError(f"{claim.shown()} lies inside the input folder {inputs.root}: its files would be read "
+                                 "as input the next night; choose a path outside it")  # fmt: skip
+            raise UsageError(f"{claim.shown()} lies inside the input folder {inputs.root}: the next run would read it "
+                             "as input; choose an --output folder outside it")  # fmt: skip

@@ -32,6 +32,8 @@ def check_report_target(target: Path) -> None:
         raise UsageError(f"{target}: a report is an .html file")
     if not target.parent.is_dir():
         raise UsageError(f"{target}: the folder {target.parent} does not exist")
+    if target.is_dir():
+        raise UsageError(f"{target}: is a folder; a report is an .html file")
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,10 @@ class RunReuse:
     ask for them (a few chunks), so memory does not grow with the file.
     """
 
-    def __init__(self, store: PredictionCache, model: ModelKey, run_id: int) -> None:
-        self.store, self.model, self.run_id = store, model, run_id
+    def __init__(self, store: PredictionCache, model: ModelKey, run_id: int, *, shared: bool = True) -> None:
+        """``shared``: ``store`` is the user's --cache; False for a run's private store, where an entry of an
+        earlier run is this run's own before it was interrupted (a repeated text, not one "from the cache")."""
+        self.store, self.model, self.run_id, self.shared = store, model, run_id, shared
         self._lock = threading.Lock()
         self._in_flight: set[bytes] = set()
         self._recent: list[tuple[int, dict[bytes, Values]]] = []  # (plans made when stored, values)
@@ -109,7 +111,7 @@ class RunReuse:
                 continue
             entry = plan.known.get(key)
             values = (entry.probabilities, bool(entry.truncated), entry.windows) if entry is not None else earlier[key]
-            if entry is not None and entry.run != self.run_id:
+            if entry is not None and entry.run != self.run_id and self.shared:
                 counts.cached += 1
             else:
                 counts.duplicates += 1

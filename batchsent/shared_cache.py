@@ -119,45 +119,46 @@ def _newest_first(table: pa.Table) -> pa.Table:
 class SharedCache:
     """A shared cache location, opened (and created when missing or empty, with ``create``) and checked."""
 
-    def __init__(self, location: str | Path, *, create: bool = True) -> None:
+    def __init__(self, location: str | Path, *, create: bool = True, named: str = "--cache") -> None:
+        self.named = named  # how messages name it: "--cache" for a run, "cache" for `batchsent cache`
         # A local folder by its absolute path: Ray's worker processes do not share the driver's working folder.
         self.location = str(location).rstrip("/") if is_url(str(location)) else str(Path(location).expanduser().resolve())
         self.shown = redact(self.location)
         try:
             self.filesystem, self.root = filesystem_of(self.location)
         except Exception as error:  # noqa: BLE001 - a URL pyarrow cannot open, in one line
-            raise CacheError(f"--cache {self.shown}: {first_line(error)}") from None
+            raise CacheError(f"{self.named} {self.shown}: {first_line(error)}") from None
         self._loaded: OrderedDict[tuple[str, int], _Bucket] = OrderedDict()
         self.run: str | None = None  # set by start_run
         self._loaded_entries = 0
         try:
             self._check_or_create(create)
         except OSError as error:
-            raise CacheError(f"--cache {self.shown}: {first_line(error)}") from None
+            raise CacheError(f"{self.named} {self.shown}: {first_line(error)}") from None
 
     def _check_or_create(self, create: bool) -> None:
         from pyarrow import fs
 
         found = self.filesystem.get_file_info(self.root).type
         if found == fs.FileType.File:
-            raise CacheError(f"--cache {self.shown}: a file, and a Ray run's cache is a folder or an object prefix (a "
+            raise CacheError(f"{self.named} {self.shown}: a file, and a Ray run's cache is a folder or an object prefix (a "
                              "SQLite cache is the local engine's; `batchsent cache export` copies one into a folder)")  # fmt: skip
         marker = self._read_json(MARKER)
         if marker is None:
             empty = found == fs.FileType.NotFound or not self.filesystem.get_file_info(fs.FileSelector(self.root))
             if not empty:
-                raise CacheError(f"--cache {self.shown}: not a batchsent cache (it holds other files and no {MARKER})")
+                raise CacheError(f"{self.named} {self.shown}: not a batchsent cache (it holds other files and no {MARKER})")
             if not create:
                 raise CacheError(f"{self.shown}: no such cache (neither a SQLite cache file nor a folder or prefix "
                                  "that a Ray run's --cache made)")  # fmt: skip
             if not is_url(self.location) and not Path(self.location).parent.is_dir():
-                raise CacheError(f"--cache {self.shown}: the folder {Path(self.location).parent} does not exist")
+                raise CacheError(f"{self.named} {self.shown}: the folder {Path(self.location).parent} does not exist")
             self._write_json(MARKER, {"format": FORMAT, "version": FORMAT_VERSION, "buckets": 256})
             return
         if marker.get("format") != FORMAT:
-            raise CacheError(f"--cache {self.shown}: not a batchsent cache ({MARKER} says {marker.get('format')!r})")
+            raise CacheError(f"{self.named} {self.shown}: not a batchsent cache ({MARKER} says {marker.get('format')!r})")
         if marker.get("version") != FORMAT_VERSION:
-            raise CacheError(f"--cache {self.shown}: a shared cache of version {marker.get('version')}, and this "
+            raise CacheError(f"{self.named} {self.shown}: a shared cache of version {marker.get('version')}, and this "
                              f"batchsent reads version {FORMAT_VERSION}; point --cache at a new location")  # fmt: skip
 
     # --- small files -------------------------------------------------------------------------
@@ -200,7 +201,7 @@ class SharedCache:
         try:
             self._write_json(f"runs/{run}.json", {"started": time.time(), "version": version})
         except OSError as error:
-            raise CacheError(f"--cache {self.shown}: cannot write: {first_line(error)}") from None
+            raise CacheError(f"{self.named} {self.shown}: cannot write: {first_line(error)}") from None
         self.run = run
         return run
 

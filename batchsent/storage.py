@@ -14,26 +14,41 @@ Reads stream. Outputs are staged on local disk by the job and uploaded when comp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BatchsentError, InputError, OutputError, ScoringError, first_line
+from .errors import BatchsentError, InputError, OutputError, ScoringError, UsageError, first_line
 
 SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "abfss://")
 UPLOAD_BLOCK_BYTES = 8 << 20
-# The user-info part of any URL (``scheme://KEY:SECRET@host``): a credential, never printed or recorded.
-_USER_INFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@")
+# The user-info part of any URL (``scheme://KEY:SECRET@host``): a credential, never printed or recorded. It runs
+# to the last "@" before the host's "/" (a secret may hold "@"), and a URL that went through a path, which folds
+# "//" into "/", is still one.
+_USER_INFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*:/{1,3})[^/\s'\"]*@")
+# Any ``scheme://`` location, supported or not: one that is not an object-storage URL is refused, never taken
+# for a local path named "https:/host/...".
+_ANY_URL = re.compile(r"(?i)^([a-z][a-z0-9+.-]*)://")
 REDACTED = "***@"
 
 
 def is_url(value: object) -> bool:
     return isinstance(value, str) and value.lower().startswith(SCHEMES)
+
+
+def check_location(option: str, value: object) -> None:
+    """Refuse a ``scheme://`` location whose scheme batchsent does not read or write (http, hf, file, hdfs...)."""
+    match = _ANY_URL.match(value) if isinstance(value, str) else None
+    if match and not is_url(value):
+        raise UsageError(f"{option} {redact(str(value))}: {match.group(1)}:// is not supported; give a local path or "
+                         "an s3://, gs:// or az:// URL")  # fmt: skip
 
 
 def redact(text: str) -> str:
@@ -72,11 +87,15 @@ class Remote:
         return Remote(f"{self.url.rstrip('/')}/{relative}", self.fs, f"{self.path.rstrip('/')}/{relative}")
 
     def info(self, error: type[BatchsentError] = InputError) -> Any:
-        """The object's FileInfo; a storage failure (denied, unreachable) as one line."""
+        """The object's FileInfo; a storage failure (denied, unreachable, no credentials) as one line. The first
+        request is where credentials are looked for (Azure's chain runs the `az` CLI, kept off the terminal)."""
+        import pyarrow as pa
+
         try:
-            return self.fs.get_file_info(self.path)
-        except OSError as failure:
-            raise error(f"{self.url}: {_reason(failure)}") from failure
+            with native_stderr_silenced() if self.fs.type_name == "abfs" else contextlib.nullcontext():
+                return self.fs.get_file_info(self.path)
+        except (OSError, pa.ArrowException) as failure:
+            raise error(f"{redact(self.url)}: {failure_reason(failure)}") from failure
 
 
 def _pyarrow_uri(url: str) -> str:
@@ -94,13 +113,28 @@ def _pyarrow_uri(url: str) -> str:
 
 def remote(url: str, error: type[BatchsentError] = InputError) -> Remote:
     """The filesystem and path of ``url``, configured from the environment."""
+    import pyarrow as pa
     from pyarrow import fs
 
+    uri = _pyarrow_uri(url)
     try:
-        filesystem, path = fs.FileSystem.from_uri(_pyarrow_uri(url))
-    except (OSError, ValueError) as failure:
-        raise error(f"{url}: {_reason(failure)}") from failure
+        filesystem, path = fs.FileSystem.from_uri(uri)
+    except (OSError, ValueError, pa.ArrowException) as failure:
+        raise error(f"{redact(url)}: {failure_reason(failure)}") from failure
     return Remote(url, filesystem, path)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null for the block (what native code and its child processes write)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def filesystem_of(location: str) -> tuple[Any, str]:
@@ -111,6 +145,21 @@ def filesystem_of(location: str) -> tuple[Any, str]:
         found = remote(location)
         return found.fs, found.path
     return fs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+
+
+def write_bytes_atomically(filesystem: Any, folder: str, name: str, data: bytes) -> None:
+    """Write ``data`` as ``folder/name``, whole or not at all (as ``write_parquet_atomically``)."""
+    from pyarrow import fs
+
+    if isinstance(filesystem, fs.LocalFileSystem):
+        filesystem.create_dir(folder, recursive=True)
+        temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.partial"
+        with filesystem.open_output_stream(temporary) as stream:
+            stream.write(data)
+        os.replace(temporary, f"{folder}/{name}")
+    else:
+        with filesystem.open_output_stream(f"{folder}/{name}") as stream:
+            stream.write(data)
 
 
 def write_parquet_atomically(filesystem: Any, folder: str, name: str, table: Any) -> None:
@@ -128,14 +177,16 @@ def write_parquet_atomically(filesystem: Any, folder: str, name: str, table: Any
         pq.write_table(table, f"{folder}/{name}", filesystem=filesystem)
 
 
-def _reason(failure: BaseException) -> str:
+def failure_reason(failure: BaseException) -> str:
     """A storage error in one line: the AWS/GCS/Azure error name and its detail, without pyarrow's wrapping."""
     text = first_line(failure)
     for marker, meaning in (("NETWORK_CONNECTION", "cannot reach the storage endpoint"),
                             ("ACCESS_DENIED", "access denied (check the credentials in the environment)"),
                             ("INVALID_ACCESS_KEY_ID", "access denied: the access key id is not known"),
                             ("SIGNATURE_DOES_NOT_MATCH", "access denied: the secret key does not match"),
-                            ("NO_SUCH_BUCKET", "no such bucket")):  # fmt: skip
+                            ("NO_SUCH_BUCKET", "no such bucket"),
+                            ("AuthenticationException", ("no Azure credentials found (set AZURE_STORAGE_ACCOUNT_KEY, "
+                                                         "or sign in with az login or a managed identity)"))):  # fmt: skip
         if marker in text:
             return f"{meaning} ({text})"
     return text
@@ -173,7 +224,7 @@ def _check_bucket(location: Remote, error: type[BatchsentError]) -> None:
     try:
         found = location.fs.get_file_info(bucket).type
     except OSError as failure:
-        raise error(f"{location.url}: {_reason(failure)}") from failure
+        raise error(f"{location.url}: {failure_reason(failure)}") from failure
     if found == fs.FileType.NotFound:
         raise error(f"{location.url}: no such bucket or container {bucket!r}")
 
@@ -199,7 +250,7 @@ def upload(local: Path, location: Remote) -> None:
         stream.close()
     except (OSError, ValueError) as failure:
         _discard(stream, location, started)
-        raise ScoringError(f"{location.url}: the upload failed, nothing was published: {_reason(failure)}") from failure
+        raise ScoringError(f"{location.url}: the upload failed, nothing was published: {failure_reason(failure)}") from failure
     except BaseException:
         _discard(stream, location, started)
         raise

@@ -259,11 +259,23 @@ class TuningStore:
                 found.append(Tuning.from_json(text))
         return found
 
+    def check_writable(self) -> None:
+        """Refuse, before minutes of measuring, a store that cannot take the result (damaged, read-only)."""
+        with self._connect() as connection:
+            connection.execute("BEGIN IMMEDIATE")  # takes the write lock: fails where no write could succeed
+            connection.execute("ROLLBACK")
+
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """Held while a tuning runs: a second run on this machine waits, then finds the stored result."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name("tuning.lock"), "a+") as handle:
+        lock = self.path.with_name("tuning.lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock, "a+")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise UsageError(f"{lock}: cannot take the tuning lock ({first_line(error)}); set BATCHSENT_STATE_DIR to "
+                             "a folder this user can write") from None  # fmt: skip
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -352,6 +364,7 @@ def run_tuning(base: ModelOptions, texts: Sequence[str], sample: str, time_cap: 
     if notes is not None:
         notes(f"measuring the variants of {base.model} on {sample}, at most {time_cap:g} s")
     store = TuningStore()
+    store.check_writable()
     with store.exclusive():
         measurements = measure(fixed, texts, time_cap, notes)
         tuning = Tuning(scope, facts, sample, datetime.now(timezone.utc).isoformat(timespec="seconds"), measurements)
@@ -370,8 +383,12 @@ def fast_variant(base: ModelOptions, config: Any, max_length: int, notes: Notes 
     scope = scope_of(base.model, max_length, torch.get_num_threads(), this_cpu())
     facts = facts_of(base.model, config)
     store = TuningStore()
+    stored = store.get(scope)  # a current tuning needs no lock (and no write: a read-only state folder serves it)
+    if stored is not None and stored.facts == facts:
+        return stored
+    store.check_writable()
     with store.exclusive():
-        stored = store.get(scope)
+        stored = store.get(scope)  # another run may have measured it while this one waited
         if stored is not None and stored.facts == facts:
             return stored
         why = (f"the stored tuning was measured with {describe_change(stored.facts, facts)}, so it is ignored"

@@ -161,7 +161,7 @@ def test_tune_on_a_sample_of_your_own(tmp_path, binary_model):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--model", "/nonexistent/model"], "/nonexistent/model"),
-    (["--time-cap", "0"], "--time-cap must be positive"),
+    (["--time-cap", "0"], "--time-cap must be more than 0"),
     (["--sample", "/nonexistent.csv"], "/nonexistent.csv"),
 ])  # fmt: skip
 def test_tune_refusals_are_one_line(binary_model, args, message):

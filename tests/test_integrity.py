@@ -1,0 +1,298 @@
+"""Nothing lost, nothing mixed, nothing leaked: careless and hostile runs that must end in one line (or succeed
+without harm), on both engines where the rule is theirs to share."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+from conftest import build_tiny_model, fail_third_chunk, write_corpus
+from test_guarantees import one_error_line, score
+
+from batchsent.cache import PredictionCache
+from batchsent.checkpoint import Checkpoint
+from batchsent.options import usable_cpus
+
+ENGINES = ["local", "ray"]
+
+# --- every file a folder run writes is checked against every input, on both engines ------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_folder_output_that_lands_on_an_input_is_refused_and_the_input_kept(tmp_path, binary_model, monkeypatch,
+                                                                              engine):  # fmt: skip
+    (tmp_path / "d" / "d").mkdir(parents=True)
+    (tmp_path / "d" / "x.csv").write_text("text\nI loved it\n")
+    (tmp_path / "d" / "d" / "x.csv").write_text("text\nI hated it\n")
+    monkeypatch.chdir(tmp_path)
+    result = score("d", "-o", tmp_path, "--overwrite", "--model", binary_model, "--engine", engine)
+    one_error_line(result, 2, "the output of d/d/x.csv", "is the input file d/x.csv", "never writes over its input")
+    assert (tmp_path / "d" / "x.csv").read_text() == "text\nI loved it\n"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_output_inside_the_input_folder_is_refused(tmp_path, binary_model, engine):
+    folder = tmp_path / "in"
+    write_corpus(folder / "a.csv" if folder.mkdir() is None else folder, 5, seed=1, longest_words=5)
+    result = score(folder, "-o", folder / "out", "--model", binary_model, "--engine", engine)
+    one_error_line(result, 2, "lies inside the input folder", "the next run would read it")
+    assert sorted(p.name for p in folder.iterdir()) == ["a.csv"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_input_folder_inside_the_output_folder_is_refused_where_an_output_lands_in_it(tmp_path, binary_model,
+                                                                                          monkeypatch, engine):  # fmt: skip
+    (tmp_path / "d" / "d").mkdir(parents=True)
+    (tmp_path / "d" / "d" / "y.csv").write_text("text\nfine\n")
+    monkeypatch.chdir(tmp_path)
+    result = score("d", "-o", tmp_path, "--model", binary_model, "--engine", engine)  # d/d/y.csv -> ./d/y.csv
+    one_error_line(result, 2, "the output of d/d/y.csv", "lies inside the input folder d")
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "d").rglob("*")) == ["d/d", "d/d/y.csv"]
+
+
+def test_scoring_the_current_folder_names_its_output_after_it(tmp_path, binary_model, monkeypatch):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    write_corpus(folder / "a.csv", 4, seed=1, longest_words=5)
+    monkeypatch.chdir(folder)
+    for spec in (".", "./"):
+        result = score(spec, "--model", binary_model, "--overwrite")
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "exports.scored" / "a.csv").is_file()
+
+
+# --- a model is what it claims to be ----------------------------------------------------------------------------
+
+
+def test_a_model_folder_without_its_tokenizer_is_one_line(tmp_path, binary_model):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(binary_model / name, bare / name)
+    source = write_corpus(tmp_path / "in.csv", 5, seed=1, longest_words=5)
+    result = score(source, "--model", bare, "-o", tmp_path / "out.csv")
+    one_error_line(result, 2, f"model '{bare}' has no tokenizer", "tokenizer.save_pretrained")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def _hub_cache(root: Path, model: Path, commits: list[str]) -> Path:
+    """A Hugging Face cache holding ``org/sentiment`` at each commit (one model folder per commit), main at the first."""
+    repository = root / "models--org--sentiment"
+    for commit, source in zip(commits, [model] * len(commits)):
+        shutil.copytree(source, repository / "snapshots" / commit)
+    (repository / "refs").mkdir()
+    (repository / "refs" / "main").write_text(commits[0])
+    return root
+
+
+def test_a_hub_model_is_keyed_by_the_commit_it_loaded_and_resume_refuses_another(tmp_path, binary_model, tiny_models,
+                                                                                 monkeypatch):  # fmt: skip
+    first, second = "1" * 40, "2" * 40
+    cache = _hub_cache(tmp_path / "hub", binary_model, [first, second])
+    shutil.rmtree(cache / "models--org--sentiment" / "snapshots" / second)  # main moves to other weights later
+    shutil.copytree(tiny_models["three"].parent / "binary", cache / "models--org--sentiment" / "snapshots" / second)
+    build_tiny_model(cache / "models--org--sentiment" / "snapshots" / second, "binary", seed=7)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    source = write_corpus(tmp_path / "in.csv", 200, seed=2, longest_words=20)
+    output, manifest = tmp_path / "out.csv", tmp_path / "run.json"
+    args = [source, "--model", "org/sentiment", "-o", output, "--chunk-rows", "50", "--manifest", manifest]
+    fail_third_chunk(monkeypatch, "node rebooted")
+    assert score(*args).exit_code == 1
+    monkeypatch.undo()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert json.loads(manifest.read_text())["model"]["revision"] == first
+    (cache / "models--org--sentiment" / "refs" / "main").write_text(second)
+    result = score(*args, "--resume")
+    one_error_line(result, 2, "cannot resume", "model.revision", first, second)
+    (cache / "models--org--sentiment" / "refs" / "main").write_text(first)
+    assert score(*args, "--resume").exit_code == 0
+
+
+def test_weights_replaced_while_a_cached_run_loads_them_are_refused_and_not_cached(tmp_path, binary_model, monkeypatch):
+    from batchsent.model import Pretrained
+
+    model = tmp_path / "model"
+    shutil.copytree(binary_model, model)
+    other = build_tiny_model(tmp_path / "other", "binary", seed=11)
+    original = Pretrained.load_model
+
+    def swapped_first(self):
+        shutil.copy(other / "model.safetensors", model / "model.safetensors")  # between the key and the weights
+        return original(self)
+
+    monkeypatch.setattr(Pretrained, "load_model", swapped_first)
+    source = write_corpus(tmp_path / "in.csv", 20, seed=2, longest_words=10)
+    cache = tmp_path / "pc.sqlite"
+    result = score(source, "--model", model, "--cache", cache, "-o", tmp_path / "out.csv")
+    one_error_line(result, 2, f"model '{model}' changed while this run loaded it", "model.safetensors")
+    assert PredictionCache(cache, create=False).stats()["entries"] == 0
+    assert not (tmp_path / "out.csv").exists()
+
+
+# --- inputs are keyed by content --------------------------------------------------------------------------------
+
+
+def test_resume_refuses_an_input_edited_in_the_middle_with_its_size_and_mtime_kept(tmp_path, binary_model, monkeypatch):
+    source = write_corpus(tmp_path / "in.csv", 400, seed=5, longest_words=30)
+    output = tmp_path / "out.csv"
+    args = [source, "--model", binary_model, "-o", output, "--chunk-rows", "50"]
+    fail_third_chunk(monkeypatch, "node rebooted")
+    assert score(*args).exit_code == 1
+    monkeypatch.undo()
+    stat = source.stat()
+    data = bytearray(source.read_bytes())
+    middle = data.index(b"\n200,") + 5
+    data[middle + 1 : middle + 4] = b"zzz" if data[middle + 1 : middle + 4] != b"zzz" else b"yyy"  # same size
+    source.write_bytes(bytes(data))
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert source.stat().st_size == stat.st_size and source.stat().st_mtime_ns == stat.st_mtime_ns
+    one_error_line(score(*args, "--resume"), 2, "cannot resume", "input.sha256")
+    assert Checkpoint(output).exists()
+
+
+# --- credentials in any URL, numbers bounded by the machine --------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["INPUT", "--output", "--manifest", "--report", "--cache"])
+@pytest.mark.parametrize("url", ["https://AK:SEC@RET@host/x.csv", "http://u:SEC@RET@h/x.csv", "hf://u:SEC@RET@x/y.csv",
+                                 "file://u:SEC@RET@x/y.csv", "hdfs://u:SEC@RET@x/y.csv"])  # fmt: skip
+def test_an_unsupported_url_is_one_line_that_never_shows_its_credentials(tmp_path, binary_model, where, url, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    source = write_corpus(tmp_path / "in.csv", 3, seed=1, longest_words=5)
+    manifest = tmp_path / "run.json"
+    args = [url] if where == "INPUT" else [source, where, url]
+    extra = ["--manifest", manifest] if where != "--manifest" else []
+    result = score(*args, "--model", binary_model, *extra)
+    line = one_error_line(result, 2, "is not supported", "***@")
+    assert "SEC" not in result.output and "RET" not in line
+    assert not manifest.exists() or "SEC" not in manifest.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.csv", *(["run.json"] if manifest.exists() else [])])
+
+
+def test_a_secret_holding_at_signs_is_redacted_whole():
+    from batchsent.storage import redact
+
+    assert redact("error: s3://AK:SEC@RETX@bkt/x.csv failed") == "error: s3://***@bkt/x.csv failed"
+    assert redact("https:/user:pw@host/x (a URL through a path)") == "https:/***@host/x (a URL through a path)"
+    assert redact("s3://bucket/a@b.csv") == "s3://bucket/a@b.csv"
+
+
+@pytest.mark.parametrize("option", [["--threads", "100000"], ["--chunk-rows", str(10**17)],
+                                    ["--engine", "ray", "--workers", "100000"],
+                                    ["--engine", "ray", "--gpus-per-worker", "1"]])  # fmt: skip
+def test_numbers_past_what_the_machine_has_are_one_line(tmp_path, binary_model, option):
+    if option[-1] == "1" and __import__("torch").cuda.device_count():
+        pytest.skip("this machine has a GPU")
+    source = write_corpus(tmp_path / "in.csv", 3, seed=1, longest_words=5)
+    result = score(source, "--model", binary_model, *option)
+    one_error_line(result, 2, option[-2])
+    assert str(usable_cpus()) in result.output or "GPUs" in result.output or "1,000,000" in result.output
+
+
+def test_tune_threads_are_bounded_too(binary_model):
+    from typer.testing import CliRunner
+
+    from batchsent.cli import app
+
+    result = CliRunner().invoke(app, ["tune", "--model", str(binary_model), "--threads", "100000"])
+    one_error_line(result, 2, "--threads 100000", f"at most {usable_cpus()}")
+
+
+def test_a_ray_address_in_the_environment_that_does_not_answer_is_one_line(tmp_path, binary_model, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    source = write_corpus(tmp_path / "in.csv", 3, seed=1, longest_words=5)
+    one_error_line(score(source, "--model", binary_model, "--engine", "ray"), 2, "$RAY_ADDRESS", "cannot reach")
+
+
+# --- a killed run's leftovers are cleared by the next one ------------------------------------------------------------
+
+
+def test_a_copy_left_by_a_kill_at_the_final_rename_is_removed_by_the_next_run(tmp_path, binary_model):
+    source = write_corpus(tmp_path / "k8.csv", 10, seed=1, longest_words=5)
+    output = tmp_path / "out.csv"
+    (tmp_path / ".out.csv.abc123.partial").write_text("a whole copy, never renamed")
+    assert score(source, "--model", binary_model, "-o", output).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k8.csv", "out.csv"]
+
+
+# --- object outputs: one writer, a lease; a merge never publishes fewer rows than the input has ------------------
+
+
+@pytest.fixture
+def s3_lease(s3_env, monkeypatch):
+    """moto's environment for in-process storage calls, and a short settle time."""
+    env, client = s3_env
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("batchsent.lock.SETTLE_SECONDS", 0.2)
+    return client
+
+
+def test_a_live_lease_refuses_a_second_writer_and_is_gone_after_the_first(s3_lease):
+    from batchsent.errors import OutputError
+    from batchsent.lock import ObjectLease
+
+    with ObjectLease("s3://nightly/out"):
+        assert s3_lease.get_object(Bucket="nightly", Key=".out.batchsent-lease.json")["Body"].read()
+        with pytest.raises(OutputError, match=r"another batchsent run \(.*pid \d+\) is writing this output"):
+            ObjectLease("s3://nightly/out").__enter__()
+    assert not s3_lease.list_objects_v2(Bucket="nightly").get("Contents")
+    with ObjectLease("s3://nightly/out"):  # free again
+        pass
+
+
+def test_a_lease_left_by_a_dead_run_on_this_host_is_taken_over_at_once(s3_lease):
+    import socket
+    import subprocess
+    import sys
+
+    from batchsent.lock import ObjectLease
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    lease = {"token": "x", "host": socket.gethostname(), "pid": int(dead.stdout), "renewed_at": __import__("time").time()}
+    s3_lease.put_object(Bucket="nightly", Key=".out.batchsent-lease.json", Body=json.dumps(lease).encode())
+    with ObjectLease("s3://nightly/out") as held:
+        held.check()
+
+
+def test_a_lease_taken_over_stops_the_publish(s3_lease, monkeypatch):
+    import time
+
+    from batchsent.errors import OutputError
+    from batchsent.lock import ObjectLease
+
+    monkeypatch.setattr("batchsent.lock.RENEW_SECONDS", 0.1)
+    with ObjectLease("s3://nightly/out") as held:
+        s3_lease.put_object(Bucket="nightly", Key=".out.batchsent-lease.json", Body=b'{"token": "another run"}')
+        time.sleep(0.5)
+        with pytest.raises(OutputError, match="taken over by another run"):
+            held.check()
+
+
+def test_a_merge_short_of_the_inputs_rows_publishes_nothing(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    from pyarrow import fs
+
+    from batchsent import ray_io
+    from batchsent.errors import ScoringError
+    from batchsent.storage import write_parquet_atomically
+
+    part = pa.table({"text": ["a", "b"], "s_label": ["X", "Y"], "s_score": pa.array([0.5, 0.6], pa.float32()),
+                     ray_io.FILE: pa.array(np.zeros(2, np.int32)), ray_io.ROW: pa.array(np.arange(2)),
+                     ray_io.truncated_column(0): pa.array([False, False])})  # fmt: skip
+    write_parquet_atomically(fs.LocalFileSystem(), str(tmp_path / "parts" / "000000"), "000000000000.parquet", part)
+    schema = pa.schema([("text", pa.string())])
+    added = ray_io.added_fields(str(tmp_path / "parts"), 1, [schema])
+    assert [field.name for field in added] == ["s_label", "s_score"]
+    with pytest.raises(ScoringError, match="hold 2 of its 3 rows"):
+        ray_io.merge_parts(str(tmp_path / "parts"), 0, "in.csv", schema, added, ["s_label"], tmp_path / "out.csv", 3,
+                           ray_io.MergeCounts())  # fmt: skip
+    assert not (tmp_path / "out.csv").exists()
+    ray_io.merge_parts(str(tmp_path / "parts"), 1, "empty.csv", schema, added, ["s_label"], tmp_path / "empty.csv", 0,
+                       ray_io.MergeCounts())  # a file with no rows gets the prediction columns all the same  # fmt: skip
+    assert (tmp_path / "empty.csv").read_text() == '"text","s_label","s_score"\n'
