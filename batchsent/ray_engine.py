@@ -13,33 +13,38 @@ checked before the cluster does any work.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import hashlib
 import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 import warnings
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pyarrow as pa
 
 from . import io, ray_io
 from .checkpoint import ResumeMismatch, first_difference
-from .errors import BatchsentError, OutputError, ScoringError, UsageError, first_line
-from .identity import input_fingerprint, model_identity
+from .errors import BatchsentError, Interrupted, OutputError, ScoringError, UsageError, first_line
+from .identity import hub_commit, input_fingerprint, model_identity
 from .job import ModelSummary, RunSummary, check_input_columns, check_model_columns, check_new_columns
-from .lock import OutputLock
+from .lock import output_lock
 from .options import JobConfig
-from .postprocess import column_names
+from .postprocess import column_names, output_fields
 from .sources import InputFiles, expand
-from .storage import filesystem_of, is_url, redact, remote, upload
+from .storage import filesystem_of, is_url, native_stderr_silenced, redact, remote, upload
 
 
 def check_ray_installed() -> None:
@@ -47,33 +52,50 @@ def check_ray_installed() -> None:
         raise UsageError("--engine ray needs Ray Data: pip install 'batchsent[ray]'")
 
 
-def check_label_columns(config: JobConfig, schema: pa.Schema, path: Path) -> None:
-    """Columns named after labels (--all-scores) checked on the driver, from the models' configs in the local
-    cache, before Ray starts; a model not cached here is checked when its actors load it."""
+def output_columns(config: JobConfig, inputs: InputFiles, schemas: list[pa.Schema]) -> tuple[set[str], list[pa.Field] | None]:
+    """Every column the run adds, checked against every input file before Ray starts (as the local engine checks
+    them); the readers refuse a JSON Lines object that holds one. Columns named after labels (--all-scores) come
+    from the models' configs in this machine's cache; a model not cached here is checked when its actors load it."""
     from transformers import AutoConfig
 
-    if not config.all_scores:
-        return
-    wanted, names = config.scoring_models(), []
+    wanted, names, fields, known = config.scoring_models(), [], [], True
     for model in wanted:
         labels = list(model.options.candidate_labels)
-        if not labels:
+        if config.all_scores and not labels:
             try:
                 loaded = AutoConfig.from_pretrained(model.options.model, revision=model.options.revision or "main",
                                                     local_files_only=True,
                                                     trust_remote_code=model.options.trust_remote_code)  # fmt: skip
+                labels = [str(loaded.id2label[i]) for i in range(loaded.num_labels)]
             except Exception:  # noqa: BLE001 - not here: the actors report it
-                return
-            labels = [str(loaded.id2label[i]) for i in range(loaded.num_labels)]
-        names.append(column_names(labels, model.prefix, True, model.options.long_text == "chunk"))
-    check_model_columns(names, wanted)
-    check_new_columns([name for group in names for name in group], schema, path, wanted[0].name is not None)
+                known = False
+        names.append(column_names(labels, model.prefix, config.all_scores, model.options.long_text == "chunk"))
+        fields += output_fields(labels, model.prefix, config.all_scores, model.options.long_text == "chunk")
+    if known:
+        check_model_columns(names, wanted)
+    every = [name for group in names for name in group]
+    for path, schema in zip(inputs.files, schemas, strict=True):
+        check_new_columns(every, schema, path, wanted[0].name is not None)  # type: ignore[arg-type]
+    return set(every), fields if known else None
 
 
-def check_inputs(inputs: InputFiles, config: JobConfig) -> list[pa.Schema]:
-    """The local engine's checks and messages on every file, before Ray starts; each file's schema as read
-    (JSON Lines: the line and its text keys, with the metadata the writer needs)."""
-    schemas = []
+@dataclass
+class InputsRead:
+    """What the driver's checks read of the inputs: each file's schema as read (JSON Lines: the line and its text
+    keys, with the metadata the writer needs), and their rows (None where a file does not say) and bytes."""
+
+    schemas: list[pa.Schema]
+    total_rows: int | None
+    sizes: list[int]  # each file's bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes)
+
+
+def check_inputs(inputs: InputFiles, config: JobConfig) -> InputsRead:
+    """The local engine's checks and messages on every file, before Ray starts."""
+    schemas, rows, sizes = [], [], []
     for path in inputs.files:
         reader = io.open_reader(path)
         try:
@@ -82,15 +104,17 @@ def check_inputs(inputs: InputFiles, config: JobConfig) -> list[pa.Schema]:
                 reader.text_column(config.pair_column, "--pair-column")
             check_input_columns(config, reader.schema, path)  # type: ignore[arg-type]
             schemas.append(reader.schema)
+            rows.append(reader.total_rows)
+            sizes.append(reader.total_bytes)
         finally:
             reader.close()
-    return schemas
+    return InputsRead(schemas, None if None in rows else sum(rows), sizes)  # type: ignore[arg-type]
 
 
 RAY_CONNECT_SECONDS = 10
 
 
-def check_ray_address(address: str | None) -> None:
+def check_ray_address(address: str | None, named: str = "--ray-address") -> None:
     """Refuse a ``--ray-address`` (``host:port`` or ``ray://host:port``) that does not answer, before Ray tries:
     ``ray.init`` would retry for minutes. ``auto`` and no address (a local Ray for this job) need no check."""
     if address is None or address == "auto" or address.startswith("local"):
@@ -98,12 +122,44 @@ def check_ray_address(address: str | None) -> None:
     target = address.split("://", 1)[-1].rstrip("/")
     host, separator, port = target.rpartition(":")
     if not separator or not port.isdigit():
-        raise UsageError(f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+        raise UsageError(f"{named} {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_SECONDS).close()
     except OSError as error:
-        raise UsageError(f"--ray-address {address}: cannot reach the Ray cluster ({error.strerror or error}); "
+        raise UsageError(f"{named} {address}: cannot reach the Ray cluster ({error.strerror or error}); "
                          "check the address, or leave it out to start a local Ray for this job") from None  # fmt: skip
+
+
+def check_local_resources(config: JobConfig) -> None:
+    """A Ray started for this job runs on this machine: its workers must fit its CPUs, and the GPUs asked for
+    must exist, or Ray would wait for them forever. (A cluster's own resources are its scheduler's to judge.)"""
+    if config.ray_address is not None or os.environ.get("RAY_ADDRESS"):
+        return
+    from .options import usable_cpus
+
+    if config.workers > usable_cpus():
+        raise UsageError(f"--workers {config.workers}: a local Ray on this machine has {usable_cpus()} CPUs; give at "
+                         f"most {usable_cpus()}, or --ray-address of a larger cluster")  # fmt: skip
+    if config.gpus_per_worker:
+        from .device import cuda_device_count
+
+        needed, present = config.workers * config.gpus_per_worker, cuda_device_count()
+        if needed > present:
+            raise UsageError(f"--workers {config.workers} x --gpus-per-worker {config.gpus_per_worker:g} needs {needed:g} "
+                             f"GPUs; this machine has {present}")  # fmt: skip
+
+
+def check_models_here(config: JobConfig) -> None:
+    """A Ray started for this job runs on this machine: each model's tokenizer, config and device are checked here,
+    as the local engine checks them, before the cluster starts (its weights load in the actors). ``fast`` is
+    checked as exact: its tuning belongs to the actors."""
+    if config.ray_address is not None or os.environ.get("RAY_ADDRESS"):
+        return  # the cluster's nodes, not this one, hold the models and devices
+    from .model import Classifier
+
+    for model in config.scoring_models():
+        options = model.options if model.options.precision != "fast" else replace(model.options, precision="exact")
+        Classifier(options, weights=False)
 
 
 def output_folder(config: JobConfig) -> Path | str:
@@ -139,10 +195,11 @@ def _fingerprint(config: JobConfig, inputs: InputFiles) -> dict[str, Any]:
 
 
 def _model_fingerprint(model_ref: str, revision: str | None) -> dict[str, Any]:
-    """A local folder by the content of its files (as the local engine keys it); a Hub id by id and revision."""
+    """A local folder by the content of its files (as the local engine keys it); a Hub id by the commit its
+    revision points at in this machine's cache (the revision as typed where the driver has no copy)."""
     if Path(model_ref).expanduser().is_dir():
         return model_identity(model_ref, None)
-    return {"hub_id": model_ref, "revision": revision}
+    return {"hub_id": model_ref, "revision": hub_commit(model_ref, revision) or revision}
 
 
 class _Progress:
@@ -151,6 +208,7 @@ class _Progress:
     def __init__(self, output: Path | str) -> None:
         self.location = progress_location(output)
         self.parts = f"{self.location}/parts"
+        self.rows = f"{self.location}/rows"  # each input's row count, recorded by its read task
         self.checkpoint = f"{self.location}/checkpoint"
         self.filesystem, self.root = filesystem_of(self.location)
 
@@ -184,22 +242,31 @@ class _Progress:
             self.filesystem.delete_dir(self.root)
 
 
-def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSummary:
-    """Score ``config.input`` on Ray into an output folder or prefix, one file per input file; returns the summary."""
+def run_ray(config: JobConfig, record: dict[str, Any] | None = None, display: Any = None) -> RunSummary:
+    """Score ``config.input`` on Ray into an output folder or prefix, one file per input file; returns the summary.
+    ``display`` (a job Progress) is told the rows committed as Ray scores them."""
     started = time.monotonic()
     record = {} if record is None else record
     check_ray_installed()
-    check_ray_address(config.ray_address)
+    if config.ray_address is not None:
+        check_ray_address(config.ray_address)
+    else:  # ray.init would take it from the environment
+        check_ray_address(os.environ.get("RAY_ADDRESS"), "$RAY_ADDRESS")
+    check_local_resources(config)
     inputs = expand(str(config.input))
     from .model import check_custom_code
 
     for model in config.scoring_models():  # from the driver's copy where it has one; the actors check their own
         check_custom_code(model.options.model, model.options.revision, True, model.options.trust_remote_code)
-    schemas = check_inputs(inputs, config)
-    check_label_columns(config, schemas[0], inputs.files[0])  # type: ignore[arg-type]
+    read = check_inputs(inputs, config)
+    schemas = read.schemas
+    reserved, fields = output_columns(config, inputs, schemas)
+    check_models_here(config)
     output = output_folder(config)
     record["output"] = output
-    with contextlib.nullcontext() if isinstance(output, str) else OutputLock(_checked_local_output(output)):
+    if isinstance(output, Path):
+        _checked_local_output(output)
+    with output_lock(output) as lock:
         progress = _Progress(output)
         fingerprint = _fingerprint(config, inputs)
         try:
@@ -208,8 +275,13 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None) -> RunSumma
             raise OutputError(f"{redact(str(output))}: {first_line(failure)}") from None
         record["ray_progress"] = progress.location
         try:
+            if config.ray_address is None and not os.environ.get("RAY_ADDRESS"):  # a Ray started here: check now
+                from .options import usable_cpus
+
+                actor_cpus_for(usable_cpus(), config.workers, resumed)
             cache = _open_cache(config)  # once the output is known to be free: a refused run is not recorded in it
-            counts = _score_and_publish(config, inputs, schemas, output, progress, resumed, cache)
+            counts = _score_and_publish(config, inputs, read, output, progress, resumed, cache, reserved, fields,
+                                        lock, display)  # fmt: skip
         except BaseException:
             if not resumed and not progress.has_parts():  # nothing scored: nothing to resume, nothing left behind
                 progress.remove()
@@ -271,30 +343,41 @@ def _output_exists(output: Path | str) -> bool:
     return bool(listing)
 
 
-def _score_and_publish(config: JobConfig, inputs: InputFiles, schemas: list[pa.Schema], output: Path | str,
-                       progress: _Progress, resumed: bool, cache: Any) -> ray_io.MergeCounts:  # fmt: skip
+def _score_and_publish(config: JobConfig, inputs: InputFiles, read: InputsRead, output: Path | str,
+                       progress: _Progress, resumed: bool, cache: Any, reserved: set[str],
+                       fields: list[pa.Field] | None, lock: Any, display: Any) -> ray_io.MergeCounts:  # fmt: skip
     """Run the Ray pipeline into parts (skipping rows a resumed run's checkpoint holds), then merge and publish;
     with a shared cache, the run's new entries are added to it before the output is published."""
-    _score_on_cluster(config, inputs, progress, resumed, cache)
+    with _RowsCommitted(display, progress, read) as committed:
+        _score_on_cluster(config, inputs, progress, resumed, cache, reserved, lambda: committed.stalled)
+    schemas = read.schemas
     label_columns = [f"{model.prefix}label" for model in config.scoring_models()]
+    added = ray_io.added_fields(progress.parts, len(inputs.files), schemas) or fields
+    if added is None:  # no row anywhere, and labels (--all-scores) this machine cannot read
+        raise ScoringError(f"{config.input}: no input has a row to score, and the models' labels are not known here "
+                           "to name the --all-scores columns; score it without --all-scores")  # fmt: skip
     counts = ray_io.MergeCounts()
     entries = None
     if cache is not None:
         from .shared_cache import EntryWriter
 
         entries = EntryWriter(cache, int(time.time()))
-    staging = Path(tempfile.mkdtemp(prefix=f".{Path(str(output)).name}.", suffix=".staging",
-                                    dir=output.parent if isinstance(output, Path) else None))  # fmt: skip
+    staging = staging_folder(output)
+    shutil.rmtree(staging, ignore_errors=True)  # what a run killed while publishing left (the lock is held)
+    staging.mkdir(parents=True)
     try:
         written = []
         for index, (source, schema) in enumerate(zip(inputs.files, schemas, strict=True)):
             relative = inputs.relative(source)
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            ray_io.merge_parts(progress.parts, index, str(source), schema, label_columns, target, counts, entries)
+            expected = ray_io.read_row_count(progress.rows, index, str(source))
+            ray_io.merge_parts(progress.parts, index, str(source), schema, added, label_columns, target, expected, counts,
+                               entries)  # fmt: skip
             written.append(relative)
         if entries is not None:
             _flush_entries(entries)
+        lock.check()  # the output is still this run's to replace
         _publish(staging, output, written)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -311,20 +394,46 @@ def _flush_entries(entries: Any) -> None:
                          "with --resume to try again") from None  # fmt: skip
 
 
+def staging_folder(output: Path | str) -> Path:
+    """Where the merged outputs wait to be published: beside a local output folder, or in the temp folder for an
+    object prefix, under a name fixed by the output, so the next run for it removes what a killed run left."""
+    if isinstance(output, Path):
+        return output.parent / f".{output.name}.batchsent-staging"
+    return Path(tempfile.gettempdir()) / f"batchsent-staging-{hashlib.sha256(output.encode()).hexdigest()[:16]}"
+
+
+SUCCESS_MARKER = "_SUCCESS"
+
+
 def _publish(staging: Path, output: Path | str, written: list[Path]) -> None:
-    """A local folder appears whole (one rename); an object prefix gets each file once it is complete, and a
-    failed upload deletes what this run uploaded."""
+    """A local folder appears whole (one rename). An object prefix cannot: its ``_SUCCESS`` object is removed
+    first and written last, after every file is uploaded (as Spark's committers do), so a reader that waits for it
+    never reads a partial set; objects an older output left under the prefix are deleted. A failed upload
+    deletes what this run uploaded; a killed one leaves no ``_SUCCESS``, and its --resume publishes again."""
     if isinstance(output, Path):
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
         os.replace(staging, output)
         return
+    from pyarrow import fs
+
+    marker = remote(f"{output}/{SUCCESS_MARKER}", OutputError)
+    if marker.info(OutputError).type != fs.FileType.NotFound:
+        marker.fs.delete_file(marker.path)
+    prefix = remote(output + "/", OutputError)
+    keep = {f"{prefix.path.rstrip('/')}/{relative.as_posix()}" for relative in written}
+    listing = prefix.fs.get_file_info(fs.FileSelector(prefix.path.rstrip("/"), recursive=True, allow_not_found=True))
     uploaded = []
     try:
         for relative in written:
             location = remote(f"{output}/{relative.as_posix()}", OutputError)
             upload(staging / relative, location)
             uploaded.append(location)
+        for stale in listing:
+            if stale.type == fs.FileType.File and stale.path not in keep:
+                prefix.fs.delete_file(stale.path)
+        with marker.fs.open_output_stream(marker.path) as stream:
+            stream.write(b"")
     except BaseException:
         for location in uploaded:
             with contextlib.suppress(Exception):
@@ -349,9 +458,24 @@ def _summary(config: JobConfig, output: Path | str, counts: ray_io.MergeCounts, 
 
 
 LIGHT_TASK_CPUS = 0.25  # reading and writing parts is mostly I/O: whole-CPU tasks would wait behind the scorers
+CHECKPOINT_FILTER_CPUS = 1.0  # on --resume, Ray's checkpoint filter: a pool of one actor at Ray's default whole CPU
 
 
-def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress, resumed: bool, cache: Any) -> None:
+def actor_cpus_for(cpus: float, workers: int, resumed: bool) -> float:
+    """The CPUs each model actor (and each tokenizing task) asks Ray for, so that with them a read task, a write
+    task and, on --resume, Ray's checkpoint filter still fit the cluster: otherwise the reads wait for CPUs the
+    actors hold and the run hangs. Fractions are Ray's bookkeeping; the actors' threads are set apart."""
+    reserved = 2 * LIGHT_TASK_CPUS + (CHECKPOINT_FILTER_CPUS if resumed else 0.0)
+    share = (cpus - reserved) / (workers + 1)
+    if share < 0.01:
+        raise UsageError(f"--workers {workers} on a Ray cluster of {cpus:g} CPUs: a read and a write task "
+                         + ("and, on --resume, Ray's checkpoint filter (a whole CPU) " if resumed else "")
+                         + f"need {reserved:g} of them besides the workers; give fewer --workers or a larger cluster")  # fmt: skip
+    return min(0.5, share)
+
+
+def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress, resumed: bool, cache: Any,
+                      reserved: set[str], stalled: Callable[[], str | None]) -> None:
     """Start (or join) Ray and run read -> score -> parts, with Ray Data's checkpointing keyed by row id."""
     import ray
     import ray.data
@@ -362,13 +486,15 @@ def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress
     started_here = not ray.is_initialized()
     if started_here:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # failures come back as exceptions, in one line
-        ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-                 logging_level="ERROR")  # fmt: skip
+        with native_stderr_silenced():  # Ray's C++ start-up says it read RAY_BACKEND_LOG_LEVEL; failures raise
+            ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False,
+                     ignore_reinit_error=True, logging_level="ERROR")  # fmt: skip
+    previous = _interrupt_on_signals(stalled)  # after ray.init, which installs its own
     try:
         _quiet_ray_error_listener()
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
-        context.enable_progress_bars = not config.quiet
+        context.enable_progress_bars = False  # the run's own display counts committed rows (_RowsCommitted)
         filesystem, root = filesystem_of(progress.checkpoint)
         context.checkpoint_config = CheckpointConfig(id_column=ray_io.ROW_ID, checkpoint_path=progress.checkpoint,
                                                      delete_checkpoint_on_success=False,
@@ -376,15 +502,18 @@ def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress
         # Its filter actors (on --resume) take a whole CPU each: one is enough, and more would starve the scorers.
         context.checkpoint_config.checkpoint_actor_pool_max_size = 1
         files = [str(path) for path in inputs.files]
-        source = ray_io.make_datasource(files, config.column, config.pair_column, config.chunk_rows,
-                                        _reserved_names(config))  # fmt: skip
-        # One read task per file, its blocks as the reader chunks them (Ray would otherwise split them small).
+        source = ray_io.make_datasource(files, config.column, config.pair_column, config.chunk_rows, reserved,
+                                        progress.rows)  # fmt: skip
+        # One read task per file. Ray merges a task's output into blocks of up to 128 MiB (a small file is one
+        # block), so the rows are cut again into blocks of --chunk-rows as they stream: every worker gets work,
+        # and each block's part is committed as soon as it is scored (--resume loses at most the blocks in flight).
         dataset = ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS, override_num_blocks=len(files))
+        dataset = dataset.repartition(target_num_rows_per_block=config.chunk_rows)
         with warnings.catch_warnings():  # "at-least-once": a row written twice is kept once when the parts merge
             warnings.filterwarnings("ignore", message="Checkpointing with non-file datasink")
             warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")  # fewer files than --workers
             try:
-                _scored_dataset(ray, dataset, config, cache).write_datasink(ray_io.make_datasink(progress.parts),
+                _scored_dataset(ray, dataset, config, cache, resumed).write_datasink(ray_io.make_datasink(progress.parts),
                                                                      ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})  # fmt: skip
             except ray.exceptions.RayError as error:
                 raise _worker_failure(error) from error
@@ -393,17 +522,138 @@ def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress
             ray.data.DataContext.get_current().checkpoint_config = None
         if started_here:
             ray.shutdown()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class _RowsCommitted:
+    """While Ray scores: the rows committed to the parts (each part's row count, from its footer, counted once)
+    told to the run's display every PROGRESS_SECONDS, as the local engine tells its committed rows. Where the
+    inputs do not say their rows (CSV), each file's bytes count as done in the share of its rows committed, once
+    its read task has counted them."""
+
+    def __init__(self, display: Any, progress: _Progress, read: InputsRead) -> None:
+        self.display, self.progress, self.read = display, progress, read
+        self._counted: dict[str, tuple[int, int]] = {}  # part path: (file index, rows)
+        self._file_rows: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="batchsent-ray-progress", daemon=True)
+        self._rows, self._changed = -1, time.monotonic()
+        self.stalled: str | None = None  # why the run was stopped for making no progress
+
+    def __enter__(self) -> Self:
+        if self.display is not None:
+            self.display.start(self.read.total_rows, self.read.total_bytes)
+        self._changed = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if self.display is None:
+            return
+        if exc[0] is None:
+            with contextlib.suppress(Exception):
+                self._report()
+        self.display.close()
+
+    def _watch(self) -> None:
+        limit = stall_seconds()
+        while not self._stop.wait(PROGRESS_SECONDS):
+            with contextlib.suppress(Exception):  # a listing that failed now is tried again
+                self._report()
+            if time.monotonic() - self._changed > limit:
+                self.stalled = f"no row was committed for {limit:.0f} s: {_waiting_for()}; the run stopped"
+                _thread.interrupt_main(signal.SIGTERM)  # the driver's handler raises ScoringError(self.stalled)
+                return
+
+    def _report(self) -> None:
+        import pyarrow.parquet as pq
+        from pyarrow import fs
+
+        filesystem, root = filesystem_of(self.progress.parts)
+        for info in filesystem.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True)):
+            if info.type == fs.FileType.File and info.path.endswith(".parquet") and info.path not in self._counted:
+                index = int(info.path.rsplit("/", 2)[-2])
+                self._counted[info.path] = (index, pq.read_metadata(info.path, filesystem=filesystem).num_rows)
+        per_file: dict[int, int] = {}
+        for index, rows in self._counted.values():  # a part a retried task wrote again has the same name
+            per_file[index] = per_file.get(index, 0) + rows
+        total, sizes = self.read.total_rows, self.read.sizes
+        rows = sum(per_file.values()) if total is None else min(sum(per_file.values()), total)
+        if rows != self._rows:
+            self._rows, self._changed = rows, time.monotonic()
+        if self.display is None:
+            return
+        done = 0
+        for index, committed in per_file.items():
+            if index not in self._file_rows:
+                with contextlib.suppress(ScoringError):
+                    self._file_rows[index] = ray_io.read_row_count(self.progress.rows, index, "")
+            counted = self._file_rows.get(index)
+            if counted is not None:
+                done += round(sizes[index] * min(committed / counted, 1.0)) if counted else sizes[index]
+        self.display.advance(rows, done)
+
+
+PROGRESS_SECONDS = 1.0
+STALL_SECONDS = 900.0  # a run that commits no row for this long is stopped: a nightly job must end
+
+
+def stall_seconds() -> float:
+    """STALL_SECONDS, or $BATCHSENT_RAY_STALL_SECONDS (a cluster whose models take longer to load, and tests)."""
+    try:
+        return max(float(os.environ.get("BATCHSENT_RAY_STALL_SECONDS", STALL_SECONDS)), 1.0)
+    except ValueError:
+        return STALL_SECONDS
+
+
+def _waiting_for() -> str:
+    """What the cluster holds free, for the stall message: Ray's tasks wait for CPUs or GPUs the actors hold."""
+    import ray
+
+    try:
+        total, free = ray.cluster_resources(), ray.available_resources()
+    except Exception:  # noqa: BLE001 - the cluster itself is gone
+        return "the Ray cluster does not answer"
+    parts = [f"{free.get(name, 0):g} of {total[name]:g} {name}s free" for name in ("CPU", "GPU") if total.get(name)]
+    return "Ray's tasks are waiting (" + ", ".join(parts) + "); give fewer --workers, or check the cluster"
+
+
+def _interrupt_on_signals(stalled: Callable[[], str | None]) -> dict[int, Any]:
+    """SIGTERM and SIGINT stop a Ray run as they stop the local engine: the driver's wait ends with Interrupted
+    (exit 143 or 130, one line), Ray is shut down, and the parts scored so far stay for --resume. (Ray's own
+    handling would abort the driver with a native stack dump, exit 134.) A stall (``stalled()`` says why) ends
+    the same way as a ScoringError. The handlers it replaced are returned."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def interrupt(signum: int, frame: Any) -> None:
+        reason = stalled()
+        if reason:
+            raise ScoringError(reason)
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum)
+
+    return {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
 
 
 def _worker_failure(error: BaseException) -> BatchsentError:
     """A Ray task or actor failure as batchsent's own error: the worker's BatchsentError as it was raised
     (a bad input line, a node that cannot load the model), anything else as a scoring failure in one line."""
+    from ray.exceptions import RayError
+
     from . import errors
 
+    # Ray re-raises a worker's error as a class that is both its RayTaskError and the error's own class, with Ray's
+    # header as its text: the error itself is its ``cause``.
     cause: BaseException | None = error
-    while cause is not None and not isinstance(cause, BatchsentError):
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen and (not isinstance(cause, BatchsentError)
+                                                            or isinstance(cause, RayError)):  # fmt: skip
+        seen.add(id(cause))
         cause = getattr(cause, "cause", None) or cause.__cause__
-    if cause is not None:
+    if cause is not None and id(cause) not in seen:
         found = type(cause).__new__(type(cause))
         found.args = cause.args
         return found
@@ -449,18 +699,14 @@ def _quiet_ray_error_listener() -> None:
     worker.print_to_stdstream = print_unless_raylet
 
 
-def _reserved_names(config: JobConfig) -> set[str]:
-    """Prediction keys a JSON Lines object must not have already (label and score of each model)."""
-    return {f"{model.prefix}{name}" for model in config.scoring_models() for name in ("label", "score")}
-
-
-def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, cache: Any) -> Any:
+def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, cache: Any, resumed: bool) -> Any:
     """The input dataset through the tokenizing tasks (``prepare_block``) and the RayScorer actors (fractional
     CPUs: 2-core machines do not starve); with a shared cache, the actors' model keys are learnt first by one
     task with their resources."""
     from .ray_scoring import RayScorer, cache_keys, prepare_block
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    actor_cpus = actor_cpus_for(cpus, config.workers, resumed)
     models = []
     for model in config.scoring_models():
         options = model.options
@@ -474,7 +720,6 @@ def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, cache: Any) -> An
     if cache is not None:
         probe = ray.remote(cache_keys).options(num_cpus=LIGHT_TASK_CPUS, num_gpus=config.gpus_per_worker or None)
         keys = ray.get(probe.remote(models, location, config.pair_column is not None))
-    actor_cpus = min(0.5, cpus / (config.workers + 1))  # whole-CPU actors would starve the read, tokenize and write tasks
     prepared = dataset.map_batches(prepare_block, fn_kwargs={"models": models, "column": config.column,
                                                              "pair_column": config.pair_column,
                                                              "cache": location, "keys": keys,

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,8 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import io
-from .errors import ScoringError
-from .storage import filesystem_of, write_parquet_atomically
+from .errors import ScoringError, first_line
+from .storage import filesystem_of, write_bytes_atomically, write_parquet_atomically
 
 FILE = "__batchsent_file"
 ROW = "__batchsent_row"
@@ -56,8 +57,9 @@ def _datasource_base() -> type:
 
 
 def make_datasource(files: list[str], column: str, pair_column: str | None, chunk_rows: int,
-                    reserved: set[str]) -> Any:  # fmt: skip
-    """The Datasource of ``files`` (paths or URLs, in the run's order)."""
+                    reserved: set[str], row_counts: str) -> Any:  # fmt: skip
+    """The Datasource of ``files`` (paths or URLs, in the run's order); each read task records its file's row
+    count under ``row_counts`` once it has read the whole file (``read_row_count``)."""
     from ray.data.block import BlockMetadata
     from ray.data.datasource import ReadTask
 
@@ -76,7 +78,7 @@ def make_datasource(files: list[str], column: str, pair_column: str | None, chun
             for index, source in enumerate(files):
                 metadata = BlockMetadata(num_rows=None, size_bytes=None, input_files=[source], exec_stats=None)
                 tasks.append(ReadTask(lambda index=index, source=source: _read_file(index, source, column, pair_column,
-                                                                                    chunk_rows, reserved),
+                                                                                    chunk_rows, reserved, row_counts),
                                       metadata))  # fmt: skip
             return tasks
 
@@ -84,7 +86,7 @@ def make_datasource(files: list[str], column: str, pair_column: str | None, chun
 
 
 def _read_file(index: int, source: str, column: str, pair_column: str | None, chunk_rows: int,
-               reserved: set[str]) -> Iterator[pa.Table]:  # fmt: skip
+               reserved: set[str], row_counts: str) -> Iterator[pa.Table]:  # fmt: skip
     from .storage import is_url
 
     reader = io.open_reader(source if is_url(source) else Path(source))
@@ -104,6 +106,19 @@ def _read_file(index: int, source: str, column: str, pair_column: str | None, ch
             yield table.append_column(ROW_ID, pa.array(rows + (np.int64(index) << ROW_BITS)))
     finally:
         reader.close()
+    filesystem, root = filesystem_of(row_counts)
+    write_bytes_atomically(filesystem, root, f"{index:06d}.json", json.dumps({"rows": first}).encode())
+
+
+def read_row_count(row_counts: str, index: int, source: str) -> int:
+    """How many rows input ``index`` has, as its read task counted them (a ScoringError when no task finished it)."""
+    filesystem, root = filesystem_of(row_counts)
+    try:
+        with filesystem.open_input_stream(f"{root}/{index:06d}.json") as stream:
+            return int(json.loads(stream.read())["rows"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ScoringError(f"{source}: no read of it finished, so its rows cannot be counted ({first_line(error)}); "
+                           "run the same command with --resume") from None  # fmt: skip
 
 
 def make_datasink(parts: str) -> Any:
@@ -160,26 +175,23 @@ def list_parts(parts: str, index: int) -> list[str]:
     return sorted(names, key=lambda path: int(path.rsplit("/", 1)[-1].split(".")[0]))
 
 
-def merge_parts(parts: str, index: int, source: str, input_schema: pa.Schema, label_columns: list[str],
-                target: Path, counts: MergeCounts, entries: Any = None) -> None:  # fmt: skip
-    """Stream input ``index``'s parts into ``target`` (the local engine's writer for its format), each row once.
+def merge_parts(parts: str, index: int, source: str, input_schema: pa.Schema, added: list[pa.Field],
+                label_columns: list[str], target: Path, expected_rows: int, counts: MergeCounts,
+                entries: Any = None) -> None:  # fmt: skip
+    """Stream input ``index``'s parts into ``target`` (the local engine's writer for its format), each row once,
+    and exactly ``expected_rows`` of them: an output that lacks rows (parts lost, another run's cleanup) is never
+    published.
 
     The output's schema is the input's own (``input_schema``, JSON Lines metadata included) followed by the
-    prediction columns the parts hold. With a shared cache, ``entries`` (an ``EntryWriter``) receives the
-    rows' new entries.
+    prediction columns ``added`` (so a file with no rows gets them too). With a shared cache, ``entries`` (an
+    ``EntryWriter``) receives the rows' new entries.
     """
     filesystem, _ = filesystem_of(parts)
-    listed = list_parts(parts, index)
-    schema = input_schema
-    if listed:
-        names = set(input_schema.names)
-        added = [field for field in pq.read_schema(listed[0], filesystem=filesystem)
-                 if field.name not in names and not field.name.startswith("__batchsent_")]  # fmt: skip
-        schema = pa.schema(list(input_schema) + added, metadata=input_schema.metadata)
+    schema = pa.schema(list(input_schema) + added, metadata=input_schema.metadata)
     writer = io.AtomicWriter(target, schema)
     next_row = 0
     try:
-        for path in listed:
+        for path in list_parts(parts, index):
             table = pq.read_table(path, filesystem=filesystem)
             rows = table.column(ROW).to_numpy()
             keep = rows >= next_row  # a row a replay wrote twice is kept once
@@ -197,10 +209,25 @@ def merge_parts(parts: str, index: int, source: str, input_schema: pa.Schema, la
             output = pa.Table.from_arrays([table.column(name) for name in schema.names], schema=schema)
             for batch in output.to_batches():
                 writer.write(batch)
+        if next_row != expected_rows:
+            raise ScoringError(f"{source}: the scored parts hold {next_row:,} of its {expected_rows:,} rows; run the "
+                               "same command with --resume to score the rest")  # fmt: skip
         writer.commit()
     except BaseException:
         writer.abort()
         raise
+
+
+def added_fields(parts: str, count: int, input_schemas: list[pa.Schema]) -> list[pa.Field] | None:
+    """The prediction columns the scorers wrote, from the first part of any input (None: no input has a part)."""
+    filesystem, _ = filesystem_of(parts)
+    for index in range(count):
+        listed = list_parts(parts, index)
+        if listed:
+            names = set(input_schemas[index].names)
+            return [field for field in pq.read_schema(listed[0], filesystem=filesystem)
+                    if field.name not in names and not field.name.startswith("__batchsent_")]  # fmt: skip
+    return None
 
 
 def _count(table: pa.Table, label_columns: list[str], counts: MergeCounts) -> None:

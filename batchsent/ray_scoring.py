@@ -27,7 +27,6 @@ import pyarrow as pa
 
 from . import io, ray_io
 from .errors import ModelLoadError, first_line
-from .identity import model_identity
 from .job import check_model_columns
 from .options import ScoringModel
 from .postprocess import column_names, prediction_arrays
@@ -221,7 +220,7 @@ def cache_keys(models: list[ScoringModel], cache: str, pairs: bool = False) -> l
             classifier = Classifier(model.options, weights=False)
         except Exception as error:  # noqa: BLE001 - say which node could not load it
             raise ModelLoadError(f"Ray node {node_name()} cannot load the model: {first_line(error)}") from None
-        description = model_description(classifier, model_identity(model.options.model, classifier.config), pairs)
+        description = model_description(classifier, classifier.identity, pairs)
         keys.append(shared.register(model.options.model, description, classifier.labels))
     return keys
 
@@ -258,12 +257,11 @@ class RayScorer:
         from .reuse import model_description
 
         for model, classifier, key in zip(models, self.classifiers, self.keys):
-            own = model_description(classifier, model_identity(model.options.model, classifier.config),
-                                    self.pair_column is not None)  # fmt: skip
+            own = model_description(classifier, classifier.identity, self.pair_column is not None)
             if json.dumps(own, sort_keys=True, default=str) != key.description:
                 raise ModelLoadError(f"Ray node {node_name()} runs {model.options.model} as {classifier.where}, unlike "
                                      "the node that made the run's cache key; give every node the same batchsent, "
-                                     "torch and transformers, or --precision float32")  # fmt: skip
+                                     "torch and transformers, or --precision exact")  # fmt: skip
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()

@@ -67,7 +67,7 @@ def _engine(config: JobConfig, progress: Progress | None, stop: Callable[[], boo
     if config.engine == "ray":
         from .ray_engine import run_ray
 
-        return run_ray(config, record)
+        return run_ray(config, record, progress)
     if names_many(config.input):
         from .folders import score_files
 
@@ -123,7 +123,7 @@ def _as_batchsent_error(error: BaseException, record: dict[str, Any], watcher: _
     """Any way a run can end badly, as one BatchsentError with its exit code and advice that works."""
     restart = _restart_advice(config, record, error.__cause__ if isinstance(error, BatchsentError) else None)
     if isinstance(error, Interrupted):
-        signum = watcher.signal if watcher is not None else None
+        signum = watcher.signal if watcher is not None else error.signum
         name = signal.Signals(signum).name if signum else "a stop request"
         hint = restart or committed_hint(record, "run the same command with --resume to continue")
         return Interrupted(f"interrupted by {name}{hint}", signum)

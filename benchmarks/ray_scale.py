@@ -115,10 +115,10 @@ def merge_rate(root: Path, rows: int = 1_000_000, per_part: int = 4096) -> dict:
             ray_io.FILE: pa.array(np.zeros(count, np.int32)), ray_io.ROW: pa.array(numbers),
             ray_io.ROW_ID: pa.array(numbers), ray_io.truncated_column(0): pa.array(np.zeros(count, bool)),
         }), folder / f"{first:012d}.parquet")  # fmt: skip
-    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("sentiment_label", pa.string()),
-                        ("sentiment_score", pa.float32())])  # fmt: skip
+    schema = pa.schema([("id", pa.string()), ("text", pa.string())])
+    added = [pa.field("sentiment_label", pa.string()), pa.field("sentiment_score", pa.float32())]
     started = time.perf_counter()
-    ray_io.merge_parts(str(root / "parts"), 0, "bench", schema, ["sentiment_label"], root / "merged.csv",
+    ray_io.merge_parts(str(root / "parts"), 0, "bench", schema, added, ["sentiment_label"], root / "merged.csv", rows,
                        ray_io.MergeCounts())  # fmt: skip
     seconds = time.perf_counter() - started
     size = (root / "merged.csv").stat().st_size

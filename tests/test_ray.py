@@ -213,3 +213,46 @@ def test_ray_scores_text_pairs_as_the_local_engine(tmp_path, tiny_models, local_
     result = runner.invoke(app, ["score", str(folder), "--engine", "ray", "-c", "question", "--pair-column", "missing",
                                  "--model", str(tiny_models["three"]), "-o", str(tmp_path / "bad")])  # fmt: skip
     assert result.exit_code == 2 and "no column 'missing'" in result.stderr and not (tmp_path / "bad").exists()
+
+
+@needs_ray
+def test_json_lines_keys_named_like_output_columns_are_refused_as_by_the_local_engine(tmp_path, binary_model,
+                                                                                       local_ray):  # fmt: skip
+    source = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": i, "text": "a fine film"}) for i in range(8)]
+    lines[5] = json.dumps({"id": 5, "text": "bad", "sentiment_score_POSITIVE": 1})
+    source.write_text("\n".join(lines) + "\n")
+    outcomes = []
+    for engine in ("local", "ray"):
+        result = runner.invoke(app, ["score", str(source), "--engine", engine, "--model", str(binary_model),
+                                     "--all-scores", "-o", str(tmp_path / f"out-{engine}.jsonl" if engine == "local"
+                                                                   else tmp_path / "out-ray")])  # fmt: skip
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        outcomes.append((result.exit_code, errors))
+    assert outcomes[0] == outcomes[1], outcomes
+    assert outcomes[0][0] == 2 and "line 6" in outcomes[0][1][0] and "sentiment_score_POSITIVE" in outcomes[0][1][0]
+
+
+@needs_ray
+def test_a_header_only_file_in_a_folder_gets_the_prediction_columns_on_both_engines(tmp_path, binary_model, local_ray):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.csv").write_text("id,text\n1,fine\n2,good\n")
+    (folder / "b.csv").write_text("id,text\n")
+    for engine in ("local", "ray"):
+        result = runner.invoke(app, ["score", str(folder), "--engine", engine, "--model", str(binary_model),
+                                     "-o", str(tmp_path / f"out-{engine}")])  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        assert (tmp_path / f"out-{engine}" / "b.csv").read_text() == '"id","text","sentiment_label","sentiment_score"\n'
+
+
+@needs_ray
+def test_a_bad_json_line_deep_in_a_file_is_named_as_by_the_local_engine(tmp_path, binary_model, local_ray):
+    source = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": i, "text": "nice"}) for i in range(400)]
+    lines[300] = '{"id": 300, "text": "broken'
+    source.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["score", str(source), "--engine", "ray", "--model", str(binary_model), "-o",
+                                 str(tmp_path / "out")])  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "line 301: not valid JSON" in errors[0] and "ray::" not in errors[0], result.stderr

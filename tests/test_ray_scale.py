@@ -135,7 +135,7 @@ def test_json_lines_from_an_object_prefix_into_an_object_prefix(tmp_path, binary
     assert "done: 120 rows: 120 scored" in stderr
     listed = sorted(o["Key"] for o in client.list_objects_v2(Bucket="nightly")["Contents"])
     assert listed == ["exports/2026/a.jsonl.gz", "exports/2026/b.jsonl.gz", "scored/2026/a.jsonl.gz",
-                      "scored/2026/b.jsonl.gz"]  # named as the inputs, and nothing left beside them  # fmt: skip
+                      "scored/2026/b.jsonl.gz", "scored/_SUCCESS"]  # named as the inputs, the marker last  # fmt: skip
     for name, body in lines.items():
         scored = gzip.decompress(client.get_object(Bucket="nightly", Key=f"scored/{name}")["Body"].read()).decode()
         out = scored.splitlines()
@@ -228,3 +228,70 @@ def test_a_worker_that_fails_on_a_row_is_exit_1_and_keeps_what_it_scored(tmp_pat
     assert code == 1 and len(errors) == 1, stderr
     assert "cannot take a row with 'boom'" in errors[0] and "run the same command with --resume" in errors[0]
     assert not (tmp_path / "out").exists() and parts_written(tmp_path / "out") > 0  # what was scored is kept
+
+
+def test_a_second_run_to_a_live_runs_object_prefix_is_refused_and_the_first_loses_nothing(tmp_path, binary_model,
+                                                                                          s3_env):  # fmt: skip
+    env, client = s3_env
+    for index in range(6):
+        texts = varied_texts(400, seed=index, longest_words=30)
+        body = "id,text\n" + "".join(f'{index}-{row},"{text}"\n' for row, text in enumerate(texts))
+        client.put_object(Bucket="nightly", Key=f"six/part-{index}.csv", Body=body.encode())
+        client.put_object(Bucket="nightly", Key=f"other/part-{index}.csv", Body=body.encode())
+    first = start(command("s3://nightly/six/", binary_model, "s3://nightly/out", "--workers", "1", "--chunk-rows", "100",
+                          "--threads", "1"), env)  # fmt: skip
+    wait_for(lambda: client.list_objects_v2(Bucket="nightly", Prefix=".out.batchsent-lease").get("Contents"), 120, first)
+    second = start(command("s3://nightly/other/", binary_model, "s3://nightly/out", "--overwrite"), env)
+    code, stderr = finish(second)
+    assert code == 2 and "another batchsent run" in stderr and ".out.batchsent-lease.json" in stderr, stderr
+    code, stderr = finish(first)
+    assert code == 0, stderr
+    assert "done: 2,400 rows: 2,400 scored" in stderr
+    for index in range(6):
+        scored = client.get_object(Bucket="nightly", Key=f"out/part-{index}.csv")["Body"].read().decode()
+        assert len(scored.splitlines()) == 401 and "sentiment_label" in scored.splitlines()[0]
+    assert not client.list_objects_v2(Bucket="nightly", Prefix=".out").get("Contents")  # no lease or progress left
+
+
+def test_one_file_is_scored_in_blocks_by_every_worker_and_committed_as_it_goes(tmp_path, binary_model):
+    source = write_inputs(tmp_path / "in", files=1, rows=3000, seed=3) / "part-0.csv"
+    output = tmp_path / "out"
+    process = start(command(str(source), binary_model, str(output), "--chunk-rows", "100", "--workers", "2"))
+    wait_for(lambda: parts_written(output) >= 2, 300, process)  # parts appear while the file is being scored
+    code, stderr = finish(process)
+    assert code == 0, stderr
+    assert "done: 3,000 rows: 3,000 scored" in stderr
+    assert len(read_rows(output)) == 3000
+
+
+def test_sigterm_stops_a_ray_run_in_one_line_and_its_resume_finishes(tmp_path, binary_model):
+    source = write_inputs(tmp_path / "in", files=2, rows=3000, seed=4)
+    output = tmp_path / "out"
+    process = start(command(str(source), binary_model, str(output), "--chunk-rows", "50", "--threads", "1"))
+    wait_for(lambda: parts_written(output) >= 2, 300, process)
+    process.send_signal(signal.SIGTERM)
+    code, stderr = finish(process, timeout=120)
+    assert code == 143, stderr
+    assert stderr.strip().splitlines() == [line for line in stderr.strip().splitlines() if line.startswith("error:")]
+    assert "interrupted by SIGTERM" in stderr and "--resume" in stderr, stderr
+    resumed = start(command(str(source), binary_model, str(output), "--chunk-rows", "50", "--resume", "--workers", "2"))
+    code, stderr = finish(resumed)  # two workers and Ray's checkpoint filter on 2 CPUs: it must not wait forever
+    assert code == 0, stderr
+    assert "done: 6,000 rows: 6,000 scored" in stderr
+    assert len(read_rows(output)) == 6000
+
+
+def test_a_ray_run_that_cannot_make_progress_ends_in_one_line(tmp_path, binary_model):
+    from ray.cluster_utils import Cluster
+
+    source = write_inputs(tmp_path / "in", files=1, rows=50)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    try:  # a cluster without GPUs: actors that each ask for one are never placed
+        process = start(command(str(source), binary_model, str(tmp_path / "out"), "--ray-address", cluster.address,
+                                "--gpus-per-worker", "1"), {"BATCHSENT_RAY_STALL_SECONDS": "20"})  # fmt: skip
+        code, stderr = finish(process, timeout=300)
+    finally:
+        cluster.shutdown()
+    assert code == 1, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no row was committed for 20 s" in errors[0] and "CPUs free" in errors[0], stderr

@@ -119,7 +119,9 @@ def test_rows_the_cache_holds_are_not_tokenized_and_come_back_equal(tiny_models,
     first = first.append_column(ray_io.FILE, pa.array(np.zeros(25, np.int32))).append_column(ray_io.ROW, pa.array(np.arange(25)))
     write_parquet_atomically(fs.LocalFileSystem(), str(tmp_path / "parts" / "000000"), "000000000000.parquet", first)
     entries = EntryWriter(SharedCache(location, create=False), 1_800_000_000)
-    ray_io.merge_parts(str(tmp_path / "parts"), 0, "in.csv", block(texts[:25]).schema, ["s_label"], tmp_path / "merged.csv",
+    schema = block(texts[:25]).schema
+    added = ray_io.added_fields(str(tmp_path / "parts"), 1, [schema])
+    ray_io.merge_parts(str(tmp_path / "parts"), 0, "in.csv", schema, added, ["s_label"], tmp_path / "merged.csv", 25,
                        ray_io.MergeCounts(), entries)  # fmt: skip
     entries.flush()
     assert entries.written == len({t for t in texts[:25] if t and t.strip()})
