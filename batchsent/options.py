@@ -203,7 +203,7 @@ class ScoringModel:
 @dataclass(frozen=True, kw_only=True)
 class JobConfig(ModelOptions):
     """One scoring job. ``output`` None means ``<input stem>.scored<suffix>`` beside the input
-    (a ``.scored`` folder for the Ray engine); ``manifest`` and ``report`` are written at the end;
+    (``<folder>.scored`` for a folder or glob); ``manifest`` and ``report`` are written at the end;
     ``cache`` is a prediction cache shared across runs: a SQLite file for the local engine (``batchsent.cache``),
     a folder or object prefix for Ray (``batchsent.shared_cache``)."""
 
@@ -303,7 +303,7 @@ class JobConfig(ModelOptions):
 
     @property
     def output_path(self) -> Path | str:
-        """Where the local engine writes, a path or an object URL (the Ray engine: ray_engine.output_folder); an
+        """Where a run writes one input file's output (either engine), a path or an object URL; an
         existing folder as --output takes the default name inside it (``-o exports/``, as ``cp`` does)."""
         if self.output is not None:
             if isinstance(self.output, Path) and not is_url(self.input) and self.output.is_dir() \

@@ -65,11 +65,11 @@ def _inside(claim: Claim, folder: Claim) -> bool:
 
 
 def _output_folder(config: JobConfig, inputs: InputFiles | None) -> Path | None:
-    """The local folder a folder or glob run (or any Ray run) writes into; None for an object prefix."""
+    """The local folder a folder or glob run writes into; None for an object prefix."""
     if config.engine == "ray":
-        from .ray_engine import output_folder
+        from .ray_engine import output_location
 
-        folder = output_folder(config)
+        folder = output_location(config)
         return None if isinstance(folder, str) else folder
     if config.output is not None:
         return None if is_url(config.output) else Path(config.output).expanduser()
@@ -83,11 +83,15 @@ def _output_folder(config: JobConfig, inputs: InputFiles | None) -> Path | None:
 def _output_claims(config: JobConfig, inputs: InputFiles | None) -> list[Claim]:
     """What the output part of a run writes on this machine (nothing for an object-storage output); for a
     folder, glob or Ray run, every file's output (and, on the local engine, its progress folder and lock) too."""
-    if config.engine != "ray" and not names_many(config.input):
+    if not names_many(config.input):  # one output file, on either engine (Ray's progress and staging beside it)
         output = config.output_path
         if is_url(output):
             return []
         assert isinstance(output, Path)
+        if config.engine == "ray":
+            return [Claim("--output", output), Claim("--output's lock", lock_path(output)),
+                    Claim("--output's Ray progress folder", output.parent / f".{output.name}.batchsent-ray", folder=True),
+                    Claim("--output's staging folder", output.parent / f".{output.name}.batchsent-staging", folder=True)]  # fmt: skip
         return [Claim("--output", output), Claim("--output's progress folder", Checkpoint(output).directory, folder=True),
                 Claim("--output's lock", lock_path(output))]  # fmt: skip
     folder = _output_folder(config, inputs)

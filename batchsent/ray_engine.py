@@ -43,7 +43,7 @@ from .job import ModelSummary, RunSummary, check_input_columns, check_model_colu
 from .lock import output_lock
 from .options import JobConfig
 from .postprocess import column_names, output_fields
-from .sources import InputFiles, expand
+from .sources import InputFiles, expand, names_many
 from .storage import filesystem_of, is_url, native_stderr_silenced, redact, remote, upload
 
 
@@ -162,19 +162,20 @@ def check_models_here(config: JobConfig) -> None:
         Classifier(options, weights=False)
 
 
-def output_folder(config: JobConfig) -> Path | str:
-    """Where a Ray run writes: --output (a local folder or an object prefix), or ``<input>.scored`` beside a
-    local file or folder."""
+def output_location(config: JobConfig) -> Path | str:
+    """Where a Ray run writes, named as the local engine names it: one input file to one output file
+    (``JobConfig.output_path``); a folder, glob or prefix to an output folder or prefix (--output, or
+    ``<folder>.scored`` beside a local folder or a glob's folder)."""
+    if not names_many(config.input):
+        return config.output_path
     if config.output is not None:
         return str(config.output).rstrip("/") if is_url(config.output) else Path(config.output).expanduser()
-    spec = str(config.input)
-    if is_url(spec):
-        raise UsageError("--engine ray with an object-storage input needs --output (a local folder or a URL prefix)")
-    path = Path(spec).expanduser()
-    if any(ch in spec for ch in "*?[") and not path.exists():
-        raise UsageError("--engine ray with a glob needs --output DIR")
-    base = path if path.is_dir() else path.with_suffix("")
-    return base.with_name(f"{base.name}.scored")
+    if is_url(config.input):
+        raise UsageError("--engine ray with an object-storage folder or glob needs --output (a local folder or a URL "
+                         "prefix)")  # fmt: skip
+    from .folders import default_output_folder
+
+    return default_output_folder(expand(str(config.input)))
 
 
 def progress_location(output: Path | str) -> str:
@@ -206,7 +207,7 @@ class _Progress:
     """The folder (or prefix) of an unpublished Ray run: ``parts/``, ``checkpoint/`` and ``run.json``."""
 
     def __init__(self, output: Path | str) -> None:
-        self.location = progress_location(output)
+        self.location = progress_location(output if isinstance(output, str) else output.resolve())  # workers' too
         self.parts = f"{self.location}/parts"
         self.rows = f"{self.location}/rows"  # each input's row count, recorded by its read task
         self.checkpoint = f"{self.location}/checkpoint"
@@ -262,15 +263,17 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None, display: An
     schemas = read.schemas
     reserved, fields = output_columns(config, inputs, schemas)
     check_models_here(config)
-    output = output_folder(config)
+    output = output_location(config)
     record["output"] = output
     if isinstance(output, Path):
         _checked_local_output(output)
+    if not inputs.many:  # one output file: its format, as the local engine checks it
+        check_single_output(config, output, schemas[0])
     with output_lock(output) as lock:
         progress = _Progress(output)
         fingerprint = _fingerprint(config, inputs)
         try:
-            resumed = _prepare_progress(config, progress, fingerprint, output)
+            resumed = _prepare_progress(config, progress, fingerprint, output, not inputs.many)
         except OSError as failure:  # a missing bucket, denied credentials: before the cluster does any work
             raise OutputError(f"{redact(str(output))}: {first_line(failure)}") from None
         record["ray_progress"] = progress.location
@@ -305,13 +308,25 @@ def _open_cache(config: JobConfig) -> Any:
     return cache
 
 
+def check_single_output(config: JobConfig, output: Path | str, schema: pa.Schema) -> None:
+    """One input file's output file: a format of its own suffix (JSON Lines only from JSON Lines), able to hold the
+    input's columns, and not a folder."""
+    if (io.file_format(config.input) == "jsonl") != (io.file_format(output, output=True) == "jsonl"):
+        raise OutputError(f"{output}: JSON Lines input is written as JSON Lines (.jsonl or .ndjson), and only JSON "
+                          "Lines input can be")  # fmt: skip
+    io.check_output_schema(schema, output, config.input)
+    if isinstance(output, Path) and output.is_dir():
+        raise OutputError(f"{output}: is a directory")
+
+
 def _checked_local_output(output: Path) -> Path:
     if not output.parent.is_dir():
         raise OutputError(f"{output}: the folder {output.parent} does not exist")
     return output
 
 
-def _prepare_progress(config: JobConfig, progress: _Progress, fingerprint: dict[str, Any], output: Path | str) -> bool:
+def _prepare_progress(config: JobConfig, progress: _Progress, fingerprint: dict[str, Any], output: Path | str,
+                      single: bool) -> bool:
     """Refuse or clear what an interrupted run left, as the local engine does; True when resuming it."""
     if progress.exists():
         if config.resume:
@@ -324,17 +339,19 @@ def _prepare_progress(config: JobConfig, progress: _Progress, fingerprint: dict[
             raise OutputError(f"{output}: an interrupted Ray run left its progress in {progress.location}; pass "
                               "--resume to continue it or --overwrite to start over")  # fmt: skip
         progress.remove()
-    if _output_exists(output) and not config.overwrite:
+    if _output_exists(output, single) and not config.overwrite:
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
     progress.start(fingerprint)
     return False
 
 
-def _output_exists(output: Path | str) -> bool:
+def _output_exists(output: Path | str, single: bool) -> bool:
     from pyarrow import fs
 
     if isinstance(output, Path):
         return output.exists()
+    if single:
+        return remote(output, OutputError).info(OutputError).type != fs.FileType.NotFound
     location = remote(output + "/", OutputError)
     try:
         listing = location.fs.get_file_info(fs.FileSelector(location.path.rstrip("/"), allow_not_found=True))
@@ -368,7 +385,7 @@ def _score_and_publish(config: JobConfig, inputs: InputFiles, read: InputsRead, 
     try:
         written = []
         for index, (source, schema) in enumerate(zip(inputs.files, schemas, strict=True)):
-            relative = inputs.relative(source)
+            relative = inputs.relative(source) if inputs.many else Path(Path(str(output)).name)  # in its own format
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             expected = ray_io.read_row_count(progress.rows, index, str(source))
@@ -378,7 +395,10 @@ def _score_and_publish(config: JobConfig, inputs: InputFiles, read: InputsRead, 
         if entries is not None:
             _flush_entries(entries)
         lock.check()  # the output is still this run's to replace
-        _publish(staging, output, written)
+        if inputs.many:
+            _publish(staging, output, written)
+        else:
+            _publish_file(staging / written[0], output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return counts
@@ -403,6 +423,14 @@ def staging_folder(output: Path | str) -> Path:
 
 
 SUCCESS_MARKER = "_SUCCESS"
+
+
+def _publish_file(merged: Path, output: Path | str) -> None:
+    """One input's output file: renamed into place, or uploaded in one PUT (whole or not at all)."""
+    if isinstance(output, Path):
+        os.replace(merged, output)
+    else:
+        upload(merged, remote(output, OutputError))
 
 
 def _publish(staging: Path, output: Path | str, written: list[Path]) -> None:
@@ -501,7 +529,8 @@ def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress
                                                      override_filesystem=filesystem)  # fmt: skip
         # Its filter actors (on --resume) take a whole CPU each: one is enough, and more would starve the scorers.
         context.checkpoint_config.checkpoint_actor_pool_max_size = 1
-        files = [str(path) for path in inputs.files]
+        # Ray's worker processes have working folders of their own: local paths go to them absolute.
+        files = [path if isinstance(path, str) else str(Path(path).resolve()) for path in inputs.files]
         source = ray_io.make_datasource(files, config.column, config.pair_column, config.chunk_rows, reserved,
                                         progress.rows)  # fmt: skip
         # One read task per file. Ray merges a task's output into blocks of up to 128 MiB (a small file is one

@@ -225,8 +225,7 @@ def test_json_lines_keys_named_like_output_columns_are_refused_as_by_the_local_e
     outcomes = []
     for engine in ("local", "ray"):
         result = runner.invoke(app, ["score", str(source), "--engine", engine, "--model", str(binary_model),
-                                     "--all-scores", "-o", str(tmp_path / f"out-{engine}.jsonl" if engine == "local"
-                                                                   else tmp_path / "out-ray")])  # fmt: skip
+                                     "--all-scores", "-o", str(tmp_path / f"out-{engine}.jsonl")])  # fmt: skip
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         outcomes.append((result.exit_code, errors))
     assert outcomes[0] == outcomes[1], outcomes
@@ -244,6 +243,31 @@ def test_a_header_only_file_in_a_folder_gets_the_prediction_columns_on_both_engi
                                      "-o", str(tmp_path / f"out-{engine}")])  # fmt: skip
         assert result.exit_code == 0, result.stderr
         assert (tmp_path / f"out-{engine}" / "b.csv").read_text() == '"id","text","sentiment_label","sentiment_score"\n'
+        assert (tmp_path / f"out-{engine}").stat().st_mode & 0o777 == 0o777 & ~_umask()  # as mkdir makes it
+
+
+def _umask() -> int:
+    import os
+
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+@needs_ray
+def test_one_file_is_named_as_the_local_engine_names_it(tmp_path, binary_model, local_ray, monkeypatch):
+    source = tmp_path / "r.csv"
+    source.write_text((SAMPLE / "reviews.csv").read_text())
+    monkeypatch.chdir(tmp_path)
+    for engine, output in (("local", "local.csv"), ("ray", "out.csv")):
+        result = runner.invoke(app, ["score", "r.csv", "--engine", engine, "--model", str(binary_model), "-o", output])
+        assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "out.csv").is_file()  # a file, not a folder out.csv/r.csv
+    assert_same_predictions(read_rows(tmp_path / "out.csv"), read_rows(tmp_path / "local.csv"), "sentiment_")
+    result = runner.invoke(app, ["score", "r.csv", "--engine", "ray", "--model", str(binary_model)])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "r.scored.csv").is_file()  # the local engine's default name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local.csv", "out.csv", "r.csv", "r.scored.csv"]
 
 
 @needs_ray
@@ -253,6 +277,6 @@ def test_a_bad_json_line_deep_in_a_file_is_named_as_by_the_local_engine(tmp_path
     lines[300] = '{"id": 300, "text": "broken'
     source.write_text("\n".join(lines) + "\n")
     result = runner.invoke(app, ["score", str(source), "--engine", "ray", "--model", str(binary_model), "-o",
-                                 str(tmp_path / "out")])  # fmt: skip
+                                 str(tmp_path / "out.jsonl")])  # fmt: skip
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "line 301: not valid JSON" in errors[0] and "ray::" not in errors[0], result.stderr
