@@ -283,12 +283,14 @@ class SharedCache:
                        if info.type == fs.FileType.File and info.base_name.endswith(".parquet")
                        and not info.base_name.startswith(".")), key=lambda info: info.base_name)  # fmt: skip
 
-    def _read_bucket(self, key: str, bucket: int, width: int, segments: list[Any] | None = None) -> pa.Table:
-        """Every entry of one bucket, each digest once; a segment deleted by a prune meanwhile: list again."""
+    def _read_bucket(self, key: str, bucket: int, width: int, segments: list[Any] | None = None,
+                     damaged: list[Any] | None = None) -> pa.Table:  # fmt: skip
+        """Every entry of one bucket, each digest once; a segment deleted by a prune meanwhile: list again. A
+        segment that cannot be read is a CacheError naming it, or, given ``damaged``, skipped and listed there."""
         for attempt in range(READ_ATTEMPTS):
             listed = self._segments(key, bucket) if segments is None or attempt else segments
             try:
-                tables = [pq.read_table(info.path, filesystem=self.filesystem) for info in listed]
+                tables = [table for info in listed if (table := self._read_segment(info, damaged)) is not None]
             except FileNotFoundError:
                 if attempt == READ_ATTEMPTS - 1:
                     raise
@@ -297,6 +299,20 @@ class SharedCache:
             tables = [table.select(schema.names).cast(schema) for table in tables]
             return _newest_first(pa.concat_tables(tables) if tables else schema.empty_table())
         raise AssertionError("unreachable")
+
+    def _read_segment(self, info: Any, damaged: list[Any] | None) -> pa.Table | None:
+        try:
+            return pq.read_table(info.path, filesystem=self.filesystem)
+        except FileNotFoundError:
+            raise
+        except (OSError, pa.ArrowException) as error:
+            if damaged is None:
+                relative = info.path[len(self.root) + 1 :]
+                raise CacheError(f"{self.named} {self.shown}: the segment {relative} is damaged ({first_line(error)}); "
+                                 f"batchsent cache prune {self.shown} --older-than 3650d drops damaged segments and "
+                                 "keeps the rest") from None  # fmt: skip
+            damaged.append(info)
+            return None
 
     # --- additions -------------------------------------------------------------------------------
 
@@ -385,12 +401,13 @@ class SharedCache:
                 segments = self._segments(key, bucket)
                 if not segments:
                     continue
-                table = self._read_bucket(key, bucket, width, segments)
+                damaged: list[Any] = []
+                table = self._read_bucket(key, bucket, width, segments, damaged)
                 kept = table.slice(0, 0) if cutoff is None else table.filter(
                     pc.greater_equal(table.column("used"), int(cutoff)))  # fmt: skip
                 removed += table.num_rows - kept.num_rows
                 remaining += kept.num_rows
-                if kept.num_rows == table.num_rows and len(segments) == 1:
+                if kept.num_rows == table.num_rows and len(segments) == 1 and not damaged:
                     continue
                 written = self._write_segment(key, bucket, kept) if kept.num_rows else None
                 for info in segments:

@@ -202,3 +202,20 @@ def test_a_shared_cache_on_an_object_prefix(s3_env, monkeypatch):
     client.put_object(Bucket=bucket, Key="photos/a.jpg", Body=b"\xff\xd8")
     with pytest.raises(CacheError, match="not a batchsent cache"):
         SharedCache(f"s3://{bucket}/photos")
+
+
+def test_a_damaged_segment_is_named_and_prune_drops_it_keeping_the_rest(tmp_path):
+    cache = SharedCache(tmp_path / "cache")
+    model = cache.register("tiny", DESCRIPTION, ["NEGATIVE", "POSITIVE"])
+    add(cache, model.key, texts(0, 2000))
+    segments = sorted((tmp_path / "cache" / "entries" / model.key).rglob("*.parquet"))
+    segments[0].write_bytes(segments[0].read_bytes()[:40])  # a segment cut short (a disk fault, a bad copy)
+    asked = [digest(t) for t in texts(0, 2000)]
+    with pytest.raises(CacheError, match=r"the segment entries/.*\.parquet is damaged .*cache prune"):
+        SharedCache(tmp_path / "cache", create=False).lookup(model, asked, 2)
+    result = runner.invoke(app, ["cache", "prune", str(tmp_path / "cache"), "--older-than", "3650d"])
+    assert result.exit_code == 0, result.output
+    assert not segments[0].exists()
+    found = SharedCache(tmp_path / "cache", create=False).lookup(model, asked, 2)
+    assert 0 < found.hit.sum() < 2000  # the damaged segment's entries are gone, every other one is kept
+    np.testing.assert_array_equal(found.probabilities[found.hit], probabilities(texts(0, 2000))[found.hit])
