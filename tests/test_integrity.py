@@ -12,9 +12,11 @@ import huggingface_hub.constants
 import pytest
 from conftest import build_tiny_model, fail_third_chunk, write_corpus
 from test_guarantees import one_error_line, score
+from typer.testing import CliRunner
 
 from batchsent.cache import PredictionCache
 from batchsent.checkpoint import Checkpoint
+from batchsent.cli import app
 from batchsent.options import usable_cpus
 
 ENGINES = ["local", "ray"]
@@ -68,13 +70,14 @@ def test_scoring_the_current_folder_names_its_output_after_it(tmp_path, binary_m
 # --- a model is what it claims to be ----------------------------------------------------------------------------
 
 
-def test_a_model_folder_without_its_tokenizer_is_one_line(tmp_path, binary_model):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_model_folder_without_its_tokenizer_is_one_line(tmp_path, binary_model, engine):
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(binary_model / name, bare / name)
     source = write_corpus(tmp_path / "in.csv", 5, seed=1, longest_words=5)
-    result = score(source, "--model", bare, "-o", tmp_path / "out.csv")
+    result = score(source, "--model", bare, "-o", tmp_path / "out.csv", "--engine", engine)  # Ray: before it starts
     one_error_line(result, 2, f"model '{bare}' has no tokenizer", "tokenizer.save_pretrained")
     assert not (tmp_path / "out.csv").exists()
 
@@ -296,3 +299,205 @@ def test_a_merge_short_of_the_inputs_rows_publishes_nothing(tmp_path):
     ray_io.merge_parts(str(tmp_path / "parts"), 1, "empty.csv", schema, added, ["s_label"], tmp_path / "empty.csv", 0,
                        ray_io.MergeCounts())  # a file with no rows gets the prediction columns all the same  # fmt: skip
     assert (tmp_path / "empty.csv").read_text() == '"text","s_label","s_score"\n'
+
+
+def test_a_prefix_is_published_with_success_last_and_a_cut_publish_leaves_none(s3_lease, tmp_path, monkeypatch):
+    from batchsent import ray_engine
+
+    client = s3_lease
+    for key in ("scored/a.csv", "scored/old-only.csv", "scored/_SUCCESS"):  # an older output under the prefix
+        client.put_object(Bucket="nightly", Key=key, Body=b"old")
+    staging = ray_engine.staging_folder("s3://nightly/scored")
+    assert staging == ray_engine.staging_folder("s3://nightly/scored")  # one name per output: the next run clears it
+    (staging / "sub").mkdir(parents=True)
+    for name in ("a.csv", "sub/b.csv"):
+        (staging / name).write_text(f"new {name}\n")
+    uploaded = []
+    original = ray_engine.upload
+
+    def cut_after_the_first(local, location):
+        if uploaded:
+            raise KeyboardInterrupt  # the run is killed while it uploads
+        uploaded.append(location.url)
+        original(local, location)
+
+    monkeypatch.setattr(ray_engine, "upload", cut_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        ray_engine._publish(staging, "s3://nightly/scored", [Path("a.csv"), Path("sub/b.csv")])
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="nightly").get("Contents", [])}
+    assert "scored/_SUCCESS" not in keys  # readers that wait for it see no partial set
+    monkeypatch.setattr(ray_engine, "upload", original)
+    ray_engine._publish(staging, "s3://nightly/scored", [Path("a.csv"), Path("sub/b.csv")])
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="nightly").get("Contents", []) if o["Key"][-1] != "/")
+    assert keys == ["scored/_SUCCESS", "scored/a.csv", "scored/sub/b.csv"]  # the older output's object is gone
+    assert client.get_object(Bucket="nightly", Key="scored/sub/b.csv")["Body"].read() == b"new sub/b.csv\n"
+    shutil.rmtree(staging)
+
+
+# --- awkward input and careless options: one line, before the model where it can be -------------------------------
+
+
+@pytest.mark.parametrize("case", ["header-not-utf8", "utf16", "bad-row-not-utf8"])
+def test_undecodable_csv_text_is_one_line_naming_its_line(tmp_path, binary_model, case, capfd):
+    source = tmp_path / "in.csv"
+    if case == "header-not-utf8":
+        source.write_bytes(b"te\xffxt,id\nhello,1\n")
+    elif case == "utf16":
+        source.write_text("text,id\nhello,1\n", encoding="utf-16")
+    else:
+        source.write_bytes(b'text,id\n"ok",1\n"b\xffad",2,3,4\n')
+    result = score(source, "--model", binary_model, "-o", tmp_path / "out.csv")
+    fragment = {"header-not-utf8": "line 1: bytes that are not valid UTF-8", "utf16": "UTF-16 text",
+                "bad-row-not-utf8": "line 3: bytes that are not valid UTF-8"}[case]  # fmt: skip
+    one_error_line(result, 2, fragment)
+    assert "Exception ignored" not in capfd.readouterr().err
+    report = CliRunner().invoke(app, ["report", str(source)]) if case == "header-not-utf8" else None
+    assert report is None or (report.exit_code == 2 and "Traceback" not in report.output)
+
+
+@pytest.mark.parametrize("option", ["INPUT", "-o", "--manifest", "--cache"])
+def test_a_loop_of_symbolic_links_is_one_line(tmp_path, binary_model, option):
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    source = write_corpus(tmp_path / "in.csv", 3, seed=1, longest_words=5)
+    args = [tmp_path / "loop1"] if option == "INPUT" else [source, option, tmp_path / "loop1"]
+    one_error_line(score(*args, "--model", binary_model), 2, "loop1", "cannot be followed")
+
+
+@pytest.mark.parametrize("content", [b'in\xffput = "a.csv"\n', bytes(range(256))])
+def test_a_job_file_that_is_not_utf8_text_is_one_line(tmp_path, content):
+    job = tmp_path / "job.toml"
+    job.write_bytes(content)
+    one_error_line(CliRunner().invoke(app, ["score", "--config", str(job)]), 2, "not a UTF-8 text file")
+
+
+def test_a_csv_cell_longer_than_the_parsing_block_is_read_whole(tmp_path, binary_model):
+    big = "word " * 600_000  # 3 MB, past pyarrow's 1 MiB block
+    source = tmp_path / "in.csv"
+    source.write_text(f'id,text\n1,"short"\n2,"{big}"\n3,"another"\n')
+    result = score(source, "--model", binary_model, "-o", tmp_path / "out.parquet", "--chunk-rows", "2")
+    assert result.exit_code == 0, result.output
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("id").to_pylist() == ["1", "2", "3"] and table.column("text")[1].as_py() == big
+
+
+def test_a_huge_cell_is_cut_before_tokenizing_and_scores_as_the_whole_text(binary_classifier):
+    import numpy as np
+
+    from batchsent.model import CUT_CHARS_PER_TOKEN
+
+    limit = binary_classifier.max_length * CUT_CHARS_PER_TOKEN
+    texts = ["short", "great film but boring " * (limit // 5), " " * (limit + 10) + "hello world " * 80,
+             "x" * (limit - 3) + " fine" * 400, "é" * (limit + 1)]  # fmt: skip
+    chunk = binary_classifier.tokenized(texts)
+    whole = binary_classifier._encoder.encode_batch(texts, add_special_tokens=True)  # no cut: the reference
+    for row, encoding in enumerate(whole):
+        start, length = chunk.offsets[row], chunk.lengths[row]
+        assert chunk.flat_ids[start : start + length].tolist() == encoding.ids, row
+        assert bool(chunk.truncated[row]) == bool(encoding.overflowing), row
+    np.testing.assert_allclose(binary_classifier.predict(texts).probabilities,
+                               binary_classifier.predict([t[: limit * 4] for t in texts]).probabilities, atol=1e-6)  # fmt: skip
+
+
+def test_a_parquet_column_a_csv_cannot_hold_is_refused_before_the_model_loads(tmp_path, binary_model):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["good", "bad"], "meta": [{"a": 1}, {"a": 2}]}), source)
+    result = score(source, "--model", tmp_path / "no-model", "-o", tmp_path / "out.csv")  # no model: checked first
+    one_error_line(result, 2, "column 'meta' holds struct", "write .parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+    assert score(source, "--model", binary_model, "-o", tmp_path / "out.parquet").exit_code == 0
+
+
+def test_fast_reads_a_current_tuning_without_its_lock_and_refuses_a_damaged_store_before_measuring(
+        tmp_path, binary_model, monkeypatch):  # fmt: skip
+    from batchsent.tuning import TuningStore
+
+    monkeypatch.setenv("BATCHSENT_STATE_DIR", str(tmp_path / "state"))
+    source = write_corpus(tmp_path / "in.csv", 5, seed=1, longest_words=5)
+    sample = write_corpus(tmp_path / "sample.csv", 520, seed=2, longest_words=30)
+    tune = CliRunner().invoke(app, ["tune", "--model", str(binary_model), "--sample", str(sample), "--time-cap", "60"])
+    assert tune.exit_code == 0, tune.output
+    lock = TuningStore().path.with_name("tuning.lock")
+    lock.unlink(missing_ok=True)
+    lock.mkdir()  # a lock that cannot be opened, as in a read-only state folder (root writes anywhere)
+    assert score(source, "--model", binary_model, "--precision", "fast", "-o", tmp_path / "a.csv").exit_code == 0
+    lock.rmdir()
+    TuningStore().path.write_bytes(b"not a database" * 100)
+    started = __import__("time").monotonic()
+    again = CliRunner().invoke(app, ["tune", "--model", str(binary_model), "--sample", str(sample)])
+    one_error_line(again, 2, "tuning.sqlite", "tuning store")
+    assert __import__("time").monotonic() - started < 60  # refused before the measuring, which takes minutes
+    info = CliRunner().invoke(app, ["info"])
+    assert info.exit_code == 0 and "tuning store:" in info.output and "move it aside" in info.output
+
+
+def test_az_without_credentials_is_one_line_naming_the_url(tmp_path, binary_model, monkeypatch, capfd):
+    for name in [key for key in os.environ if key.startswith(("AZURE_", "MSI_", "IDENTITY_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "batchsenttest")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `az` CLI to ask
+    result = score("az://container/x.csv", "--model", binary_model, "-o", tmp_path / "out.csv")
+    assert result.exit_code == 2, result.output
+    assert "az://container/x.csv" in result.output and "Traceback" not in result.output
+    assert "az: not found" not in capfd.readouterr().err
+
+
+# --- messages that say what happened ---------------------------------------------------------------------------
+
+
+def test_a_model_naming_two_classes_alike_says_so(tmp_path, binary_model):
+    from conftest import relabelled
+
+    twin = relabelled(binary_model, tmp_path / "twin", ["POS", "POS"])
+    source = write_corpus(tmp_path / "in.csv", 3, seed=1, longest_words=5)
+    one_error_line(score(source, "--model", twin, "--all-scores"), 2, "gives two of its classes one name")
+
+
+def test_a_resumed_run_without_cache_counts_repeats_not_cache_hits(tmp_path, binary_model, monkeypatch):
+    source = tmp_path / "in.csv"
+    source.write_text("text\n" + "".join(f"text number {i % 30}\n" for i in range(200)))
+    args = [source, "--model", binary_model, "-o", tmp_path / "out.csv", "--chunk-rows", "50"]
+    fail_third_chunk(monkeypatch, "node rebooted")
+    assert score(*args).exit_code == 1
+    monkeypatch.undo()
+    result = score(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "from the cache" not in result.output and "repeated texts" in result.output
+
+
+def test_a_fully_cached_run_says_it_did_not_load_the_model(tmp_path, binary_model):
+    source = write_corpus(tmp_path / "in.csv", 10, seed=1, longest_words=5)
+    cache = tmp_path / "pc.sqlite"
+    assert score(source, "--model", binary_model, "--cache", cache, "-o", tmp_path / "a.csv").exit_code == 0
+    result = score(source, "--model", binary_model, "--cache", cache, "-o", tmp_path / "b.csv")
+    assert result.exit_code == 0 and "model not loaded" in result.output and "model load" not in result.output
+
+
+def test_an_existing_folder_as_output_takes_the_default_name_and_a_bare_name_says_what_to_give(tmp_path, binary_model):
+    source = write_corpus(tmp_path / "in.csv", 3, seed=1, longest_words=5)
+    (tmp_path / "sub").mkdir()
+    assert score(source, "--model", binary_model, "-o", f"{tmp_path / 'sub'}/").exit_code == 0
+    assert (tmp_path / "sub" / "in.scored.csv").is_file()
+    one_error_line(score(source, "--model", binary_model, "-o", f"{tmp_path / 'nosub'}/"), 2, "no suffix")
+
+
+def test_a_folder_as_manifest_or_report_is_refused_before_scoring(tmp_path, binary_model):
+    source = write_corpus(tmp_path / "in.csv", 3, seed=1, longest_words=5)
+    (tmp_path / "d.html").mkdir()
+    one_error_line(score(source, "--model", binary_model, "--manifest", tmp_path), 2, "is a folder")
+    one_error_line(score(source, "--model", binary_model, "--report", tmp_path / "d.html"), 2, "is a folder")
+    assert not (tmp_path / "in.scored.csv").exists()
+
+
+def test_cache_commands_name_their_own_arguments(tmp_path):
+    garbage = tmp_path / "x.sqlite"
+    garbage.write_bytes(b"not sqlite" * 100)
+    stats = CliRunner().invoke(app, ["cache", "stats", str(garbage)])
+    assert stats.exit_code == 2 and "--cache" not in stats.output and "cache " in stats.output
+    export = CliRunner().invoke(app, ["cache", "export", str(garbage), str(tmp_path / "shared")])
+    assert export.exit_code == 2 and "--cache" not in export.output
