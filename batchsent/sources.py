@@ -114,10 +114,30 @@ def _expand_url(text: str) -> InputFiles:
         if not urls:
             raise InputError(f"{text}: no CSV, TSV, JSON Lines or Parquet objects under this prefix")
     else:
-        urls = [u for u in urls if fnmatch.fnmatchcase(u, text)]
+        pattern = text[len(base) + 1 :]
+        explicit_hidden = any(part.startswith(".") for part in pattern.split("/"))
+        urls = [u for u in urls if glob_matches(u[len(base) + 1 :], pattern)
+                and (explicit_hidden or _visible(u[len(base) + 1 :]))]  # fmt: skip
         if not urls:
             raise InputError(f"{text}: matches no objects")
     return _checked(text, base, urls)
+
+
+def glob_matches(relative: str, pattern: str) -> bool:
+    """Whether ``relative`` (``a/b.csv``) matches ``pattern`` as a local glob (pathlib's) matches it: each part of
+    the pattern matches one part of the path, so ``*`` never crosses a ``/``; ``**`` matches any number of parts,
+    and a trailing ``**`` every file below. Object-storage globs use it, so a job file selects the same files
+    when its data moves to a bucket."""
+    wanted = pattern.split("/")
+    return _parts_match(relative.split("/"), wanted + ["*"] if wanted[-1] == "**" else wanted)
+
+
+def _parts_match(parts: list[str], wanted: list[str]) -> bool:
+    if not wanted:
+        return not parts
+    if wanted[0] == "**":
+        return any(_parts_match(parts[skip:], wanted[1:]) for skip in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], wanted[0]) and _parts_match(parts[1:], wanted[1:])
 
 
 def _checked(text: str, root: Path | str, files: list) -> InputFiles:

@@ -288,3 +288,33 @@ def test_the_server_going_away_mid_run_is_one_line_and_exit_1(tmp_path, binary_m
     finally:
         process.kill()
     assert not list(Path(tmp_path).glob(".*"))  # no staging, progress or lock files left
+
+
+TREE = ["in/a.csv", "in/b.csv", "in/sub/c.csv", "in/sub/deep/d.csv", "in/.hidden/e.csv", "in/sub/.f.csv", "in/g.tsv"]
+
+
+@pytest.mark.parametrize("pattern", ["in/*.csv", "in/*/*.csv", "in/**/*.csv", "in/**", "in/s*/*.csv", "in/sub/**",
+                                     "in/.hidden/*.csv", "in/?.csv", "in/[ab].csv"])  # fmt: skip
+def test_a_glob_selects_the_same_files_on_disk_and_in_a_bucket(tmp_path, s3, pattern):
+    """One glob semantics: ``*`` never crosses ``/``, ``**`` any depth, hidden names only when named."""
+    from batchsent.errors import InputError
+    from batchsent.sources import expand
+
+    client, bucket = s3
+    for name in TREE:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("text\nx\n")
+        client.put_object(Bucket=bucket, Key=name, Body=b"text\nx\n")
+
+    def selected(spec: str, root: str) -> list[str] | str:
+        try:
+            found = expand(spec)
+        except InputError as error:
+            return type(error).__name__ + (": mixes" if "mixes" in str(error) else "")
+        return sorted(str(path)[len(root) + 1 :] for path in found.files)
+
+    on_disk = selected(f"{tmp_path}/{pattern}", str(tmp_path))
+    in_bucket = selected(f"s3://{bucket}/{pattern}", f"s3://{bucket}")
+    assert on_disk == in_bucket
+    if pattern == "in/*.csv":
+        assert on_disk == ["in/a.csv", "in/b.csv"]  # not in/sub/c.csv: * stops at the /
