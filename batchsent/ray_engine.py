@@ -210,6 +210,7 @@ class _Progress:
         self.location = progress_location(output if isinstance(output, str) else output.resolve())  # workers' too
         self.parts = f"{self.location}/parts"
         self.rows = f"{self.location}/rows"  # each input's row count, recorded by its read task
+        self.actors = f"{self.location}/actors"  # what each scoring actor ran (ray_scoring.record_facts)
         self.checkpoint = f"{self.location}/checkpoint"
         self.filesystem, self.root = filesystem_of(self.location)
 
@@ -272,6 +273,7 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None, display: An
     with output_lock(output) as lock:
         progress = _Progress(output)
         fingerprint = _fingerprint(config, inputs)
+        record["fingerprint_models"] = fingerprint["models"]
         try:
             resumed = _prepare_progress(config, progress, fingerprint, output, not inputs.many)
         except OSError as failure:  # a missing bucket, denied credentials: before the cluster does any work
@@ -284,7 +286,7 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None, display: An
                 actor_cpus_for(usable_cpus(), config.workers, resumed)
             cache = _open_cache(config)  # once the output is known to be free: a refused run is not recorded in it
             counts = _score_and_publish(config, inputs, read, output, progress, resumed, cache, reserved, fields,
-                                        lock, display)  # fmt: skip
+                                        lock, display, record)  # fmt: skip
         except BaseException:
             if not resumed and not progress.has_parts():  # nothing scored: nothing to resume, nothing left behind
                 progress.remove()
@@ -362,11 +364,14 @@ def _output_exists(output: Path | str, single: bool) -> bool:
 
 def _score_and_publish(config: JobConfig, inputs: InputFiles, read: InputsRead, output: Path | str,
                        progress: _Progress, resumed: bool, cache: Any, reserved: set[str],
-                       fields: list[pa.Field] | None, lock: Any, display: Any) -> ray_io.MergeCounts:  # fmt: skip
+                       fields: list[pa.Field] | None, lock: Any, display: Any,
+                       record: dict[str, Any]) -> ray_io.MergeCounts:  # fmt: skip
     """Run the Ray pipeline into parts (skipping rows a resumed run's checkpoint holds), then merge and publish;
     with a shared cache, the run's new entries are added to it before the output is published."""
     with _RowsCommitted(display, progress, read) as committed:
+        record["resumed_from_rows"] = committed.rows_before
         _score_on_cluster(config, inputs, progress, resumed, cache, reserved, lambda: committed.stalled)
+    _record_actors(config, progress, record)
     schemas = read.schemas
     label_columns = [f"{model.prefix}label" for model in config.scoring_models()]
     added = ray_io.added_fields(progress.parts, len(inputs.files), schemas) or fields
@@ -469,20 +474,54 @@ def _publish(staging: Path, output: Path | str, written: list[Path]) -> None:
         raise
 
 
+def _record_actors(config: JobConfig, progress: _Progress, record: dict[str, Any]) -> None:
+    """What the scoring actors ran, into the run record (labels in the model's order, device, dtype, variant,
+    load time, as the local engine records them); an output two variants scored is refused (nodes whose
+    --precision fast tunings differ, or a --resume on another machine)."""
+    from .ray_scoring import read_facts
+
+    facts = read_facts(progress.actors)
+    wanted = config.scoring_models()
+    entries = []
+    for index, model in enumerate(wanted):
+        ran = {(fact["models"][index]["where"]): fact["models"][index] for fact in facts}
+        if len(ran) > 1:
+            raise ScoringError(f"the rows of {config.input} were scored as {' and as '.join(sorted(ran))} (nodes or "
+                               "runs that resolved the options differently); one output cannot mix them: run it "
+                               "again with --overwrite, with --precision exact or the same tuning on every node")  # fmt: skip
+        fact = next(iter(ran.values()), None)
+        entries.append({"name": model.name, "id": model.options.model, "labels": fact and fact["labels"],
+                        "device": fact and fact["device"], "dtype": fact and fact["dtype"],
+                        "variant": fact and fact["variant"], "where": fact and fact["where"],
+                        "model": record.get("fingerprint_models", [{}] * len(wanted))[index]})  # fmt: skip
+    record["models"] = entries
+    record["load_seconds"] = max((fact["load_seconds"] for fact in facts), default=0.0)
+    if wanted[0].name is None:
+        record.update({key: entries[0][key] for key in ("model", "labels", "device", "dtype", "variant")})
+
+
 def _summary(config: JobConfig, output: Path | str, counts: ray_io.MergeCounts, started: float,
              record: dict[str, Any]) -> RunSummary:  # fmt: skip
-    where = f"ray, {config.workers} worker{'s' if config.workers > 1 else ''}"
     wanted = config.scoring_models()
+    loaded = record.get("models") or [{} for _ in wanted]
+    places = {entry.get("where") for entry in loaded} - {None}
+    where = f"ray, {config.workers} worker{'s' if config.workers > 1 else ''}" + (f", {places.pop()}" if len(places) == 1 else "")
     per_model = counts.models or [ray_io.ModelCounts() for _ in wanted]
-    models = tuple(ModelSummary(model.name, dict(sorted(found.labels.items())), found.truncated, found.cached,
+    ordered = [_ordered(dict(found.labels), entry.get("labels")) for found, entry in zip(per_model, loaded)]
+    models = tuple(ModelSummary(model.name, labels, found.truncated, found.cached,
                                 chunked=model.options.long_text == "chunk", where=where)
-                   for model, found in zip(wanted, per_model) if model.name is not None)  # fmt: skip
-    labels = dict(sorted(per_model[0].labels.items())) if wanted[0].name is None else {}
-    record["labels"] = list(labels)
-    record["models"] = [{"name": model.name, "labels": list(model.label_counts)} for model in models]
+                   for model, found, labels in zip(wanted, per_model, ordered) if model.name is not None)  # fmt: skip
+    labels = ordered[0] if wanted[0].name is None else {}
     return RunSummary(config.input, output, counts.rows, counts.rows - counts.empty, counts.empty, counts.truncated,
                       time.monotonic() - started, labels, any(m.options.long_text == "chunk" for m in wanted),
-                      where=where, cached=counts.cached, models=models)  # fmt: skip
+                      resumed_rows=record.get("resumed_from_rows", 0), where=where,
+                      load_seconds=record.get("load_seconds", 0.0), cached=counts.cached, models=models)  # fmt: skip
+
+
+def _ordered(counts: dict[str, int], labels: list[str] | None) -> dict[str, int]:
+    """Label counts in the model's label order (as its actors reported it), any other label after them."""
+    order = list(labels or []) + sorted(set(counts) - set(labels or []))
+    return {label: counts[label] for label in order if label in counts}
 
 
 LIGHT_TASK_CPUS = 0.25  # reading and writing parts is mostly I/O: whole-CPU tasks would wait behind the scorers
@@ -542,7 +581,7 @@ def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress
             warnings.filterwarnings("ignore", message="Checkpointing with non-file datasink")
             warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")  # fewer files than --workers
             try:
-                _scored_dataset(ray, dataset, config, cache, resumed).write_datasink(ray_io.make_datasink(progress.parts),
+                _scored_dataset(ray, dataset, config, cache, resumed, progress.actors).write_datasink(ray_io.make_datasink(progress.parts),
                                                                      ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})  # fmt: skip
             except ray.exceptions.RayError as error:
                 raise _worker_failure(error) from error
@@ -567,12 +606,15 @@ class _RowsCommitted:
         self._file_rows: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="batchsent-ray-progress", daemon=True)
-        self._rows, self._changed = -1, time.monotonic()
+        self._rows, self._changed, self.rows_before = -1, time.monotonic(), 0
         self.stalled: str | None = None  # why the run was stopped for making no progress
 
     def __enter__(self) -> Self:
         if self.display is not None:
             self.display.start(self.read.total_rows, self.read.total_bytes)
+        with contextlib.suppress(Exception):  # what an interrupted run committed, for --resume's counts
+            self._report()
+        self.rows_before = max(self._rows, 0)
         self._changed = time.monotonic()
         self._thread.start()
         return self
@@ -728,7 +770,7 @@ def _quiet_ray_error_listener() -> None:
     worker.print_to_stdstream = print_unless_raylet
 
 
-def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, cache: Any, resumed: bool) -> Any:
+def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, cache: Any, resumed: bool, facts: str) -> Any:
     """The input dataset through the tokenizing tasks (``prepare_block``) and the RayScorer actors (fractional
     CPUs: 2-core machines do not starve); with a shared cache, the actors' model keys are learnt first by one
     task with their resources."""
@@ -757,7 +799,8 @@ def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, cache: Any, resum
     return prepared.map_batches(
         RayScorer,
         fn_constructor_kwargs={"models": models, "column": config.column, "all_scores": config.all_scores,
-                               "cache": location, "keys": keys, "pair_column": config.pair_column},
+                               "cache": location, "keys": keys, "pair_column": config.pair_column,
+                               "facts": facts},
         batch_format="pyarrow",
         batch_size=config.chunk_rows,
         compute=ray.data.ActorPoolStrategy(size=config.workers),

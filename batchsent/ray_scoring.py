@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -225,6 +226,35 @@ def cache_keys(models: list[ScoringModel], cache: str, pairs: bool = False) -> l
     return keys
 
 
+def record_facts(location: str, classifiers: list[Any], load_seconds: float) -> None:
+    """What this actor runs, as ``<location>/<node>-<pid>-<random>.json``: for each model its device, dtype and
+    variant (the driver refuses an output that two variants scored, e.g. nodes whose --precision fast tunings
+    differ, or a resume on another machine) and its labels in the model's order, with the load time."""
+    from .storage import filesystem_of, write_bytes_atomically
+
+    facts = {"node": node_name(), "pid": os.getpid(), "load_seconds": round(load_seconds, 3),
+             "models": [{"device": classifier.device.type, "dtype": classifier.dtype, "variant": classifier.variant,
+                         "where": classifier.where, "labels": list(classifier.labels)} for classifier in classifiers]}  # fmt: skip
+    filesystem, root = filesystem_of(location)
+    write_bytes_atomically(filesystem, root, f"{node_name()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json",
+                           json.dumps(facts).encode())  # fmt: skip
+
+
+def read_facts(location: str) -> list[dict[str, Any]]:
+    """Every actor's facts recorded under ``location`` (this run's and, after --resume, the interrupted run's)."""
+    from pyarrow import fs
+
+    from .storage import filesystem_of
+
+    filesystem, root = filesystem_of(location)
+    found = []
+    for info in filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True)):
+        if info.type == fs.FileType.File and info.base_name.endswith(".json") and not info.base_name.startswith("."):
+            with filesystem.open_input_stream(info.path) as stream:
+                found.append(json.loads(stream.read()))
+    return found
+
+
 class RayScorer:
     """Map-batches callable: the local engine's Classifiers and columns, loaded once per actor.
 
@@ -235,13 +265,17 @@ class RayScorer:
     """
 
     def __init__(self, models: list[ScoringModel], column: str, all_scores: bool, cache: str | None = None,
-                 keys: list[Any] | None = None, pair_column: str | None = None) -> None:  # fmt: skip
+                 keys: list[Any] | None = None, pair_column: str | None = None,
+                 facts: str | None = None) -> None:  # fmt: skip
         from .model import Classifier
 
+        started = time.monotonic()
         try:
             self.classifiers = [Classifier(model.options, weights=cache is None) for model in models]
         except Exception as error:  # noqa: BLE001 - say which node could not load it
             raise ModelLoadError(f"Ray node {node_name()} cannot load the model: {first_line(error)}") from None
+        if facts is not None:
+            record_facts(facts, self.classifiers, time.monotonic() - started)
         self.column, self.pair_column, self.all_scores, self.keys = column, pair_column, all_scores, keys or []
         self.names = [column_names(classifier.labels, model.prefix, all_scores, classifier.long_text == "chunk")
                       for model, classifier in zip(models, self.classifiers)]  # fmt: skip

@@ -184,13 +184,13 @@ def _labels(column: pa.Array) -> pa.Array:
 
 
 def scored_files(path: Path) -> list[Path]:
-    """The file itself, or the part files of a scored folder (as the Ray engine writes), in order."""
+    """The file itself, or every output file of a scored folder in order: the files a folder INPUT selects
+    (sources.expand), so nested and compressed outputs of a folder run are all counted."""
     if not path.is_dir():
         return [path]
-    parts = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in io.FORMATS)
-    if not parts:
-        raise InputError(f"{path}: a folder with no CSV, TSV, JSON Lines or Parquet files")
-    return parts
+    from .sources import expand
+
+    return [Path(file) for file in expand(path).files]
 
 
 @dataclass

@@ -501,3 +501,37 @@ def test_cache_commands_name_their_own_arguments(tmp_path):
     assert stats.exit_code == 2 and "--cache" not in stats.output and "cache " in stats.output
     export = CliRunner().invoke(app, ["cache", "export", str(garbage), str(tmp_path / "shared")])
     assert export.exit_code == 2 and "--cache" not in export.output
+
+
+def test_a_folder_runs_report_counts_its_nested_and_compressed_outputs(tmp_path, binary_model):
+    import gzip
+
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    write_corpus(folder / "a.csv", 9, seed=1, longest_words=5)
+    (folder / "sub" / "b.csv.gz").write_bytes(gzip.compress(write_corpus(tmp_path / "b.csv", 9, seed=2,
+                                                                          longest_words=5).read_bytes()))  # fmt: skip
+    report = tmp_path / "r.html"
+    result = score(folder, "-o", tmp_path / "out", "--model", binary_model, "--report", report)
+    assert result.exit_code == 0 and "18 rows" in result.output, result.output
+    from batchsent.report import ReportOptions, collect
+
+    assert collect(tmp_path / "out", ReportOptions()).rows == 18  # the report's rows: every output file's
+
+
+def test_an_output_two_variants_scored_is_refused(tmp_path):
+    import json as json_module
+
+    from batchsent.errors import ScoringError
+    from batchsent.options import JobConfig
+    from batchsent.ray_engine import _Progress, _record_actors
+
+    progress = _Progress(tmp_path / "out")
+    (tmp_path / ".out.batchsent-ray" / "actors").mkdir(parents=True)
+    for name, where in (("a", "cpu, float32"), ("b", "cpu, int8/fbgemm")):  # a run, then a resume on another CPU
+        fact = {"node": name, "pid": 1, "load_seconds": 1.0, "models": [{"device": "cpu", "dtype": "float32",
+                "variant": where.split(", ")[1], "where": where, "labels": ["NEGATIVE", "POSITIVE"]}]}  # fmt: skip
+        (tmp_path / ".out.batchsent-ray" / "actors" / f"{name}.json").write_text(json_module.dumps(fact))
+    config = JobConfig(input=tmp_path / "in.csv", engine="ray", model="m")
+    with pytest.raises(ScoringError, match="scored as cpu, float32 and as cpu, int8/fbgemm"):
+        _record_actors(config, progress, {})

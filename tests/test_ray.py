@@ -280,3 +280,22 @@ def test_a_bad_json_line_deep_in_a_file_is_named_as_by_the_local_engine(tmp_path
                                  str(tmp_path / "out.jsonl")])  # fmt: skip
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "line 301: not valid JSON" in errors[0] and "ray::" not in errors[0], result.stderr
+
+
+@needs_ray
+def test_a_ray_run_records_and_orders_what_the_local_engine_does(two_files, tiny_models, tmp_path, local_ray):
+    model = tiny_models["multi"]  # labels joy, anger, surprise: not in alphabetical order
+    lines, facts = {}, {}
+    for engine in ("local", "ray"):
+        manifest = tmp_path / f"{engine}.json"
+        result = runner.invoke(app, ["score", str(two_files), "--engine", engine, "--model", str(model),
+                                     "-o", str(tmp_path / f"out-{engine}"), "--manifest", str(manifest)])  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        lines[engine] = next(line for line in result.stderr.splitlines() if line.startswith("done:"))
+        facts[engine] = json.loads(manifest.read_text())
+    labels = {engine: line.split("; ", 1)[1].split(" -> ")[0] for engine, line in lines.items()}
+    assert labels["ray"] == labels["local"]  # the model's label order, not the alphabet
+    for key in ("device", "dtype", "variant", "model", "label_counts"):
+        assert facts["ray"][key] == facts["local"][key], key
+    assert facts["ray"]["model"]["local_path"] == str(model.resolve()) and facts["ray"]["load_seconds"] > 0
+    assert "cpu, float32]" in lines["ray"]

@@ -256,11 +256,15 @@ def test_a_second_run_to_a_live_runs_object_prefix_is_refused_and_the_first_lose
 def test_one_file_is_scored_in_blocks_by_every_worker_and_committed_as_it_goes(tmp_path, binary_model):
     source = write_inputs(tmp_path / "in", files=1, rows=3000, seed=3) / "part-0.csv"
     output = tmp_path / "out.csv"
-    process = start(command(str(source), binary_model, str(output), "--chunk-rows", "100", "--workers", "2"))
+    args = [arg for arg in command(str(source), binary_model, str(output), "--chunk-rows", "100", "--workers", "2",
+                                   "--log-format", "json") if arg != "-q"]  # fmt: skip
+    process = start(args)
     wait_for(lambda: parts_written(output) >= 2, 300, process)  # parts appear while the file is being scored
     code, stderr = finish(process)
     assert code == 0, stderr
-    assert "done: 3,000 rows: 3,000 scored" in stderr
+    events = [json.loads(line) for line in stderr.splitlines()]  # every line JSON: no Ray start-up line among them
+    assert events[-1]["level"] == "summary" and events[-1]["rows"] == 3000
+    assert any(event["level"] == "progress" for event in events), stderr  # rows committed, as a local run shows
     with open(output, newline="") as stream:
         assert len(list(csv.DictReader(stream))) == 3000
 
