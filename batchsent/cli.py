@@ -304,6 +304,11 @@ def tune_command(
     typer.echo(f"{model}: --precision fast runs {tuning.chosen.variant} here "
                f"({tuning.scope['cpu']}, {tuning.scope['threads']} threads, max length {tuning.scope['max_length']})")  # fmt: skip
     typer.echo("\n".join(tuning.table()))
+    load = "unknown" if tuning.load_average is None else f"{tuning.load_average:g}"
+    typer.echo(f"load average {load} when the tuning began; each variant's rows/s is the median of its rounds")
+    if tuning.too_noisy:
+        reporter.note(f"{', '.join(tuning.too_noisy)} measured faster than float32 but not in every round: the "
+                      "machine was too noisy to tell; run batchsent tune again when it is quiet")  # fmt: skip
 
 
 @app.command("info")

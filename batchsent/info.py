@@ -77,6 +77,7 @@ def _tunings(cpu: CpuInfo) -> list[dict[str, Any]]:
     here = {key: value for key, value in scope_of("", 0, 0, cpu).items() if key in ("cpu", "cpu_flags", "format")}
     stored = TuningStore().all()  # a damaged store is a UsageError, which collect() shows
     return [{"scope": tuning.scope, "sample": tuning.sample, "measured_at": tuning.measured_at,
+             "load_average": tuning.load_average,
              "versions": tuning.facts["versions"], "chosen": tuning.chosen.variant, "table": tuning.table()}
             for tuning in stored if all(tuning.scope.get(key) == value for key, value in here.items())]  # fmt: skip
 
@@ -103,6 +104,8 @@ def render(info: dict[str, Any]) -> list[str]:
         scope = tuning["scope"]
         versions = ", ".join(f"{name} {version or 'absent'}" for name, version in tuning["versions"].items())
         lines.append(f"tuning {scope['model']} (max length {scope['max_length']}, {scope['threads']} threads; "
-                     f"{tuning['measured_at']}, {tuning['sample']}; {versions}): fast runs {tuning['chosen']}")  # fmt: skip
+                     f"{tuning['measured_at']}, {tuning['sample']}, load average "
+                     f"{'unknown' if tuning['load_average'] is None else tuning['load_average']}; {versions}): "
+                     f"fast runs {tuning['chosen']}")  # fmt: skip
         lines += tuning["table"]
     return lines

@@ -20,7 +20,9 @@ import fcntl
 import gc
 import hashlib
 import json
+import os
 import sqlite3
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -37,9 +39,10 @@ from .tune_sample import SAMPLE_ROWS, builtin_sample
 MIN_ROWS = 500  # agreement measured on fewer rows is not evidence enough
 AGREEMENT_FLOOR = 0.995
 AUTO_TIME_CAP_S = 300.0  # what --precision fast may spend tuning when nothing is stored
-SLICE_ROWS = 130  # the sample is scored in slices, so a time cap stops a variant between them
+ROUNDS = 3  # the sample is scored in this many interleaved rounds: every variant scores round r's rows in turn
+SPEEDUP_MARGIN = 1.10  # a variant replaces float32 only when at least this much faster in every round
 WARMUP_ROWS = 16
-FORMAT = 1  # bump when what a tuning measures changes: older results are then ignored
+FORMAT = 2  # bump when what a tuning measures changes: older results are then ignored
 BUILTIN_SAMPLE = f"built-in review mix ({SAMPLE_ROWS} rows)"
 
 Notes = Callable[[str], None]
@@ -95,9 +98,13 @@ class Measurement:
     seconds: float = 0.0
     agreement: float | None = None
     problem: str | None = None  # why it was not (fully) measured
+    rounds: list[float] = field(default_factory=list)  # rows/s in each round, in round order
 
     @property
     def rows_per_second(self) -> float:
+        """The median of the rounds' rows/s: one round a busy machine slowed or sped up does not decide."""
+        if self.rounds:
+            return float(statistics.median(self.rounds))
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
     @property
@@ -114,14 +121,36 @@ class Tuning:
     sample: str
     measured_at: str
     measurements: list[Measurement] = field(default_factory=list)
+    load_average: float | None = None  # the machine's 1-minute load average when the tuning began
+
+    @property
+    def reference(self) -> Measurement:
+        return next((m for m in self.measurements if m.variant == FLOAT32.name), Measurement(FLOAT32.name))
+
+    def beats_float32(self, measurement: Measurement) -> bool:
+        """Faster than float32 by SPEEDUP_MARGIN in every round both ran (the rounds interleave, so a round that
+        was slow for one was slow for all); a variant measured without rounds is compared by its mean."""
+        reference = self.reference
+        if measurement is reference or not measurement.eligible:
+            return False
+        pairs = list(zip(measurement.rounds, reference.rounds))
+        if not pairs:
+            return measurement.rows_per_second >= SPEEDUP_MARGIN * reference.rows_per_second > 0
+        return all(ours >= SPEEDUP_MARGIN * theirs for ours, theirs in pairs)
 
     @property
     def chosen(self) -> Measurement:
-        """The fastest eligible variant; float32 when none qualifies."""
-        eligible = [m for m in self.measurements if m.eligible]
-        if not eligible:
-            return next((m for m in self.measurements if m.variant == FLOAT32.name), Measurement(FLOAT32.name))
-        return max(eligible, key=lambda m: m.rows_per_second)
+        """The fastest variant (by median) that beats float32 in every round; float32 when none does."""
+        winners = [m for m in self.measurements if self.beats_float32(m)]
+        return max(winners, key=lambda m: m.rows_per_second) if winners else self.reference
+
+    @property
+    def too_noisy(self) -> list[str]:
+        """Eligible variants faster than float32 by the median, but not in every round: the machine was too
+        noisy to tell, so float32 (or the chosen variant) stays."""
+        reference = self.reference.rows_per_second
+        return [m.variant for m in self.measurements if m.eligible and m is not self.reference
+                and not self.beats_float32(m) and m.rows_per_second >= SPEEDUP_MARGIN * reference > 0]  # fmt: skip
 
     def candidate(self) -> Candidate:
         chosen = self.chosen.variant
@@ -141,7 +170,8 @@ class Tuning:
                 "rows": chosen.rows, "rows_per_second": round(chosen.rows_per_second, 2),
                 "vs_float32": None if speedup is None else round(speedup, 3),
                 "agreement_with_float32": chosen.agreement, "cpu": self.scope["cpu"], "threads": self.scope["threads"],
-                "versions": self.facts["versions"]}  # fmt: skip
+                "versions": self.facts["versions"], "load_average": self.load_average,
+                "rounds": len(chosen.rounds), "too_noisy": self.too_noisy}  # fmt: skip
 
     def table(self) -> list[str]:
         """One line per variant, as ``batchsent tune`` and ``batchsent info`` print them."""
@@ -151,7 +181,9 @@ class Tuning:
             speedup = self.speedup(m)
             agreement = "reference" if m.variant == FLOAT32.name else (
                 "-" if m.agreement is None else f"{m.agreement:.2%} agree")
-            state = "chosen" if m.variant == chosen else ("eligible" if m.eligible else _why_not(m))
+            state = "chosen" if m.variant == chosen else (
+                ("too noisy to tell: not faster in every round" if m.variant in self.too_noisy else "eligible")
+                if m.eligible else _why_not(m))
             rate = f"{m.rows_per_second:,.1f} rows/s" if m.rows else "-"
             ratio = f"{speedup:.2f}x" if speedup is not None else "-"
             lines.append(f"  {m.variant:<13} {rate:>16} {ratio:>6}  {agreement:<14} {m.rows:>5} rows  {state}")
@@ -159,14 +191,14 @@ class Tuning:
 
     def to_json(self) -> str:
         return json.dumps({"scope": self.scope, "facts": self.facts, "sample": self.sample,
-                           "measured_at": self.measured_at,
+                           "measured_at": self.measured_at, "load_average": self.load_average,
                            "measurements": [asdict(m) for m in self.measurements]})  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str) -> Tuning:
         data = json.loads(text)
         return cls(data["scope"], data["facts"], data["sample"], data["measured_at"],
-                   [Measurement(**m) for m in data["measurements"]])  # fmt: skip
+                   [Measurement(**m) for m in data["measurements"]], data.get("load_average"))  # fmt: skip
 
 
 def _why_not(m: Measurement) -> str:
@@ -306,46 +338,69 @@ def sample_texts(path: str | None, column: str = "text") -> tuple[list[str], str
     return texts, f"{shown} ({len(texts)} rows)"
 
 
-def measure(base: ModelOptions, texts: Sequence[str], time_cap: float, notes: Notes | None = None) -> list[Measurement]:
-    """Time every candidate on ``texts`` and compare its labels with float32's, within ``time_cap`` seconds."""
+def measure(base: ModelOptions, texts: Sequence[str], time_cap: float, notes: Notes | None = None,
+            clock: Callable[[], float] = time.perf_counter) -> list[Measurement]:  # fmt: skip
+    """Time every candidate on ``texts`` and compare its labels with float32's, within ``time_cap`` seconds.
+
+    The texts are dealt into ROUNDS slices; in each round every candidate scores that round's slice, the order
+    turning by one each round, so a burst of load elsewhere on the machine slows every variant of a round alike
+    and each variant's speed is the median of its rounds (``Tuning.beats_float32`` compares them round by round).
+    """
     from .model import Classifier
 
     deadline = time.monotonic() + time_cap
-    reference: list[int] | None = None
-    measurements = []
-    for candidate in candidates(this_cpu()):
-        measurement = Measurement(candidate.name)
-        measurements.append(measurement)
+    measurements = [Measurement(candidate.name) for candidate in candidates(this_cpu())]
+    loaded: dict[str, Any] = {}
+    labels: dict[str, list[list[int]]] = {m.variant: [] for m in measurements}
+    for candidate, measurement in zip(candidates(this_cpu()), measurements):
         if time.monotonic() >= deadline:
             measurement.problem = "not measured: time cap reached"
             continue
         try:
-            classifier = Classifier(candidate.options(base))
-            classifier.predict(list(texts[:WARMUP_ROWS]))
+            loaded[candidate.name] = Classifier(candidate.options(base))
+            loaded[candidate.name].predict(list(texts[:WARMUP_ROWS]))
         except BatchsentError as error:
             measurement.problem = f"cannot run here: {first_line(error)}"
-            continue
-        labels: list[int] = []
-        for start in range(0, len(texts), SLICE_ROWS):
+    order = [m for m in measurements if m.variant in loaded]
+    for round_index in range(ROUNDS):
+        turn = round_index % len(order) if order else 0
+        for measurement in order[turn:] + order[:turn]:
+            if measurement.problem:
+                continue
             if time.monotonic() >= deadline:
                 measurement.problem = "stopped: time cap reached"
-                break
-            began = time.perf_counter()
-            scores = classifier.predict(list(texts[start:start + SLICE_ROWS]))
-            measurement.seconds += time.perf_counter() - began
-            labels += scores.probabilities.argmax(axis=1).tolist()
-        measurement.rows = len(labels)
-        if candidate == FLOAT32:
-            reference, measurement.agreement = labels, 1.0
+                continue
+            rows = list(texts[round_index::ROUNDS])
+            began = clock()
+            scores = loaded[measurement.variant].predict(rows)
+            seconds = clock() - began
+            measurement.seconds += seconds
+            measurement.rounds.append(len(rows) / seconds if seconds > 0 else 0.0)
+            labels[measurement.variant].append(scores.probabilities.argmax(axis=1).tolist())
+    loaded.clear()
+    gc.collect()
+    reference = labels[FLOAT32.name]
+    for measurement in measurements:
+        ours = labels[measurement.variant]
+        measurement.rows = sum(len(part) for part in ours)
+        if measurement.variant == FLOAT32.name:
+            measurement.agreement = 1.0 if ours else None
         elif reference:
-            both = min(len(reference), len(labels))
-            measurement.agreement = sum(a == b for a, b in zip(reference, labels)) / both if both else None
-            measurement.rows = both
-        del classifier
-        gc.collect()
-        if notes is not None:
-            notes(f"tune: {candidate.name} {measurement.rows_per_second:,.1f} rows/s")
+            both = [(a, b) for mine, theirs in zip(ours, reference) for a, b in zip(mine, theirs)]
+            measurement.agreement = sum(a == b for a, b in both) / len(both) if both else None
+            measurement.rows = len(both)
+        if notes is not None and measurement.rounds:
+            notes(f"tune: {measurement.variant} {measurement.rows_per_second:,.1f} rows/s (median of "
+                  f"{len(measurement.rounds)} rounds)")  # fmt: skip
     return measurements
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the system does not say): stored with a tuning, to judge it by."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def run_tuning(base: ModelOptions, texts: Sequence[str], sample: str, time_cap: float,
@@ -366,8 +421,10 @@ def run_tuning(base: ModelOptions, texts: Sequence[str], sample: str, time_cap: 
     store = TuningStore()
     store.check_writable()
     with store.exclusive():
+        load = load_average()
         measurements = measure(fixed, texts, time_cap, notes)
-        tuning = Tuning(scope, facts, sample, datetime.now(timezone.utc).isoformat(timespec="seconds"), measurements)
+        tuning = Tuning(scope, facts, sample, datetime.now(timezone.utc).isoformat(timespec="seconds"), measurements,
+                        load)  # fmt: skip
         store.put(tuning)
     return tuning
 
@@ -397,8 +454,12 @@ def fast_variant(base: ModelOptions, config: Any, max_length: int, notes: Notes 
             notes(f"--precision fast: {why}; measuring the variants of {base.model} on the {BUILTIN_SAMPLE}, "
                   f"at most {AUTO_TIME_CAP_S:.0f} s, once (batchsent tune does this ahead of time)")  # fmt: skip
         fixed = replace(base.model_options(), precision=None, max_length=max_length)
+        load = load_average()
         measurements = measure(fixed, builtin_sample(), AUTO_TIME_CAP_S)
         tuning = Tuning(scope, facts, BUILTIN_SAMPLE, datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        measurements)  # fmt: skip
+                        measurements, load)  # fmt: skip
+        if notes is not None and tuning.too_noisy:
+            notes(f"--precision fast: {', '.join(tuning.too_noisy)} measured faster than float32 but not in every "
+                  "round; the machine was too noisy to tell, so float32 runs (batchsent tune on a quiet machine)")
         store.put(tuning)
         return tuning
