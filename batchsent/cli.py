@@ -14,7 +14,7 @@ from . import __version__
 from .config import build_config
 from .device import CPU_LIMITS, CUDA_LIMITS
 from .errors import BatchsentError, ExitCode, PublishedWithErrors, UsageError, first_line
-from .options import DEFAULT_CHUNK_ROWS, DEFAULT_MODEL, JobConfig
+from .options import DEFAULT_CHUNK_ROWS, DEFAULT_MODEL, MAX_CHUNK_ROWS, JobConfig
 from .progress import Reporter, progress_for
 from .runner import run
 from .tune_sample import SAMPLE_ROWS
@@ -111,7 +111,7 @@ def score(
                      "99.5%+ of float32's labels (batchsent info shows it). [default: --dtype and --quantize as given]"),  # fmt: skip
     ] = None,
     threads: Annotated[
-        Optional[int], typer.Option(help="Torch intra-op threads. [default: torch's own choice]")
+        Optional[int], typer.Option(help="Torch intra-op threads, at most the CPUs this process may use. [default: torch's own choice]")
     ] = None,
     prefix: Annotated[
         Optional[str], typer.Option(help="Prefix of the prediction columns. [default: sentiment_]")
@@ -153,7 +153,7 @@ def score(
         typer.Option(help="With --long-text chunk: mean, max (most confident window) or first. [default: mean]"),
     ] = None,
     chunk_rows: Annotated[
-        Optional[int], typer.Option(help=f"Rows read, sorted and written together. [default: {DEFAULT_CHUNK_ROWS}]")
+        Optional[int], typer.Option(help=f"Rows read, sorted and written together (at most {MAX_CHUNK_ROWS:,}). [default: {DEFAULT_CHUNK_ROWS}]")
     ] = None,
     config: Annotated[
         Optional[Path], typer.Option("--config", help="TOML job file; flags override its values.")
@@ -166,7 +166,7 @@ def score(
         typer.Option("--quiet/--no-quiet", "-q", help="No progress; notes, errors and the summary only.", show_default=False),
     ] = None,
     report: Annotated[
-        Optional[str], typer.Option(help="Also write an HTML report of the output here at the end (both engines).")
+        Optional[str], typer.Option(metavar="<path>", help="Also write an HTML report of the output here at the end (both engines).")
     ] = None,
     engine: Annotated[
         Optional[str],
@@ -186,7 +186,7 @@ def score(
         bool, typer.Option("--resume", help="Continue an interrupted run from its last committed chunk.")
     ] = False,
     manifest: Annotated[
-        Optional[str], typer.Option(help="Write a JSON manifest of the run here (also when it fails; both engines).")
+        Optional[str], typer.Option(metavar="<path>", help="Write a JSON manifest of the run here (also when it fails; both engines).")
     ] = None,
     cache: Annotated[
         Optional[str], typer.Option(help="Prediction cache (created if missing): texts scored by an earlier run with "
@@ -278,7 +278,7 @@ def tune_command(
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Run code the model folder brings (its config's auto_map).")
     ] = False,
-    time_cap: Annotated[float, typer.Option(help="Stop measuring after this many seconds; variants not fully "
+    time_cap: Annotated[float, typer.Option(help="Stop measuring after this many seconds (at most 86,400); variants not fully "
                                             "measured are not chosen.")] = 600.0,  # fmt: skip
 ) -> None:
     """Time every variant this machine can run on a model and store the fastest that keeps 99.5% of
