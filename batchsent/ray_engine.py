@@ -577,6 +577,12 @@ def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress
         # and each block's part is committed as soon as it is scored (--resume loses at most the blocks in flight).
         dataset = ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS, override_num_blocks=len(files))
         dataset = dataset.repartition(target_num_rows_per_block=config.chunk_rows)
+        # Ray 2.60's repartition takes no resources: its tasks ask for a whole CPU, which no node may have left
+        # beside half-CPU actors (a cluster that lost a node hung so). Its logical operator's own remote args
+        # make them light; a Ray that names them otherwise keeps its default.
+        operator = getattr(getattr(dataset, "_logical_plan", None), "dag", None)
+        if isinstance(getattr(operator, "ray_remote_args", None), dict):
+            operator.ray_remote_args.setdefault("num_cpus", LIGHT_TASK_CPUS)
         with warnings.catch_warnings():  # "at-least-once": a row written twice is kept once when the parts merge
             warnings.filterwarnings("ignore", message="Checkpointing with non-file datasink")
             warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")  # fewer files than --workers
