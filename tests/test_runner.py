@@ -82,9 +82,15 @@ def test_an_unwritable_manifest_is_exit_1_with_the_output_published(corpus, bina
     assert output.read_text().count("\n") == 301
 
 
-def test_an_unwritable_report_is_exit_1_with_the_output_published(corpus, binary_model, tmp_path):
+def test_an_unwritable_report_is_exit_1_with_the_output_published(corpus, binary_model, tmp_path, monkeypatch):
+    import batchsent.report_html
+    from batchsent.errors import OutputError
+
+    def disk_full(*args, **kwargs):  # a failure no check before the run can foresee (a folder there is refused first)
+        raise OutputError("No space left on device")
+
+    monkeypatch.setattr(batchsent.report_html, "build_report", disk_full)
     report = tmp_path / "r.html"
-    report.mkdir()  # a folder where the file should go
     result = score(corpus, "--model", binary_model, "-o", tmp_path / "o.parquet", "-q", "--report", report)
     assert result.exit_code == 1
     assert "error: cannot write the report" in result.stderr and "is complete and published" in result.stderr

@@ -123,6 +123,7 @@ def test_a_tuning_from_another_torch_or_model_version_is_ignored_with_a_note(tmp
 
     notes: list[str] = []
     again = Classifier(str(model), device="cpu", precision="fast", notes=notes.append)
+    notes = [note for note in notes if "too noisy" not in note]  # a busy machine may add that note
     assert len(notes) == 1 and "measured with torch 1.0.0, now " in notes[0] and "ignored" in notes[0]
     assert again.tuning.measured_at >= stale.measured_at and again.tuning.facts["versions"]["torch"] != "1.0.0"
     assert store.all()[0].facts == again.tuning.facts  # replaced, never used
@@ -132,6 +133,7 @@ def test_a_tuning_from_another_torch_or_model_version_is_ignored_with_a_note(tmp
     (model / "config.json").write_text(json.dumps(config))
     notes.clear()
     Classifier(str(model), device="cpu", precision="fast", notes=notes.append)
+    notes = [note for note in notes if "too noisy" not in note]
     assert len(notes) == 1 and "another version of the model" in notes[0]
 
 
