@@ -622,6 +622,13 @@ def atomic_file(path: Path) -> Iterator[Path]:
         Path(temporary).unlink(missing_ok=True)
 
 
+def check_output_format(source: Path | str, output: Path | str) -> None:
+    """Refuse an output format the input cannot become: JSON Lines is written only from, and as, JSON Lines."""
+    if (file_format(source) == "jsonl") != (file_format(output, output=True) == "jsonl"):
+        raise OutputError(f"{output}: JSON Lines input is written as JSON Lines (.jsonl or .ndjson), "
+                          "and only JSON Lines input can be")  # fmt: skip
+
+
 def check_output_schema(schema: pa.Schema, output: Path | str, source: Path | str) -> None:
     """Refuse, before any row is scored, an input column that the output's format cannot hold: CSV and TSV
     cells are text, so nested columns and bytes (not always UTF-8) have no faithful cell."""

@@ -156,9 +156,7 @@ class RunSummary:
 def check_output(config: JobConfig) -> Path:
     """The output path, refused when it is the input, exists (without overwrite) or cannot be made."""
     output = config.output_path
-    if (io.file_format(config.input) == "jsonl") != (io.file_format(output, output=True) == "jsonl"):
-        raise OutputError(f"{output}: JSON Lines input is written as JSON Lines (.jsonl or .ndjson), "
-                          "and only JSON Lines input can be")  # fmt: skip
+    io.check_output_format(config.input, output)
     assert isinstance(output, Path), "an object-storage output is staged locally by runner.run"
     local_input = not is_url(config.input)
     if local_input and (output.resolve() == config.input.resolve()

@@ -130,10 +130,16 @@ def check_ray_address(address: str | None, named: str = "--ray-address") -> None
                          "check the address, or leave it out to start a local Ray for this job") from None  # fmt: skip
 
 
+def ray_started_here(config: JobConfig) -> bool:
+    """Whether the run starts a Ray of its own on this machine (no --ray-address, no $RAY_ADDRESS): then this
+    machine's CPUs, GPUs and models are the cluster's, and can be checked before Ray starts."""
+    return config.ray_address is None and not os.environ.get("RAY_ADDRESS")
+
+
 def check_local_resources(config: JobConfig) -> None:
     """A Ray started for this job runs on this machine: its workers must fit its CPUs, and the GPUs asked for
     must exist, or Ray would wait for them forever. (A cluster's own resources are its scheduler's to judge.)"""
-    if config.ray_address is not None or os.environ.get("RAY_ADDRESS"):
+    if not ray_started_here(config):
         return
     from .options import usable_cpus
 
@@ -153,7 +159,7 @@ def check_models_here(config: JobConfig) -> None:
     """A Ray started for this job runs on this machine: each model's tokenizer, config and device are checked here,
     as the local engine checks them, before the cluster starts (its weights load in the actors). ``fast`` is
     checked as exact: its tuning belongs to the actors."""
-    if config.ray_address is not None or os.environ.get("RAY_ADDRESS"):
+    if not ray_started_here(config):
         return  # the cluster's nodes, not this one, hold the models and devices
     from .model import Classifier
 
@@ -280,7 +286,7 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None, display: An
             raise OutputError(f"{redact(str(output))}: {first_line(failure)}") from None
         record["ray_progress"] = progress.location
         try:
-            if config.ray_address is None and not os.environ.get("RAY_ADDRESS"):  # a Ray started here: check now
+            if ray_started_here(config):  # this machine is the cluster: check now
                 from .options import usable_cpus
 
                 actor_cpus_for(usable_cpus(), config.workers, resumed)
@@ -313,9 +319,7 @@ def _open_cache(config: JobConfig) -> Any:
 def check_single_output(config: JobConfig, output: Path | str, schema: pa.Schema) -> None:
     """One input file's output file: a format of its own suffix (JSON Lines only from JSON Lines), able to hold the
     input's columns, and not a folder."""
-    if (io.file_format(config.input) == "jsonl") != (io.file_format(output, output=True) == "jsonl"):
-        raise OutputError(f"{output}: JSON Lines input is written as JSON Lines (.jsonl or .ndjson), and only JSON "
-                          "Lines input can be")  # fmt: skip
+    io.check_output_format(config.input, output)
     io.check_output_schema(schema, output, config.input)
     if isinstance(output, Path) and output.is_dir():
         raise OutputError(f"{output}: is a directory")
