@@ -14,7 +14,7 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score report info test test-avx2 bench bench-ct2 bench-tune bench-ray bench-ray-cache bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
+.PHONY: help score report info test test-fast check test-avx2 bench bench-startup bench-ct2 bench-tune bench-ray bench-ray-cache bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -46,6 +46,20 @@ info: $(BIN)/batchsent ## This machine's CPU features, builds, GPUs and the vari
 
 test: $(TEST_DEPS) ## Run the test suite
 	$(BIN)/python -m pytest -q
+
+test-fast: $(TEST_DEPS) ## The suite less clusters, real models and whole-process runs (marked slow): a few minutes
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The lint, format and type gate (pinned tools: their rules change between versions).
+CHECK_DEPS := $(VENV)/.check-deps
+$(CHECK_DEPS): $(TEST_DEPS)
+	$(BIN)/pip install --quiet -e ".[test,check]"
+	@touch $@
+
+check: $(CHECK_DEPS) ## Lint (ruff), format (ruff format --check) and types (mypy) of the package, tests and benchmarks
+	$(BIN)/ruff check batchsent tests benchmarks
+	$(BIN)/ruff format --check batchsent tests benchmarks
+	$(BIN)/mypy
 
 # An AVX2-only CPU as far as batchsent and its libraries can tell, on an x86 CPU with more:
 # batchsent's CPU flags, and torch's, oneDNN's, MKL's and fbgemm's kernels limited to AVX2.
@@ -108,8 +122,12 @@ bench-gpu: $(TEST_DEPS) ## On a CUDA GPU: whole-process runs on 50k rows at fp16
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu.py $(BENCH_ARGS)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/models.py --device cuda --rows 20000 --counts 2,3 --threads 8 --out benchmarks/results/models-gpu.json
 
-bench-e2e: $(TEST_DEPS) ## Whole processes, CSV in and out: batchsent vs a pipeline script, 400 review-mix rows
+bench-e2e: $(TEST_DEPS) ## Whole processes, CSV in and out: batchsent vs the pipeline at bs=1, 32 and 32 sorted, 10 and 400 rows
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/e2e.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/tables.py
+
+bench-startup: $(TEST_DEPS) ## Where a 10-row run's time goes: imports, tokenizer, weights, first batch, write
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/startup.py $(BENCH_ARGS)
 
 bench-avx2: $(TEST_DEPS) ## make bench as an AVX2-only CPU, on an AVX-512 one (see AS_AVX2)
 	$(AS_AVX2) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py --out benchmarks/results/bench-avx2.json $(BENCH_ARGS)

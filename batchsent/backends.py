@@ -112,7 +112,7 @@ class OnnxRunner:
     def __init__(self, path: Path, device: Any, threads: int | None) -> None:
         import onnxruntime as ort
 
-        providers = ["CPUExecutionProvider"]
+        providers: list[Any] = ["CPUExecutionProvider"]
         if device.type == "cuda":
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         options = ort.SessionOptions()
@@ -139,8 +139,9 @@ def export_key(model_ref: str, model: Any, input_names: list[str], quantize: str
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def onnx_model(model_ref: str, model: Any, sample: dict[str, np.ndarray], quantize: str | None,
-               checks: list[dict[str, np.ndarray]]) -> tuple[Path, bool]:  # fmt: skip
+def onnx_model(
+    model_ref: str, model: Any, sample: dict[str, np.ndarray], quantize: str | None, checks: list[dict[str, np.ndarray]]
+) -> tuple[Path, bool]:
     """Path of the cached ONNX export for this model (exported now if missing) and whether it was.
 
     A new export is traced on ``sample`` and kept only when ONNX Runtime gives torch's logits
@@ -182,15 +183,20 @@ def _check_export(model: Any, path: Path, checks: list[dict[str, np.ndarray]]) -
         names = {i.name for i in session.get_inputs()}
         for inputs in checks:
             with torch.inference_mode():
-                expected = model(**{name: torch.from_numpy(value) for name, value in inputs.items()}).logits.float().numpy()
+                expected = (
+                    model(**{name: torch.from_numpy(value) for name, value in inputs.items()}).logits.float().numpy()
+                )
             got = session.run(["logits"], {name: value for name, value in inputs.items() if name in names})[0]
             worst = max(worst, float(np.abs(np.asarray(got, dtype=np.float32) - expected).max()))
-    except Exception as error:  # noqa: BLE001 - a graph ONNX Runtime cannot run on other shapes is a bad export
-        raise ModelLoadError(f"the ONNX export of this model fails on inputs of other lengths ({first_line(error)}); "
-                             "use --backend torch") from error  # fmt: skip
+    except Exception as error:
+        raise ModelLoadError(
+            f"the ONNX export of this model fails on inputs of other lengths ({first_line(error)}); use --backend torch"
+        ) from error
     if not worst <= EXPORT_TOLERANCE:
-        raise ModelLoadError(f"the ONNX export of this model differs from torch by {worst:.1e} (more than "
-                             f"{EXPORT_TOLERANCE:.0e}) on inputs of other lengths; use --backend torch")  # fmt: skip
+        raise ModelLoadError(
+            f"the ONNX export of this model differs from torch by {worst:.1e} (more than "
+            f"{EXPORT_TOLERANCE:.0e}) on inputs of other lengths; use --backend torch"
+        )
 
 
 def _export(model: Any, sample: dict[str, np.ndarray], path: Path) -> None:
@@ -203,11 +209,16 @@ def _export(model: Any, sample: dict[str, np.ndarray], path: Path) -> None:
         warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches
         try:
             torch.onnx.export(
-                _LogitsOnly(model.float().cpu(), names).eval(), args=tuple(tensors[name] for name in names), f=str(path),
+                _LogitsOnly(model.float().cpu(), names).eval(),
+                args=tuple(tensors[name] for name in names),
+                f=str(path),
                 input_names=names,
-                output_names=["logits"], dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False,
-            )  # fmt: skip
-        except Exception as error:  # noqa: BLE001 - any exporter failure means this model cannot go to ONNX
+                output_names=["logits"],
+                dynamic_axes=axes,
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+        except Exception as error:
             raise ModelLoadError(f"cannot export this model to ONNX: {first_line(error)}") from error
 
 
@@ -228,5 +239,5 @@ def _logits_only_class() -> type:
     return LogitsOnly
 
 
-def _LogitsOnly(model: Any, names: list[str]) -> Any:  # noqa: N802 - builds the module (torch is imported only when exporting)
+def _LogitsOnly(model: Any, names: list[str]) -> Any:
     return _logits_only_class()(model, names)

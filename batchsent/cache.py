@@ -34,7 +34,7 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x6273_6E74  # "bsnt"
 QUERY_DIGESTS = 8192  # digests per lookup query: a few queries per chunk, far below SQLite's variable limit
 BUSY_TIMEOUT_MS = 120_000  # another run's transaction is one chunk's rows; wait for it rather than fail
-REFRESH_SECONDS = 12 * 3600  # an entry's last use is rewritten at most this often (prune has day precision)
+LAST_USE_REWRITE_SECONDS = 12 * 3600  # an entry's last use is rewritten at most this often (prune has day precision)
 DIGEST_BYTES = 16
 PAGE_CACHE_KIB = 32 * 1024  # SQLite's page cache: lookups hit memory more often; bounded, so RSS stays flat
 
@@ -101,8 +101,9 @@ class ModelKey(NamedTuple):
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                 check_same_thread=False)  # fmt: skip
+    connection = sqlite3.connect(
+        str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
     connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     return connection
 
@@ -158,7 +159,9 @@ class PredictionCache:
                 f"{SCHEMA_VERSION}; point --cache at a new file (or delete this one)"
             )
         connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = NORMAL")  # WAL: a kill never corrupts; a power cut loses at most the last commits
+        connection.execute(
+            "PRAGMA synchronous = NORMAL"
+        )  # WAL: a kill never corrupts; a power cut loses at most the last commits
         connection.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
 
     # --- runs --------------------------------------------------------------------------------
@@ -167,7 +170,9 @@ class PredictionCache:
         """Record a run (a write: an unwritable cache fails here, before the model loads); its id."""
         try:
             with self._transaction():
-                cursor = self.connection.execute("INSERT INTO runs (started, version) VALUES (?, ?)", (time.time(), version))
+                cursor = self.connection.execute(
+                    "INSERT INTO runs (started, version) VALUES (?, ?)", (time.time(), version)
+                )
         except sqlite3.Error as error:
             raise CacheError(f"{self.named} {self.path}: cannot write: {_reason(error)}") from error
         return int(cursor.lastrowid or 0)
@@ -175,8 +180,9 @@ class PredictionCache:
     def register(self, name: str, description: dict[str, Any], labels: Sequence[str]) -> ModelKey:
         """The model key ``description`` and ``labels`` make, added to the file (or its last use set to now)."""
         description_json = json.dumps(description, sort_keys=True, default=str)
-        model = ModelKey(model_key({**description, "labels": list(labels)}), name, description_json,
-                         json.dumps(list(labels)))  # fmt: skip
+        model = ModelKey(
+            model_key({**description, "labels": list(labels)}), name, description_json, json.dumps(list(labels))
+        )
         try:
             with self._transaction():
                 self._model_row(model, touch=True)
@@ -217,8 +223,9 @@ class PredictionCache:
             found.update((entry.digest, entry) for entry in map(Entry._make, rows))
         return found
 
-    def store(self, model: ModelKey, run_id: int, new: Iterable[tuple[bytes, bytes, bool, int | None]],
-              used: Sequence[bytes]) -> None:  # fmt: skip
+    def store(
+        self, model: ModelKey, run_id: int, new: Iterable[tuple[bytes, bytes, bool, int | None]], used: Sequence[bytes]
+    ) -> None:
         """Add ``new`` entries (digest, probabilities, truncated, windows) and refresh the last use of
         ``used`` digests, in one transaction, under the model key's row (added again if a prune removed
         it meanwhile). The first value stored for a text stays."""
@@ -228,7 +235,10 @@ class PredictionCache:
             self.connection.executemany(
                 "INSERT OR IGNORE INTO predictions (model, digest, probabilities, truncated, windows, run, used) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                ((model_id, key, values, int(truncated), windows, run_id, now) for key, values, truncated, windows in new),
+                (
+                    (model_id, key, values, int(truncated), windows, run_id, now)
+                    for key, values, truncated, windows in new
+                ),
             )
             for start in range(0, len(used), QUERY_DIGESTS):
                 part = used[start : start + QUERY_DIGESTS]
@@ -258,8 +268,16 @@ class PredictionCache:
             "SELECT id, name, description, labels, last_used FROM models ORDER BY id"
         ):
             count, _ = per_model.get(model_id, (0, None))
-            models.append({"id": model_id, "name": name, "entries": count, "last_used": last_used,
-                           "labels": json.loads(labels), "description": json.loads(description)})  # fmt: skip
+            models.append(
+                {
+                    "id": model_id,
+                    "name": name,
+                    "entries": count,
+                    "last_used": last_used,
+                    "labels": json.loads(labels),
+                    "description": json.loads(description),
+                }
+            )
         last_run = self.connection.execute("SELECT max(started), count(*) FROM runs").fetchone()
         return {
             "path": str(self.path),
@@ -288,7 +306,9 @@ class PredictionCache:
             raise CacheError(f"{self.path}: no model {unknown[0]!r} in the cache (it holds: {names})")
         if older_than_seconds is None and not model_names:
             raise CacheError("prune needs --older-than AGE and/or --model NAME")
-        entry_conditions, model_conditions, parameters = [], ["id NOT IN (SELECT DISTINCT model FROM predictions)"], []
+        entry_conditions: list[str] = []
+        model_conditions = ["id NOT IN (SELECT DISTINCT model FROM predictions)"]
+        parameters: list[object] = []
         if model_names:
             names = ",".join("?" * len(model_names))
             entry_conditions.append(f"model IN (SELECT id FROM models WHERE name IN ({names}))")

@@ -40,8 +40,9 @@ class DamagedProgress(ResumeMismatch):
 
 
 def damaged(directory: Path, what: str) -> DamagedProgress:
-    return DamagedProgress(f"{directory}: the interrupted run's progress is damaged ({what}); pass --overwrite to "
-                           "start over")  # fmt: skip
+    return DamagedProgress(
+        f"{directory}: the interrupted run's progress is damaged ({what}); pass --overwrite to start over"
+    )
 
 
 @dataclass
@@ -127,7 +128,10 @@ class Checkpoint:
 
     def commit(self, state: CommittedState, batch: pa.RecordBatch, counts: CommittedState) -> None:
         """Make one more chunk durable: its part file first, then the state naming it."""
-        with atomic_file(self._part(state.chunks + 1)) as temporary, pa.ipc.new_file(str(temporary), batch.schema) as out:
+        with (
+            atomic_file(self._part(state.chunks + 1)) as temporary,
+            pa.ipc.new_file(str(temporary), batch.schema) as out,
+        ):
             out.write_batch(batch)
         state.chunks += 1
         state.rows += counts.rows

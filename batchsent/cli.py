@@ -6,7 +6,7 @@ import json
 import os
 import traceback as tb
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -57,146 +57,192 @@ def _quiet_libraries() -> None:
 @app.command()
 def score(
     input: Annotated[
-        Optional[str],
-        typer.Argument(help="CSV, TSV, JSON Lines or Parquet file (may be .gz, .bz2, .zst), a folder or glob of them, "
-                       "or s3://, gs://, az:// URLs of the same (or input = ... in --config).", show_default=False),
+        str | None,
+        typer.Argument(
+            help="CSV, TSV, JSON Lines or Parquet file (may be .gz, .bz2, .zst), a folder or glob of them, "
+            "or s3://, gs://, az:// URLs of the same (or input = ... in --config).",
+            show_default=False,
+        ),
     ] = None,
-    column: Annotated[Optional[str], typer.Option("-c", "--column", help="Text column to score. [default: text]")] = None,
+    column: Annotated[str | None, typer.Option("-c", "--column", help="Text column to score. [default: text]")] = None,
     output: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
-            "-o", "--output", help="Output file (its suffix picks the format) or, for a folder or glob, folder; "
-            "local or s3://, gs://, az://. [default: INPUT_STEM.scored.SUFFIX, or INPUT_FOLDER.scored]"
+            "-o",
+            "--output",
+            help="Output file (its suffix picks the format) or, for a folder or glob, folder; "
+            "local or s3://, gs://, az://. [default: INPUT_STEM.scored.SUFFIX, or INPUT_FOLDER.scored]",
         ),
     ] = None,
     model: Annotated[
-        Optional[list[str]],
-        typer.Option(metavar="<str>", help="Hub id or local model directory; or NAME=MODEL, repeated, to score with several models in "
-                     "one pass (NAME_label, NAME_score... per model). "
-                     f"[default: $BATCHSENT_MODEL or {DEFAULT_MODEL}]"),  # fmt: skip
+        list[str] | None,
+        typer.Option(
+            metavar="<str>",
+            help="Hub id or local model directory; or NAME=MODEL, repeated, to score with several models in "
+            "one pass (NAME_label, NAME_score... per model). "
+            f"[default: $BATCHSENT_MODEL or {DEFAULT_MODEL}]",
+        ),
     ] = None,
     revision: Annotated[
-        Optional[str], typer.Option(help="Hub branch, tag or commit to pin the model to. [default: main]")
+        str | None, typer.Option(help="Hub branch, tag or commit to pin the model to. [default: main]")
     ] = None,
     batch_size: Annotated[
-        Optional[int],
-        typer.Option(help=f"Most rows in one model batch. [default: {CPU_LIMITS.rows} on CPU, {CUDA_LIMITS.rows} on CUDA]"),
+        int | None,
+        typer.Option(
+            help=f"Most rows in one model batch. [default: {CPU_LIMITS.rows} on CPU, {CUDA_LIMITS.rows} on CUDA]"
+        ),
     ] = None,
     token_budget: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             help="Most padded tokens (rows x longest row) in one batch. "
             f"[default: {CPU_LIMITS.tokens} on CPU, {CUDA_LIMITS.tokens} on CUDA]"
         ),
     ] = None,
     max_length: Annotated[
-        Optional[int], typer.Option(help="Truncate texts to this many tokens. [default: the model's limit]")
+        int | None, typer.Option(help="Truncate texts to this many tokens. [default: the model's limit]")
     ] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps. [default: auto]")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps. [default: auto]")] = None,
     dtype: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="auto, float32, float16 or bfloat16. [default: auto = float16 on CUDA, float32 elsewhere]"),
     ] = None,
     backend: Annotated[
-        Optional[str], typer.Option(help="torch, or onnx (ONNX Runtime; pip install 'batchsent[onnx]'). [default: torch]")
+        str | None, typer.Option(help="torch, or onnx (ONNX Runtime; pip install 'batchsent[onnx]'). [default: torch]")
     ] = None,
     quantize: Annotated[
-        Optional[str],
-        typer.Option(help="int8: the encoder's Linear layers as int8 products, per-token activation scales (CPU). "
-                     "[default: off]"),  # fmt: skip
+        str | None,
+        typer.Option(
+            help="int8: the encoder's Linear layers as int8 products, per-token activation scales (CPU). [default: off]"
+        ),
     ] = None,
     precision: Annotated[
-        Optional[str],
-        typer.Option(help="exact (float32), or fast: the variant measured fastest on this CPU class or GPU with "
-                     "99.5%+ of float32's labels (batchsent info shows it). [default: --dtype and --quantize as given]"),  # fmt: skip
+        str | None,
+        typer.Option(
+            help="exact (float32), or fast: on CPU the variant `batchsent tune` measured fastest for this model on "
+            "this machine with 99.5%+ of float32's labels (batchsent info shows it), float16 on CUDA. "
+            "[default: --dtype and --quantize as given]"
+        ),
     ] = None,
     threads: Annotated[
-        Optional[int], typer.Option(help="Torch intra-op threads, at most the CPUs this process may use. [default: torch's own choice]")
+        int | None,
+        typer.Option(
+            help="Torch intra-op threads, at most the CPUs this process may use. [default: torch's own choice]"
+        ),
     ] = None,
-    prefix: Annotated[
-        Optional[str], typer.Option(help="Prefix of the prediction columns. [default: sentiment_]")
-    ] = None,
+    prefix: Annotated[str | None, typer.Option(help="Prefix of the prediction columns. [default: sentiment_]")] = None,
     pair_column: Annotated[
-        Optional[str], typer.Option(help="Second text column: each row is scored as (text, text_pair), for "
-                                    "cross-encoders and NLI models."),  # fmt: skip
+        str | None,
+        typer.Option(
+            help="Second text column: each row is scored as (text, text_pair), for cross-encoders and NLI models."
+        ),
     ] = None,
     labels: Annotated[
-        Optional[str], typer.Option(help='Zero-shot: candidate labels, e.g. "billing,shipping,refund", scored with an '
-                                    "NLI model (its config names an entailment label)."),  # fmt: skip
+        str | None,
+        typer.Option(
+            help='Zero-shot: candidate labels, e.g. "billing,shipping,refund", scored with an '
+            "NLI model (its config names an entailment label)."
+        ),
     ] = None,
     hypothesis_template: Annotated[
-        Optional[str], typer.Option(help="Zero-shot: the hypothesis, {} is the label. [default: This example is {}.]")
+        str | None, typer.Option(help="Zero-shot: the hypothesis, {} is the label. [default: This example is {}.]")
     ] = None,
     multi_label: Annotated[
-        Optional[bool], typer.Option("--multi-label/--single-label", help="Zero-shot: score each label on its own "
-                                     "(entailment vs contradiction) instead of one softmax across them.",
-                                     show_default=False),  # fmt: skip
+        bool | None,
+        typer.Option(
+            "--multi-label/--single-label",
+            help="Zero-shot: score each label on its own "
+            "(entailment vs contradiction) instead of one softmax across them.",
+            show_default=False,
+        ),
     ] = None,
     trust_remote_code: Annotated[
-        Optional[bool], typer.Option("--trust-remote-code/--no-trust-remote-code",
-                                     help="Run the code a model folder or Hub repo brings (its config's auto_map). "
-                                     "Off: such a model is refused.", show_default=False),  # fmt: skip
+        bool | None,
+        typer.Option(
+            "--trust-remote-code/--no-trust-remote-code",
+            help="Run the code a model folder or Hub repo brings (its config's auto_map). "
+            "Off: such a model is refused.",
+            show_default=False,
+        ),
     ] = None,
     all_scores: Annotated[
-        Optional[bool],
-        typer.Option("--all-scores/--no-all-scores", help="Add one PREFIXscore_LABEL column per label.", show_default=False),
+        bool | None,
+        typer.Option(
+            "--all-scores/--no-all-scores", help="Add one PREFIXscore_LABEL column per label.", show_default=False
+        ),
     ] = None,
     long_text: Annotated[
-        Optional[str],
-        typer.Option(help="truncate: score the first --max-length tokens; chunk: score every token in windows. [default: truncate]"),
+        str | None,
+        typer.Option(
+            help="truncate: score the first --max-length tokens; chunk: score every token in windows. [default: truncate]"
+        ),
     ] = None,
     stride: Annotated[
-        Optional[int], typer.Option(help="With --long-text chunk: tokens shared by consecutive windows. [default: 64]")
+        int | None, typer.Option(help="With --long-text chunk: tokens shared by consecutive windows. [default: 64]")
     ] = None,
     aggregate: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="With --long-text chunk: mean, max (most confident window) or first. [default: mean]"),
     ] = None,
     chunk_rows: Annotated[
-        Optional[int], typer.Option(help=f"Rows read, sorted and written together (at most {MAX_CHUNK_ROWS:,}). [default: {DEFAULT_CHUNK_ROWS}]")
+        int | None,
+        typer.Option(
+            help=f"Rows read, sorted and written together (at most {MAX_CHUNK_ROWS:,}). [default: {DEFAULT_CHUNK_ROWS}]"
+        ),
     ] = None,
-    config: Annotated[
-        Optional[Path], typer.Option("--config", help="TOML job file; flags override its values.")
-    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML job file; flags override its values.")] = None,
     overwrite: Annotated[
-        Optional[bool], typer.Option("--overwrite/--no-overwrite", help="Replace an existing output.", show_default=False)
+        bool | None, typer.Option("--overwrite/--no-overwrite", help="Replace an existing output.", show_default=False)
     ] = None,
     quiet: Annotated[
-        Optional[bool],
-        typer.Option("--quiet/--no-quiet", "-q", help="No progress; notes, errors and the summary only.", show_default=False),
+        bool | None,
+        typer.Option(
+            "--quiet/--no-quiet", "-q", help="No progress; notes, errors and the summary only.", show_default=False
+        ),
     ] = None,
     report: Annotated[
-        Optional[str], typer.Option(metavar="<path>", help="Also write an HTML report of the output here at the end (both engines).")
+        str | None,
+        typer.Option(metavar="<path>", help="Also write an HTML report of the output here at the end (both engines)."),
     ] = None,
     engine: Annotated[
-        Optional[str],
-        typer.Option(help="local, or ray (Ray Data; INPUT may be a file, folder or glob; pip install 'batchsent[ray]'). "
-                     "[default: local]"),  # fmt: skip
+        str | None,
+        typer.Option(
+            help="local, or ray (Ray Data; INPUT may be a file, folder or glob; pip install 'batchsent[ray]'). "
+            "[default: local]"
+        ),
     ] = None,
     ray_address: Annotated[
-        Optional[str], typer.Option(help="With --engine ray: the cluster to join. [default: a local Ray for this job]")
+        str | None, typer.Option(help="With --engine ray: the cluster to join. [default: a local Ray for this job]")
     ] = None,
     workers: Annotated[
-        Optional[int], typer.Option(help="With --engine ray: scoring actors (each loads the model once). [default: 1]")
+        int | None, typer.Option(help="With --engine ray: scoring actors (each loads the model once). [default: 1]")
     ] = None,
     gpus_per_worker: Annotated[
-        Optional[float], typer.Option(help="With --engine ray: GPUs per actor (fractions allowed). [default: 0]")
+        float | None, typer.Option(help="With --engine ray: GPUs per actor (fractions allowed). [default: 0]")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run from its last committed chunk.")
     ] = False,
     manifest: Annotated[
-        Optional[str], typer.Option(metavar="<path>", help="Write a JSON manifest of the run here (also when it fails; both engines).")
+        str | None,
+        typer.Option(
+            metavar="<path>", help="Write a JSON manifest of the run here (also when it fails; both engines)."
+        ),
     ] = None,
     cache: Annotated[
-        Optional[str], typer.Option(help="Prediction cache (created if missing): texts scored by an earlier run with "
-                                    "the same model and options are not scored again. A SQLite file; with --engine "
-                                    "ray a folder or s3://, gs://, az:// prefix that every node reaches."),  # fmt: skip
+        str | None,
+        typer.Option(
+            help="Prediction cache (created if missing): texts scored by an earlier run with "
+            "the same model and options are not scored again. A SQLite file; with --engine "
+            "ray a folder or s3://, gs://, az:// prefix that every node reaches."
+        ),
     ] = None,
     log_format: Annotated[
         str, typer.Option(help="text, or json (one JSON object per line) for progress, errors and the summary.")
     ] = "text",
-    traceback: Annotated[bool, typer.Option("--traceback", help="Show the full traceback of an unexpected error.")] = False,
+    traceback: Annotated[
+        bool, typer.Option("--traceback", help="Show the full traceback of an unexpected error.")
+    ] = False,
 ) -> None:
     """Score the text column of INPUT and write it back with prediction columns."""
     flags = {name: value for name, value in locals().items() if name in JOB_FIELDS}
@@ -220,7 +266,7 @@ def score(
 
 def _explained(error: BatchsentError, show_traceback: bool) -> str:
     """The error's line; for a failure batchsent did not foresee, its traceback (--traceback) or the hint to see it."""
-    cause = error
+    cause: BaseException = error
     while cause.__cause__ is not None:
         cause = cause.__cause__
     if isinstance(cause, (BatchsentError, KeyboardInterrupt)) or error.exit_code != ExitCode.FAILED:
@@ -233,18 +279,23 @@ def _explained(error: BatchsentError, show_traceback: bool) -> str:
 
 @app.command("report")
 def report_command(
-    scored_file: Annotated[Path, typer.Argument(help="A file (or Ray output folder) written by batchsent score.",
-                                                show_default=False)],  # fmt: skip
+    scored_file: Annotated[
+        Path, typer.Argument(help="A file (or Ray output folder) written by batchsent score.", show_default=False)
+    ],
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", help="HTML file. [default: SCORED_FILE_STEM.report.html]")
+        Path | None, typer.Option("-o", "--output", help="HTML file. [default: SCORED_FILE_STEM.report.html]")
     ] = None,
-    by: Annotated[Optional[str], typer.Option(help="Column to break label shares down by (product, region...).")] = None,
-    gold: Annotated[Optional[str], typer.Option(help="Column of human labels: accuracy, precision, recall, F1.")] = None,
-    text: Annotated[Optional[str], typer.Option(help="Text column shown in examples. [default: text, if present]")] = None,
+    by: Annotated[str | None, typer.Option(help="Column to break label shares down by (product, region...).")] = None,
+    gold: Annotated[str | None, typer.Option(help="Column of human labels: accuracy, precision, recall, F1.")] = None,
+    text: Annotated[str | None, typer.Option(help="Text column shown in examples. [default: text, if present]")] = None,
     prefix: Annotated[
-        Optional[list[str]], typer.Option(metavar="<str>", help="Prefix of the prediction columns; repeated (NAME_ of each model of a "
-                                          "multi-model run) for each model's sections and how often they agree. "
-                                          "[default: sentiment_]"),  # fmt: skip
+        list[str] | None,
+        typer.Option(
+            metavar="<str>",
+            help="Prefix of the prediction columns; repeated (NAME_ of each model of a "
+            "multi-model run) for each model's sections and how often they agree. "
+            "[default: sentiment_]",
+        ),
     ] = None,
     examples: Annotated[int, typer.Option(help="Example rows per table.")] = 5,
     low_confidence: Annotated[float, typer.Option(help="Scores below this count as low confidence.")] = 0.6,
@@ -257,8 +308,18 @@ def report_command(
     target = output or scored_file.with_name(f"{scored_file.name.split('.')[0]}.report.html")
     try:
         check_report_target(target)
-        build_report(scored_file, target, ReportOptions(by=by, gold=gold, text=text, examples=examples,
-                                                        low_confidence=low_confidence, prefixes=tuple(prefix or ())))  # fmt: skip
+        build_report(
+            scored_file,
+            target,
+            ReportOptions(
+                by=by,
+                gold=gold,
+                text=text,
+                examples=examples,
+                low_confidence=low_confidence,
+                prefixes=tuple(prefix or ()),
+            ),
+        )
     except BatchsentError as error:
         reporter.fail(str(error), error.exit_code)
     reporter.note(f"report written to {target}")
@@ -268,18 +329,29 @@ def report_command(
 def tune_command(
     model: Annotated[str, typer.Option(help="Hugging Face model id or local directory.")] = DEFAULT_MODEL,
     sample: Annotated[
-        Optional[str], typer.Option(help=f"File of your own texts to measure on (CSV, TSV, JSON Lines, Parquet; at least "
-                                    f"500 non-blank rows). [default: a built-in mix of {SAMPLE_ROWS} short and long reviews]"),  # fmt: skip
+        str | None,
+        typer.Option(
+            help=f"File of your own texts to measure on (CSV, TSV, JSON Lines, Parquet; at least "
+            f"500 non-blank rows). [default: a built-in mix of {SAMPLE_ROWS} short and long reviews]"
+        ),
     ] = None,
     column: Annotated[str, typer.Option(help="Text column of --sample.")] = "text",
-    max_length: Annotated[Optional[int], typer.Option(help="Truncate at this many tokens. [default: the model's limit]")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads, as the runs it is for will use. [default: torch's]")] = None,
-    revision: Annotated[Optional[str], typer.Option(help="Model revision (Hub branch, tag or commit).")] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Truncate at this many tokens. [default: the model's limit]")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads, as the runs it is for will use. [default: torch's]")
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="Model revision (Hub branch, tag or commit).")] = None,
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Run code the model folder brings (its config's auto_map).")
     ] = False,
-    time_cap: Annotated[float, typer.Option(help="Stop measuring after this many seconds (at most 86,400); variants not fully "
-                                            "measured are not chosen.")] = 600.0,  # fmt: skip
+    time_cap: Annotated[
+        float,
+        typer.Option(
+            help="Stop measuring after this many seconds (at most 86,400); variants not fully measured are not chosen."
+        ),
+    ] = 600.0,
 ) -> None:
     """Time every variant this machine can run on a model and store the fastest that keeps 99.5% of
     float32's labels: what --precision fast then runs here, for this model."""
@@ -290,25 +362,37 @@ def tune_command(
     reporter = Reporter("text")
     try:
         if not 0 < time_cap <= MAX_TIME_CAP_SECONDS:  # nan compares false: refused too
-            raise UsageError(f"--time-cap must be more than 0 and at most {MAX_TIME_CAP_SECONDS:,} seconds, got {time_cap:g}")
-        options = ModelOptions(model=model, max_length=max_length, threads=threads, revision=revision,
-                               trust_remote_code=trust_remote_code, device="cpu")  # fmt: skip
+            raise UsageError(
+                f"--time-cap must be more than 0 and at most {MAX_TIME_CAP_SECONDS:,} seconds, got {time_cap:g}"
+            )
+        options = ModelOptions(
+            model=model,
+            max_length=max_length,
+            threads=threads,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            device="cpu",
+        )
         texts, described = sample_texts(sample, column)
         tuning = run_tuning(options, texts, described, time_cap, reporter.note)
     except BatchsentError as error:
         reporter.fail(str(error), error.exit_code)
     except KeyboardInterrupt:
         reporter.fail("interrupted: nothing was stored", ExitCode.INTERRUPTED)
-    except Exception as error:  # noqa: BLE001 - one line and exit 1, never a traceback
+    except Exception as error:
         reporter.fail(f"tuning failed: {first_line(error)}", ExitCode.FAILED)
-    typer.echo(f"{model}: --precision fast runs {tuning.chosen.variant} here "
-               f"({tuning.scope['cpu']}, {tuning.scope['threads']} threads, max length {tuning.scope['max_length']})")  # fmt: skip
+    typer.echo(
+        f"{model}: --precision fast runs {tuning.chosen.variant} here "
+        f"({tuning.scope['cpu']}, {tuning.scope['threads']} threads, max length {tuning.scope['max_length']})"
+    )
     typer.echo("\n".join(tuning.table()))
     load = "unknown" if tuning.load_average is None else f"{tuning.load_average:g}"
     typer.echo(f"load average {load} when the tuning began; each variant's rows/s is the median of its rounds")
     if tuning.too_noisy:
-        reporter.note(f"{', '.join(tuning.too_noisy)} measured faster than float32 but not in every round: the "
-                      "machine was too noisy to tell; run batchsent tune again when it is quiet")  # fmt: skip
+        reporter.note(
+            f"{', '.join(tuning.too_noisy)} measured faster than float32 but not in every round: the "
+            "machine was too noisy to tell; run batchsent tune again when it is quiet"
+        )
 
 
 @app.command("info")

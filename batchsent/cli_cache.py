@@ -4,9 +4,9 @@ a Ray run's shared folder or object prefix (``batchsent.shared_cache``)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,12 +14,16 @@ from .cache import CacheError, PredictionCache, parse_age
 from .progress import Reporter
 from .shared_cache import SharedCache, export_sqlite, is_shared_location
 
-cache_app = typer.Typer(
-    no_args_is_help=True, rich_markup_mode=None, help="Look after a prediction cache (--cache)."
-)
+cache_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Look after a prediction cache (--cache).")
 
-CachePath = Annotated[str, typer.Argument(help="The cache as given to --cache: a SQLite file, or a Ray run's folder "
-                                               "or s3://, gs://, az:// prefix.", show_default=False, metavar="PATH")]  # fmt: skip
+CachePath = Annotated[
+    str,
+    typer.Argument(
+        help="The cache as given to --cache: a SQLite file, or a Ray run's folder or s3://, gs://, az:// prefix.",
+        show_default=False,
+        metavar="PATH",
+    ),
+]
 
 
 def _open(path: str) -> PredictionCache | SharedCache:
@@ -32,7 +36,7 @@ def _open(path: str) -> PredictionCache | SharedCache:
 def _when(timestamp: float | None) -> str:
     if timestamp is None:
         return "never"
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _size(count: int) -> str:
@@ -56,25 +60,29 @@ def stats_command(
     if as_json:
         typer.echo(json.dumps(stats, indent=2))
         return
-    typer.echo(f"{stats['path']}: {stats['entries']:,} entries, {len(stats['models'])} model key(s), {_size(stats['bytes'])}, "
-               f"{stats['runs']:,} run(s), last used {_when(stats['last_used'])}")  # fmt: skip
+    typer.echo(
+        f"{stats['path']}: {stats['entries']:,} entries, {len(stats['models'])} model key(s), {_size(stats['bytes'])}, "
+        f"{stats['runs']:,} run(s), last used {_when(stats['last_used'])}"
+    )
     for model in stats["models"]:
         description = model["description"]
         how = f"{description.get('device_type')} {description.get('dtype')}"
         if description.get("quantize"):
             how += f" {description['quantize']}/{description.get('kernel') or description.get('backend')}"
-        typer.echo(f"  {model['name']}: {model['entries']:,} entries, last used {_when(model['last_used'])} "
-                   f"[{how}, max length {description.get('max_length')}, {description.get('long_text')}]")  # fmt: skip
+        typer.echo(
+            f"  {model['name']}: {model['entries']:,} entries, last used {_when(model['last_used'])} "
+            f"[{how}, max length {description.get('max_length')}, {description.get('long_text')}]"
+        )
 
 
 @cache_app.command("prune")
 def prune_command(
     path: CachePath,
     older_than: Annotated[
-        Optional[str], typer.Option(help="Remove entries not used for this long: 30d, 12h, 90m, 2w.", metavar="AGE")
+        str | None, typer.Option(help="Remove entries not used for this long: 30d, 12h, 90m, 2w.", metavar="AGE")
     ] = None,
     model: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(help="Remove the entries of this model (as given to --model); repeatable.", metavar="NAME"),
     ] = None,
 ) -> None:
@@ -91,16 +99,26 @@ def prune_command(
             cache.close()
     except CacheError as error:
         reporter.fail(str(error), error.exit_code)
-    reporter.note(f"{cache.shown if isinstance(cache, SharedCache) else path}: removed {removed:,} entries and {models} model key(s); "
-                  f"{_size(before)} -> {_size(after)}")  # fmt: skip
+    reporter.note(
+        f"{cache.shown if isinstance(cache, SharedCache) else path}: removed {removed:,} entries and {models} model key(s); "
+        f"{_size(before)} -> {_size(after)}"
+    )
 
 
 @cache_app.command("export")
 def export_command(
-    source: Annotated[Path, typer.Argument(help="A SQLite cache file (the local engine's --cache).", show_default=False,
-                                           metavar="SQLITE")],  # fmt: skip
-    target: Annotated[str, typer.Argument(help="A Ray run's cache: a folder or s3://, gs://, az:// prefix (created "
-                                               "when missing).", show_default=False, metavar="LOCATION")],  # fmt: skip
+    source: Annotated[
+        Path,
+        typer.Argument(help="A SQLite cache file (the local engine's --cache).", show_default=False, metavar="SQLITE"),
+    ],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A Ray run's cache: a folder or s3://, gs://, az:// prefix (created when missing).",
+            show_default=False,
+            metavar="LOCATION",
+        ),
+    ],
 ) -> None:
     """Copy a SQLite cache's entries into a shared cache, so Ray runs reuse what local runs scored."""
     reporter = Reporter("text")

@@ -37,7 +37,9 @@ def _key_types() -> dict[str, tuple[type, ...]]:
 
 _KEY_TYPES = _key_types()
 _KEY_TYPES["models"] = (list,)
-_PATH_KEYS = {name for name, hint in typing.get_type_hints(JobConfig).items() if Path in (typing.get_args(hint) or (hint,))}
+_PATH_KEYS = {
+    name for name, hint in typing.get_type_hints(JobConfig).items() if Path in (typing.get_args(hint) or (hint,))
+}
 
 
 def read_job_file(path: Path) -> dict[str, Any]:
@@ -48,8 +50,10 @@ def read_job_file(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UsageError(f"--config {path}: no such file") from None
     except UnicodeDecodeError as error:
-        raise UsageError(f"--config {path}: not a UTF-8 text file (byte {error.start + 1} is 0x{error.object[error.start]:02x}); "
-                         "a job file is TOML") from None  # fmt: skip
+        raise UsageError(
+            f"--config {path}: not a UTF-8 text file (byte {error.start + 1} is 0x{error.object[error.start]:02x}); "
+            "a job file is TOML"
+        ) from None
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise UsageError(f"--config {path}: {error}") from error
     options: dict[str, Any] = {}
@@ -63,7 +67,7 @@ def read_job_file(path: Path) -> dict[str, Any]:
             raise UsageError(f"--config {path}: {key} must be {expected[0].__name__}, got {value!r}")
         if name in _PATH_KEYS and not is_url(value):
             check_location(key, value)
-            value = path.parent / Path(value).expanduser()
+            value = path.parent / Path(str(value)).expanduser()
         options[name] = _model_tables(path, value) if name == "models" else value
     return options
 
@@ -72,8 +76,12 @@ def _model_tables(path: Path, tables: list[Any]) -> tuple[ModelSpec, ...]:
     """``[[models]]`` tables: ``name``, ``model`` (as the ``model`` key: a Hub id or a path) and per-model options."""
     specs = []
     for table in tables:
-        if not isinstance(table, dict) or not isinstance(table.get("name"), str) or not isinstance(table.get("model"), str):
-            raise UsageError(f"--config {path}: each [[models]] table needs name = \"...\" and model = \"...\"")
+        if (
+            not isinstance(table, dict)
+            or not isinstance(table.get("name"), str)
+            or not isinstance(table.get("model"), str)
+        ):
+            raise UsageError(f'--config {path}: each [[models]] table needs name = "..." and model = "..."')
         options = {}
         for key, value in table.items():
             name = key.replace("-", "_")
@@ -81,12 +89,15 @@ def _model_tables(path: Path, tables: list[Any]) -> tuple[ModelSpec, ...]:
                 continue
             if name not in PER_MODEL_KEYS:
                 known = ", ".join(sorted(k.replace("_", "-") for k in PER_MODEL_KEYS if k != "model"))
-                raise UsageError(f"--config {path}: [[models]] {table['name']}: unknown key {key!r}; known keys: "
-                                 f"name, model, {known}")  # fmt: skip
+                raise UsageError(
+                    f"--config {path}: [[models]] {table['name']}: unknown key {key!r}; known keys: "
+                    f"name, model, {known}"
+                )
             expected = _KEY_TYPES[name]
             if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
-                raise UsageError(f"--config {path}: [[models]] {table['name']}: {key} must be {expected[0].__name__}, "
-                                 f"got {value!r}")  # fmt: skip
+                raise UsageError(
+                    f"--config {path}: [[models]] {table['name']}: {key} must be {expected[0].__name__}, got {value!r}"
+                )
             options[name] = value
         specs.append(ModelSpec(table["name"], table["model"], tuple(sorted(options.items()))))
     return tuple(specs)
@@ -98,7 +109,9 @@ def _model_flags(values: list[str]) -> dict[str, Any]:
     if len(values) == 1 and specs[0] is None:
         return {"model": values[0], "models": ()}
     if None in specs:
-        raise UsageError("--model: give one MODEL, or NAME=MODEL for each of several models (NAME prefixes its columns)")
+        raise UsageError(
+            "--model: give one MODEL, or NAME=MODEL for each of several models (NAME prefixes its columns)"
+        )
     return {"models": tuple(specs)}
 
 

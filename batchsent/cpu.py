@@ -115,6 +115,9 @@ def this_cpu() -> CpuInfo:
     model, flags = read_cpuinfo()
     model = model or platform.processor() or "unknown CPU"
     if os.environ.get(FLAGS_ENV):
-        return CpuInfo(f"{model}, as {FLAGS_ENV}={os.environ[FLAGS_ENV]!r}", platform.machine(),
-                       frozenset(os.environ[FLAGS_ENV].split()))  # fmt: skip
+        return CpuInfo(
+            f"{model}, as {FLAGS_ENV}={os.environ[FLAGS_ENV]!r}",
+            platform.machine(),
+            frozenset(os.environ[FLAGS_ENV].split()),
+        )
     return CpuInfo(model, platform.machine(), flags)

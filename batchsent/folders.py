@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,16 @@ from . import io
 from .checkpoint import CommittedState, damaged, no_model_counts
 from .errors import InputError, OutputError, ScoringError, first_line
 from .identity import input_fingerprint
-from .job import (ModelSummary, Progress, RunSummary, check_input_columns, check_output, load_classifiers,
-                  score_local, score_to_object)
+from .job import (
+    ModelSummary,
+    Progress,
+    RunSummary,
+    check_input_columns,
+    check_output,
+    load_classifiers,
+    score_local,
+    score_to_object,
+)
 from .lock import output_lock
 from .options import JobConfig
 from .sources import InputFiles, expand
@@ -38,7 +47,9 @@ DONE_VERSION = 2
 def default_output_folder(inputs: InputFiles) -> Path:
     """``<folder>.scored`` beside a folder; for a glob, ``<the glob's folder>.scored``."""
     if isinstance(inputs.root, str):
-        raise OutputError(f"{inputs.spec}: a folder or glob on object storage needs --output FOLDER (a local folder or a URL prefix)")
+        raise OutputError(
+            f"{inputs.spec}: a folder or glob on object storage needs --output FOLDER (a local folder or a URL prefix)"
+        )
     root = inputs.root.resolve() if inputs.root != Path(".") else Path.cwd()
     return root.with_name(f"{root.name}.scored")
 
@@ -54,6 +65,8 @@ class _Finished:
         self.files: dict[str, dict[str, Any]] = {}
 
     def load(self) -> None:
+        if self.path is None:  # an object-storage output keeps no list of finished files
+            return
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -65,11 +78,17 @@ class _Finished:
         self.files = raw["files"]
 
     def add(self, relative: Path, fingerprint: dict[str, Any], summary: RunSummary) -> None:
-        self.files[str(relative)] = {"input": fingerprint, "rows": summary.rows, "scored": summary.scored,
-                                     "empty": summary.empty, "truncated": summary.truncated,
-                                     "label_counts": summary.label_counts, "cached": summary.cached,
-                                     "duplicates": summary.duplicates,
-                                     "models": [asdict(model) for model in summary.models]}  # fmt: skip
+        self.files[str(relative)] = {
+            "input": fingerprint,
+            "rows": summary.rows,
+            "scored": summary.scored,
+            "empty": summary.empty,
+            "truncated": summary.truncated,
+            "label_counts": summary.label_counts,
+            "cached": summary.cached,
+            "duplicates": summary.duplicates,
+            "models": [asdict(model) for model in summary.models],
+        }
         if self.path is None:
             return
         with io.atomic_file(self.path) as temporary:
@@ -122,9 +141,13 @@ class _Combined:
         pass  # the run closes the real display once, at the end
 
 
-def score_files(config: JobConfig, progress: Progress | None = None,
-                classifier: Classifier | list[Classifier] | None = None,
-                stop: Callable[[], bool] | None = None, record: dict[str, Any] | None = None) -> RunSummary:  # fmt: skip
+def score_files(
+    config: JobConfig,
+    progress: Progress | None = None,
+    classifier: Classifier | Sequence[Classifier] | None = None,
+    stop: Callable[[], bool] | None = None,
+    record: dict[str, Any] | None = None,
+) -> RunSummary:
     """Score every file of the folder or glob ``config.input`` into the folder ``config.output``."""
     started = time.monotonic()
     record = {} if record is None else record
@@ -132,7 +155,7 @@ def score_files(config: JobConfig, progress: Progress | None = None,
     remote_output = is_url(config.output)
     if remote_output:  # a URL prefix; each object is uploaded once its file is complete (no lock, no --resume)
         output: Path | str = str(config.output).rstrip("/")
-        remote(output + "/", OutputError).info(OutputError)
+        remote(f"{output}/", OutputError).info(OutputError)
     else:
         output = Path(config.output).expanduser() if config.output is not None else default_output_folder(inputs)
         _check_folders(output)
@@ -143,8 +166,10 @@ def score_files(config: JobConfig, progress: Progress | None = None,
             if config.resume:
                 finished.load()
             elif not config.overwrite:
-                raise OutputError(f"{output}: an interrupted run left finished files; pass --resume to continue it "
-                                  "or --overwrite to start over")  # fmt: skip
+                raise OutputError(
+                    f"{output}: an interrupted run left finished files; pass --resume to continue it "
+                    "or --overwrite to start over"
+                )
             else:
                 finished.remove()
         jobs = _plan(config, inputs, output, finished)
@@ -168,25 +193,39 @@ def score_files(config: JobConfig, progress: Progress | None = None,
     return _combined_summary(config, output, files, time.monotonic() - started, record)
 
 
-def _score_each(jobs: list[_FileJob], inputs: InputFiles, output: Path | str,
-                finished: _Finished, classifier: Classifier | list[Classifier] | None, shown: _Combined | None,
-                stop: Callable[[], bool] | None, record: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
+def _score_each(
+    jobs: list[_FileJob],
+    inputs: InputFiles,
+    output: Path | str,
+    finished: _Finished,
+    classifier: Classifier | Sequence[Classifier] | None,
+    shown: _Combined | None,
+    stop: Callable[[], bool] | None,
+    record: dict[str, Any],
+) -> list[dict[str, Any]]:
     """Score the files not finished yet, in order; each one's counts (finished ones' from the record)."""
     files, resumed = [], 0
     for file in jobs:
         source, job, done = file.source, file.job, file.done
         if done is None:
-            record["current"] = file_record = {}  # before anything can fail: a failure counts this file's rows only
+            file_record: dict[str, Any] = {}
+            record["current"] = file_record  # before anything can fail: a failure counts this file's rows only
             relative = inputs.relative(source)
             fingerprint = _fingerprint_of(source)
             if isinstance(output, str):
-                summary = score_to_object(job, progress=shown, classifier=classifier, stop=stop, record=file_record,
-                                          locked=True)  # fmt: skip
+                summary = score_to_object(
+                    job, progress=shown, classifier=classifier, stop=stop, record=file_record, locked=True
+                )
             else:
                 (output / relative).parent.mkdir(parents=True, exist_ok=True)
                 summary = score_local(job, progress=shown, classifier=classifier, stop=stop, record=file_record)
-            record.update({k: v for k, v in file_record.items()
-                           if k in ("model", "labels", "device", "dtype", "variant", "models")})  # fmt: skip
+            record.update(
+                {
+                    k: v
+                    for k, v in file_record.items()
+                    if k in ("model", "labels", "device", "dtype", "variant", "models")
+                }
+            )
             resumed += file_record.get("resumed_from_rows", 0)
             finished.add(relative, fingerprint, summary)
             record["current"] = {}  # its rows are counted as a finished file's now
@@ -266,8 +305,9 @@ def _plan(config: JobConfig, inputs: InputFiles, output: Path | str, finished: _
     return jobs
 
 
-def _combined_summary(config: JobConfig, output: Path, files: list[dict[str, Any]], elapsed: float,
-                      record: dict[str, Any]) -> RunSummary:  # fmt: skip
+def _combined_summary(
+    config: JobConfig, output: Path | str, files: list[dict[str, Any]], elapsed: float, record: dict[str, Any]
+) -> RunSummary:
     """One summary for the whole run: counts added over the files, the labels in the model's order."""
     labels: dict[str, int] = {}
     for entry in files:
@@ -275,15 +315,30 @@ def _combined_summary(config: JobConfig, output: Path, files: list[dict[str, Any
             labels[label] = labels.get(label, 0) + count
     order = record.get("labels") or sorted(labels)
     where = f"{record.get('device', '')}, {record.get('variant', '')}" if record.get("device") else ""
-    total = {key: sum(entry[key] for entry in files) for key in ("rows", "scored", "empty", "truncated", "cached",
-                                                                  "duplicates")}  # fmt: skip
+    total = {
+        key: sum(entry[key] for entry in files)
+        for key in ("rows", "scored", "empty", "truncated", "cached", "duplicates")
+    }
     models = _combined_models(files)
     if models:
         labels, where = {}, ""
-    return RunSummary(config.input, output, total["rows"], total["scored"], total["empty"], total["truncated"], elapsed,
-                      {label: labels[label] for label in order if label in labels}, config.long_text == "chunk",
-                      record["resumed_from_rows"], where, record.get("load_seconds", 0.0), total["cached"],
-                      total["duplicates"], models)  # fmt: skip
+    return RunSummary(
+        config.input,
+        output,
+        total["rows"],
+        total["scored"],
+        total["empty"],
+        total["truncated"],
+        elapsed,
+        {label: labels[label] for label in order if label in labels},
+        config.long_text == "chunk",
+        record["resumed_from_rows"],
+        where,
+        record.get("load_seconds", 0.0),
+        total["cached"],
+        total["duplicates"],
+        models,
+    )
 
 
 def _combined_models(files: list[dict[str, Any]]) -> tuple[ModelSummary, ...]:
@@ -297,4 +352,3 @@ def _combined_models(files: list[dict[str, Any]]) -> tuple[ModelSummary, ...]:
             for label, count in model["label_counts"].items():
                 total["label_counts"][label] = total["label_counts"].get(label, 0) + count
     return tuple(ModelSummary(**total) for total in totals.values())
-

@@ -36,7 +36,12 @@ def input_fingerprint(path: Path | str) -> dict[str, Any]:
         return fingerprint(remote(str(path)))
     assert isinstance(path, Path)
     stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(path)}
+    return {
+        "path": str(path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256": file_sha256(path),
+    }
 
 
 def model_identity(model_ref: str, config: Any, commit: str | None = None) -> dict[str, Any]:
@@ -61,7 +66,7 @@ def hub_snapshot(model_ref: str, revision: str | None) -> Path | None:
 
     try:
         found = try_to_load_from_cache(model_ref, "config.json", revision=revision or "main")
-    except Exception:  # noqa: BLE001 - not a repository id, or an unreadable cache: not cached
+    except Exception:
         return None
     return Path(found).parent if isinstance(found, str) else None
 
@@ -79,8 +84,11 @@ MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")  # wei
 
 def folder_digests(folder: Path) -> dict[str, str]:
     """``{file name: SHA-256}`` of the files of a model folder that its results depend on."""
-    return {entry.name: file_sha256(entry) for entry in sorted(folder.iterdir())
-            if entry.suffix in MODEL_FILE_SUFFIXES and entry.is_file()}  # fmt: skip
+    return {
+        entry.name: file_sha256(entry)
+        for entry in sorted(folder.iterdir())
+        if entry.suffix in MODEL_FILE_SUFFIXES and entry.is_file()
+    }
 
 
 def digest_memo_path() -> Path:
@@ -103,8 +111,14 @@ def file_sha256(path: Path) -> str:
     identity = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     with _digest_memo() as memo:
         try:
-            row = memo and memo.execute("SELECT sha256 FROM digests WHERE path = ? AND device = ? AND inode = ? AND "
-                                        "size = ? AND mtime_ns = ? AND ctime_ns = ?", identity).fetchone()  # fmt: skip
+            row = (
+                memo
+                and memo.execute(
+                    "SELECT sha256 FROM digests WHERE path = ? AND device = ? AND inode = ? AND "
+                    "size = ? AND mtime_ns = ? AND ctime_ns = ?",
+                    identity,
+                ).fetchone()
+            )
         except sqlite3.Error:
             row = None
         if row:
@@ -114,8 +128,9 @@ def file_sha256(path: Path) -> str:
             while block := stream.read(HASH_BLOCK_BYTES):
                 digest.update(block)
         with contextlib.suppress(sqlite3.Error):
-            memo and memo.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                  (*identity, digest.hexdigest()))  # fmt: skip
+            memo and memo.execute(
+                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)", (*identity, digest.hexdigest())
+            )
         return digest.hexdigest()
 
 
@@ -131,8 +146,10 @@ def _digest_memo() -> Iterator[sqlite3.Connection | None]:
         return
     try:
         connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER, "
-                           "size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT NOT NULL)")  # fmt: skip
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER, "
+            "size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT NOT NULL)"
+        )
     except sqlite3.Error:
         connection.close()
         yield None

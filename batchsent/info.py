@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from .cpu import CpuInfo, this_cpu
 from .errors import UsageError
+from .identity import package_version
 from .precision import resolve_precision
-
-
-def _version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
 
 
 def _variants(cpu: CpuInfo) -> dict[str, str]:
@@ -41,7 +34,9 @@ def collect() -> dict[str, Any]:
     import torch
 
     cpu = this_cpu()
-    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    cuda = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     fast_device = "cuda" if cuda else "cpu"
     fast = resolve_precision("fast", fast_device)
     try:
@@ -54,8 +49,8 @@ def collect() -> dict[str, Any]:
             "torch": torch.__version__,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_cuda": torch.version.cuda,
-            "onnxruntime": _version("onnxruntime"),
-            "transformers": _version("transformers"),
+            "onnxruntime": package_version("onnxruntime"),
+            "transformers": package_version("transformers"),
         },
         "cuda_devices": cuda,
         "variants": _variants(cpu),
@@ -76,10 +71,19 @@ def _tunings(cpu: CpuInfo) -> list[dict[str, Any]]:
 
     here = {key: value for key, value in scope_of("", 0, 0, cpu).items() if key in ("cpu", "cpu_flags", "format")}
     stored = TuningStore().all()  # a damaged store is a UsageError, which collect() shows
-    return [{"scope": tuning.scope, "sample": tuning.sample, "measured_at": tuning.measured_at,
-             "load_average": tuning.load_average,
-             "versions": tuning.facts["versions"], "chosen": tuning.chosen.variant, "table": tuning.table()}
-            for tuning in stored if all(tuning.scope.get(key) == value for key, value in here.items())]  # fmt: skip
+    return [
+        {
+            "scope": tuning.scope,
+            "sample": tuning.sample,
+            "measured_at": tuning.measured_at,
+            "load_average": tuning.load_average,
+            "versions": tuning.facts["versions"],
+            "chosen": tuning.chosen.variant,
+            "table": tuning.table(),
+        }
+        for tuning in stored
+        if all(tuning.scope.get(key) == value for key, value in here.items())
+    ]
 
 
 def render(info: dict[str, Any]) -> list[str]:
@@ -98,14 +102,17 @@ def render(info: dict[str, Any]) -> list[str]:
     elif fast["device"] == "cpu":
         lines.append(f"--precision fast here: {fast['basis']}; {len(info['tunings'])} stored for this CPU")
     else:
-        lines.append(f"--precision fast here: {fast['quantize'] or fast['dtype']} on {fast['device']}; "
-                     f"measured: {fast['basis']}")  # fmt: skip
+        lines.append(
+            f"--precision fast here: {fast['quantize'] or fast['dtype']} on {fast['device']}; measured: {fast['basis']}"
+        )
     for tuning in info["tunings"]:
         scope = tuning["scope"]
         versions = ", ".join(f"{name} {version or 'absent'}" for name, version in tuning["versions"].items())
-        lines.append(f"tuning {scope['model']} (max length {scope['max_length']}, {scope['threads']} threads; "
-                     f"{tuning['measured_at']}, {tuning['sample']}, load average "
-                     f"{'unknown' if tuning['load_average'] is None else tuning['load_average']}; {versions}): "
-                     f"fast runs {tuning['chosen']}")  # fmt: skip
+        lines.append(
+            f"tuning {scope['model']} (max length {scope['max_length']}, {scope['threads']} threads; "
+            f"{tuning['measured_at']}, {tuning['sample']}, load average "
+            f"{'unknown' if tuning['load_average'] is None else tuning['load_average']}; {versions}): "
+            f"fast runs {tuning['chosen']}"
+        )
         lines += tuning["table"]
     return lines

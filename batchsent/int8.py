@@ -90,7 +90,9 @@ def choose_kernel(cpu: CpuInfo) -> str:
             f"--quantize int8 needs torch's int8 matrix product on CPU, missing or inexact in torch {torch.__version__}"
         )
     if kernel == "fbgemm" and not fbgemm_available():
-        raise UsageError(f"--quantize int8 on an AVX2 CPU needs torch's fbgemm engine, absent from torch {torch.__version__}")
+        raise UsageError(
+            f"--quantize int8 on an AVX2 CPU needs torch's fbgemm engine, absent from torch {torch.__version__}"
+        )
     return kernel
 
 
@@ -106,6 +108,11 @@ def check_kernel(kernel: str) -> None:
 
 class Int8Linear(torch.nn.Module):
     """A Linear layer computed in int8: ``y = W x + b`` with W per-channel, x per-token quantized."""
+
+    weight_t: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_sum: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
@@ -136,6 +143,9 @@ class Int8Linear(torch.nn.Module):
 class FbgemmInt8Linear(torch.nn.Module):
     """The same per-channel/per-token product through fbgemm: ``y = range * (W x01) + low * sum(W) + b``."""
 
+    weight_sum: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
@@ -162,7 +172,7 @@ class FbgemmInt8Linear(torch.nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def _int8_weight(layer: torch.nn.Module) -> torch.Tensor:
+def _int8_weight(layer: Any) -> torch.Tensor:
     """What model code may ask of a quantized layer's ``weight``: its shape and the int8 dtype, no values
     (the float32 weights are gone). T5's feed-forward reads ``wo.weight.dtype`` and leaves int8 alone."""
     return torch.empty(layer.out_features, layer.in_features, dtype=torch.int8, device="meta")
@@ -193,7 +203,7 @@ def quantize_encoder_int8(model: Any, kernel: str = "int_mm") -> int:
     The encoder is ``model.base_model`` less its pooler; heads and the pooler see one row
     per text and stay float32.
     """
-    layer = LAYERS[kernel]
+    layer: Any = LAYERS[kernel]  # called with a Linear, or a (weight, bias) namespace for GPT-2's Conv1D
     base = getattr(model, "base_model", model)
     keep = set()
     pooler = getattr(base, "pooler", None)

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -64,11 +64,15 @@ def file_format(path: Path | str, *, output: bool = False) -> str:
     error = OutputError if output else InputError
     if fmt is None and not (suffix + compressed):
         what = "an output" if output else "an input"
-        raise error(f"{path}: no suffix to tell {what} file's format from; name a .csv, .tsv, .jsonl or .parquet file"
-                    + (" (or an existing folder to write into)" if output else ""))  # fmt: skip
+        raise error(
+            f"{path}: no suffix to tell {what} file's format from; name a .csv, .tsv, .jsonl or .parquet file"
+            + (" (or an existing folder to write into)" if output else "")
+        )
     if fmt is None:
-        raise error(f"{path}: unsupported file type {suffix + compressed!r}; use .csv, .tsv, .jsonl or .parquet "
-                    "(CSV, TSV and JSON Lines may end in .gz, .bz2 or .zst)")  # fmt: skip
+        raise error(
+            f"{path}: unsupported file type {suffix + compressed!r}; use .csv, .tsv, .jsonl or .parquet "
+            "(CSV, TSV and JSON Lines may end in .gz, .bz2 or .zst)"
+        )
     if fmt == "parquet" and compressed:
         raise error(f"{path}: Parquet is compressed inside the file; drop the {compressed} suffix")
     return fmt
@@ -84,7 +88,9 @@ def open_binary(path: Path | str) -> tuple[Any, Any]:
     if is_url(path):
         location = remote(str(path))
         try:  # ranged GETs of REMOTE_READ_BYTES each; decompression is ours (pyarrow would guess it from the suffix)
-            raw = _Counted(location.fs.open_input_stream(location.path, compression=None, buffer_size=REMOTE_READ_BYTES))
+            raw: Any = _Counted(
+                location.fs.open_input_stream(location.path, compression=None, buffer_size=REMOTE_READ_BYTES)
+            )
         except OSError as error:
             raise InputError(f"{path}: cannot read ({first_line(error)})") from error
     else:
@@ -121,7 +127,7 @@ class _Counted(stdio.RawIOBase):
 
 
 @contextmanager
-def text_lines(path: Path) -> Iterator[stdio.TextIOWrapper]:
+def text_lines(path: Path | str) -> Iterator[stdio.TextIOWrapper]:
     """``path`` decompressed, as text lines (error paths: finding the line of a bad byte or row)."""
     raw, stream = open_binary(path)
     try:
@@ -141,7 +147,7 @@ class Reader:
 
     def __init__(self, path: Path | str) -> None:
         self.path = path
-        self.total_bytes = check_readable(remote(path)) if is_url(path) else path.stat().st_size  # type: ignore[union-attr]
+        self.total_bytes = check_readable(remote(str(path))) if is_url(path) else Path(path).stat().st_size
         self.rows_read = 0
 
     def estimated_rows(self) -> int | None:
@@ -219,7 +225,7 @@ class CsvReader(Reader):
     read again with a block four times larger, up to MAX_CSV_BLOCK_BYTES, skipping the rows already given.
     """
 
-    def __init__(self, path: Path, delimiter: str) -> None:
+    def __init__(self, path: Path | str, delimiter: str) -> None:
         super().__init__(path)
         self._invalid_row: str | None = None
         self._invalid_utf8 = False  # set by _quiet_undecodable_rows when pyarrow cannot even show the bad row
@@ -252,8 +258,10 @@ class CsvReader(Reader):
         with open_binary(self.path)[1] as start:
             head = start.read(2)
         if head in (b"\xff\xfe", b"\xfe\xff"):
-            raise InputError(f"{self.path}: UTF-16 text (it starts with a UTF-16 byte-order mark); batchsent reads "
-                             "UTF-8: convert it first, e.g. iconv -f UTF-16 -t UTF-8")  # fmt: skip
+            raise InputError(
+                f"{self.path}: UTF-16 text (it starts with a UTF-16 byte-order mark); batchsent reads "
+                "UTF-8: convert it first, e.g. iconv -f UTF-16 -t UTF-8"
+            )
 
     def _opened(self, column_types: dict[str, pa.DataType] | None) -> pacsv.CSVStreamingReader:
         """A reader from the file's start, with the current block size, growing it for a row longer than a block."""
@@ -289,7 +297,7 @@ class CsvReader(Reader):
     def _line_of_bad_row(self, expected: int) -> int | str:
         """Physical line where the first record with the wrong field count ends (error path only)."""
         delimiter = self._parse.delimiter
-        quoting = csv.QUOTE_MINIMAL if self._parse.quote_char else csv.QUOTE_NONE
+        quoting: Literal[0, 3] = csv.QUOTE_MINIMAL if self._parse.quote_char else csv.QUOTE_NONE
         with text_lines(self.path) as stream:
             records = csv.reader(stream, delimiter=delimiter, quoting=quoting)
             try:
@@ -353,8 +361,9 @@ def _install_undecodable_row_filter() -> None:
 
     def quiet(unraisable: Any) -> None:
         handler = unraisable.object
-        if isinstance(unraisable.exc_value, UnicodeDecodeError) and isinstance(getattr(handler, "__self__", None),
-                                                                                CsvReader):  # fmt: skip
+        if isinstance(unraisable.exc_value, UnicodeDecodeError) and isinstance(
+            getattr(handler, "__self__", None), CsvReader
+        ):
             handler.__self__._invalid_utf8 = True
             return
         _previous_unraisable_hook(unraisable)
@@ -377,7 +386,7 @@ class JsonLinesReader(Reader):
     or an object that already has a prediction key is an InputError naming the line.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         super().__init__(path)
         self._raw, stream = open_binary(path)
         self._lines = stdio.TextIOWrapper(stream, encoding="utf-8", errors="strict", newline="\n")
@@ -421,8 +430,9 @@ class JsonLinesReader(Reader):
         except json.JSONDecodeError as error:
             raise InputError(f"{self.path}: line {self._line_number}: not valid JSON ({error.msg})") from None
         except RecursionError:
-            raise InputError(f"{self.path}: line {self._line_number}: arrays or objects nested too deeply to "
-                             "read") from None  # fmt: skip
+            raise InputError(
+                f"{self.path}: line {self._line_number}: arrays or objects nested too deeply to read"
+            ) from None
         if not isinstance(value, dict):
             raise InputError(f"{self.path}: line {self._line_number}: not a JSON object but {type(value).__name__}")
         return value
@@ -432,8 +442,10 @@ class JsonLinesReader(Reader):
         first = self._object(self._pending)  # type: ignore[arg-type]
         if name not in first:
             shown = ", ".join(repr(k) for k in first) or "no keys"
-            raise ColumnNotFound(f"{self.path}: line {self._line_number}: no key {name!r}; the object has {shown} "
-                                 f"(pick one with {option})")  # fmt: skip
+            raise ColumnNotFound(
+                f"{self.path}: line {self._line_number}: no key {name!r}; the object has {shown} "
+                f"(pick one with {option})"
+            )
         if name not in self.keys:
             self.keys.append(name)
             self.schema = _jsonl_schema(self.keys)
@@ -454,16 +466,20 @@ class JsonLinesReader(Reader):
         for line, value in self._objects():
             taken = self.reserved.intersection(value)
             if taken:
-                raise InputError(f"{self.path}: line {self._line_number}: already has key(s) "
-                                 f"{', '.join(map(repr, sorted(taken)))}; choose another --prefix")  # fmt: skip
+                raise InputError(
+                    f"{self.path}: line {self._line_number}: already has key(s) "
+                    f"{', '.join(map(repr, sorted(taken)))}; choose another --prefix"
+                )
             for key, column in zip(self.keys, texts, strict=True):
                 text = value.get(key)
                 if text is not None and not isinstance(text, str):
                     kind = "a number" if isinstance(text, _Number) else type(text).__name__
                     raise InputError(f"{self.path}: line {self._line_number}: {key!r} holds {kind}, not text")
                 if text is not None and not _encodable(text):
-                    raise InputError(f"{self.path}: line {self._line_number}: {key!r} holds an escaped lone "
-                                     "surrogate (such as \\ud800), which is not Unicode text")  # fmt: skip
+                    raise InputError(
+                        f"{self.path}: line {self._line_number}: {key!r} holds an escaped lone "
+                        "surrogate (such as \\ud800), which is not Unicode text"
+                    )
                 column.append(text)
             lines.append(line)
             if len(lines) == chunk_rows:
@@ -476,11 +492,12 @@ class JsonLinesReader(Reader):
         self._lines.close()
         self._raw.close()
 
+
 class JsonLinesFields(JsonLinesReader):
     """JSON Lines read back as a table (a scored file, for reports): every key of the first object is a
     column of text, numbers as written, objects and arrays as JSON, and a missing key null."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         super().__init__(path)
         self.keys = list(self._object(self._pending))  # type: ignore[arg-type]
         self.schema = pa.schema([(key, pa.string()) for key in self.keys])
@@ -567,7 +584,7 @@ def text_values(column: pa.Array) -> list[str | None]:
     return column.to_pylist()
 
 
-def first_invalid_utf8_line(path: Path) -> int:
+def first_invalid_utf8_line(path: Path | str) -> int:
     """1-based line number of the first byte sequence in ``path`` that is not UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     line = 1
@@ -625,8 +642,9 @@ def atomic_file(path: Path) -> Iterator[Path]:
 def check_output_format(source: Path | str, output: Path | str) -> None:
     """Refuse an output format the input cannot become: JSON Lines is written only from, and as, JSON Lines."""
     if (file_format(source) == "jsonl") != (file_format(output, output=True) == "jsonl"):
-        raise OutputError(f"{output}: JSON Lines input is written as JSON Lines (.jsonl or .ndjson), "
-                          "and only JSON Lines input can be")  # fmt: skip
+        raise OutputError(
+            f"{output}: JSON Lines input is written as JSON Lines (.jsonl or .ndjson), and only JSON Lines input can be"
+        )
 
 
 def check_output_schema(schema: pa.Schema, output: Path | str, source: Path | str) -> None:
@@ -636,10 +654,16 @@ def check_output_schema(schema: pa.Schema, output: Path | str, source: Path | st
         return
     for field in schema:
         kind = field.type
-        if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind) \
-                or pa.types.is_fixed_size_binary(kind):  # fmt: skip
-            raise InputError(f"{source}: column {field.name!r} holds {kind}, which a {file_format(output, output=True)} "
-                             "output cannot hold; write .parquet (or drop the column first)")  # fmt: skip
+        if (
+            pa.types.is_nested(kind)
+            or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind)
+            or pa.types.is_fixed_size_binary(kind)
+        ):
+            raise InputError(
+                f"{source}: column {field.name!r} holds {kind}, which a {file_format(output, output=True)} "
+                "output cannot hold; write .parquet (or drop the column first)"
+            )
 
 
 class AtomicWriter:
@@ -687,7 +711,7 @@ class AtomicWriter:
             if closable is not None:
                 try:
                     closable.close()
-                except Exception:  # noqa: BLE001 - already failing; the file is removed below
+                except Exception:
                     pass
         self.temporary.unlink(missing_ok=True)
 
@@ -755,4 +779,3 @@ def _json_values(column: pa.Array) -> list[str]:
     if pa.types.is_integer(column.type):
         return ["null" if v is None else str(v) for v in column.to_pylist()]
     return ["null" if v is None else json.dumps(v, ensure_ascii=False) for v in column.to_pylist()]
-

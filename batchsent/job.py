@@ -28,6 +28,7 @@ from . import __version__, io
 from .cache import PredictionCache
 from .checkpoint import Checkpoint, CommittedState, ResumeMismatch, first_difference, no_model_counts
 from .errors import BatchsentError, InputError, OutputError, ScoringError, UsageError, first_line
+from .fingerprint import loaded_model_key, options_key
 from .identity import input_fingerprint
 from .lock import OutputLock, output_lock
 from .options import JobConfig, ScoringModel
@@ -91,8 +92,8 @@ class RunSummary:
     ``truncated`` counts rows truncated by any model, and ``cached``/``duplicates`` add up the models'.
     """
 
-    input: Path
-    output: Path
+    input: Path | str  # a path, or an object URL
+    output: Path | str
     rows: int
     scored: int
     empty: int
@@ -125,7 +126,8 @@ class RunSummary:
         reused = [f"{self.cached:,} from the cache"] if self.cached else []
         reused += [f"{self.duplicates:,} repeated texts"] if self.duplicates else []
         return (
-            f"{self.rows:,} rows: {self.scored:,} scored" + (f" ({', '.join(reused)})" if reused else "")
+            f"{self.rows:,} rows: {self.scored:,} scored"
+            + (f" ({', '.join(reused)})" if reused else "")
             + f", {self.empty:,} empty, {self.truncated:,} "
             + ("over the limit (scored in windows) " if self.chunked else "truncated ")
             + f"in {self.elapsed:.1f} s ({self._loading()}, scoring {self.scoring_seconds:.1f} s "
@@ -146,7 +148,8 @@ class RunSummary:
         return (
             f"{self.rows:,} rows: {self.scored:,} scored, {self.empty:,} empty by {len(self.models)} models in "
             f"{self.elapsed:.1f} s (models load {self.load_seconds:.1f} s, scoring {self.scoring_seconds:.1f} s at "
-            f"{self.rows_per_second:,.0f} rows/s" + (f", resumed after {self.resumed_rows:,} rows)" if self.resumed_rows else ")")
+            f"{self.rows_per_second:,.0f} rows/s"
+            + (f", resumed after {self.resumed_rows:,} rows)" if self.resumed_rows else ")")
             + "".join(f"; {model.part()}" for model in self.models)
             + f" -> {self.output}"
             + (f" [{wheres.pop()}]" if len(wheres) == 1 else "")
@@ -159,8 +162,9 @@ def check_output(config: JobConfig) -> Path:
     io.check_output_format(config.input, output)
     assert isinstance(output, Path), "an object-storage output is staged locally by runner.run"
     local_input = not is_url(config.input)
-    if local_input and (output.resolve() == config.input.resolve()
-                        or (output.exists() and os.path.samefile(output, config.input))):  # fmt: skip
+    if local_input and (
+        output.resolve() == Path(config.input).resolve() or (output.exists() and os.path.samefile(output, config.input))
+    ):
         raise OutputError(f"{output}: the output would replace the input; choose another --output")
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")
@@ -175,7 +179,7 @@ def check_output(config: JobConfig) -> Path:
     return output
 
 
-def check_new_columns(names: list[str], schema: pa.Schema, path: Path, several: bool = False) -> None:
+def check_new_columns(names: list[str], schema: pa.Schema, path: Path | str, several: bool = False) -> None:
     """Refuse an input that already holds a column the job would add."""
     taken = [name for name in names if name in schema.names]
     if taken:
@@ -183,10 +187,12 @@ def check_new_columns(names: list[str], schema: pa.Schema, path: Path, several: 
         raise InputError(f"{path}: already has column(s) {', '.join(map(repr, taken))}; choose {remedy}")
 
 
-def check_input_columns(config: JobConfig, schema: pa.Schema, path: Path) -> None:
+def check_input_columns(config: JobConfig, schema: pa.Schema, path: Path | str) -> None:
     """Before any model loads: every model's label and score columns (known without the model) are new to the input."""
     models = config.scoring_models()
-    names = [name for model in models for name in column_names([], model.prefix, False, model.options.long_text == "chunk")]
+    names = [
+        name for model in models for name in column_names([], model.prefix, False, model.options.long_text == "chunk")
+    ]
     check_new_columns(names, schema, path, models[0].name is not None)
 
 
@@ -197,12 +203,15 @@ def check_model_columns(names: list[list[str]], models: list[ScoringModel]) -> N
         for name in columns:
             if name in owner and owner[name] == model.name:
                 whose = f"model {model.name}" if model.name else "the model"
-                raise UsageError(f"{whose} gives two of its classes one name, so it would write the column {name!r} "
-                                 "twice; score without --all-scores, or name its classes apart (id2label in its "
-                                 "config.json)")  # fmt: skip
+                raise UsageError(
+                    f"{whose} gives two of its classes one name, so it would write the column {name!r} "
+                    "twice; score without --all-scores, or name its classes apart (id2label in its "
+                    "config.json)"
+                )
             if name in owner:
-                raise UsageError(f"models {owner[name]} and {model.name} would both write the column {name!r}; "
-                                 "rename one of them")  # fmt: skip
+                raise UsageError(
+                    f"models {owner[name]} and {model.name} would both write the column {name!r}; rename one of them"
+                )
             owner[name] = model.name
 
 
@@ -227,7 +236,7 @@ def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
                 if stop.is_set():
                     return
             slots.put(("done", None))
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+        except BaseException as error:
             slots.put(("error", error))
 
     worker = threading.Thread(target=produce, name="batchsent-prefetch", daemon=True)
@@ -249,23 +258,10 @@ def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
                 pass
 
 
-RESULT_OPTIONS = ("column", "revision", "max_length", "batch_size", "token_budget", "device", "dtype", "threads",
-                  "chunk_rows", "prefix", "all_scores", "long_text", "stride", "aggregate", "backend", "quantize",
-                  "precision", "pair_column", "labels", "hypothesis_template", "multi_label")  # fmt: skip
-
-
 def _fingerprint(config: JobConfig, output: Path) -> dict[str, Any]:
     """What the committed rows depend on, before the models load (the models are added after)."""
-    options = {name: getattr(config, name) for name in RESULT_OPTIONS}
-    options["output_format"] = io.file_format(output, output=True)
-    if config.models:
-        options["models"] = [spec.described() for spec in config.models]
+    options = options_key(config, io.file_format(output, output=True), replayed=True)
     return {"input": input_fingerprint(config.input), "options": options}
-
-
-def _model_fingerprint(identity: dict[str, Any], classifier: Classifier) -> dict[str, Any]:
-    effective = {name: getattr(classifier, name) for name in ("batch_size", "token_budget", "max_length", "dtype", "variant")}
-    return {**identity, "device_type": classifier.device.type, **effective}
 
 
 def score_local(
@@ -306,10 +302,14 @@ def score_local(
     return job.summary(output, time.monotonic() - started)
 
 
-def score_to_object(config: JobConfig, progress: Progress | None = None,
-                    classifier: Classifier | Sequence[Classifier] | None = None,
-                    stop: Callable[[], bool] | None = None, record: dict[str, Any] | None = None,
-                    locked: bool = False) -> RunSummary:  # fmt: skip
+def score_to_object(
+    config: JobConfig,
+    progress: Progress | None = None,
+    classifier: Classifier | Sequence[Classifier] | None = None,
+    stop: Callable[[], bool] | None = None,
+    record: dict[str, Any] | None = None,
+    locked: bool = False,
+) -> RunSummary:
     """An object-storage output: the job writes a local staging copy, uploaded in one go once complete.
 
     Nothing appears under the output name before the upload completes; a failed run
@@ -324,16 +324,19 @@ def score_to_object(config: JobConfig, progress: Progress | None = None,
     io.file_format(target.url, output=True)
     check_writable(target, config.overwrite)  # the bucket's and the object's own errors first
     record["output"] = target.url
-    with contextlib.nullcontext() if locked else output_lock(target.url) as lock, \
-            tempfile.TemporaryDirectory(prefix="batchsent-") as staging:  # fmt: skip
+    with (
+        contextlib.nullcontext() if locked else output_lock(target.url) as lock,
+        tempfile.TemporaryDirectory(prefix="batchsent-") as staging,
+    ):
         check_writable(target, config.overwrite)  # again under the lease: another run may have published meanwhile
         local = Path(staging) / target.name
-        summary = score_local(replace(config, output=local), progress=progress, classifier=classifier, stop=stop,
-                              record=record)  # fmt: skip
+        summary = score_local(
+            replace(config, output=local), progress=progress, classifier=classifier, stop=stop, record=record
+        )
         if lock is not None:
             lock.check()
         upload(local, target)
-    return replace(summary, output=target.url)  # type: ignore[arg-type]
+    return replace(summary, output=target.url)
 
 
 def _checkpoint_for(config: JobConfig, output: Path) -> Checkpoint:
@@ -350,9 +353,16 @@ def _checkpoint_for(config: JobConfig, output: Path) -> Checkpoint:
     return checkpoint
 
 
-def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Checkpoint,
-             classifier: Classifier | Sequence[Classifier] | None, record: dict[str, Any], progress: Progress | None,
-             stores: list[PredictionCache]) -> _Job:  # fmt: skip
+def _prepare(
+    config: JobConfig,
+    output: Path,
+    reader: io.Reader,
+    checkpoint: Checkpoint,
+    classifier: Classifier | Sequence[Classifier] | None,
+    record: dict[str, Any],
+    progress: Progress | None,
+    stores: list[PredictionCache],
+) -> _Job:
     """Every check of the input, the resume state and the cache, the models, and the output schema: a job
     ready to score. Stores opened are appended to ``stores`` (the caller closes them)."""
     column = reader.text_column(config.column)
@@ -369,15 +379,19 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
         run_id = stores[0].start_run(__version__)
     classifiers = load_classifiers(config, classifier, record, progress)
     identities = [loaded.identity for loaded in classifiers]
-    prints = [_model_fingerprint(identity, loaded) for identity, loaded in zip(identities, classifiers)]
+    prints = [loaded_model_key(identity, loaded, replayed=True) for identity, loaded in zip(identities, classifiers)]
     _record_models(record, wanted, classifiers, prints)
     fingerprint["model"] = prints[0] if wanted[0].name is None else {m.name: p for m, p in zip(wanted, prints)}
     if state is not None:
         _check_resumable(state.fingerprint, fingerprint, ("model",))
-    names = [column_names(loaded.labels, model.prefix, config.all_scores, loaded.long_text == "chunk")
-             for model, loaded in zip(wanted, classifiers)]  # fmt: skip
+    names = [
+        column_names(loaded.labels, model.prefix, config.all_scores, loaded.long_text == "chunk")
+        for model, loaded in zip(wanted, classifiers)
+    ]
     check_model_columns(names, wanted)  # the label-named columns (--all-scores) are known only now
-    check_new_columns([name for group in names for name in group], reader.schema, config.input, wanted[0].name is not None)
+    check_new_columns(
+        [name for group in names for name in group], reader.schema, config.input, wanted[0].name is not None
+    )
     if isinstance(reader, io.JsonLinesReader):
         reader.reserved = {name for group in names for name in group}  # checked on every line as it is read
     schema = reader.schema
@@ -394,26 +408,46 @@ def _prepare(config: JobConfig, output: Path, reader: io.Reader, checkpoint: Che
     models = []
     for model, loaded, identity in zip(wanted, classifiers, identities):
         description = model_description(loaded, identity, pair is not None)
-        reuse = RunReuse(store, store.register(model.options.model, description, loaded.labels), run_id,
-                         shared=config.cache is not None)  # fmt: skip
+        reuse = RunReuse(
+            store,
+            store.register(model.options.model, description, loaded.labels),
+            run_id,
+            shared=config.cache is not None,
+        )
         models.append(_Model(model.name, model.prefix, loaded, reuse))
     return _Job(config, reader, column, pair, models, schema, checkpoint, state, record)
 
 
-def _record_models(record: dict[str, Any], wanted: list[ScoringModel], classifiers: list[Classifier],
-                   prints: list[dict[str, Any]]) -> None:  # fmt: skip
+def _record_models(
+    record: dict[str, Any], wanted: list[ScoringModel], classifiers: list[Classifier], prints: list[dict[str, Any]]
+) -> None:
     """What the manifest says of the models: one entry per model, and the single model's keys at the top."""
-    entries = [{"name": model.name, "id": model.options.model, "model": fingerprint, "labels": loaded.labels,
-                "device": str(loaded.device), "dtype": loaded.dtype, "variant": loaded.variant,
-                "precision_basis": loaded.tuning.basis() if loaded.tuning is not None else None}
-               for model, loaded, fingerprint in zip(wanted, classifiers, prints)]  # fmt: skip
+    entries = [
+        {
+            "name": model.name,
+            "id": model.options.model,
+            "model": fingerprint,
+            "labels": loaded.labels,
+            "device": str(loaded.device),
+            "dtype": loaded.dtype,
+            "variant": loaded.variant,
+            "precision_basis": loaded.tuning.basis() if loaded.tuning is not None else None,
+        }
+        for model, loaded, fingerprint in zip(wanted, classifiers, prints)
+    ]
     record["models"] = entries
     if wanted[0].name is None:
-        record.update({key: entries[0][key] for key in ("model", "labels", "device", "dtype", "variant", "precision_basis")})
+        record.update(
+            {key: entries[0][key] for key in ("model", "labels", "device", "dtype", "variant", "precision_basis")}
+        )
 
 
-def load_classifiers(config: JobConfig, given: Classifier | Sequence[Classifier] | None, record: dict[str, Any],
-                     progress: Progress | None) -> list[Classifier]:  # fmt: skip
+def load_classifiers(
+    config: JobConfig,
+    given: Classifier | Sequence[Classifier] | None,
+    record: dict[str, Any],
+    progress: Progress | None,
+) -> list[Classifier]:
     """The job's Classifiers, one per model in column order (loaded now unless given); the load time recorded and noted."""
     started = time.monotonic()
     wanted = config.scoring_models()
@@ -447,7 +481,9 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], parts: tuple[str,
     for part in parts:
         changed = first_difference(old.get(part, {}), new.get(part, {}), f"{part}.")
         if changed:
-            raise ResumeMismatch(f"cannot resume: {changed} changed since the interrupted run; pass --overwrite to start over")
+            raise ResumeMismatch(
+                f"cannot resume: {changed} changed since the interrupted run; pass --overwrite to start over"
+            )
 
 
 @dataclass
@@ -467,8 +503,16 @@ class _Model:
     def summary(self, counts: dict[str, Any] | None) -> ModelSummary:
         """This model's part of a multi-model run's summary, from its committed counts."""
         counts, loaded = counts or no_model_counts(), self.classifier
-        return ModelSummary(self.name, _ordered(counts["label_counts"], loaded.labels), counts["truncated"],  # type: ignore[arg-type]
-                            counts["cached"], counts["duplicates"], loaded.long_text == "chunk", loaded.where)  # fmt: skip
+        assert self.name is not None, "only a multi-model run's models have summaries of their own"
+        return ModelSummary(
+            self.name,
+            _ordered(counts["label_counts"], loaded.labels),
+            counts["truncated"],
+            counts["cached"],
+            counts["duplicates"],
+            loaded.long_text == "chunk",
+            loaded.where,
+        )
 
 
 @dataclass
@@ -501,13 +545,16 @@ class _Job:
             chunks = encode_each(classifiers, [(plan.model_texts, plan.model_pairs) for plan in plans])
             yield batch, plans, chunks, self.reader.estimated_rows()
 
-    def _planned(self, model: _Model, texts: list[str | None], pairs: list[str | None] | None,
-                 digests: list[bytes | None]) -> ChunkPlan:  # fmt: skip
+    def _planned(
+        self, model: _Model, texts: list[str | None], pairs: list[str | None] | None, digests: list[bytes | None]
+    ) -> ChunkPlan:
         try:
             return model.reuse.plan(texts, pairs, digests)
         except sqlite3.Error as error:
-            raise ScoringError(f"cache {model.reuse.store.path}: cannot read: {first_line(error)}; if it is damaged, "
-                               "move it aside and run again (batchsent cache stats checks it)") from error  # fmt: skip
+            raise ScoringError(
+                f"cache {model.reuse.store.path}: cannot read: {first_line(error)}; if it is damaged, "
+                "move it aside and run again (batchsent cache stats checks it)"
+            ) from error
 
     def _advance(self, progress: Progress, rows_done: int, estimated_rows: int | None) -> None:
         """Rows done, and the byte position they stand for (CSV: rows x the mean bytes per row read so far)."""
@@ -525,11 +572,16 @@ class _Job:
                 for position, (model, plan, chunk) in enumerate(zip(self.models, plans, chunks)):
                     report = None
                     if progress is not None:
-                        rows_before = state.rows
 
-                        def report(share: float, position: int = position) -> None:
+                        def report(
+                            share: float,
+                            position: int = position,
+                            rows_before: int = state.rows,
+                            batch_rows: int = batch.num_rows,
+                            estimated_rows: int | None = estimated_rows,
+                        ) -> None:
                             done = (position + share) / count
-                            self._advance(progress, rows_before + int(done * batch.num_rows), estimated_rows)
+                            self._advance(progress, rows_before + int(done * batch_rows), estimated_rows)
 
                     results.append(self._completed(model, plan, self._run_model(model, chunk, stop, report, progress)))
                 self._commit(batch, results)
@@ -551,21 +603,29 @@ class _Job:
             if progress is not None:
                 progress.close()
 
-    def _run_model(self, model: _Model, chunk: EncodedChunk, stop: Callable[[], bool] | None,
-                   report: Callable[[float], None] | None, progress: Progress | None) -> Scores:  # fmt: skip
+    def _run_model(
+        self,
+        model: _Model,
+        chunk: EncodedChunk,
+        stop: Callable[[], bool] | None,
+        report: Callable[[float], None] | None,
+        progress: Progress | None,
+    ) -> Scores:
         """One Classifier on one chunk (its weights loaded now if this is the first chunk that needs them);
         a failure of the model itself becomes a ScoringError."""
         if chunk.batches and not model.classifier.weights_loaded:
             seconds = model.classifier.load_weights()
             self.record["load_seconds"] = self.record.get("load_seconds", 0.0) + seconds
             if progress is not None:
-                progress.note(f"{model.called} loaded in {seconds:.1f} s for the rows the cache does not hold "
-                              f"({model.classifier.where})")  # fmt: skip
+                progress.note(
+                    f"{model.called} loaded in {seconds:.1f} s for the rows the cache does not hold "
+                    f"({model.classifier.where})"
+                )
         try:
             return model.classifier.run(chunk, stop=stop, on_batch=report)
         except (BatchsentError, KeyboardInterrupt):
             raise
-        except Exception as error:  # noqa: BLE001 - any model failure is a failure while running
+        except Exception as error:
             raise ScoringError(f"{model.called} failed: {type(error).__name__}: {first_line(error)}") from error
 
     def _completed(self, model: _Model, plan: ChunkPlan, scores: Scores) -> tuple[Scores, ReuseCounts]:
@@ -580,8 +640,9 @@ class _Job:
         columns, truncated = list(batch.columns), np.zeros(batch.num_rows, dtype=bool)
         counts = CommittedState({}, 1, batch.num_rows, int(results[0][0].blank.sum()))
         for model, (scores, reused) in zip(self.models, results):
-            arrays = prediction_arrays(scores.probabilities, model.classifier.labels, self.config.all_scores,
-                                       scores.windows)  # fmt: skip
+            arrays = prediction_arrays(
+                scores.probabilities, model.classifier.labels, self.config.all_scores, scores.windows
+            )
             columns += arrays
             truncated |= scores.truncated
             labels = {entry["values"]: entry["counts"] for entry in pc.value_counts(arrays[0].drop_null()).to_pylist()}
@@ -590,8 +651,12 @@ class _Job:
             if model.name is None:
                 counts.label_counts = labels
             else:
-                counts.models[model.name] = {"truncated": int(scores.truncated.sum()), "label_counts": labels,
-                                             "cached": reused.cached, "duplicates": reused.duplicates}  # fmt: skip
+                counts.models[model.name] = {
+                    "truncated": int(scores.truncated.sum()),
+                    "label_counts": labels,
+                    "cached": reused.cached,
+                    "duplicates": reused.duplicates,
+                }
         counts.truncated = int(truncated.sum())
         try:
             self.checkpoint.commit(self.state, pa.RecordBatch.from_arrays(columns, schema=self.schema), counts)
@@ -623,11 +688,23 @@ class _Job:
         chunked = any(model.classifier.long_text == "chunk" for model in self.models)
         where = "" if models else first.where
         return RunSummary(
-            self.config.input, output, state.rows, state.rows - state.empty, state.empty, state.truncated, elapsed,
-            {} if models else _ordered(state.label_counts, first.labels), chunked, record["resumed_from_rows"], where,
-            record["load_seconds"], state.cached, state.duplicates, models,
+            self.config.input,
+            output,
+            state.rows,
+            state.rows - state.empty,
+            state.empty,
+            state.truncated,
+            elapsed,
+            {} if models else _ordered(state.label_counts, first.labels),
+            chunked,
+            record["resumed_from_rows"],
+            where,
+            record["load_seconds"],
+            state.cached,
+            state.duplicates,
+            models,
             any(model.classifier.weights_loaded for model in self.models),
-        )  # fmt: skip
+        )
 
 
 def _ordered(counts: dict[str, int], labels: list[str]) -> dict[str, int]:

@@ -113,16 +113,20 @@ class ObjectLease:
     def __enter__(self) -> Self:
         held = self._read()
         if held is not None and not _expired(held):
-            raise OutputError(f"{redact(self.output)}: another batchsent run ({held.get('host')}, pid "
-                              f"{held.get('pid')}) is writing this output: it holds {self.shown}, renewed "
-                              f"{max(time.time() - float(held.get('renewed_at', 0)), 0):.0f} s ago; wait for it to "
-                              f"finish (a lease of a run that died expires {LEASE_SECONDS:.0f} s after its last renewal)")  # fmt: skip
+            raise OutputError(
+                f"{redact(self.output)}: another batchsent run ({held.get('host')}, pid "
+                f"{held.get('pid')}) is writing this output: it holds {self.shown}, renewed "
+                f"{max(time.time() - float(held.get('renewed_at', 0)), 0):.0f} s ago; wait for it to "
+                f"finish (a lease of a run that died expires {LEASE_SECONDS:.0f} s after its last renewal)"
+            )
         self._write()
         time.sleep(SETTLE_SECONDS)
         held = self._read()
         if held is None or held.get("token") != self.token:
-            raise OutputError(f"{self.shown}: another batchsent run took this output's lease at the same moment; "
-                              "wait for it to finish")  # fmt: skip
+            raise OutputError(
+                f"{self.shown}: another batchsent run took this output's lease at the same moment; "
+                "wait for it to finish"
+            )
         self._renewer = threading.Thread(target=self._renew, name="batchsent-lease", daemon=True)
         self._renewer.start()
         return self
@@ -151,7 +155,7 @@ class ObjectLease:
                     return
                 self._write()
                 last = time.time()
-            except Exception as error:  # noqa: BLE001 - a storage hiccup: try again until the lease would expire
+            except Exception as error:
                 if time.time() - last > LEASE_SECONDS:
                     self._lost = f"the lease could not be renewed for {LEASE_SECONDS:.0f} s ({first_line(error)})"
                     return
@@ -196,4 +200,4 @@ def _expired(held: dict[str, Any]) -> bool:
 
 def output_lock(output: Path | str) -> OutputLock | ObjectLease:
     """The one-writer lock of an output: a flock beside a local path, a lease beside an object-storage prefix."""
-    return ObjectLease(output) if is_url(output) else OutputLock(Path(output))
+    return ObjectLease(str(output)) if is_url(output) else OutputLock(Path(output))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,30 +20,50 @@ LIBRARIES = ("batchsent", "transformers", "torch", "tokenizers", "pyarrow", "num
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="seconds")
 
 
 def _counts(record: dict[str, Any], summary: RunSummary | None) -> dict[str, Any]:
     """Row counts from the finished run's summary, else from what a failed run committed."""
     if summary is not None:
-        return {"rows_total": summary.rows, "scored": summary.scored, "empty": summary.empty,
-                "truncated": summary.truncated, "label_counts": dict(summary.label_counts),
-                "from_cache": summary.cached, "duplicates": summary.duplicates}  # fmt: skip
+        return {
+            "rows_total": summary.rows,
+            "scored": summary.scored,
+            "empty": summary.empty,
+            "truncated": summary.truncated,
+            "label_counts": dict(summary.label_counts),
+            "from_cache": summary.cached,
+            "duplicates": summary.duplicates,
+        }
     state = record.get("state")
     if state is None:
-        return {"rows_total": None, "scored": None, "empty": None, "truncated": None, "label_counts": {},
-                "from_cache": None, "duplicates": None}  # fmt: skip
-    return {"rows_total": state.rows, "scored": state.rows - state.empty, "empty": state.empty,
-            "truncated": state.truncated, "label_counts": dict(state.label_counts), "from_cache": state.cached,
-            "duplicates": state.duplicates}  # fmt: skip
+        return {
+            "rows_total": None,
+            "scored": None,
+            "empty": None,
+            "truncated": None,
+            "label_counts": {},
+            "from_cache": None,
+            "duplicates": None,
+        }
+    return {
+        "rows_total": state.rows,
+        "scored": state.rows - state.empty,
+        "empty": state.empty,
+        "truncated": state.truncated,
+        "label_counts": dict(state.label_counts),
+        "from_cache": state.cached,
+        "duplicates": state.duplicates,
+    }
 
 
 def _input(config: JobConfig) -> dict[str, Any]:
     if is_url(config.input):
         return {"path": str(config.input), "size": None, "mtime": None}
-    stat = config.input.stat() if config.input.is_file() else None
+    source = Path(config.input)
+    stat = source.stat() if source.is_file() else None
     return {
-        "path": str(config.input.resolve()),
+        "path": str(source.resolve()),
         "size": stat.st_size if stat else None,
         "mtime": _iso(stat.st_mtime) if stat else None,
     }
@@ -54,8 +74,12 @@ def _where(path: Path | str) -> str:
 
 
 def _model_entry(model_id: str, fingerprint: dict[str, Any], labels: list[str] | None) -> dict[str, Any]:
-    return {"id": model_id, "local_path": fingerprint.get("path"), "revision": fingerprint.get("revision"),
-            "labels": dict(enumerate(labels or []))}  # fmt: skip
+    return {
+        "id": model_id,
+        "local_path": fingerprint.get("path"),
+        "revision": fingerprint.get("revision"),
+        "labels": dict(enumerate(labels or [])),
+    }
 
 
 def _model_entries(config: JobConfig, record: dict[str, Any], summary: RunSummary | None) -> list[dict[str, Any]]:
@@ -66,25 +90,45 @@ def _model_entries(config: JobConfig, record: dict[str, Any], summary: RunSummar
     entries = []
     for scoring in config.scoring_models():
         entry = loaded.get(scoring.name, {})
-        described = {"name": scoring.name, "prefix": scoring.prefix,
-                     **_model_entry(scoring.options.model, entry.get("model") or {}, entry.get("labels")),
-                     "device": entry.get("device"), "dtype": entry.get("dtype"), "variant": entry.get("variant"),
-                     "precision_basis": entry.get("precision_basis")}  # fmt: skip
+        described = {
+            "name": scoring.name,
+            "prefix": scoring.prefix,
+            **_model_entry(scoring.options.model, entry.get("model") or {}, entry.get("labels")),
+            "device": entry.get("device"),
+            "dtype": entry.get("dtype"),
+            "variant": entry.get("variant"),
+            "precision_basis": entry.get("precision_basis"),
+        }
         if scoring.name is not None:
             if scoring.name in predicted:
                 counts = predicted[scoring.name]
-                described.update(label_counts=counts.label_counts, truncated=counts.truncated,
-                                 from_cache=counts.cached, duplicates=counts.duplicates)  # fmt: skip
+                described.update(
+                    label_counts=counts.label_counts,
+                    truncated=counts.truncated,
+                    from_cache=counts.cached,
+                    duplicates=counts.duplicates,
+                )
             elif state is not None and scoring.name in state.models:
                 counts = state.models[scoring.name]
-                described.update(label_counts=counts["label_counts"], truncated=counts["truncated"],
-                                 from_cache=counts["cached"], duplicates=counts["duplicates"])  # fmt: skip
+                described.update(
+                    label_counts=counts["label_counts"],
+                    truncated=counts["truncated"],
+                    from_cache=counts["cached"],
+                    duplicates=counts["duplicates"],
+                )
         entries.append(described)
     return entries
 
 
-def build_manifest(config: JobConfig, record: dict[str, Any], summary: RunSummary | None, started_at: float,
-                   ended_at: float, exit_code: int, error: str | None) -> dict[str, Any]:  # fmt: skip
+def build_manifest(
+    config: JobConfig,
+    record: dict[str, Any],
+    summary: RunSummary | None,
+    started_at: float,
+    ended_at: float,
+    exit_code: int,
+    error: str | None,
+) -> dict[str, Any]:
     """The manifest of one run, from its options, its summary (None if it failed) and what it recorded."""
     counts = _counts(record, summary)
     elapsed = ended_at - started_at

@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .backends import OnnxRunner, TorchRunner, check_backend_options, device_refusal, onnx_model
 from .batching import plan_batches, window_spans
 from .cpu import this_cpu
-from .precision import resolve_precision
-from .backends import OnnxRunner, TorchRunner, check_backend_options, device_refusal, onnx_model
 from .device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype
 from .errors import Interrupted, ModelLoadError, UsageError, first_line
 from .identity import hub_commit, hub_snapshot, model_identity
 from .options import DEFAULT_MODEL, ModelOptions
-from .postprocess import activate, activation_for, aggregate_windows
+from .postprocess import SOFTMAX, activate, activation_for, aggregate_windows
+from .precision import resolve_precision
 
 if TYPE_CHECKING:
     from .tuning import Tuning
@@ -76,10 +76,19 @@ class EncodedChunk:
             both = wanted[self.copies[0]] & wanted[self.copies[1]]
             copies = (self.copies[0][both], self.copies[1][both]) if both.any() else None
         return EncodedChunk(
-            self.size, self.rows[keep], self.lengths[kept], np.append(self.offsets[:-1][kept], 0), self.flat_ids,
-            self.flat_type_ids, self.truncated & wanted, self.blank | ~wanted, [],
-            None if self.owners is None else renumbered[self.owners[kept]], copies, self.hypotheses,
-        )  # fmt: skip
+            self.size,
+            self.rows[keep],
+            self.lengths[kept],
+            np.append(self.offsets[:-1][kept], 0),
+            self.flat_ids,
+            self.flat_type_ids,
+            self.truncated & wanted,
+            self.blank | ~wanted,
+            [],
+            None if self.owners is None else renumbered[self.owners[kept]],
+            copies,
+            self.hypotheses,
+        )
 
 
 @dataclass
@@ -112,7 +121,7 @@ def _hub_unreachable_reason() -> str | None:
 
     try:
         get_session().head(constants.ENDPOINT, timeout=10)
-    except Exception as error:  # noqa: BLE001 - any failure to connect means unreachable
+    except Exception as error:
         return f"cannot reach {constants.ENDPOINT}: {first_line(error)}"
     return None
 
@@ -135,10 +144,15 @@ def custom_code(source: str, revision: str | None = None, local_only: bool = Tru
     entries = []
     for name in CUSTOM_CODE_FILES:
         try:
-            path = cached_file(source, name, revision=revision or "main", local_files_only=local_only,
-                               _raise_exceptions_for_missing_entries=False,
-                               _raise_exceptions_for_connection_errors=False)  # fmt: skip
-        except Exception:  # noqa: BLE001 - not found here: the load itself reports it
+            path = cached_file(
+                source,
+                name,
+                revision=revision or "main",
+                local_files_only=local_only,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
+        except Exception:
             path = None
         if path is None:
             continue
@@ -146,7 +160,7 @@ def custom_code(source: str, revision: str | None = None, local_only: bool = Tru
             auto_map = json.loads(Path(path).read_text(encoding="utf-8")).get("auto_map") or {}
         except (OSError, ValueError, AttributeError):
             continue  # an unreadable config: the load itself reports it
-        for key, value in (auto_map.items() if isinstance(auto_map, dict) else ()):
+        for key, value in auto_map.items() if isinstance(auto_map, dict) else ():
             target = value if isinstance(value, str) else ", ".join(str(v) for v in value or () if v)
             entries.append(f"{key} -> {target}")
     return entries
@@ -181,12 +195,17 @@ class Pretrained:
         """The sequence-classification model with these weights (refused without a trained head)."""
         from transformers import AutoModelForSequenceClassification
 
-        options = {"revision": self.commit or self.revision or "main", "trust_remote_code": self.trust_remote_code,
-                   "config": self.config, "output_loading_info": True}  # fmt: skip
+        options = {
+            "revision": self.commit or self.revision or "main",
+            "trust_remote_code": self.trust_remote_code,
+            "config": self.config,
+            "output_loading_info": True,
+        }
         try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(self.source, local_files_only=self.local_only,
-                                                                             **options)  # fmt: skip
-        except Exception as error:  # noqa: BLE001 - every way weights fail to load is one line
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                self.source, local_files_only=self.local_only, **options
+            )
+        except Exception as error:
             raise ModelLoadError(f"cannot load the weights of model '{self.source}': {first_line(error)}") from error
         missing = [key for key in info.get("missing_keys", ()) if key]
         if missing:
@@ -202,7 +221,9 @@ class Pretrained:
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "bpe.codes")
 
 
-def _from_pretrained(source: str, revision: str | None, local_only: bool, trust_remote_code: bool = False) -> Pretrained:
+def _from_pretrained(
+    source: str, revision: str | None, local_only: bool, trust_remote_code: bool = False
+) -> Pretrained:
     """Tokenizer and config of a folder, or of one commit of a Hub model (its weights later load from that commit)."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -224,9 +245,11 @@ def _check_tokenizer(source: str, folder: Path | None, tokenizer: Any) -> None:
     files = [] if folder is None else [entry.name for entry in folder.iterdir() if entry.is_file()]
     has_files = folder is None or any(name in TOKENIZER_FILES or name.endswith(".model") for name in files)
     if not has_files or len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
-        raise ModelLoadError(f"model '{source}' has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])} or a "
-                             "SentencePiece .model file beside its config.json); save its tokenizer into the model "
-                             "folder with tokenizer.save_pretrained(folder)")  # fmt: skip
+        raise ModelLoadError(
+            f"model '{source}' has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])} or a "
+            "SentencePiece .model file beside its config.json); save its tokenizer into the model "
+            "folder with tokenizer.save_pretrained(folder)"
+        )
 
 
 def load_pretrained(model: str, revision: str | None = None, trust_remote_code: bool = False) -> Pretrained:
@@ -272,9 +295,22 @@ def load_pretrained(model: str, revision: str | None = None, trust_remote_code: 
 # Embeddings that number positions from padding_idx + 1 (RoBERTa's scheme): that many fewer positions fit.
 # (transformers' text classifiers whose embeddings have both a padding_idx and a position table; a model outside
 # this list that has them is caught when its weights load, with the --max-length to pass.)
-PADDING_OFFSET_MODELS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer",
-                                   "roberta-prelayernorm", "data2vec-text", "xmod", "luke", "mpnet", "lilt",
-                                   "markuplm"})  # fmt: skip
+PADDING_OFFSET_MODELS = frozenset(
+    {
+        "roberta",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "longformer",
+        "roberta-prelayernorm",
+        "data2vec-text",
+        "xmod",
+        "luke",
+        "mpnet",
+        "lilt",
+        "markuplm",
+    }
+)
 
 
 def _model_length_limit(tokenizer: Any, config: Any) -> int:
@@ -294,7 +330,7 @@ def _position_capacity(model: Any) -> int | None:
     """How many positions a loaded model's embeddings hold for one row (None: no such limit to read)."""
     embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
     positions = getattr(embeddings, "position_embeddings", None)
-    if not hasattr(positions, "num_embeddings"):
+    if positions is None or not hasattr(positions, "num_embeddings"):
         return None
     padding_idx = getattr(embeddings, "padding_idx", None)
     return positions.num_embeddings - (padding_idx + 1 if isinstance(padding_idx, int) else 0)
@@ -311,8 +347,14 @@ class Classifier:
     (``mean``, ``max`` or ``first``).
     """
 
-    def __init__(self, model: str | ModelOptions = DEFAULT_MODEL, *, weights: bool = True,
-                 notes: Callable[[str], None] | None = None, **options: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str | ModelOptions = DEFAULT_MODEL,
+        *,
+        weights: bool = True,
+        notes: Callable[[str], None] | None = None,
+        **options: Any,
+    ) -> None:
         """``Classifier(ModelOptions(...))`` (a JobConfig is one), or ``Classifier("id or dir", device=...)``
         with ModelOptions' fields as keywords. Options are validated before anything loads; ``weights=False``
         loads the tokenizer and config only (the weights load with the first batch, see ``load_weights``).
@@ -325,7 +367,9 @@ class Classifier:
             self.options = ModelOptions(model=model, **options)
         self.name = self.options.model
         self.long_text, self.stride, self.aggregate = (
-            self.options.long_text, self.options.window_stride, self.options.window_aggregate
+            self.options.long_text,
+            self.options.window_stride,
+            self.options.window_aggregate,
         )
         self._choose_runtime()
         self._load_tokenizer()
@@ -356,8 +400,10 @@ class Classifier:
         model = self._pretrained.load_model()
         capacity = _position_capacity(model)
         if capacity is not None and capacity < self.max_length:
-            raise ModelLoadError(f"model '{self.name}' holds {capacity} positions, fewer than its tokenizer's limit of "
-                                 f"{self.max_length}; pass --max-length {capacity}")  # fmt: skip
+            raise ModelLoadError(
+                f"model '{self.name}' holds {capacity} positions, fewer than its tokenizer's limit of "
+                f"{self.max_length}; pass --max-length {capacity}"
+            )
         self._check_unchanged()
         self.model = model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
         self._prepare_runner()
@@ -373,8 +419,10 @@ class Classifier:
         if now != self.identity:
             before, after = self.identity["files"], now.get("files", {})
             changed = sorted(name for name in {*before, *after} if before.get(name) != after.get(name))
-            raise ModelLoadError(f"model '{self.name}' changed while this run loaded it ({', '.join(changed)}); run "
-                                 "again once its files are in place")  # fmt: skip
+            raise ModelLoadError(
+                f"model '{self.name}' changed while this run loaded it ({', '.join(changed)}); run "
+                "again once its files are in place"
+            )
 
     def _choose_runtime(self) -> None:
         """Device, dtype, variant and batch limits: everything decided before the weights load."""
@@ -413,7 +461,12 @@ class Classifier:
         chosen = self.tuning.candidate()
         check_backend_options(chosen.backend, chosen.quantize, chosen.dtype, chosen.int8_kernel)
         check_dtype_supported(chosen.dtype, self.device)
-        self.backend, self.quantize, self.dtype, self.kernel = chosen.backend, chosen.quantize, chosen.dtype, chosen.int8_kernel
+        self.backend, self.quantize, self.dtype, self.kernel = (
+            chosen.backend,
+            chosen.quantize,
+            chosen.dtype,
+            chosen.int8_kernel,
+        )
 
     def _load_tokenizer(self) -> None:
         """Tokenizer and config: labels, activation and length limit (everything but the weights)."""
@@ -426,7 +479,9 @@ class Classifier:
             raise ModelLoadError(f"model '{self.name}' has no fast tokenizer (tokenizer.json); batchsent needs one")
         config = self.config
         if getattr(config, "use_cache", False):
-            config.use_cache = False  # one forward pass per batch: a key/value cache is only memory (and breaks ONNX export)
+            config.use_cache = (
+                False  # one forward pass per batch: a key/value cache is only memory (and breaks ONNX export)
+            )
         eos = getattr(config, "eos_token_id", None)
         self._eos_id = eos if getattr(config, "is_encoder_decoder", False) and isinstance(eos, int) else None
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
@@ -441,8 +496,10 @@ class Classifier:
             raise UsageError(f"--max-length {max_length} exceeds the model's limit of {limit} tokens")
         specials = self.tokenizer.num_special_tokens_to_add(pair=self.zero_shot)
         if max_length is not None and max_length <= specials:  # the tokenizer would not cut at all
-            raise UsageError(f"--max-length {max_length} leaves no room for text beside the model's {specials} special "
-                             f"tokens; give at least {specials + 1}")  # fmt: skip
+            raise UsageError(
+                f"--max-length {max_length} leaves no room for text beside the model's {specials} special "
+                f"tokens; give at least {specials + 1}"
+            )
         self.max_length = max_length or limit
 
     def _prepare_encoder(self) -> None:
@@ -559,10 +616,10 @@ class Classifier:
         chunk.batches = []
         for count in np.unique(counts):
             members = np.flatnonzero(counts == count)
-            chunk.batches += [members[batch] for batch in plan_batches(chunk.lengths[members], self.token_budget,
-                                                                       self.batch_size)]  # fmt: skip
+            chunk.batches += [
+                members[batch] for batch in plan_batches(chunk.lengths[members], self.token_budget, self.batch_size)
+            ]
         return chunk
-
 
     def _encode_rows(self, inputs: list, rows: np.ndarray, blank: np.ndarray) -> EncodedChunk:
         """Every non-blank row as one sequence (a text, or a (text, pair) tuple), truncated to ``max_length``."""
@@ -578,13 +635,20 @@ class Classifier:
         kept only where its encoding still overflows by CUT_MARGIN_TOKENS (so the cut word's tokens all lie
         past the kept ones and the result is the whole text's), else encoded whole."""
         limit = self.max_length * CUT_CHARS_PER_TOKEN
-        cut = {index: _cut_at_space(text, limit) for index, text in enumerate(inputs)
-               if isinstance(text, str) and len(text) > limit}  # fmt: skip
+        cut = {
+            index: _cut_at_space(text, limit)
+            for index, text in enumerate(inputs)
+            if isinstance(text, str) and len(text) > limit
+        }
         if not cut:
             return self._encoder.encode_batch(inputs, add_special_tokens=True)
-        encodings = self._encoder.encode_batch([cut.get(i, text) for i, text in enumerate(inputs)], add_special_tokens=True)
+        encodings = self._encoder.encode_batch(
+            [cut.get(i, text) for i, text in enumerate(inputs)], add_special_tokens=True
+        )
         short = [i for i in cut if sum(len(piece.ids) for piece in encodings[i].overflowing) < CUT_MARGIN_TOKENS]
-        for index, encoding in zip(short, self._encoder.encode_batch([inputs[i] for i in short], add_special_tokens=True)):
+        for index, encoding in zip(
+            short, self._encoder.encode_batch([inputs[i] for i in short], add_special_tokens=True)
+        ):
             encodings[index] = encoding
         return encodings
 
@@ -598,8 +662,18 @@ class Classifier:
         overflow = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(pairs))
         truncated = np.zeros(len(texts), dtype=bool)
         truncated[rows] = overflow.reshape(len(rows), len(hypotheses)).any(axis=1) if len(rows) else []
-        return EncodedChunk(len(texts), rows, lengths, offsets, flat_ids, flat_type_ids, truncated, blank, [],
-                            hypotheses=len(hypotheses))  # fmt: skip
+        return EncodedChunk(
+            len(texts),
+            rows,
+            lengths,
+            offsets,
+            flat_ids,
+            flat_type_ids,
+            truncated,
+            blank,
+            [],
+            hypotheses=len(hypotheses),
+        )
 
     def _flattened(self, encodings: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Lengths, offsets and the flat token ids (and type ids) of a list of encodings."""
@@ -668,7 +742,9 @@ class Classifier:
         probabilities = np.full((chunk.size, len(self.labels)), np.nan, dtype=np.float32)
         windows = None
         if chunk.hypotheses:
-            probabilities[chunk.rows] = self._entailment_scores(sequences.reshape(len(chunk.rows), chunk.hypotheses, -1))
+            probabilities[chunk.rows] = self._entailment_scores(
+                sequences.reshape(len(chunk.rows), chunk.hypotheses, -1)
+            )
         elif chunk.owners is None:
             probabilities[chunk.rows] = sequences
         else:
@@ -689,8 +765,8 @@ class Classifier:
         entailment = self.entailment_id
         if self.options.multi_label or logits.shape[1] == 1:
             contradiction = -1 if entailment == 0 else 0
-            return _softmax(logits[..., [contradiction, entailment]])[..., 1]
-        return _softmax(logits[..., entailment])
+            return activate(logits[..., [contradiction, entailment]], SOFTMAX)[..., 1]
+        return activate(logits[..., entailment], SOFTMAX)
 
     def predict(self, texts: Sequence[str | None], pairs: Sequence[str | None] | None = None) -> Scores:
         """Score ``texts`` (with ``pairs``): one row of probabilities per text, in ``self.labels`` order."""
@@ -725,8 +801,9 @@ class Classifier:
         return inputs
 
 
-def encode_each(classifiers: Sequence[Classifier],
-                inputs: Sequence[tuple[Sequence[str | None], Sequence[str | None] | None]]) -> list[EncodedChunk]:  # fmt: skip
+def encode_each(
+    classifiers: Sequence[Classifier], inputs: Sequence[tuple[Sequence[str | None], Sequence[str | None] | None]]
+) -> list[EncodedChunk]:
     """Each classifier's ``encode`` of its own ``(texts, pairs)`` (rows of one chunk; None where it scores nothing).
 
     Classifiers with an equal ``encoding_key`` (the same tokenizer and truncation) share one tokenization
@@ -774,11 +851,6 @@ def _cut_at_space(text: str, limit: int) -> str:
     head = text[:limit]
     end = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
     return head[:end] if end > limit // 2 else head
-
-
-def _softmax(values: np.ndarray) -> np.ndarray:
-    shifted = np.exp(values - values.max(axis=-1, keepdims=True))
-    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def _entailment_id(name: str, config: Any) -> int:

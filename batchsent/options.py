@@ -18,10 +18,10 @@ from .backends import check_backend_options
 from .device import check_device_name, check_dtype_name
 from .errors import UsageError
 from .io import split_suffix
-from .storage import check_location, is_url
 from .postprocess import AGGREGATIONS
 from .precision import check_precision_options
 from .report import check_report_target
+from .storage import check_location, is_url
 
 DEFAULT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
 DEFAULT_CHUNK_ROWS = 4096
@@ -71,18 +71,23 @@ class ModelOptions:
     backend: str = "torch"
     quantize: str | None = None
     precision: str | None = None
-    int8_kernel: str | None = None  # with --quantize int8 on torch: "int_mm" or "fbgemm" instead of this CPU's pick (tune)
+    int8_kernel: str | None = (
+        None  # with --quantize int8 on torch: "int_mm" or "fbgemm" instead of this CPU's pick (tune)
+    )
     labels: str | None = None  # zero-shot: candidate labels, comma-separated, scored with an NLI model
     hypothesis_template: str = DEFAULT_HYPOTHESIS
     multi_label: bool = False
     trust_remote_code: bool = False  # run code a model folder brings (its config's auto_map); off unless asked
 
     def __post_init__(self) -> None:
-        _positive(batch_size=self.batch_size, token_budget=self.token_budget, max_length=self.max_length,
-                  threads=self.threads)  # fmt: skip
+        _positive(
+            batch_size=self.batch_size, token_budget=self.token_budget, max_length=self.max_length, threads=self.threads
+        )
         if self.threads is not None and self.threads > usable_cpus():
-            raise UsageError(f"--threads {self.threads}: this machine lets batchsent use {usable_cpus()} CPUs; give at "
-                             f"most {usable_cpus()}")  # fmt: skip
+            raise UsageError(
+                f"--threads {self.threads}: this machine lets batchsent use {usable_cpus()} CPUs; give at "
+                f"most {usable_cpus()}"
+            )
         check_device_name(self.device)
         check_dtype_name(self.dtype)
         if self.long_text not in LONG_TEXT_MODES:
@@ -114,10 +119,13 @@ class ModelOptions:
         try:
             filled = self.hypothesis_template.format(labels[0])
         except KeyError as error:
-            raise UsageError(f"{shown}: {{{error.args[0]}}} is not filled in; {{}} marks where the label goes") from None
+            raise UsageError(
+                f"{shown}: {{{error.args[0]}}} is not filled in; {{}} marks where the label goes"
+            ) from None
         except IndexError:
-            raise UsageError(f"{shown}: only one {{}} (where the label goes) may appear; write {{{{ and }}}} for "
-                             "literal braces") from None  # fmt: skip
+            raise UsageError(
+                f"{shown}: only one {{}} (where the label goes) may appear; write {{{{ and }}}} for literal braces"
+            ) from None
         except ValueError as error:
             raise UsageError(f"{shown}: {error}; write {{{{ and }}}} for literal braces") from None
         if filled == self.hypothesis_template:
@@ -165,8 +173,10 @@ class ModelSpec:
         if not MODEL_NAME.match(name):
             if "/" in name or Path(value).expanduser().exists():
                 return None  # a path or Hub id that holds "=", not NAME=MODEL
-            raise UsageError(f"--model {value}: {name!r} cannot be a NAME (a NAME is letters, digits, _ and -, "
-                             "starting with a letter or digit)")  # fmt: skip
+            raise UsageError(
+                f"--model {value}: {name!r} cannot be a NAME (a NAME is letters, digits, _ and -, "
+                "starting with a letter or digit)"
+            )
         if not model:
             raise UsageError(f"--model {value}: give the model after {name}=")
         return cls(name, model)
@@ -207,8 +217,8 @@ class JobConfig(ModelOptions):
     ``cache`` is a prediction cache shared across runs: a SQLite file for the local engine (``batchsent.cache``),
     a folder or object prefix for Ray (``batchsent.shared_cache``)."""
 
-    input: Path  # or an object URL (s3://, gs://, az://), kept as a string
-    output: Path | None = None  # or an object URL
+    input: Path | str  # a path, or an object URL (s3://, gs://, az://) kept as a string
+    output: Path | str | None = None  # likewise
     column: str = "text"
     prefix: str = "sentiment_"
     all_scores: bool = False
@@ -237,8 +247,10 @@ class JobConfig(ModelOptions):
                 object.__setattr__(self, name, Path(value))
         for name in ("manifest", "report", "cache"):
             if is_url(str(getattr(self, name) or "")) and not (name == "cache" and self.engine == "ray"):
-                raise UsageError(f"--{name} must be a local path" + (" (a Ray run's may be an object prefix)"
-                                                                     if name == "cache" else ""))  # fmt: skip
+                raise UsageError(
+                    f"--{name} must be a local path"
+                    + (" (a Ray run's may be an object prefix)" if name == "cache" else "")
+                )
         _positive(chunk_rows=self.chunk_rows)
         if self.chunk_rows > MAX_CHUNK_ROWS:  # a chunk's rows, tokens and outputs are held in memory at once
             raise UsageError(f"--chunk-rows {self.chunk_rows}: at most {MAX_CHUNK_ROWS:,} rows are read at a time")
@@ -254,22 +266,29 @@ class JobConfig(ModelOptions):
             for scoring in self.scoring_models():
                 whose = f"model {scoring.name}: " if scoring.name else ""
                 if scoring.options.long_text == "chunk":
-                    raise UsageError(f"{whose}--pair-column cannot be combined with --long-text chunk (windows of a "
-                                     "pair have no sound definition)")  # fmt: skip
+                    raise UsageError(
+                        f"{whose}--pair-column cannot be combined with --long-text chunk (windows of a "
+                        "pair have no sound definition)"
+                    )
                 if scoring.options.labels is not None:
-                    raise UsageError(f"{whose}--pair-column cannot be combined with --labels (zero-shot pairs each "
-                                     "text with its hypotheses)")  # fmt: skip
+                    raise UsageError(
+                        f"{whose}--pair-column cannot be combined with --labels (zero-shot pairs each "
+                        "text with its hypotheses)"
+                    )
         if self.manifest is not None and Path(self.manifest).expanduser().is_dir():
-            raise UsageError(f"--manifest {self.manifest}: is a folder; give a file name, e.g. "
-                             f"{Path(self.manifest) / 'run.json'}")  # fmt: skip
+            raise UsageError(
+                f"--manifest {self.manifest}: is a folder; give a file name, e.g. {Path(self.manifest) / 'run.json'}"
+            )
         if self.report is not None:
             check_report_target(self.report)
         if is_url(self.output_path) and self.engine == "ray" and self.report is not None:
             raise UsageError("--report needs a local output; run batchsent report on a downloaded copy")
         if is_url(self.output_path) and self.engine == "local":
             if self.resume:
-                raise UsageError("--resume needs a local output: an object-storage output is staged on this machine "
-                                 "and uploaded when complete, so a failed run starts over")  # fmt: skip
+                raise UsageError(
+                    "--resume needs a local output: an object-storage output is staged on this machine "
+                    "and uploaded when complete, so a failed run starts over"
+                )
             if self.report is not None:
                 raise UsageError("--report needs a local output; run batchsent report on a downloaded copy")
 
@@ -279,11 +298,15 @@ class JobConfig(ModelOptions):
         if not self.models:
             return [ScoringModel(None, self.prefix, self.model_options())]
         if self.prefix != "sentiment_":
-            raise UsageError("--prefix is for a single model; with several, each NAME in --model NAME=MODEL is "
-                             "its columns' prefix (NAME_label, NAME_score)")  # fmt: skip
+            raise UsageError(
+                "--prefix is for a single model; with several, each NAME in --model NAME=MODEL is "
+                "its columns' prefix (NAME_label, NAME_score)"
+            )
         if self.revision is not None:
-            raise UsageError("--revision is for a single model; with several, give each its revision in a "
-                             "[[models]] table of --config")  # fmt: skip
+            raise UsageError(
+                "--revision is for a single model; with several, give each its revision in a "
+                "[[models]] table of --config"
+            )
         base, scoring, seen = self.model_options(), [], set()
         for spec in self.models:
             if not MODEL_NAME.match(spec.name):
@@ -306,14 +329,19 @@ class JobConfig(ModelOptions):
         """Where a run writes one input file's output (either engine), a path or an object URL; an
         existing folder as --output takes the default name inside it (``-o exports/``, as ``cp`` does)."""
         if self.output is not None:
-            if isinstance(self.output, Path) and not is_url(self.input) and self.output.is_dir() \
-                    and Path(self.input).is_file():  # fmt: skip
+            if (
+                isinstance(self.output, Path)
+                and not is_url(self.input)
+                and self.output.is_dir()
+                and Path(self.input).is_file()
+            ):
                 return self.output / scored_name(Path(self.input).name)
             return self.output
         if is_url(self.input):
             folder, _, name = str(self.input).rpartition("/")
             return f"{folder}/{scored_name(name)}"
-        source = self.input if self.input.name not in ("", "..") else Path(os.path.abspath(self.input))  # "." and ".."
+        source = Path(self.input)
+        source = source if source.name not in ("", "..") else Path(os.path.abspath(source))  # "." and ".."
         return source.with_name(scored_name(source.name))
 
     def described(self) -> dict[str, Any]:

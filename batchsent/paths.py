@@ -89,29 +89,43 @@ def _output_claims(config: JobConfig, inputs: InputFiles | None) -> list[Claim]:
             return []
         assert isinstance(output, Path)
         if config.engine == "ray":
-            return [Claim("--output", output), Claim("--output's lock", lock_path(output)),
-                    Claim("--output's Ray progress folder", output.parent / f".{output.name}.batchsent-ray", folder=True),
-                    Claim("--output's staging folder", output.parent / f".{output.name}.batchsent-staging", folder=True)]  # fmt: skip
-        return [Claim("--output", output), Claim("--output's progress folder", Checkpoint(output).directory, folder=True),
-                Claim("--output's lock", lock_path(output))]  # fmt: skip
+            return [
+                Claim("--output", output),
+                Claim("--output's lock", lock_path(output)),
+                Claim("--output's Ray progress folder", output.parent / f".{output.name}.batchsent-ray", folder=True),
+                Claim("--output's staging folder", output.parent / f".{output.name}.batchsent-staging", folder=True),
+            ]
+        return [
+            Claim("--output", output),
+            Claim("--output's progress folder", Checkpoint(output).directory, folder=True),
+            Claim("--output's lock", lock_path(output)),
+        ]
     folder = _output_folder(config, inputs)
     if folder is None:
         return []
     if config.engine == "ray":
         progress = folder.parent / f".{folder.name}.batchsent-ray"
-        claims = [Claim("--output", folder, folder=True), Claim("--output's lock", lock_path(folder)),
-                  Claim("--output's Ray progress folder", progress, folder=True),
-                  Claim("--output's staging folder", folder.parent / f".{folder.name}.batchsent-staging", folder=True)]  # fmt: skip
+        claims = [
+            Claim("--output", folder, folder=True),
+            Claim("--output's lock", lock_path(folder)),
+            Claim("--output's Ray progress folder", progress, folder=True),
+            Claim("--output's staging folder", folder.parent / f".{folder.name}.batchsent-staging", folder=True),
+        ]
     else:
         finished = folder.parent / f".{folder.name}.batchsent-files.json"
-        claims = [Claim("--output", folder, folder=True), Claim("--output's list of finished files", finished),
-                  Claim("--output's lock", lock_path(folder))]  # fmt: skip
+        claims = [
+            Claim("--output", folder, folder=True),
+            Claim("--output's list of finished files", finished),
+            Claim("--output's lock", lock_path(folder)),
+        ]
     for source in inputs.files if inputs is not None else ():
         target = folder / inputs.relative(source)  # type: ignore[union-attr]
         claims.append(Claim(f"the output of {source}", target, per_file=True))
         if config.engine != "ray":
-            claims += [Claim(f"the progress folder of {source}", Checkpoint(target).directory, folder=True, per_file=True),
-                       Claim(f"the lock of {source}", lock_path(target), per_file=True)]  # fmt: skip
+            claims += [
+                Claim(f"the progress folder of {source}", Checkpoint(target).directory, folder=True, per_file=True),
+                Claim(f"the lock of {source}", lock_path(target), per_file=True),
+            ]
     return claims
 
 
@@ -137,7 +151,9 @@ def written_claims(config: JobConfig, inputs: InputFiles | None = None) -> list[
             claims.append(Claim("--cache", cache, folder=True))
         else:
             claims.append(Claim("--cache", cache))
-            claims += [Claim(f"--cache's {suffix} file", cache.with_name(cache.name + suffix)) for suffix in SQLITE_COMPANIONS]
+            claims += [
+                Claim(f"--cache's {suffix} file", cache.with_name(cache.name + suffix)) for suffix in SQLITE_COMPANIONS
+            ]
     return claims
 
 
@@ -165,12 +181,15 @@ def check_distinct_paths(config: JobConfig) -> None:
     for index, claim in enumerate(written):
         for other in written[index + 1 :]:
             if _same(claim, other):
-                raise UsageError(f"{claim.shown()} is also {other.shown()}: every path a run writes must differ from "
-                                 "every other; choose another path")  # fmt: skip
+                raise UsageError(
+                    f"{claim.shown()} is also {other.shown()}: every path a run writes must differ from "
+                    "every other; choose another path"
+                )
             for inner, outer in ((claim, other), (other, claim)):
                 if _inside(inner, outer):
-                    raise UsageError(f"{inner.shown()} lies inside {outer.shown()}, which the run owns; choose a path "
-                                     "outside it")  # fmt: skip
+                    raise UsageError(
+                        f"{inner.shown()} lies inside {outer.shown()}, which the run owns; choose a path outside it"
+                    )
     _check_input_folder(config, inputs, written)  # -o the input folder: said of the folder, not of each file in it
     reads = read_claims(config, inputs)
     models = [source for source in reads if source.folder]
@@ -181,16 +200,22 @@ def check_distinct_paths(config: JobConfig) -> None:
         identity = _file_identity(claim.path)
         source = by_path.get(claim.resolved) or (by_identity.get(identity) if identity is not None else None)
         if source is not None:
-            raise UsageError(f"{claim.shown()} is {source.role} {source.path}: a run never writes over its input; "
-                             "choose another path")  # fmt: skip
+            raise UsageError(
+                f"{claim.shown()} is {source.role} {source.path}: a run never writes over its input; "
+                "choose another path"
+            )
         for model in models:
             if _inside(claim, model):
-                raise UsageError(f"{claim.shown()} lies inside {model.role} {model.path}: a run never writes into a "
-                                 "model it loads; choose another path")  # fmt: skip
+                raise UsageError(
+                    f"{claim.shown()} lies inside {model.role} {model.path}: a run never writes into a "
+                    "model it loads; choose another path"
+                )
         for source in reads if claim.role == "--cache" else ():  # a Ray run's cache folder holds no input
             if _inside(source, claim):
-                raise UsageError(f"{source.role} {source.path} lies inside {claim.shown()}, which the run owns; choose "
-                                 "a path outside it")  # fmt: skip
+                raise UsageError(
+                    f"{source.role} {source.path} lies inside {claim.shown()}, which the run owns; choose "
+                    "a path outside it"
+                )
     _check_input_folder(config, inputs, [claim for claim in claims if claim.per_file])
 
 
@@ -201,12 +226,18 @@ def _check_input_folder(config: JobConfig, inputs: InputFiles | None, claims: li
         return
     root = Path(os.path.abspath(inputs.root.expanduser())).resolve()
     for claim in claims:
-        if not (claim.role.startswith(("--output", "the output of", "the progress folder", "the lock of"))
-                or (claim.role == "--cache" and config.engine == "ray")):  # fmt: skip
+        if not (
+            claim.role.startswith(("--output", "the output of", "the progress folder", "the lock of"))
+            or (claim.role == "--cache" and config.engine == "ray")
+        ):
             continue
         if claim.resolved == root or claim.resolved.is_relative_to(root):
             if claim.role == "--cache":
-                raise UsageError(f"{claim.shown()} lies inside the input folder {inputs.root}: its files would be read "
-                                 "as input the next night; choose a path outside it")  # fmt: skip
-            raise UsageError(f"{claim.shown()} lies inside the input folder {inputs.root}: the next run would read it "
-                             "as input; choose an --output folder outside it")  # fmt: skip
+                raise UsageError(
+                    f"{claim.shown()} lies inside the input folder {inputs.root}: its files would be read "
+                    "as input the next night; choose a path outside it"
+                )
+            raise UsageError(
+                f"{claim.shown()} lies inside the input folder {inputs.root}: the next run would read it "
+                "as input; choose an --output folder outside it"
+            )

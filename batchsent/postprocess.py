@@ -91,7 +91,9 @@ def _label_names(labels: Sequence[str]) -> pa.Array:
     encoded = [label.encode("utf-8") for label in labels]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
     np.cumsum([len(name) for name in encoded], out=offsets[1:])
-    return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+    return pa.Array.from_buffers(
+        pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    )
 
 
 def _from_numpy(values: np.ndarray, arrow_type: pa.DataType, nulls: np.ndarray) -> pa.Array:

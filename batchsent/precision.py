@@ -27,11 +27,13 @@ class Variant:
 EXACT = Variant("float32", None, "float32 everywhere: the pipeline's own precision")
 FAST = {
     "cuda": Variant(
-        "float16", None,
+        "float16",
+        None,
         "H100, MiniLM: float16 2x float32 rows/s, labels 99.98-100% of the float32 pipeline's",
     ),
     "cpu": Variant(
-        "float32", None,
+        "float32",
+        None,
         "tuned on this machine for each model: the fastest variant with 99.5%+ of float32's labels on 500+ texts "
         "(batchsent tune)",
     ),
@@ -46,7 +48,9 @@ def check_precision_options(precision: str | None, dtype: str, quantize: str | N
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision!r}: expected exact or fast")
     if dtype != "auto" or quantize is not None or backend != "torch":
-        raise UsageError("--precision chooses the dtype and quantization itself; drop --dtype, --quantize and --backend")
+        raise UsageError(
+            "--precision chooses the dtype and quantization itself; drop --dtype, --quantize and --backend"
+        )
 
 
 def resolve_precision(precision: str, device_type: str) -> Variant:

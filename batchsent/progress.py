@@ -14,8 +14,8 @@ import dataclasses
 import json
 import sys
 import time
-from datetime import datetime, timezone
-from typing import Any, TextIO
+from datetime import UTC, datetime
+from typing import Any, TextIO, cast
 
 import typer
 from tqdm import tqdm
@@ -27,7 +27,7 @@ LOG_INTERVAL_SECONDS = 10.0
 
 
 def _stamp() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class BarProgress:
@@ -102,13 +102,22 @@ class LogProgress:
         rate = rows_done / elapsed
         eta = elapsed * (1 - share) / share if share > 0 else None
         if self._json:
-            fields = {"time": _stamp(), "level": "progress", "rows": rows_done, "share": round(share, 4),
-                      "rows_per_second": round(rate, 1), "eta_seconds": None if eta is None else round(eta)}  # fmt: skip
+            fields = {
+                "time": _stamp(),
+                "level": "progress",
+                "rows": rows_done,
+                "share": round(share, 4),
+                "rows_per_second": round(rate, 1),
+                "eta_seconds": None if eta is None else round(eta),
+            }
             print(json.dumps(fields), file=self._stream, flush=True)
         else:
             left = f", about {eta:,.0f} s left" if eta is not None else ""
-            print(f"{_stamp()} progress: {rows_done:,} rows ({share:.0%}), {rate:,.0f} rows/s{left}",
-                  file=self._stream, flush=True)  # fmt: skip
+            print(
+                f"{_stamp()} progress: {rows_done:,} rows ({share:.0%}), {rate:,.0f} rows/s{left}",
+                file=self._stream,
+                flush=True,
+            )
 
     def note(self, message: str) -> None:
         message = redact(message)
@@ -159,7 +168,7 @@ class Reporter:
         self.json = log_format == "json"
 
     def _emit(self, level: str, message: str, **fields: Any) -> None:
-        message, fields = redact(message), redacted(fields)
+        message, fields = redact(message), cast(dict[str, Any], redacted(fields))
         if self.json:
             typer.echo(json.dumps({"time": _stamp(), "level": level, "message": message, **fields}), err=True)
         else:
@@ -174,11 +183,23 @@ class Reporter:
         raise typer.Exit(int(code))
 
     def summary(self, summary: Any) -> None:
-        fields = {} if not self.json else {
-            "rows": summary.rows, "scored": summary.scored, "empty": summary.empty, "truncated": summary.truncated,
-            "elapsed_seconds": round(summary.elapsed, 3), "load_seconds": round(summary.load_seconds, 3),
-            "rows_per_second": round(summary.rows_per_second, 1), "label_counts": summary.label_counts,
-            "output": str(summary.output), "where": summary.where, "from_cache": summary.cached,
-            "duplicates": summary.duplicates,
-        } | ({"models": [dataclasses.asdict(model) for model in summary.models]} if summary.models else {})  # fmt: skip
+        fields = (
+            {}
+            if not self.json
+            else {
+                "rows": summary.rows,
+                "scored": summary.scored,
+                "empty": summary.empty,
+                "truncated": summary.truncated,
+                "elapsed_seconds": round(summary.elapsed, 3),
+                "load_seconds": round(summary.load_seconds, 3),
+                "rows_per_second": round(summary.rows_per_second, 1),
+                "label_counts": summary.label_counts,
+                "output": str(summary.output),
+                "where": summary.where,
+                "from_cache": summary.cached,
+                "duplicates": summary.duplicates,
+            }
+            | ({"models": [dataclasses.asdict(model) for model in summary.models]} if summary.models else {})
+        )
         self._emit("summary", summary.line(), **fields)

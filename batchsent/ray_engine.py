@@ -38,7 +38,8 @@ import pyarrow as pa
 from . import io, ray_io
 from .checkpoint import ResumeMismatch, first_difference
 from .errors import BatchsentError, Interrupted, OutputError, ScoringError, UsageError, first_line
-from .identity import hub_commit, input_fingerprint, model_identity
+from .fingerprint import model_reference_key, options_key
+from .identity import input_fingerprint
 from .job import ModelSummary, RunSummary, check_input_columns, check_model_columns, check_new_columns
 from .lock import output_lock
 from .options import JobConfig
@@ -52,7 +53,9 @@ def check_ray_installed() -> None:
         raise UsageError("--engine ray needs Ray Data: pip install 'batchsent[ray]'")
 
 
-def output_columns(config: JobConfig, inputs: InputFiles, schemas: list[pa.Schema]) -> tuple[set[str], list[pa.Field] | None]:
+def output_columns(
+    config: JobConfig, inputs: InputFiles, schemas: list[pa.Schema]
+) -> tuple[set[str], list[pa.Field] | None]:
     """Every column the run adds, checked against every input file before Ray starts (as the local engine checks
     them); the readers refuse a JSON Lines object that holds one. Columns named after labels (--all-scores) come
     from the models' configs in this machine's cache; a model not cached here is checked when its actors load it."""
@@ -63,11 +66,14 @@ def output_columns(config: JobConfig, inputs: InputFiles, schemas: list[pa.Schem
         labels = list(model.options.candidate_labels)
         if config.all_scores and not labels:
             try:
-                loaded = AutoConfig.from_pretrained(model.options.model, revision=model.options.revision or "main",
-                                                    local_files_only=True,
-                                                    trust_remote_code=model.options.trust_remote_code)  # fmt: skip
+                loaded = AutoConfig.from_pretrained(
+                    model.options.model,
+                    revision=model.options.revision or "main",
+                    local_files_only=True,
+                    trust_remote_code=model.options.trust_remote_code,
+                )
                 labels = [str(loaded.id2label[i]) for i in range(loaded.num_labels)]
-            except Exception:  # noqa: BLE001 - not here: the actors report it
+            except Exception:
                 known = False
         names.append(column_names(labels, model.prefix, config.all_scores, model.options.long_text == "chunk"))
         fields += output_fields(labels, model.prefix, config.all_scores, model.options.long_text == "chunk")
@@ -75,7 +81,7 @@ def output_columns(config: JobConfig, inputs: InputFiles, schemas: list[pa.Schem
         check_model_columns(names, wanted)
     every = [name for group in names for name in group]
     for path, schema in zip(inputs.files, schemas, strict=True):
-        check_new_columns(every, schema, path, wanted[0].name is not None)  # type: ignore[arg-type]
+        check_new_columns(every, schema, path, wanted[0].name is not None)
     return set(every), fields if known else None
 
 
@@ -102,7 +108,7 @@ def check_inputs(inputs: InputFiles, config: JobConfig) -> InputsRead:
             reader.text_column(config.column)
             if config.pair_column is not None:
                 reader.text_column(config.pair_column, "--pair-column")
-            check_input_columns(config, reader.schema, path)  # type: ignore[arg-type]
+            check_input_columns(config, reader.schema, path)
             schemas.append(reader.schema)
             rows.append(reader.total_rows)
             sizes.append(reader.total_bytes)
@@ -126,8 +132,10 @@ def check_ray_address(address: str | None, named: str = "--ray-address") -> None
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_SECONDS).close()
     except OSError as error:
-        raise UsageError(f"{named} {address}: cannot reach the Ray cluster ({error.strerror or error}); "
-                         "check the address, or leave it out to start a local Ray for this job") from None  # fmt: skip
+        raise UsageError(
+            f"{named} {address}: cannot reach the Ray cluster ({error.strerror or error}); "
+            "check the address, or leave it out to start a local Ray for this job"
+        ) from None
 
 
 def ray_started_here(config: JobConfig) -> bool:
@@ -144,15 +152,19 @@ def check_local_resources(config: JobConfig) -> None:
     from .options import usable_cpus
 
     if config.workers > usable_cpus():
-        raise UsageError(f"--workers {config.workers}: a local Ray on this machine has {usable_cpus()} CPUs; give at "
-                         f"most {usable_cpus()}, or --ray-address of a larger cluster")  # fmt: skip
+        raise UsageError(
+            f"--workers {config.workers}: a local Ray on this machine has {usable_cpus()} CPUs; give at "
+            f"most {usable_cpus()}, or --ray-address of a larger cluster"
+        )
     if config.gpus_per_worker:
         from .device import cuda_device_count
 
         needed, present = config.workers * config.gpus_per_worker, cuda_device_count()
         if needed > present:
-            raise UsageError(f"--workers {config.workers} x --gpus-per-worker {config.gpus_per_worker:g} needs {needed:g} "
-                             f"GPUs; this machine has {present}")  # fmt: skip
+            raise UsageError(
+                f"--workers {config.workers} x --gpus-per-worker {config.gpus_per_worker:g} needs {needed:g} "
+                f"GPUs; this machine has {present}"
+            )
 
 
 def check_models_here(config: JobConfig) -> None:
@@ -177,8 +189,9 @@ def output_location(config: JobConfig) -> Path | str:
     if config.output is not None:
         return str(config.output).rstrip("/") if is_url(config.output) else Path(config.output).expanduser()
     if is_url(config.input):
-        raise UsageError("--engine ray with an object-storage folder or glob needs --output (a local folder or a URL "
-                         "prefix)")  # fmt: skip
+        raise UsageError(
+            "--engine ray with an object-storage folder or glob needs --output (a local folder or a URL prefix)"
+        )
     from .folders import default_output_folder
 
     return default_output_folder(expand(str(config.input)))
@@ -192,21 +205,16 @@ def progress_location(output: Path | str) -> str:
 
 
 def _fingerprint(config: JobConfig, inputs: InputFiles) -> dict[str, Any]:
-    """What a --resume must find unchanged: each input file's content and every option that changes the output."""
-    runtime = {"resume", "overwrite", "quiet", "manifest", "report", "log_format", "workers", "ray_address",
-               "gpus_per_worker", "threads", "chunk_rows", "device", "output", "cache"}  # fmt: skip
-    options = {key: value for key, value in config.described().items() if key not in runtime}
-    files = {str(inputs.relative(path)): input_fingerprint(path) for path in inputs.files}
-    models = [_model_fingerprint(model.options.model, model.options.revision) for model in config.scoring_models()]
-    return json.loads(json.dumps({"inputs": files, "models": models, "options": options}, default=str))
-
-
-def _model_fingerprint(model_ref: str, revision: str | None) -> dict[str, Any]:
-    """A local folder by the content of its files (as the local engine keys it); a Hub id by the commit its
-    revision points at in this machine's cache (the revision as typed where the driver has no copy)."""
-    if Path(model_ref).expanduser().is_dir():
-        return model_identity(model_ref, None)
-    return {"hub_id": model_ref, "revision": hub_commit(model_ref, revision) or revision}
+    """What a --resume must find unchanged (``batchsent.fingerprint``): each input file's content, the result
+    options and each model; the replay options are left out, since Ray does not replay blocks as they were."""
+    output_format = io.file_format(config.output_path, output=True) if not inputs.many else inputs.format
+    return {
+        "inputs": {str(inputs.relative(path)): input_fingerprint(path) for path in inputs.files},
+        "models": [
+            model_reference_key(model.options.model, model.options.revision) for model in config.scoring_models()
+        ],
+        "options": options_key(config, output_format, replayed=False),
+    }
 
 
 class _Progress:
@@ -230,7 +238,9 @@ class _Progress:
             with self.filesystem.open_input_stream(f"{self.root}/run.json") as stream:
                 return json.loads(stream.read().decode("utf-8"))
         except (OSError, ValueError) as error:
-            raise OutputError(f"{self.location}/run.json: damaged ({first_line(error)}); pass --overwrite to start over") from error
+            raise OutputError(
+                f"{self.location}/run.json: damaged ({first_line(error)}); pass --overwrite to start over"
+            ) from error
 
     def start(self, fingerprint: dict[str, Any]) -> None:
         self.filesystem.create_dir(self.root, recursive=True)
@@ -291,8 +301,9 @@ def run_ray(config: JobConfig, record: dict[str, Any] | None = None, display: An
 
                 actor_cpus_for(usable_cpus(), config.workers, resumed)
             cache = _open_cache(config)  # once the output is known to be free: a refused run is not recorded in it
-            counts = _score_and_publish(config, inputs, read, output, progress, resumed, cache, reserved, fields,
-                                        lock, display, record)  # fmt: skip
+            counts = _score_and_publish(
+                config, inputs, read, output, progress, resumed, cache, reserved, fields, lock, display, record
+            )
         except BaseException:
             if not resumed and not progress.has_parts():  # nothing scored: nothing to resume, nothing left behind
                 progress.remove()
@@ -331,19 +342,23 @@ def _checked_local_output(output: Path) -> Path:
     return output
 
 
-def _prepare_progress(config: JobConfig, progress: _Progress, fingerprint: dict[str, Any], output: Path | str,
-                      single: bool) -> bool:
+def _prepare_progress(
+    config: JobConfig, progress: _Progress, fingerprint: dict[str, Any], output: Path | str, single: bool
+) -> bool:
     """Refuse or clear what an interrupted run left, as the local engine does; True when resuming it."""
     if progress.exists():
         if config.resume:
             changed = first_difference(progress.read(), fingerprint, "")
             if changed:
-                raise ResumeMismatch(f"cannot resume: {changed} changed since the interrupted run; pass --overwrite "
-                                     "to start over")  # fmt: skip
+                raise ResumeMismatch(
+                    f"cannot resume: {changed} changed since the interrupted run; pass --overwrite to start over"
+                )
             return True
         if not config.overwrite:
-            raise OutputError(f"{output}: an interrupted Ray run left its progress in {progress.location}; pass "
-                              "--resume to continue it or --overwrite to start over")  # fmt: skip
+            raise OutputError(
+                f"{output}: an interrupted Ray run left its progress in {progress.location}; pass "
+                "--resume to continue it or --overwrite to start over"
+            )
         progress.remove()
     if _output_exists(output, single) and not config.overwrite:
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
@@ -366,10 +381,20 @@ def _output_exists(output: Path | str, single: bool) -> bool:
     return bool(listing)
 
 
-def _score_and_publish(config: JobConfig, inputs: InputFiles, read: InputsRead, output: Path | str,
-                       progress: _Progress, resumed: bool, cache: Any, reserved: set[str],
-                       fields: list[pa.Field] | None, lock: Any, display: Any,
-                       record: dict[str, Any]) -> ray_io.MergeCounts:  # fmt: skip
+def _score_and_publish(
+    config: JobConfig,
+    inputs: InputFiles,
+    read: InputsRead,
+    output: Path | str,
+    progress: _Progress,
+    resumed: bool,
+    cache: Any,
+    reserved: set[str],
+    fields: list[pa.Field] | None,
+    lock: Any,
+    display: Any,
+    record: dict[str, Any],
+) -> ray_io.MergeCounts:
     """Run the Ray pipeline into parts (skipping rows a resumed run's checkpoint holds), then merge and publish;
     with a shared cache, the run's new entries are added to it before the output is published."""
     with _RowsCommitted(display, progress, read) as committed:
@@ -380,8 +405,10 @@ def _score_and_publish(config: JobConfig, inputs: InputFiles, read: InputsRead, 
     label_columns = [f"{model.prefix}label" for model in config.scoring_models()]
     added = ray_io.added_fields(progress.parts, len(inputs.files), schemas) or fields
     if added is None:  # no row anywhere, and labels (--all-scores) this machine cannot read
-        raise ScoringError(f"{config.input}: no input has a row to score, and the models' labels are not known here "
-                           "to name the --all-scores columns; score it without --all-scores")  # fmt: skip
+        raise ScoringError(
+            f"{config.input}: no input has a row to score, and the models' labels are not known here "
+            "to name the --all-scores columns; score it without --all-scores"
+        )
     counts = ray_io.MergeCounts()
     entries = None
     if cache is not None:
@@ -398,8 +425,9 @@ def _score_and_publish(config: JobConfig, inputs: InputFiles, read: InputsRead, 
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             expected = ray_io.read_row_count(progress.rows, index, str(source))
-            ray_io.merge_parts(progress.parts, index, str(source), schema, added, label_columns, target, expected, counts,
-                               entries)  # fmt: skip
+            ray_io.merge_parts(
+                progress.parts, index, str(source), schema, added, label_columns, target, expected, counts, entries
+            )
             written.append(relative)
         if entries is not None:
             _flush_entries(entries)
@@ -419,8 +447,10 @@ def _flush_entries(entries: Any) -> None:
     try:
         entries.flush()
     except OSError as error:
-        raise CacheError(f"--cache {entries.cache.shown}: cannot write: {first_line(error)}; run the same command "
-                         "with --resume to try again") from None  # fmt: skip
+        raise CacheError(
+            f"--cache {entries.cache.shown}: cannot write: {first_line(error)}; run the same command "
+            "with --resume to try again"
+        ) from None
 
 
 def staging_folder(output: Path | str) -> Path:
@@ -490,36 +520,65 @@ def _record_actors(config: JobConfig, progress: _Progress, record: dict[str, Any
     for index, model in enumerate(wanted):
         ran = {(fact["models"][index]["where"]): fact["models"][index] for fact in facts}
         if len(ran) > 1:
-            raise ScoringError(f"the rows of {config.input} were scored as {' and as '.join(sorted(ran))} (nodes or "
-                               "runs that resolved the options differently); one output cannot mix them: run it "
-                               "again with --overwrite, with --precision exact or the same tuning on every node")  # fmt: skip
+            raise ScoringError(
+                f"the rows of {config.input} were scored as {' and as '.join(sorted(ran))} (nodes or "
+                "runs that resolved the options differently); one output cannot mix them: run it "
+                "again with --overwrite, with --precision exact or the same tuning on every node"
+            )
         fact = next(iter(ran.values()), None)
-        entries.append({"name": model.name, "id": model.options.model, "labels": fact and fact["labels"],
-                        "device": fact and fact["device"], "dtype": fact and fact["dtype"],
-                        "variant": fact and fact["variant"], "where": fact and fact["where"],
-                        "model": record.get("fingerprint_models", [{}] * len(wanted))[index]})  # fmt: skip
+        entries.append(
+            {
+                "name": model.name,
+                "id": model.options.model,
+                "labels": fact and fact["labels"],
+                "device": fact and fact["device"],
+                "dtype": fact and fact["dtype"],
+                "variant": fact and fact["variant"],
+                "where": fact and fact["where"],
+                "model": record.get("fingerprint_models", [{}] * len(wanted))[index],
+            }
+        )
     record["models"] = entries
     record["load_seconds"] = max((fact["load_seconds"] for fact in facts), default=0.0)
     if wanted[0].name is None:
         record.update({key: entries[0][key] for key in ("model", "labels", "device", "dtype", "variant")})
 
 
-def _summary(config: JobConfig, output: Path | str, counts: ray_io.MergeCounts, started: float,
-             record: dict[str, Any]) -> RunSummary:  # fmt: skip
+def _summary(
+    config: JobConfig, output: Path | str, counts: ray_io.MergeCounts, started: float, record: dict[str, Any]
+) -> RunSummary:
     wanted = config.scoring_models()
     loaded = record.get("models") or [{} for _ in wanted]
     places = {entry.get("where") for entry in loaded} - {None}
-    where = f"ray, {config.workers} worker{'s' if config.workers > 1 else ''}" + (f", {places.pop()}" if len(places) == 1 else "")
+    where = f"ray, {config.workers} worker{'s' if config.workers > 1 else ''}" + (
+        f", {places.pop()}" if len(places) == 1 else ""
+    )
     per_model = counts.models or [ray_io.ModelCounts() for _ in wanted]
     ordered = [_ordered(dict(found.labels), entry.get("labels")) for found, entry in zip(per_model, loaded)]
-    models = tuple(ModelSummary(model.name, labels, found.truncated, found.cached,
-                                chunked=model.options.long_text == "chunk", where=where)
-                   for model, found, labels in zip(wanted, per_model, ordered) if model.name is not None)  # fmt: skip
+    models = tuple(
+        ModelSummary(
+            model.name, labels, found.truncated, found.cached, chunked=model.options.long_text == "chunk", where=where
+        )
+        for model, found, labels in zip(wanted, per_model, ordered)
+        if model.name is not None
+    )
     labels = ordered[0] if wanted[0].name is None else {}
-    return RunSummary(config.input, output, counts.rows, counts.rows - counts.empty, counts.empty, counts.truncated,
-                      time.monotonic() - started, labels, any(m.options.long_text == "chunk" for m in wanted),
-                      resumed_rows=record.get("resumed_from_rows", 0), where=where,
-                      load_seconds=record.get("load_seconds", 0.0), cached=counts.cached, models=models)  # fmt: skip
+    return RunSummary(
+        config.input,
+        output,
+        counts.rows,
+        counts.rows - counts.empty,
+        counts.empty,
+        counts.truncated,
+        time.monotonic() - started,
+        labels,
+        any(m.options.long_text == "chunk" for m in wanted),
+        resumed_rows=record.get("resumed_from_rows", 0),
+        where=where,
+        load_seconds=record.get("load_seconds", 0.0),
+        cached=counts.cached,
+        models=models,
+    )
 
 
 def _ordered(counts: dict[str, int], labels: list[str] | None) -> dict[str, int]:
@@ -539,14 +598,23 @@ def actor_cpus_for(cpus: float, workers: int, resumed: bool) -> float:
     reserved = 2 * LIGHT_TASK_CPUS + (CHECKPOINT_FILTER_CPUS if resumed else 0.0)
     share = (cpus - reserved) / (workers + 1)
     if share < 0.01:
-        raise UsageError(f"--workers {workers} on a Ray cluster of {cpus:g} CPUs: a read and a write task "
-                         + ("and, on --resume, Ray's checkpoint filter (a whole CPU) " if resumed else "")
-                         + f"need {reserved:g} of them besides the workers; give fewer --workers or a larger cluster")  # fmt: skip
+        raise UsageError(
+            f"--workers {workers} on a Ray cluster of {cpus:g} CPUs: a read and a write task "
+            + ("and, on --resume, Ray's checkpoint filter (a whole CPU) " if resumed else "")
+            + f"need {reserved:g} of them besides the workers; give fewer --workers or a larger cluster"
+        )
     return min(0.5, share)
 
 
-def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress, resumed: bool, cache: Any,
-                      reserved: set[str], stalled: Callable[[], str | None]) -> None:
+def _score_on_cluster(
+    config: JobConfig,
+    inputs: InputFiles,
+    progress: _Progress,
+    resumed: bool,
+    cache: Any,
+    reserved: set[str],
+    stalled: Callable[[], str | None],
+) -> None:
     """Start (or join) Ray and run read -> score -> parts, with Ray Data's checkpointing keyed by row id."""
     import ray
     import ray.data
@@ -558,24 +626,33 @@ def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress
     if started_here:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # failures come back as exceptions, in one line
         with native_stderr_silenced():  # Ray's C++ start-up says it read RAY_BACKEND_LOG_LEVEL; failures raise
-            ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True, logging_level="ERROR")  # fmt: skip
+            ray.init(
+                address=config.ray_address,
+                include_dashboard=False,
+                log_to_driver=False,
+                ignore_reinit_error=True,
+                logging_level=logging.ERROR,
+            )
     previous = _interrupt_on_signals(stalled)  # after ray.init, which installs its own
     try:
         _quiet_ray_error_listener()
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False  # the run's own display counts committed rows (_RowsCommitted)
-        filesystem, root = filesystem_of(progress.checkpoint)
-        context.checkpoint_config = CheckpointConfig(id_column=ray_io.ROW_ID, checkpoint_path=progress.checkpoint,
-                                                     delete_checkpoint_on_success=False,
-                                                     override_filesystem=filesystem)  # fmt: skip
+        filesystem, _root = filesystem_of(progress.checkpoint)
+        context.checkpoint_config = CheckpointConfig(
+            id_column=ray_io.ROW_ID,
+            checkpoint_path=progress.checkpoint,
+            delete_checkpoint_on_success=False,
+            override_filesystem=filesystem,
+        )
         # Its filter actors (on --resume) take a whole CPU each: one is enough, and more would starve the scorers.
         context.checkpoint_config.checkpoint_actor_pool_max_size = 1
         # Ray's worker processes have working folders of their own: local paths go to them absolute.
         files = [path if isinstance(path, str) else str(Path(path).resolve()) for path in inputs.files]
-        source = ray_io.make_datasource(files, config.column, config.pair_column, config.chunk_rows, reserved,
-                                        progress.rows)  # fmt: skip
+        source = ray_io.make_datasource(
+            files, config.column, config.pair_column, config.chunk_rows, reserved, progress.rows
+        )
         # One read task per file. Ray merges a task's output into blocks of up to 128 MiB (a small file is one
         # block), so the rows are cut again into blocks of --chunk-rows as they stream: every worker gets work,
         # and each block's part is committed as soon as it is scored (--resume loses at most the blocks in flight).
@@ -585,14 +662,18 @@ def _score_on_cluster(config: JobConfig, inputs: InputFiles, progress: _Progress
         # beside half-CPU actors (a cluster that lost a node hung so). Its logical operator's own remote args
         # make them light; a Ray that names them otherwise keeps its default.
         operator = getattr(getattr(dataset, "_logical_plan", None), "dag", None)
-        if isinstance(getattr(operator, "ray_remote_args", None), dict):
-            operator.ray_remote_args.setdefault("num_cpus", LIGHT_TASK_CPUS)
+        remote_args = getattr(operator, "ray_remote_args", None)
+        if isinstance(remote_args, dict):
+            remote_args.setdefault("num_cpus", LIGHT_TASK_CPUS)
         with warnings.catch_warnings():  # "at-least-once": a row written twice is kept once when the parts merge
             warnings.filterwarnings("ignore", message="Checkpointing with non-file datasink")
-            warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")  # fewer files than --workers
+            warnings.filterwarnings(
+                "ignore", message="The minimum number of concurrent actors"
+            )  # fewer files than --workers
             try:
-                _scored_dataset(ray, dataset, config, cache, resumed, progress.actors).write_datasink(ray_io.make_datasink(progress.parts),
-                                                                     ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})  # fmt: skip
+                _scored_dataset(ray, dataset, config, cache, resumed, progress.actors).write_datasink(
+                    ray_io.make_datasink(progress.parts), ray_remote_args={"num_cpus": LIGHT_TASK_CPUS}
+                )
             except ray.exceptions.RayError as error:
                 raise _worker_failure(error) from error
     finally:
@@ -696,7 +777,7 @@ def _waiting_for() -> str:
 
     try:
         total, free = ray.cluster_resources(), ray.available_resources()
-    except Exception:  # noqa: BLE001 - the cluster itself is gone
+    except Exception:
         return "the Ray cluster does not answer"
     parts = [f"{free.get(name, 0):g} of {total[name]:g} {name}s free" for name in ("CPU", "GPU") if total.get(name)]
     return "Ray's tasks are waiting (" + ", ".join(parts) + "); give fewer --workers, or check the cluster"
@@ -730,11 +811,14 @@ def _worker_failure(error: BaseException) -> BatchsentError:
     # header as its text: the error itself is its ``cause``.
     cause: BaseException | None = error
     seen: set[int] = set()
-    while cause is not None and id(cause) not in seen and (not isinstance(cause, BatchsentError)
-                                                            or isinstance(cause, RayError)):  # fmt: skip
+    while (
+        cause is not None
+        and id(cause) not in seen
+        and (not isinstance(cause, BatchsentError) or isinstance(cause, RayError))
+    ):
         seen.add(id(cause))
         cause = getattr(cause, "cause", None) or cause.__cause__
-    if cause is not None and id(cause) not in seen:
+    if isinstance(cause, BatchsentError) and id(cause) not in seen:  # the loop stopped at the worker's own error
         found = type(cause).__new__(type(cause))
         found.args = cause.args
         return found
@@ -801,19 +885,34 @@ def _scored_dataset(ray: Any, dataset: Any, config: JobConfig, cache: Any, resum
     if cache is not None:
         probe = ray.remote(cache_keys).options(num_cpus=LIGHT_TASK_CPUS, num_gpus=config.gpus_per_worker or None)
         keys = ray.get(probe.remote(models, location, config.pair_column is not None))
-    prepared = dataset.map_batches(prepare_block, fn_kwargs={"models": models, "column": config.column,
-                                                             "pair_column": config.pair_column,
-                                                             "cache": location, "keys": keys,
-                                                             "run": None if cache is None else cache.run},
-                                   batch_format="pyarrow", batch_size=config.chunk_rows, num_cpus=actor_cpus)  # fmt: skip
+    prepared = dataset.map_batches(
+        prepare_block,
+        fn_kwargs={
+            "models": models,
+            "column": config.column,
+            "pair_column": config.pair_column,
+            "cache": location,
+            "keys": keys,
+            "run": None if cache is None else cache.run,
+        },
+        batch_format="pyarrow",
+        batch_size=config.chunk_rows,
+        num_cpus=actor_cpus,
+    )
     return prepared.map_batches(
         RayScorer,
-        fn_constructor_kwargs={"models": models, "column": config.column, "all_scores": config.all_scores,
-                               "cache": location, "keys": keys, "pair_column": config.pair_column,
-                               "facts": facts},
+        fn_constructor_kwargs={
+            "models": models,
+            "column": config.column,
+            "all_scores": config.all_scores,
+            "cache": location,
+            "keys": keys,
+            "pair_column": config.pair_column,
+            "facts": facts,
+        },
         batch_format="pyarrow",
         batch_size=config.chunk_rows,
         compute=ray.data.ActorPoolStrategy(size=config.workers),
         num_cpus=actor_cpus,
         num_gpus=config.gpus_per_worker or None,
-    )  # fmt: skip
+    )

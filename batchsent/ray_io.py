@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -56,8 +57,9 @@ def _datasource_base() -> type:
     return Datasource
 
 
-def make_datasource(files: list[str], column: str, pair_column: str | None, chunk_rows: int,
-                    reserved: set[str], row_counts: str) -> Any:  # fmt: skip
+def make_datasource(
+    files: list[str], column: str, pair_column: str | None, chunk_rows: int, reserved: set[str], row_counts: str
+) -> Any:
     """The Datasource of ``files`` (paths or URLs, in the run's order); each read task records its file's row
     count under ``row_counts`` once it has read the whole file (``read_row_count``)."""
     from ray.data.block import BlockMetadata
@@ -72,21 +74,28 @@ def make_datasource(files: list[str], column: str, pair_column: str | None, chun
         def estimate_inmemory_data_size(self) -> int | None:
             return None
 
-        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                           data_context: Any = None) -> list[Any]:  # fmt: skip
+        def get_read_tasks(
+            self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+        ) -> list[Any]:
             tasks = []
             for index, source in enumerate(files):
-                metadata = BlockMetadata(num_rows=None, size_bytes=None, input_files=[source], exec_stats=None)
-                tasks.append(ReadTask(lambda index=index, source=source: _read_file(index, source, column, pair_column,
-                                                                                    chunk_rows, reserved, row_counts),
-                                      metadata))  # fmt: skip
+                metadata = BlockMetadata(num_rows=None, size_bytes=None, input_files=(source,), exec_stats=None)
+                tasks.append(
+                    ReadTask(
+                        functools.partial(
+                            _read_file, index, source, column, pair_column, chunk_rows, reserved, row_counts
+                        ),
+                        metadata,
+                    )
+                )
             return tasks
 
     return InputFilesDatasource()
 
 
-def _read_file(index: int, source: str, column: str, pair_column: str | None, chunk_rows: int,
-               reserved: set[str], row_counts: str) -> Iterator[pa.Table]:  # fmt: skip
+def _read_file(
+    index: int, source: str, column: str, pair_column: str | None, chunk_rows: int, reserved: set[str], row_counts: str
+) -> Iterator[pa.Table]:
     from .storage import is_url
 
     reader = io.open_reader(source if is_url(source) else Path(source))
@@ -117,8 +126,10 @@ def read_row_count(row_counts: str, index: int, source: str) -> int:
         with filesystem.open_input_stream(f"{root}/{index:06d}.json") as stream:
             return int(json.loads(stream.read())["rows"])
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ScoringError(f"{source}: no read of it finished, so its rows cannot be counted ({first_line(error)}); "
-                           "run the same command with --resume") from None  # fmt: skip
+        raise ScoringError(
+            f"{source}: no read of it finished, so its rows cannot be counted ({first_line(error)}); "
+            "run the same command with --resume"
+        ) from None
 
 
 def make_datasink(parts: str) -> Any:
@@ -170,14 +181,26 @@ def list_parts(parts: str, index: int) -> list[str]:
 
     filesystem, root = filesystem_of(parts)
     selector = fs.FileSelector(f"{root}/{index:06d}", allow_not_found=True)
-    names = [info.path for info in filesystem.get_file_info(selector)
-             if info.type == fs.FileType.File and info.base_name.endswith(".parquet") and not info.base_name.startswith(".")]  # fmt: skip
+    names = [
+        info.path
+        for info in filesystem.get_file_info(selector)
+        if info.type == fs.FileType.File and info.base_name.endswith(".parquet") and not info.base_name.startswith(".")
+    ]
     return sorted(names, key=lambda path: int(path.rsplit("/", 1)[-1].split(".")[0]))
 
 
-def merge_parts(parts: str, index: int, source: str, input_schema: pa.Schema, added: list[pa.Field],
-                label_columns: list[str], target: Path, expected_rows: int, counts: MergeCounts,
-                entries: Any = None) -> None:  # fmt: skip
+def merge_parts(
+    parts: str,
+    index: int,
+    source: str,
+    input_schema: pa.Schema,
+    added: list[pa.Field],
+    label_columns: list[str],
+    target: Path,
+    expected_rows: int,
+    counts: MergeCounts,
+    entries: Any = None,
+) -> None:
     """Stream input ``index``'s parts into ``target`` (the local engine's writer for its format), each row once,
     and exactly ``expected_rows`` of them: an output that lacks rows (parts lost, another run's cleanup) is never
     published.
@@ -200,8 +223,10 @@ def merge_parts(parts: str, index: int, source: str, input_schema: pa.Schema, ad
             if not len(rows):
                 continue
             if rows[0] != next_row or (np.diff(rows) != 1).any():
-                raise ScoringError(f"{source}: rows {next_row}... are missing from the scored parts; run the same "
-                                   "command with --resume to score them again")  # fmt: skip
+                raise ScoringError(
+                    f"{source}: rows {next_row}... are missing from the scored parts; run the same "
+                    "command with --resume to score them again"
+                )
             next_row = int(rows[-1]) + 1
             _count(table, label_columns, counts)
             if entries is not None:
@@ -210,8 +235,10 @@ def merge_parts(parts: str, index: int, source: str, input_schema: pa.Schema, ad
             for batch in output.to_batches():
                 writer.write(batch)
         if next_row != expected_rows:
-            raise ScoringError(f"{source}: the scored parts hold {next_row:,} of its {expected_rows:,} rows; run the "
-                               "same command with --resume to score the rest")  # fmt: skip
+            raise ScoringError(
+                f"{source}: the scored parts hold {next_row:,} of its {expected_rows:,} rows; run the "
+                "same command with --resume to score the rest"
+            )
         writer.commit()
     except BaseException:
         writer.abort()
@@ -225,8 +252,11 @@ def added_fields(parts: str, count: int, input_schemas: list[pa.Schema]) -> list
         listed = list_parts(parts, index)
         if listed:
             names = set(input_schemas[index].names)
-            return [field for field in pq.read_schema(listed[0], filesystem=filesystem)
-                    if field.name not in names and not field.name.startswith("__batchsent_")]  # fmt: skip
+            return [
+                field
+                for field in pq.read_schema(listed[0], filesystem=filesystem)
+                if field.name not in names and not field.name.startswith("__batchsent_")
+            ]
     return None
 
 
@@ -266,6 +296,11 @@ def _collect_entries(table: pa.Table, models: int, entries: Any) -> None:
         windows = cache_column("windows", model)
         for key in pc.unique(keys).to_pylist():
             own = rows.filter(pc.equal(keys, key))
-            entries.add(key, width, own.column(DIGEST).combine_chunks(), own.column(store).combine_chunks(),
-                        own.column(truncated_column(model)).combine_chunks(),
-                        own.column(windows).combine_chunks() if windows in own.column_names else None)  # fmt: skip
+            entries.add(
+                key,
+                width,
+                own.column(DIGEST).combine_chunks(),
+                own.column(store).combine_chunks(),
+                own.column(truncated_column(model)).combine_chunks(),
+                own.column(windows).combine_chunks() if windows in own.column_names else None,
+            )

@@ -21,7 +21,7 @@ import os
 import time
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +35,9 @@ from .postprocess import column_names, prediction_arrays
 TOKENS = "__batchsent_tokens_{}"  # per tokenizer group: list<list<int32>> (null: the row goes to no model)
 TYPES = "__batchsent_types_{}"  # its token type ids, list<list<int8>>, for models that take them
 OVER = "__batchsent_over_{}"  # the row is longer than the model's limit (truncated, or scored in windows)
-TIMINGS_ENV = "BATCHSENT_RAY_TIMINGS"  # a folder: each actor writes there how long it worked and waited (make bench-ray)
+TIMINGS_ENV = (
+    "BATCHSENT_RAY_TIMINGS"  # a folder: each actor writes there how long it worked and waited (make bench-ray)
+)
 
 
 def node_name() -> str:
@@ -45,7 +47,7 @@ def node_name() -> str:
 
     try:
         address = str(ray.util.get_node_ip_address())
-    except Exception:  # noqa: BLE001 - the name alone then
+    except Exception:
         address = "address unknown"
     return f"{socket.gethostname()} ({address})"
 
@@ -53,8 +55,16 @@ def node_name() -> str:
 def tokenizer_options(model: ScoringModel) -> ScoringModel:
     """The options of a tokenizer-only Classifier: tokens depend on the tokenizer, limits, windows and labels,
     never on where or how the model runs (so a CPU task tokenizes for a GPU actor, and nothing is tuned)."""
-    options = replace(model.options, device="cpu", dtype="float32", precision=None, quantize=None, backend="torch",
-                      int8_kernel=None, threads=None)  # fmt: skip
+    options = replace(
+        model.options,
+        device="cpu",
+        dtype="float32",
+        precision=None,
+        quantize=None,
+        backend="torch",
+        int8_kernel=None,
+        threads=None,
+    )
     return replace(model, options=options)
 
 
@@ -77,14 +87,30 @@ def _loaded(kind: str, key: Any, load: Any) -> Any:
     return _LOADED[name]
 
 
+@overload
+def _column_texts(batch: pa.Table, column: str) -> list[str | None]: ...
+@overload
+def _column_texts(batch: pa.Table, column: None) -> None: ...
+@overload
+def _column_texts(batch: pa.Table, column: str | None) -> list[str | None] | None: ...
 def _column_texts(batch: pa.Table, column: str | None) -> list[str | None] | None:
+    """A block's texts in ``column`` (None for no column: a run without a pair column)."""
     if column is None:
         return None
-    return io.text_values(pa.concat_arrays(batch.column(column).chunks) if batch.num_rows else pa.array([], pa.string()))
+    return io.text_values(
+        pa.concat_arrays(batch.column(column).chunks) if batch.num_rows else pa.array([], pa.string())
+    )
 
 
-def prepare_block(batch: pa.Table, models: list[ScoringModel], column: str, cache: str | None,
-                  keys: list[Any] | None, run: str | None = None, pair_column: str | None = None) -> pa.Table:  # fmt: skip
+def prepare_block(
+    batch: pa.Table,
+    models: list[ScoringModel],
+    column: str,
+    cache: str | None,
+    keys: list[Any] | None,
+    run: str | None = None,
+    pair_column: str | None = None,
+) -> pa.Table:
     """A block with its digests and cache hits (``--cache``) and the tokens of the rows the models score
     (each text with its pair from ``pair_column``, as the pipeline's ``text_pair``).
 
@@ -93,28 +119,34 @@ def prepare_block(batch: pa.Table, models: list[ScoringModel], column: str, cach
     from .reuse import row_digests
 
     try:
-        tokenizers = _loaded("tokenizers", [repr(tokenizer_options(model).options) for model in models],
-                             lambda: [Classifier(tokenizer_options(model).options, weights=False) for model in models])
-    except Exception as error:  # noqa: BLE001 - say which node could not load it
+        tokenizers = _loaded(
+            "tokenizers",
+            [repr(tokenizer_options(model).options) for model in models],
+            lambda: [Classifier(tokenizer_options(model).options, weights=False) for model in models],
+        )
+    except Exception as error:
         raise ModelLoadError(f"Ray node {node_name()} cannot load the model: {first_line(error)}") from None
     texts, pairs = _column_texts(batch, column), _column_texts(batch, pair_column)
-    needed = [list(texts) for _ in models]  # type: ignore[arg-type]
+    needed: list[list[str | None]] = [list(texts) for _ in models]
     if cache is not None:
         from .shared_cache import SharedCache
 
         shared = _loaded("cache", [cache, run], lambda: SharedCache(cache, create=False))
-        digests = row_digests(texts, pairs)  # type: ignore[arg-type]
+        digests = row_digests(texts, pairs)
         batch = batch.append_column(ray_io.DIGEST, pa.array(digests, pa.binary(16)))
         for index, (key, tokenizer) in enumerate(zip(keys or [], tokenizers)):
             found = shared.lookup(key, digests, len(tokenizer.labels))
-            needed[index] = [None if hit else text for text, hit in zip(texts, found.hit)]  # type: ignore[arg-type]
+            needed[index] = [None if hit else text for text, hit in zip(texts, found.hit)]
             batch = _with_hits(batch, index, found)
     groups = encoding_groups(tokenizers)
     for group in range(max(groups) + 1):
         members = [index for index, owner in enumerate(groups) if owner == group]
-        union = [next((needed[m][row] for m in members if needed[m][row] is not None), None) for row in range(len(texts))]  # type: ignore[arg-type]
-        chunk = tokenizers[members[0]].tokenized(union, None if pairs is None else
-                                                 [pair if text is not None else None for text, pair in zip(union, pairs)])  # fmt: skip
+        union = [
+            next((needed[m][row] for m in members if needed[m][row] is not None), None) for row in range(len(texts))
+        ]
+        chunk = tokenizers[members[0]].tokenized(
+            union, None if pairs is None else [pair if text is not None else None for text, pair in zip(union, pairs)]
+        )
         ids, types = _token_columns(chunk, tokenizers[members[0]]._wants_type_ids)
         batch = batch.append_column(TOKENS.format(group), ids)
         if types is not None:
@@ -178,7 +210,11 @@ def _token_columns(chunk: Any, with_types: bool) -> tuple[pa.Array, pa.Array | N
         return pa.ListArray.from_arrays(pa.array(outer_offsets), inner, mask=mask)
 
     ids = nested(chunk.flat_ids[values].astype(np.int32), pa.int32())
-    types = nested(chunk.flat_type_ids[values].astype(np.int8), pa.int8()) if with_types and chunk.flat_type_ids is not None else None
+    types = (
+        nested(chunk.flat_type_ids[values].astype(np.int8), pa.int8())
+        if with_types and chunk.flat_type_ids is not None
+        else None
+    )
     return ids, types
 
 
@@ -202,10 +238,15 @@ def encoded_chunk(batch: pa.Table, group: int, wanted: np.ndarray, texts: list, 
     if TYPES.format(group) in batch.column_names:
         flat_types = batch.column(TYPES.format(group)).combine_chunks().values.values.to_numpy().astype(np.int64)
     over = batch.column(OVER.format(group)).to_numpy() & wanted
-    owners = np.repeat(np.arange(len(rows)), counts) if classifier.long_text == "chunk" and not classifier.zero_shot else None
+    owners = (
+        np.repeat(np.arange(len(rows)), counts)
+        if classifier.long_text == "chunk" and not classifier.zero_shot
+        else None
+    )
     hypotheses = len(classifier.labels) if classifier.zero_shot else 0
-    return EncodedChunk(len(texts), rows, lengths, offsets, flat_ids, flat_types, over, ~wanted, [], owners, copies,
-                        hypotheses)  # fmt: skip
+    return EncodedChunk(
+        len(texts), rows, lengths, offsets, flat_ids, flat_types, over, ~wanted, [], owners, copies, hypotheses
+    )
 
 
 def cache_keys(models: list[ScoringModel], cache: str, pairs: bool = False) -> list[Any]:
@@ -219,7 +260,7 @@ def cache_keys(models: list[ScoringModel], cache: str, pairs: bool = False) -> l
     for model in models:
         try:
             classifier = Classifier(model.options, weights=False)
-        except Exception as error:  # noqa: BLE001 - say which node could not load it
+        except Exception as error:
             raise ModelLoadError(f"Ray node {node_name()} cannot load the model: {first_line(error)}") from None
         description = model_description(classifier, classifier.identity, pairs)
         keys.append(shared.register(model.options.model, description, classifier.labels))
@@ -232,12 +273,25 @@ def record_facts(location: str, classifiers: list[Any], load_seconds: float) -> 
     differ, or a resume on another machine) and its labels in the model's order, with the load time."""
     from .storage import filesystem_of, write_bytes_atomically
 
-    facts = {"node": node_name(), "pid": os.getpid(), "load_seconds": round(load_seconds, 3),
-             "models": [{"device": classifier.device.type, "dtype": classifier.dtype, "variant": classifier.variant,
-                         "where": classifier.where, "labels": list(classifier.labels)} for classifier in classifiers]}  # fmt: skip
+    facts = {
+        "node": node_name(),
+        "pid": os.getpid(),
+        "load_seconds": round(load_seconds, 3),
+        "models": [
+            {
+                "device": classifier.device.type,
+                "dtype": classifier.dtype,
+                "variant": classifier.variant,
+                "where": classifier.where,
+                "labels": list(classifier.labels),
+            }
+            for classifier in classifiers
+        ],
+    }
     filesystem, root = filesystem_of(location)
-    write_bytes_atomically(filesystem, root, f"{node_name()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json",
-                           json.dumps(facts).encode())  # fmt: skip
+    write_bytes_atomically(
+        filesystem, root, f"{node_name()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json", json.dumps(facts).encode()
+    )
 
 
 def read_facts(location: str) -> list[dict[str, Any]]:
@@ -264,26 +318,35 @@ class RayScorer:
     a shared cache the weights load with the first row the cache does not hold.
     """
 
-    def __init__(self, models: list[ScoringModel], column: str, all_scores: bool, cache: str | None = None,
-                 keys: list[Any] | None = None, pair_column: str | None = None,
-                 facts: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        models: list[ScoringModel],
+        column: str,
+        all_scores: bool,
+        cache: str | None = None,
+        keys: list[Any] | None = None,
+        pair_column: str | None = None,
+        facts: str | None = None,
+    ) -> None:
         from .model import Classifier
 
         started = time.monotonic()
         try:
             self.classifiers = [Classifier(model.options, weights=cache is None) for model in models]
-        except Exception as error:  # noqa: BLE001 - say which node could not load it
+        except Exception as error:
             raise ModelLoadError(f"Ray node {node_name()} cannot load the model: {first_line(error)}") from None
         if facts is not None:
             record_facts(facts, self.classifiers, time.monotonic() - started)
         self.column, self.pair_column, self.all_scores, self.keys = column, pair_column, all_scores, keys or []
-        self.names = [column_names(classifier.labels, model.prefix, all_scores, classifier.long_text == "chunk")
-                      for model, classifier in zip(models, self.classifiers)]  # fmt: skip
+        self.names = [
+            column_names(classifier.labels, model.prefix, all_scores, classifier.long_text == "chunk")
+            for model, classifier in zip(models, self.classifiers)
+        ]
         check_model_columns(self.names, models)
         self.groups = encoding_groups(self.classifiers)
         if cache is not None:
             self._check_keys(models, cache)
-        self._timings = {"busy": 0.0, "waited": 0.0, "first_wait": None, "calls": 0, "rows": 0}
+        self._timings: dict[str, Any] = {"busy": 0.0, "waited": 0.0, "first_wait": None, "calls": 0, "rows": 0}
         self._idle_since = time.perf_counter()
 
     def _check_keys(self, models: list[ScoringModel], cache: str) -> None:
@@ -293,9 +356,11 @@ class RayScorer:
         for model, classifier, key in zip(models, self.classifiers, self.keys):
             own = model_description(classifier, classifier.identity, self.pair_column is not None)
             if json.dumps(own, sort_keys=True, default=str) != key.description:
-                raise ModelLoadError(f"Ray node {node_name()} runs {model.options.model} as {classifier.where}, unlike "
-                                     "the node that made the run's cache key; give every node the same batchsent, "
-                                     "torch and transformers, or --precision exact")  # fmt: skip
+                raise ModelLoadError(
+                    f"Ray node {node_name()} runs {model.options.model} as {classifier.where}, unlike "
+                    "the node that made the run's cache key; give every node the same batchsent, "
+                    "torch and transformers, or --precision exact"
+                )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
@@ -323,7 +388,7 @@ class RayScorer:
 
     def _score(self, batch: pa.Table) -> pa.Table:
         texts, pairs = _column_texts(batch, self.column), _column_texts(batch, self.pair_column)
-        keys = texts if pairs is None else list(zip(texts, pairs))  # type: ignore[arg-type]
+        keys: list[Any] = texts if pairs is None else list(zip(texts, pairs))
         flags = []
         for index, (classifier, group, names) in enumerate(zip(self.classifiers, self.groups, self.names)):
             hit = None
@@ -342,8 +407,9 @@ class RayScorer:
             batch = batch.append_column(ray_io.truncated_column(index), pa.array(np.asarray(truncated, dtype=bool)))
         return _without_stage_columns(batch)
 
-    def _with_cache(self, index: int, hit: np.ndarray, scores: Any,
-                    batch: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, pa.Table]:  # fmt: skip
+    def _with_cache(
+        self, index: int, hit: np.ndarray, scores: Any, batch: pa.Table
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, pa.Table]:
         """The model's scores with the cache's hits filled in, and the columns the merge reads: the entries to add
         (rows scored now, and hits not used for a week) and the model key."""
         column = lambda kind: batch.column(ray_io.cache_column(kind, index))  # noqa: E731
@@ -353,7 +419,8 @@ class RayScorer:
         if hit.any():
             found = column("found").combine_chunks().filter(pa.array(hit))
             probabilities[hit] = np.frombuffer(found.buffers()[1], dtype=np.float32)[
-                found.offset * width : (found.offset + len(found)) * width].reshape(-1, width)  # fmt: skip
+                found.offset * width : (found.offset + len(found)) * width
+            ].reshape(-1, width)
             truncated[hit] = column("found_truncated").to_numpy(zero_copy_only=False).astype(bool)[hit]
             if windows is not None:
                 windows[hit] = column("found_windows").to_numpy(zero_copy_only=False)[hit]
@@ -364,13 +431,25 @@ class RayScorer:
         batch = batch.append_column(ray_io.cache_column("store", index), pa.array(values, pa.binary(4 * width)))
         if windows is not None:
             batch = batch.append_column(ray_io.cache_column("windows", index), pa.array(windows.astype(np.int32)))
-        key = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(hit), dtype=np.int32)), pa.array([self.keys[index].key]))
+        key = pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(len(hit), dtype=np.int32)), pa.array([self.keys[index].key])
+        )
         return probabilities, truncated, windows, batch.append_column(ray_io.cache_column("key", index), key)
 
 
 def _without_stage_columns(batch: pa.Table) -> pa.Table:
     """The tokens and the cache's found values stay out of the parts: they were only for the actor."""
-    dropped = [name for name in batch.column_names
-               if name.startswith(("__batchsent_tokens_", "__batchsent_types_", "__batchsent_over_"))
-               or name.startswith(("__batchsent_cache_found", "__batchsent_cache_stale"))]  # fmt: skip
+    dropped = [
+        name
+        for name in batch.column_names
+        if name.startswith(
+            (
+                "__batchsent_tokens_",
+                "__batchsent_types_",
+                "__batchsent_over_",
+                "__batchsent_cache_found",
+                "__batchsent_cache_stale",
+            )
+        )
+    ]
     return batch.drop_columns(dropped) if dropped else batch

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from . import io
 from .errors import ColumnNotFound, InputError, UsageError
+from .storage import is_url
 
 HISTOGRAM_BINS = 20
 MAX_GROUPS = 100_000
@@ -61,7 +62,7 @@ class ReportOptions:
 class ReportStats:
     """Everything the report shows, added up batch by batch."""
 
-    source: Path
+    source: Path | str  # a path, or an object URL
     options: ReportOptions
     text_column: str | None
     rows: int = 0
@@ -82,8 +83,15 @@ class ReportStats:
     def labels(self) -> list[str]:
         return sorted(self.label_counts, key=lambda label: (-self.label_counts[label], label))
 
-    def add(self, labels: pa.Array, scores: np.ndarray, texts: list | None, groups: pa.Array | None,
-            gold: pa.Array | None, first_row: int) -> None:  # fmt: skip
+    def add(
+        self,
+        labels: pa.Array,
+        scores: np.ndarray,
+        texts: list | None,
+        groups: pa.Array | None,
+        gold: pa.Array | None,
+        first_row: int,
+    ) -> None:
         """Add one batch: prediction labels (nulls for blank rows), scores, and optional columns."""
         self.rows += len(labels)
         scored = pc.is_valid(labels).to_numpy(zero_copy_only=False)
@@ -183,13 +191,15 @@ def _labels(column: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
 
 
-def scored_files(path: Path) -> list[Path]:
-    """The file itself, or every output file of a scored folder in order: the files a folder INPUT selects
-    (sources.expand), so nested and compressed outputs of a folder run are all counted."""
-    if not path.is_dir():
-        return [path]
-    from .sources import expand
+def scored_files(path: Path | str) -> list[Path | str]:
+    """The file itself, or every output file of a scored folder or object prefix in order: the files a folder
+    INPUT selects (sources.expand), so nested and compressed outputs of a folder run are all counted."""
+    from .sources import expand, is_prefix
 
+    if is_url(path):
+        return list(expand(f"{str(path).rstrip('/')}/" if is_prefix(str(path)) else path).files)
+    if not Path(path).is_dir():
+        return [path]
     return [Path(file) for file in expand(path).files]
 
 
@@ -223,13 +233,13 @@ class ModelsReport:
     agreements: list[Agreement]
 
 
-def collect(path: Path, options: ReportOptions, truncated: int | None = None) -> ReportStats:
-    """Read a scored file (or folder of part files) once and return its statistics (one model's)."""
+def collect(path: Path | str, options: ReportOptions, truncated: int | None = None) -> ReportStats:
+    """Read a scored file (or every output file of a folder run) once and return its statistics (one model's)."""
     return collect_models(path, options, truncated).models[0]
 
 
-def collect_models(path: Path, options: ReportOptions, truncated: int | None = None) -> ModelsReport:
-    """Read a scored file (or folder of part files) once: each model's statistics, and how often each two
+def collect_models(path: Path | str, options: ReportOptions, truncated: int | None = None) -> ModelsReport:
+    """Read a scored file (or every output file of a folder run) once: each model's statistics, and how often each two
     models agree when their label sets are the same. Columns are checked before any row is read."""
     models: list[ReportStats] = []
     candidates: list[Agreement] = []
@@ -240,8 +250,10 @@ def collect_models(path: Path, options: ReportOptions, truncated: int | None = N
             for prefix in options.model_prefixes:
                 text_column = _check_columns(reader, replace(options, prefix=prefix))
             if not models:
-                models = [ReportStats(path, replace(options, prefix=prefix), text_column, truncated=truncated)
-                          for prefix in options.model_prefixes]  # fmt: skip
+                models = [
+                    ReportStats(path, replace(options, prefix=prefix), text_column, truncated=truncated)
+                    for prefix in options.model_prefixes
+                ]
                 prefixes = options.model_prefixes
                 candidates = [Agreement(a, b) for i, a in enumerate(prefixes) for b in prefixes[i + 1 :]]
             first_row = _add_file(models, candidates, reader, first_row)

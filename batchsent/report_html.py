@@ -8,16 +8,25 @@ the data is HTML-escaped.
 from __future__ import annotations
 
 import io as pyio
-from datetime import datetime, timezone
+from collections.abc import Set
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
 import numpy as np
 
 from .errors import OutputError
-from .io import atomic_file
-from .report import (HISTOGRAM_BINS, Agreement, ModelsReport, ReportOptions, ReportStats, collect_models, metrics,
-                     top_groups)
+from .io import atomic_file, base_name
+from .report import (
+    HISTOGRAM_BINS,
+    Agreement,
+    ModelsReport,
+    ReportOptions,
+    ReportStats,
+    collect_models,
+    metrics,
+    top_groups,
+)
 
 PALETTE = ["#3b6fb6", "#d1495b", "#edae49", "#66a182", "#8d6cab", "#00798c", "#c3834c", "#5c5c5c"]
 
@@ -43,8 +52,12 @@ def _svg(figure) -> str:
     import matplotlib.pyplot as plt
 
     buffer = pyio.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight",
-                   metadata={"Creator": None, "Date": None, "Format": None, "Type": None})  # fmt: skip
+    figure.savefig(
+        buffer,
+        format="svg",
+        bbox_inches="tight",
+        metadata={"Creator": None, "Date": None, "Format": None, "Type": None},
+    )
     plt.close(figure)
     markup = buffer.getvalue()
     return markup[markup.index("<svg") :]
@@ -73,8 +86,12 @@ def label_chart(stats: ReportStats) -> str:
     bars = axis.barh(labels[::-1], counts[::-1], color=[colors[label] for label in labels[::-1]])
     total = max(stats.scored, 1)
     for bar, count in zip(bars, counts[::-1], strict=True):
-        axis.annotate(f" {count:,} ({count / total:.1%})", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
-                      va="center", fontsize=9)  # fmt: skip
+        axis.annotate(
+            f" {count:,} ({count / total:.1%})",
+            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+            va="center",
+            fontsize=9,
+        )
     axis.set_xlim(0, max(counts, default=1) * 1.3)
     axis.set_xlabel("rows")
     return _svg(figure)
@@ -87,8 +104,13 @@ def histogram_chart(stats: ReportStats) -> str:
     edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
     figure, axes = plt.subplots(1, len(labels), figsize=(3.4 * len(labels), 2.6), squeeze=False, sharey=False)
     for axis, label in zip(axes[0], labels, strict=True):
-        axis.bar(edges[:-1], stats.histograms.get(label, np.zeros(HISTOGRAM_BINS)), width=edges[1] - edges[0],
-                 align="edge", color=colors[label])  # fmt: skip
+        axis.bar(
+            edges[:-1],
+            stats.histograms.get(label, np.zeros(HISTOGRAM_BINS)),
+            width=edges[1] - edges[0],
+            align="edge",
+            color=colors[label],
+        )
         axis.axvline(stats.options.low_confidence, color="#5c5c5c", linestyle="--", linewidth=1)
         axis.set_title(label, fontsize=10)
         axis.set_xlim(0, 1)
@@ -130,15 +152,19 @@ def confusion_chart(stats: ReportStats, gold_axis: list[str], predicted_axis: li
     return _svg(figure)
 
 
-def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset(), text: set[int] = frozenset()) -> str:
+def _table(
+    header: list[str], rows: list[list[str]], numeric: Set[int] = frozenset(), text: Set[int] = frozenset()
+) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(
+        "<tr>"
+        + "".join(
             f'<td class="{"num" if i in numeric else "text" if i in text else ""}">{escape(cell)}</td>'
             for i, cell in enumerate(row)
-        ) + "</tr>"
+        )
+        + "</tr>"
         for row in rows
-    )  # fmt: skip
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -173,14 +199,15 @@ def render_models(report: ModelsReport) -> str:
     if not several:
         cards.append((f"score < {first.options.low_confidence:g}", first.low_confidence))
     parts = [
-        f"<h1>Scoring report: {escape(first.source.name)}</h1>",
+        f"<h1>Scoring report: {escape(base_name(first.source))}</h1>",
         f'<div class="meta">{escape(str(first.source))} · generated '
-        f'{datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} by batchsent'
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} by batchsent"
         + (f" · {len(report.models)} models: {escape(', '.join(_name(s) for s in report.models))}" if several else "")
         + "</div>",
-        '<div class="cards">' + "".join(f"<div class=card><b>{v:,}</b><span>{escape(k)}</span></div>" for k, v in cards)
+        '<div class="cards">'
+        + "".join(f"<div class=card><b>{v:,}</b><span>{escape(k)}</span></div>" for k, v in cards)
         + "</div>",
-    ]  # fmt: skip
+    ]
     if report.agreements:
         parts.append(_agreement_section(report.agreements))
     for stats in report.models:
@@ -188,7 +215,7 @@ def render_models(report: ModelsReport) -> str:
     body = "\n".join(parts)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>batchsent report: {escape(first.source.name)}</title>"
+        f"<title>batchsent report: {escape(base_name(first.source))}</title>"
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
         f"<body><main>\n{body}\n</main></body></html>\n"
     )
@@ -201,16 +228,27 @@ def _name(stats: ReportStats) -> str:
 def _agreement_section(agreements: list[Agreement]) -> str:
     """A row per pair of models with the same labels: rows both scored and the share given the same label,
     then each pair's cross-table."""
-    rows = [[a.first.removesuffix("_"), a.second.removesuffix("_"), f"{a.rows:,}", f"{a.agreed:,}",
-             f"{a.agreed / a.rows:.1%}" if a.rows else "-"] for a in agreements]  # fmt: skip
+    rows = [
+        [
+            a.first.removesuffix("_"),
+            a.second.removesuffix("_"),
+            f"{a.rows:,}",
+            f"{a.agreed:,}",
+            f"{a.agreed / a.rows:.1%}" if a.rows else "-",
+        ]
+        for a in agreements
+    ]
     parts = [_table(["model", "model", "rows both scored", "same label", "agreement"], rows, numeric={2, 3, 4})]
     for agreement in agreements:
         labels = sorted({a for a, _ in agreement.pairs} | {b for _, b in agreement.pairs})
         first, second = agreement.first.removesuffix("_"), agreement.second.removesuffix("_")
         parts.append(
             f"<h3>{escape(first)} (rows) against {escape(second)} (columns)</h3>"
-            + _table([""] + labels, [[label] + [f"{agreement.pairs[(label, other)]:,}" for other in labels]
-                                     for label in labels], numeric=set(range(1, len(labels) + 1)))  # fmt: skip
+            + _table(
+                ["", *labels],
+                [[label] + [f"{agreement.pairs[(label, other)]:,}" for other in labels] for label in labels],
+                numeric=set(range(1, len(labels) + 1)),
+            )
         )
     return '<section id="agreement"><h2>Agreement between models</h2>' + "".join(parts) + "</section>"
 
@@ -222,12 +260,17 @@ def _model_sections(stats: ReportStats, name: str) -> list[str]:
     suffix = f"-{escape(name)}" if name else ""
     if name:
         cards = [("scored", stats.scored), (f"score < {options.low_confidence:g}", stats.low_confidence)]
-        parts.append(f"<h2>Model {escape(name)}</h2>" + '<div class="cards">'
-                     + "".join(f"<div class=card><b>{v:,}</b><span>{escape(k)}</span></div>" for k, v in cards)
-                     + "</div>")  # fmt: skip
+        parts.append(
+            f"<h2>Model {escape(name)}</h2>"
+            + '<div class="cards">'
+            + "".join(f"<div class=card><b>{v:,}</b><span>{escape(k)}</span></div>" for k, v in cards)
+            + "</div>"
+        )
     if stats.scored:
-        parts.append(f'<section id="labels{suffix}"><h2>{title("Labels")}</h2><div class="chart">{label_chart(stats)}'
-                     "</div></section>")  # fmt: skip
+        parts.append(
+            f'<section id="labels{suffix}"><h2>{title("Labels")}</h2><div class="chart">{label_chart(stats)}'
+            "</div></section>"
+        )
         parts.append(
             f'<section id="scores{suffix}"><h2>{title("Scores by label")}</h2><div class="chart">{histogram_chart(stats)}'
             f'</div><p class="meta">Dashed line: the low-confidence threshold ({options.low_confidence:g}).</p></section>'
@@ -244,16 +287,21 @@ def _model_sections(stats: ReportStats, name: str) -> list[str]:
         parts.append(
             f'<section id="low-confidence{suffix}"><h2>{title("Least confident rows")} ({stats.low_confidence:,} below '
             f"{options.low_confidence:g})</h2>"
-            + _table(["row", "label", "score", "text"], [[f"{r:,}", lab, f"{-s:.3f}", t] for s, r, lab, t in least],
-                     numeric={0, 2}, text={3})  # fmt: skip
+            + _table(
+                ["row", "label", "score", "text"],
+                [[f"{r:,}", lab, f"{-s:.3f}", t] for s, r, lab, t in least],
+                numeric={0, 2},
+                text={3},
+            )
             + "</section>"
         )
         for label in stats.labels():
             best = sorted(stats.most_confident.get(label, []), reverse=True)
             parts.append(
                 f'<section class="examples"><h2>{title("Most confident " + escape(label))}</h2>'
-                + _table(["row", "score", "text"], [[f"{-r:,}", f"{s:.3f}", t] for s, r, t in best],
-                         numeric={0, 1}, text={2})  # fmt: skip
+                + _table(
+                    ["row", "score", "text"], [[f"{-r:,}", f"{s:.3f}", t] for s, r, t in best], numeric={0, 1}, text={2}
+                )
                 + "</section>"
             )
     return parts
@@ -265,7 +313,7 @@ def write_report(path: Path, html: str) -> None:
         temporary.write_text(html, encoding="utf-8")
 
 
-def build_report(scored: Path, target: Path, options: ReportOptions, truncated: int | None = None) -> None:
+def build_report(scored: Path | str, target: Path, options: ReportOptions, truncated: int | None = None) -> None:
     """Read ``scored`` (a file or a folder of parts), render the report and write it to ``target``.
 
     Raises the reading's BatchsentError, or OutputError when ``target`` cannot be written.

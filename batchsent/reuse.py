@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .cache import REFRESH_SECONDS, Entry, ModelKey, PredictionCache, digest, digest_pair
+from .cache import LAST_USE_REWRITE_SECONDS, Entry, ModelKey, PredictionCache, digest, digest_pair
 from .identity import package_version
 from .model import is_blank
 
@@ -140,13 +140,14 @@ class RunReuse:
                     values.update((key, stored[key]) for key in deferred & stored.keys())
         return values
 
-    def _store(self, plan: ChunkPlan, probabilities: np.ndarray, truncated: np.ndarray,
-               windows: np.ndarray | None) -> None:  # fmt: skip
+    def _store(
+        self, plan: ChunkPlan, probabilities: np.ndarray, truncated: np.ndarray, windows: np.ndarray | None
+    ) -> None:
         new: dict[bytes, Values] = {
             key: (probabilities[row].tobytes(), bool(truncated[row]), None if windows is None else int(windows[row]))
             for key, row in plan.to_score.items()
         }
-        stale = int(time.time()) - REFRESH_SECONDS
+        stale = int(time.time()) - LAST_USE_REWRITE_SECONDS
         used = [key for key, entry in plan.known.items() if entry.used < stale]
         with self._lock:
             self.store.store(self.model, self.run_id, ((k, *v) for k, v in new.items()), used)
@@ -187,9 +188,13 @@ def model_description(classifier: Classifier, identity: dict[str, Any], pairs: b
         "aggregate": classifier.aggregate if chunked else None,
         "activation": classifier.activation,
         "pairs": pairs,
-        "zero_shot": None if not classifier.zero_shot else {
-            "labels": classifier.labels, "template": classifier.options.hypothesis_template,
-            "multi_label": classifier.options.multi_label, "entailment_id": classifier.entailment_id,
+        "zero_shot": None
+        if not classifier.zero_shot
+        else {
+            "labels": classifier.labels,
+            "template": classifier.options.hypothesis_template,
+            "multi_label": classifier.options.multi_label,
+            "entailment_id": classifier.entailment_id,
         },
         "libraries": {name: package_version(name) for name in libraries},
     }

@@ -42,7 +42,8 @@ def run(
     run fails; a manifest or report that cannot be written raises PublishedWithErrors,
     whose ``summary`` describes the output, which is published all the same.
     """
-    started_at, record = time.time(), {}
+    started_at = time.time()
+    record: dict[str, Any] = {}
     check_distinct_paths(config)  # before the try: a manifest that would land on an input is never written
     watcher = _SignalWatcher(progress) if handle_signals and config.engine == "local" else None
     try:
@@ -58,12 +59,19 @@ def run(
     problems = _write_manifest(config, record, started_at, summary, ExitCode.OK, None)
     problems += _write_report(config, summary)
     if problems:
-        raise PublishedWithErrors(f"{'; '.join(problems)} (the output {summary.output} is complete and published)", summary)
+        raise PublishedWithErrors(
+            f"{'; '.join(problems)} (the output {summary.output} is complete and published)", summary
+        )
     return summary
 
 
-def _engine(config: JobConfig, progress: Progress | None, stop: Callable[[], bool] | None,
-            classifier: Classifier | Sequence[Classifier] | None, record: dict[str, Any]) -> RunSummary:  # fmt: skip
+def _engine(
+    config: JobConfig,
+    progress: Progress | None,
+    stop: Callable[[], bool] | None,
+    classifier: Classifier | Sequence[Classifier] | None,
+    record: dict[str, Any],
+) -> RunSummary:
     if config.engine == "ray":
         from .ray_engine import run_ray
 
@@ -105,21 +113,32 @@ def _restart_advice(config: JobConfig, record: dict[str, Any], cause: BaseExcept
         if record.get("ray_progress") and not isinstance(cause, InputError):
             return "; the rows scored so far are kept: run the same command with --resume to continue"
         if record.get("ray_progress"):
-            return ("; the input is at fault, so fix it and run the same command with --overwrite (--resume "
-                    "continues only from an unchanged input)")  # fmt: skip
+            return (
+                "; the input is at fault, so fix it and run the same command with --overwrite (--resume "
+                "continues only from an unchanged input)"
+            )
         return None
     if is_url(config.output if folder_run else config.output_path):
         if folder_run and state is not None and state.chunks:
-            return "; files finished so far were uploaded: run the same command with --overwrite to score them all again"
+            return (
+                "; files finished so far were uploaded: run the same command with --overwrite to score them all again"
+            )
         return "; nothing was uploaded: run the same command again (an object-storage output cannot be resumed)"
     if isinstance(cause, InputError):
-        return committed_hint(record, "the input is at fault, so fix it and run the same command with --overwrite "
-                              "(--resume continues only from an unchanged input)") or None  # fmt: skip
+        return (
+            committed_hint(
+                record,
+                "the input is at fault, so fix it and run the same command with --overwrite "
+                "(--resume continues only from an unchanged input)",
+            )
+            or None
+        )
     return None
 
 
-def _as_batchsent_error(error: BaseException, record: dict[str, Any], watcher: _SignalWatcher | None,
-                        config: JobConfig) -> BatchsentError:  # fmt: skip
+def _as_batchsent_error(
+    error: BaseException, record: dict[str, Any], watcher: _SignalWatcher | None, config: JobConfig
+) -> BatchsentError:
     """Any way a run can end badly, as one BatchsentError with its exit code and advice that works."""
     restart = _restart_advice(config, record, error.__cause__ if isinstance(error, BatchsentError) else None)
     if isinstance(error, Interrupted):
@@ -139,22 +158,31 @@ def _as_batchsent_error(error: BaseException, record: dict[str, Any], watcher: _
     return ScoringError(f"{type(error).__name__}: {first_line(error)}{hint}")
 
 
-def _write_manifest(config: JobConfig, record: dict[str, Any], started_at: float, summary: RunSummary | None,
-                    exit_code: int, error: str | None) -> list[str]:  # fmt: skip
+def _write_manifest(
+    config: JobConfig,
+    record: dict[str, Any],
+    started_at: float,
+    summary: RunSummary | None,
+    exit_code: int,
+    error: str | None,
+) -> list[str]:
     """Write the manifest if one was asked for; returns what went wrong, as messages."""
     if config.manifest is None:
         return []
     from .manifest import build_manifest, write_manifest
 
     try:
-        write_manifest(config.manifest, build_manifest(config, record, summary, started_at, time.time(), exit_code, error))
+        write_manifest(
+            config.manifest, build_manifest(config, record, summary, started_at, time.time(), exit_code, error)
+        )
     except OSError as problem:
         return [f"cannot write the manifest {config.manifest}: {problem}"]
     return []
 
 
-def _write_manifest_after_failure(config: JobConfig, record: dict[str, Any], started_at: float,
-                                  failure: BatchsentError) -> None:  # fmt: skip
+def _write_manifest_after_failure(
+    config: JobConfig, record: dict[str, Any], started_at: float, failure: BatchsentError
+) -> None:
     problems = _write_manifest(config, record, started_at, None, failure.exit_code, first_line(failure))
     if problems:  # the run's own error is what the user must see first; the manifest's follows it
         failure.args = (f"{first_line(failure)}; and {problems[0]}",)
@@ -168,7 +196,9 @@ def _write_report(config: JobConfig, summary: RunSummary) -> list[str]:
 
     try:
         prefixes = tuple(model.prefix for model in config.scoring_models())
-        build_report(summary.output, config.report, ReportOptions(text=config.column, prefixes=prefixes), summary.truncated)
+        build_report(
+            summary.output, config.report, ReportOptions(text=config.column, prefixes=prefixes), summary.truncated
+        )
     except BatchsentError as problem:
         return [f"cannot write the report {config.report}: {first_line(problem)}"]
     return []
@@ -190,7 +220,9 @@ class _SignalWatcher:
             raise KeyboardInterrupt
         self.signal = signum
         if self.progress is not None:
-            self.progress.note(f"{signal.Signals(signum).name}: stopping after the current batch (Ctrl-C again quits now)")
+            self.progress.note(
+                f"{signal.Signals(signum).name}: stopping after the current batch (Ctrl-C again quits now)"
+            )
 
     def __enter__(self) -> _SignalWatcher:
         if threading.current_thread() is threading.main_thread():

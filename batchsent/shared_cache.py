@@ -48,7 +48,7 @@ from .storage import filesystem_of, is_url, redact, write_parquet_atomically
 FORMAT = "batchsent-shared-cache"
 FORMAT_VERSION = 1
 MARKER = "batchsent-cache.json"
-REFRESH_SECONDS = 7 * 86400  # a hit last used longer ago is written again with the run's time (prune sees the use)
+HIT_REFRESH_SECONDS = 7 * 86400  # a hit last used longer ago is written again with the run's time (prune sees the use)
 FLUSH_ROWS = 500_000  # new entries the merge holds before it writes them: its memory stays bounded
 LOADED_ENTRIES = 4_000_000  # entries a worker keeps in memory across blocks (the least recently used bucket goes)
 LEFTOVER_SECONDS = 86400  # a temporary file older than this was left by a killed writer; prune deletes it
@@ -61,19 +61,39 @@ def is_shared_location(location: str | Path) -> bool:
 
 
 def entry_schema(width: int) -> pa.Schema:
-    return pa.schema([("digest", pa.binary(DIGEST_BYTES)), ("probabilities", pa.binary(4 * width)),
-                      ("truncated", pa.bool_()), ("windows", pa.int32()), ("used", pa.int64())])  # fmt: skip
+    return pa.schema(
+        [
+            ("digest", pa.binary(DIGEST_BYTES)),
+            ("probabilities", pa.binary(4 * width)),
+            ("truncated", pa.bool_()),
+            ("windows", pa.int32()),
+            ("used", pa.int64()),
+        ]
+    )
 
 
-def entries_table(digests: Sequence[bytes], probabilities: np.ndarray | Sequence[bytes], truncated: Sequence[bool],
-                  windows: Sequence[int | None], used: int | Sequence[int], width: int) -> pa.Table:  # fmt: skip
+def entries_table(
+    digests: Sequence[bytes],
+    probabilities: np.ndarray | Sequence[bytes],
+    truncated: Sequence[bool],
+    windows: Sequence[int | None],
+    used: int | Sequence[int],
+    width: int,
+) -> pa.Table:
     """Entries as the segments store them; ``probabilities`` rows of float32 (or their raw bytes)."""
     if isinstance(probabilities, np.ndarray):
         probabilities = [row.tobytes() for row in np.ascontiguousarray(probabilities, dtype=np.float32)]
     used = [used] * len(digests) if isinstance(used, int) else list(used)
-    return pa.table([pa.array(list(digests), pa.binary(DIGEST_BYTES)), pa.array(list(probabilities), pa.binary(4 * width)),
-                     pa.array(list(truncated), pa.bool_()), pa.array(list(windows), pa.int32()),
-                     pa.array(used, pa.int64())], schema=entry_schema(width))  # fmt: skip
+    return pa.table(
+        [
+            pa.array(list(digests), pa.binary(DIGEST_BYTES)),
+            pa.array(list(probabilities), pa.binary(4 * width)),
+            pa.array(list(truncated), pa.bool_()),
+            pa.array(list(windows), pa.int32()),
+            pa.array(used, pa.int64()),
+        ],
+        schema=entry_schema(width),
+    )
 
 
 @dataclass
@@ -102,7 +122,9 @@ def _digest_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if not len(array):
         return np.empty(0, dtype=f"S{DIGEST_BYTES}")
-    return np.frombuffer(array.buffers()[1], dtype=f"S{DIGEST_BYTES}", count=len(array), offset=array.offset * DIGEST_BYTES)
+    return np.frombuffer(
+        array.buffers()[1], dtype=f"S{DIGEST_BYTES}", count=len(array), offset=array.offset * DIGEST_BYTES
+    )
 
 
 def _newest_first(table: pa.Table) -> pa.Table:
@@ -122,11 +144,13 @@ class SharedCache:
     def __init__(self, location: str | Path, *, create: bool = True, named: str = "--cache") -> None:
         self.named = named  # how messages name it: "--cache" for a run, "cache" for `batchsent cache`
         # A local folder by its absolute path: Ray's worker processes do not share the driver's working folder.
-        self.location = str(location).rstrip("/") if is_url(str(location)) else str(Path(location).expanduser().resolve())
+        self.location = (
+            str(location).rstrip("/") if is_url(str(location)) else str(Path(location).expanduser().resolve())
+        )
         self.shown = redact(self.location)
         try:
             self.filesystem, self.root = filesystem_of(self.location)
-        except Exception as error:  # noqa: BLE001 - a URL pyarrow cannot open, in one line
+        except Exception as error:
             raise CacheError(f"{self.named} {self.shown}: {first_line(error)}") from None
         self._loaded: OrderedDict[tuple[str, int], _Bucket] = OrderedDict()
         self.run: str | None = None  # set by start_run
@@ -141,25 +165,35 @@ class SharedCache:
 
         found = self.filesystem.get_file_info(self.root).type
         if found == fs.FileType.File:
-            raise CacheError(f"{self.named} {self.shown}: a file, and a Ray run's cache is a folder or an object prefix (a "
-                             "SQLite cache is the local engine's; `batchsent cache export` copies one into a folder)")  # fmt: skip
+            raise CacheError(
+                f"{self.named} {self.shown}: a file, and a Ray run's cache is a folder or an object prefix (a "
+                "SQLite cache is the local engine's; `batchsent cache export` copies one into a folder)"
+            )
         marker = self._read_json(MARKER)
         if marker is None:
             empty = found == fs.FileType.NotFound or not self.filesystem.get_file_info(fs.FileSelector(self.root))
             if not empty:
-                raise CacheError(f"{self.named} {self.shown}: not a batchsent cache (it holds other files and no {MARKER})")
+                raise CacheError(
+                    f"{self.named} {self.shown}: not a batchsent cache (it holds other files and no {MARKER})"
+                )
             if not create:
-                raise CacheError(f"{self.shown}: no such cache (neither a SQLite cache file nor a folder or prefix "
-                                 "that a Ray run's --cache made)")  # fmt: skip
+                raise CacheError(
+                    f"{self.shown}: no such cache (neither a SQLite cache file nor a folder or prefix "
+                    "that a Ray run's --cache made)"
+                )
             if not is_url(self.location) and not Path(self.location).parent.is_dir():
                 raise CacheError(f"{self.named} {self.shown}: the folder {Path(self.location).parent} does not exist")
             self._write_json(MARKER, {"format": FORMAT, "version": FORMAT_VERSION, "buckets": 256})
             return
         if marker.get("format") != FORMAT:
-            raise CacheError(f"{self.named} {self.shown}: not a batchsent cache ({MARKER} says {marker.get('format')!r})")
+            raise CacheError(
+                f"{self.named} {self.shown}: not a batchsent cache ({MARKER} says {marker.get('format')!r})"
+            )
         if marker.get("version") != FORMAT_VERSION:
-            raise CacheError(f"{self.named} {self.shown}: a shared cache of version {marker.get('version')}, and this "
-                             f"batchsent reads version {FORMAT_VERSION}; point --cache at a new location")  # fmt: skip
+            raise CacheError(
+                f"{self.named} {self.shown}: a shared cache of version {marker.get('version')}, and this "
+                f"batchsent reads version {FORMAT_VERSION}; point --cache at a new location"
+            )
 
     # --- small files -------------------------------------------------------------------------
 
@@ -207,15 +241,26 @@ class SharedCache:
 
     def register(self, name: str, description: dict[str, Any], labels: Sequence[str]) -> ModelKey:
         """The model key of ``description`` and ``labels`` (as the SQLite cache makes it), recorded as used now."""
-        model = ModelKey(model_key({**description, "labels": list(labels)}), name,
-                         json.dumps(description, sort_keys=True, default=str), json.dumps(list(labels)))  # fmt: skip
+        model = ModelKey(
+            model_key({**description, "labels": list(labels)}),
+            name,
+            json.dumps(description, sort_keys=True, default=str),
+            json.dumps(list(labels)),
+        )
         self.write_model(model, time.time())
         return model
 
     def write_model(self, model: ModelKey, last_used: float) -> None:
-        self._write_json(f"models/{model.key}.json", {"key": model.key, "name": model.name, "last_used": last_used,
-                                                      "description": json.loads(model.description),
-                                                      "labels": json.loads(model.labels)})  # fmt: skip
+        self._write_json(
+            f"models/{model.key}.json",
+            {
+                "key": model.key,
+                "name": model.name,
+                "last_used": last_used,
+                "description": json.loads(model.description),
+                "labels": json.loads(model.labels),
+            },
+        )
 
     def models(self) -> list[dict[str, Any]]:
         found = []
@@ -232,15 +277,20 @@ class SharedCache:
         """The entries of ``digests`` (None: a blank row) this cache holds for ``model``; every bucket read is kept
         in memory (up to ``LOADED_ENTRIES`` entries) for the next blocks."""
         size = len(digests)
-        found = Found(np.zeros(size, dtype=bool), np.zeros((size, width), dtype=np.float32), np.zeros(size, dtype=bool),
-                      np.zeros(size, dtype=np.int64), np.zeros(size, dtype=bool))  # fmt: skip
+        found = Found(
+            np.zeros(size, dtype=bool),
+            np.zeros((size, width), dtype=np.float32),
+            np.zeros(size, dtype=bool),
+            np.zeros(size, dtype=np.int64),
+            np.zeros(size, dtype=bool),
+        )
         rows = np.fromiter((digest is not None for digest in digests), dtype=bool, count=size)
         if not rows.any():
             return found
         rows = np.flatnonzero(rows)
-        keys = np.array([digests[row] for row in rows], dtype=f"S{DIGEST_BYTES}")
+        keys = np.array([digests[int(row)] for row in rows], dtype=f"S{DIGEST_BYTES}")
         buckets = np.frombuffer(keys.tobytes(), dtype=np.uint8)[::DIGEST_BYTES]
-        limit = (time.time() if now is None else now) - REFRESH_SECONDS
+        limit = (time.time() if now is None else now) - HIT_REFRESH_SECONDS
         for bucket in np.unique(buckets):
             entries = self._bucket(model.key, int(bucket), width)
             if not len(entries.digests):
@@ -263,12 +313,16 @@ class SharedCache:
             self._loaded.move_to_end((key, bucket))
             return loaded
         table = self._read_bucket(key, bucket, width)
-        probabilities = np.frombuffer(table.column("probabilities").combine_chunks().buffers()[1] or b"", dtype=np.float32)
-        loaded = _Bucket(_digest_array(table.column("digest")).copy(),
-                         probabilities[: table.num_rows * width].reshape(table.num_rows, width).copy(),
-                         table.column("truncated").to_numpy(zero_copy_only=False).astype(bool),
-                         table.column("windows").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
-                         table.column("used").to_numpy(zero_copy_only=False))  # fmt: skip
+        probabilities = np.frombuffer(
+            table.column("probabilities").combine_chunks().buffers()[1] or b"", dtype=np.float32
+        )
+        loaded = _Bucket(
+            _digest_array(table.column("digest")).copy(),
+            probabilities[: table.num_rows * width].reshape(table.num_rows, width).copy(),
+            table.column("truncated").to_numpy(zero_copy_only=False).astype(bool),
+            table.column("windows").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
+            table.column("used").to_numpy(zero_copy_only=False),
+        )
         self._loaded[(key, bucket)] = loaded
         self._loaded_entries += len(loaded.digests)
         while self._loaded_entries > LOADED_ENTRIES and len(self._loaded) > 1:
@@ -279,12 +333,20 @@ class SharedCache:
     def _segments(self, key: str, bucket: int) -> list[Any]:
         from pyarrow import fs
 
-        return sorted((info for info in self._listing(f"entries/{key}/{bucket:02x}")
-                       if info.type == fs.FileType.File and info.base_name.endswith(".parquet")
-                       and not info.base_name.startswith(".")), key=lambda info: info.base_name)  # fmt: skip
+        return sorted(
+            (
+                info
+                for info in self._listing(f"entries/{key}/{bucket:02x}")
+                if info.type == fs.FileType.File
+                and info.base_name.endswith(".parquet")
+                and not info.base_name.startswith(".")
+            ),
+            key=lambda info: info.base_name,
+        )
 
-    def _read_bucket(self, key: str, bucket: int, width: int, segments: list[Any] | None = None,
-                     damaged: list[Any] | None = None) -> pa.Table:  # fmt: skip
+    def _read_bucket(
+        self, key: str, bucket: int, width: int, segments: list[Any] | None = None, damaged: list[Any] | None = None
+    ) -> pa.Table:
         """Every entry of one bucket, each digest once; a segment deleted by a prune meanwhile: list again. A
         segment that cannot be read is a CacheError naming it, or, given ``damaged``, skipped and listed there."""
         for attempt in range(READ_ATTEMPTS):
@@ -308,9 +370,11 @@ class SharedCache:
         except (OSError, pa.ArrowException) as error:
             if damaged is None:
                 relative = info.path[len(self.root) + 1 :]
-                raise CacheError(f"{self.named} {self.shown}: the segment {relative} is damaged ({first_line(error)}); "
-                                 f"batchsent cache prune {self.shown} --older-than 3650d drops damaged segments and "
-                                 "keeps the rest") from None  # fmt: skip
+                raise CacheError(
+                    f"{self.named} {self.shown}: the segment {relative} is damaged ({first_line(error)}); "
+                    f"batchsent cache prune {self.shown} --older-than 3650d drops damaged segments and "
+                    "keeps the rest"
+                ) from None
             damaged.append(info)
             return None
 
@@ -356,9 +420,16 @@ class SharedCache:
                 segments = self._segments(model["key"], bucket)
                 if segments:
                     count += self._read_bucket(model["key"], bucket, width, segments).num_rows
-            models.append({"id": model["key"][:12], "name": model["name"], "entries": count,
-                           "last_used": model.get("last_used"), "labels": model["labels"],
-                           "description": model["description"]})  # fmt: skip
+            models.append(
+                {
+                    "id": model["key"][:12],
+                    "name": model["name"],
+                    "entries": count,
+                    "last_used": model.get("last_used"),
+                    "labels": model["labels"],
+                    "description": model["description"],
+                }
+            )
         return {
             "path": self.shown,
             "entries": sum(model["entries"] for model in models),
@@ -387,8 +458,9 @@ class SharedCache:
         known = {model["name"] for model in models}
         unknown = [name for name in model_names if name not in known]
         if unknown:
-            raise CacheError(f"{self.shown}: no model {unknown[0]!r} in the cache (it holds: "
-                             f"{', '.join(sorted(known)) or 'none'})")  # fmt: skip
+            raise CacheError(
+                f"{self.shown}: no model {unknown[0]!r} in the cache (it holds: {', '.join(sorted(known)) or 'none'})"
+            )
         if older_than_seconds is None and not model_names:
             raise CacheError("prune needs --older-than AGE and/or --model NAME")
         cutoff = None if older_than_seconds is None else time.time() - older_than_seconds
@@ -403,8 +475,11 @@ class SharedCache:
                     continue
                 damaged: list[Any] = []
                 table = self._read_bucket(key, bucket, width, segments, damaged)
-                kept = table.slice(0, 0) if cutoff is None else table.filter(
-                    pc.greater_equal(table.column("used"), int(cutoff)))  # fmt: skip
+                kept = (
+                    table.slice(0, 0)
+                    if cutoff is None
+                    else table.filter(pc.greater_equal(table.column("used"), int(cutoff)))
+                )
                 removed += table.num_rows - kept.num_rows
                 remaining += kept.num_rows
                 if kept.num_rows == table.num_rows and len(segments) == 1 and not damaged:
@@ -430,8 +505,12 @@ class SharedCache:
 
         limit = time.time() - LEFTOVER_SECONDS
         for info in self._listing("", recursive=True):
-            if info.type == fs.FileType.File and info.base_name.endswith(".partial") and info.mtime is not None \
-                    and info.mtime.timestamp() < limit:  # fmt: skip
+            if (
+                info.type == fs.FileType.File
+                and info.base_name.endswith(".partial")
+                and info.mtime is not None
+                and info.mtime.timestamp() < limit
+            ):
                 self.filesystem.delete_file(info.path)
 
 
@@ -444,15 +523,27 @@ class EntryWriter:
         self._rows = 0
         self.written = 0
 
-    def add(self, key: str, width: int, digests: pa.Array, probabilities: pa.Array, truncated: pa.Array,
-            windows: pa.Array | None) -> None:  # fmt: skip
+    def add(
+        self,
+        key: str,
+        width: int,
+        digests: pa.Array,
+        probabilities: pa.Array,
+        truncated: pa.Array,
+        windows: pa.Array | None,
+    ) -> None:
         if not len(digests):
             return
-        table = pa.table([digests.cast(pa.binary(DIGEST_BYTES)), probabilities.cast(pa.binary(4 * width)),
-                          truncated.cast(pa.bool_()),
-                          windows.cast(pa.int32()) if windows is not None else pa.nulls(len(digests), pa.int32()),
-                          pa.array(np.full(len(digests), self.used, dtype=np.int64))],
-                         schema=entry_schema(width))  # fmt: skip
+        table = pa.table(
+            [
+                digests.cast(pa.binary(DIGEST_BYTES)),
+                probabilities.cast(pa.binary(4 * width)),
+                truncated.cast(pa.bool_()),
+                windows.cast(pa.int32()) if windows is not None else pa.nulls(len(digests), pa.int32()),
+                pa.array(np.full(len(digests), self.used, dtype=np.int64)),
+            ],
+            schema=entry_schema(width),
+        )
         self._pending.setdefault((key, width), []).append(table)
         self._rows += table.num_rows
         if self._rows >= FLUSH_ROWS:
@@ -473,10 +564,10 @@ def export_sqlite(source: PredictionCache, target: SharedCache, batch_rows: int 
         target.write_model(ModelKey(key, name, description, labels), last_used)
         width = len(json.loads(labels))
         cursor = source.connection.execute(
-            "SELECT digest, probabilities, truncated, windows, used FROM predictions WHERE model = ?", (model_id,))
+            "SELECT digest, probabilities, truncated, windows, used FROM predictions WHERE model = ?", (model_id,)
+        )
         while rows := cursor.fetchmany(batch_rows):
             digests, values, truncated, windows, used = zip(*rows)
             target.add(key, entries_table(digests, values, [bool(flag) for flag in truncated], windows, used, width))
             entries += len(rows)
     return entries, len(models)
-

@@ -92,6 +92,12 @@ def _known_type(path: Path) -> bool:
     return True
 
 
+def is_prefix(url: str) -> bool:
+    """Whether an object URL names a prefix (a folder run's output, written without its trailing /) rather
+    than one object: it ends in /, holds a wildcard, or its name is no file type batchsent reads."""
+    return names_many(url) or not _known_type(Path(io.base_name(url)))
+
+
 def _expand_url(text: str) -> InputFiles:
     """The objects under a URL prefix (``s3://bucket/exports/``) or matching a URL glob, listed recursively."""
     from pyarrow import fs
@@ -102,13 +108,15 @@ def _expand_url(text: str) -> InputFiles:
     prefix = text if wildcard is None else text[: text.rfind("/", 0, wildcard) + 1]
     location = remote(prefix.rstrip("/") + "/")
     try:
-        listed = location.fs.get_file_info(fs.FileSelector(location.path.rstrip("/"), recursive=True,
-                                                           allow_not_found=True))  # fmt: skip
+        listed = location.fs.get_file_info(
+            fs.FileSelector(location.path.rstrip("/"), recursive=True, allow_not_found=True)
+        )
     except OSError as error:
         raise InputError(f"{text}: {first_line(error)}") from error
     base = prefix.rstrip("/")
-    urls = sorted(f"{base}/{info.path[len(location.path.rstrip('/')) + 1:]}" for info in listed
-                  if info.type == fs.FileType.File)  # fmt: skip
+    urls = sorted(
+        f"{base}/{info.path[len(location.path.rstrip('/')) + 1 :]}" for info in listed if info.type == fs.FileType.File
+    )
     if wildcard is None:
         urls = [u for u in urls if _visible(u[len(base) + 1 :]) and _known_type(Path(io.base_name(u)))]
         if not urls:
@@ -116,8 +124,11 @@ def _expand_url(text: str) -> InputFiles:
     else:
         pattern = text[len(base) + 1 :]
         explicit_hidden = any(part.startswith(".") for part in pattern.split("/"))
-        urls = [u for u in urls if glob_matches(u[len(base) + 1 :], pattern)
-                and (explicit_hidden or _visible(u[len(base) + 1 :]))]  # fmt: skip
+        urls = [
+            u
+            for u in urls
+            if glob_matches(u[len(base) + 1 :], pattern) and (explicit_hidden or _visible(u[len(base) + 1 :]))
+        ]
         if not urls:
             raise InputError(f"{text}: matches no objects")
     return _checked(text, base, urls)
@@ -129,7 +140,7 @@ def glob_matches(relative: str, pattern: str) -> bool:
     and a trailing ``**`` every file below. Object-storage globs use it, so a job file selects the same files
     when its data moves to a bucket."""
     wanted = pattern.split("/")
-    return _parts_match(relative.split("/"), wanted + ["*"] if wanted[-1] == "**" else wanted)
+    return _parts_match(relative.split("/"), [*wanted, "*"] if wanted[-1] == "**" else wanted)
 
 
 def _parts_match(parts: list[str], wanted: list[str]) -> bool:
@@ -155,7 +166,9 @@ def expand(spec: str | Path) -> InputFiles:
     path = Path(text).expanduser()
     if path.is_dir():
         root = path
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _visible(str(p.relative_to(root))) and _known_type(p))
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and _visible(str(p.relative_to(root))) and _known_type(p)
+        )
         if not files:
             raise InputError(f"{text}: no CSV, TSV, JSON Lines or Parquet files in this folder")
     elif names_many(text):

@@ -47,8 +47,10 @@ def check_location(option: str, value: object) -> None:
     """Refuse a ``scheme://`` location whose scheme batchsent does not read or write (http, hf, file, hdfs...)."""
     match = _ANY_URL.match(value) if isinstance(value, str) else None
     if match and not is_url(value):
-        raise UsageError(f"{option} {redact(str(value))}: {match.group(1)}:// is not supported; give a local path or "
-                         "an s3://, gs:// or az:// URL")  # fmt: skip
+        raise UsageError(
+            f"{option} {redact(str(value))}: {match.group(1)}:// is not supported; give a local path or "
+            "an s3://, gs:// or az:// URL"
+        )
 
 
 def redact(text: str) -> str:
@@ -180,13 +182,20 @@ def write_parquet_atomically(filesystem: Any, folder: str, name: str, table: Any
 def failure_reason(failure: BaseException) -> str:
     """A storage error in one line: the AWS/GCS/Azure error name and its detail, without pyarrow's wrapping."""
     text = first_line(failure)
-    for marker, meaning in (("NETWORK_CONNECTION", "cannot reach the storage endpoint"),
-                            ("ACCESS_DENIED", "access denied (check the credentials in the environment)"),
-                            ("INVALID_ACCESS_KEY_ID", "access denied: the access key id is not known"),
-                            ("SIGNATURE_DOES_NOT_MATCH", "access denied: the secret key does not match"),
-                            ("NO_SUCH_BUCKET", "no such bucket"),
-                            ("AuthenticationException", ("no Azure credentials found (set AZURE_STORAGE_ACCOUNT_KEY, "
-                                                         "or sign in with az login or a managed identity)"))):  # fmt: skip
+    for marker, meaning in (
+        ("NETWORK_CONNECTION", "cannot reach the storage endpoint"),
+        ("ACCESS_DENIED", "access denied (check the credentials in the environment)"),
+        ("INVALID_ACCESS_KEY_ID", "access denied: the access key id is not known"),
+        ("SIGNATURE_DOES_NOT_MATCH", "access denied: the secret key does not match"),
+        ("NO_SUCH_BUCKET", "no such bucket"),
+        (
+            "AuthenticationException",
+            (
+                "no Azure credentials found (set AZURE_STORAGE_ACCOUNT_KEY, "
+                "or sign in with az login or a managed identity)"
+            ),
+        ),
+    ):
         if marker in text:
             return f"{meaning} ({text})"
     return text
@@ -250,7 +259,9 @@ def upload(local: Path, location: Remote) -> None:
         stream.close()
     except (OSError, ValueError) as failure:
         _discard(stream, location, started)
-        raise ScoringError(f"{location.url}: the upload failed, nothing was published: {failure_reason(failure)}") from failure
+        raise ScoringError(
+            f"{location.url}: the upload failed, nothing was published: {failure_reason(failure)}"
+        ) from failure
     except BaseException:
         _discard(stream, location, started)
         raise
@@ -261,11 +272,11 @@ def _discard(stream: Any, location: Remote, started: float) -> None:
     try:
         if stream is not None:
             stream.close()
-    except Exception:  # noqa: BLE001 - already failing
+    except Exception:
         pass
     try:
         info = location.fs.get_file_info(location.path)
         if info.mtime is not None and info.mtime.timestamp() >= started - 1:
             location.fs.delete_file(location.path)
-    except Exception:  # noqa: BLE001 - nothing may have reached the name
+    except Exception:
         pass

@@ -26,7 +26,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,14 @@ class Candidate:
     int8_kernel: str | None = None
 
     def options(self, base: ModelOptions) -> ModelOptions:
-        return replace(base.model_options(), precision=None, backend=self.backend, dtype=self.dtype,
-                       quantize=self.quantize, int8_kernel=self.int8_kernel)  # fmt: skip
+        return replace(
+            base.model_options(),
+            precision=None,
+            backend=self.backend,
+            dtype=self.dtype,
+            quantize=self.quantize,
+            int8_kernel=self.int8_kernel,
+        )
 
 
 FLOAT32 = Candidate("float32")
@@ -149,8 +155,14 @@ class Tuning:
         """Eligible variants faster than float32 by the median, but not in every round: the machine was too
         noisy to tell, so float32 (or the chosen variant) stays."""
         reference = self.reference.rows_per_second
-        return [m.variant for m in self.measurements if m.eligible and m is not self.reference
-                and not self.beats_float32(m) and m.rows_per_second >= SPEEDUP_MARGIN * reference > 0]  # fmt: skip
+        return [
+            m.variant
+            for m in self.measurements
+            if m.eligible
+            and m is not self.reference
+            and not self.beats_float32(m)
+            and m.rows_per_second >= SPEEDUP_MARGIN * reference > 0
+        ]
 
     def candidate(self) -> Candidate:
         chosen = self.chosen.variant
@@ -166,12 +178,21 @@ class Tuning:
         """What the manifest records: the variant and the measurement it came from."""
         chosen = self.chosen
         speedup = self.speedup(chosen)
-        return {"variant": chosen.variant, "measured_at": self.measured_at, "sample": self.sample,
-                "rows": chosen.rows, "rows_per_second": round(chosen.rows_per_second, 2),
-                "vs_float32": None if speedup is None else round(speedup, 3),
-                "agreement_with_float32": chosen.agreement, "cpu": self.scope["cpu"], "threads": self.scope["threads"],
-                "versions": self.facts["versions"], "load_average": self.load_average,
-                "rounds": len(chosen.rounds), "too_noisy": self.too_noisy}  # fmt: skip
+        return {
+            "variant": chosen.variant,
+            "measured_at": self.measured_at,
+            "sample": self.sample,
+            "rows": chosen.rows,
+            "rows_per_second": round(chosen.rows_per_second, 2),
+            "vs_float32": None if speedup is None else round(speedup, 3),
+            "agreement_with_float32": chosen.agreement,
+            "cpu": self.scope["cpu"],
+            "threads": self.scope["threads"],
+            "versions": self.facts["versions"],
+            "load_average": self.load_average,
+            "rounds": len(chosen.rounds),
+            "too_noisy": self.too_noisy,
+        }
 
     def table(self) -> list[str]:
         """One line per variant, as ``batchsent tune`` and ``batchsent info`` print them."""
@@ -179,26 +200,48 @@ class Tuning:
         lines = []
         for m in self.measurements:
             speedup = self.speedup(m)
-            agreement = "reference" if m.variant == FLOAT32.name else (
-                "-" if m.agreement is None else f"{m.agreement:.2%} agree")
-            state = "chosen" if m.variant == chosen else (
-                ("too noisy to tell: not faster in every round" if m.variant in self.too_noisy else "eligible")
-                if m.eligible else _why_not(m))
+            agreement = (
+                "reference"
+                if m.variant == FLOAT32.name
+                else ("-" if m.agreement is None else f"{m.agreement:.2%} agree")
+            )
+            state = (
+                "chosen"
+                if m.variant == chosen
+                else (
+                    ("too noisy to tell: not faster in every round" if m.variant in self.too_noisy else "eligible")
+                    if m.eligible
+                    else _why_not(m)
+                )
+            )
             rate = f"{m.rows_per_second:,.1f} rows/s" if m.rows else "-"
             ratio = f"{speedup:.2f}x" if speedup is not None else "-"
             lines.append(f"  {m.variant:<13} {rate:>16} {ratio:>6}  {agreement:<14} {m.rows:>5} rows  {state}")
         return lines
 
     def to_json(self) -> str:
-        return json.dumps({"scope": self.scope, "facts": self.facts, "sample": self.sample,
-                           "measured_at": self.measured_at, "load_average": self.load_average,
-                           "measurements": [asdict(m) for m in self.measurements]})  # fmt: skip
+        return json.dumps(
+            {
+                "scope": self.scope,
+                "facts": self.facts,
+                "sample": self.sample,
+                "measured_at": self.measured_at,
+                "load_average": self.load_average,
+                "measurements": [asdict(m) for m in self.measurements],
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Tuning:
         data = json.loads(text)
-        return cls(data["scope"], data["facts"], data["sample"], data["measured_at"],
-                   [Measurement(**m) for m in data["measurements"]], data.get("load_average"))  # fmt: skip
+        return cls(
+            data["scope"],
+            data["facts"],
+            data["sample"],
+            data["measured_at"],
+            [Measurement(**m) for m in data["measurements"]],
+            data.get("load_average"),
+        )
 
 
 def _why_not(m: Measurement) -> str:
@@ -218,8 +261,14 @@ def model_scope_ref(model_ref: str) -> str:
 def scope_of(model_ref: str, max_length: int, threads: int, cpu: CpuInfo) -> dict[str, Any]:
     """Where a tuning holds: this model at this max length, with this many threads, on this CPU."""
     flags = hashlib.sha256(" ".join(sorted(cpu.flags or ())).encode()).hexdigest()[:16]
-    return {"format": FORMAT, "model": model_scope_ref(model_ref), "max_length": max_length, "threads": threads,
-            "cpu": f"{cpu.model} ({cpu.machine})", "cpu_flags": flags}  # fmt: skip
+    return {
+        "format": FORMAT,
+        "model": model_scope_ref(model_ref),
+        "max_length": max_length,
+        "threads": threads,
+        "cpu": f"{cpu.model} ({cpu.machine})",
+        "cpu_flags": flags,
+    }
 
 
 def facts_of(model_ref: str, config: Any) -> dict[str, Any]:
@@ -230,8 +279,11 @@ def facts_of(model_ref: str, config: Any) -> dict[str, Any]:
 
 def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     """What differs between two tunings' facts, in words: "torch 2.12.0, now 2.13.0" or "the model's files"."""
-    changes = [f"{name} {old['versions'].get(name) or 'absent'}, now {version or 'absent'}"
-               for name, version in new["versions"].items() if old["versions"].get(name) != version]  # fmt: skip
+    changes = [
+        f"{name} {old['versions'].get(name) or 'absent'}, now {version or 'absent'}"
+        for name, version in new["versions"].items()
+        if old["versions"].get(name) != version
+    ]
     if old.get("model") != new["model"]:
         changes.append("another version of the model")
     return "; ".join(changes) or "other facts"
@@ -278,7 +330,9 @@ class TuningStore:
 
     def put(self, tuning: Tuning) -> None:
         with self._connect() as connection:
-            connection.execute("INSERT OR REPLACE INTO tunings VALUES (?, ?)", (self._key(tuning.scope), tuning.to_json()))
+            connection.execute(
+                "INSERT OR REPLACE INTO tunings VALUES (?, ?)", (self._key(tuning.scope), tuning.to_json())
+            )
 
     def all(self) -> list[Tuning]:
         if not self.path.is_file():
@@ -305,8 +359,10 @@ class TuningStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle = open(lock, "a+")  # noqa: SIM115 - closed below
         except OSError as error:
-            raise UsageError(f"{lock}: cannot take the tuning lock ({first_line(error)}); set BATCHSENT_STATE_DIR to "
-                             "a folder this user can write") from None  # fmt: skip
+            raise UsageError(
+                f"{lock}: cannot take the tuning lock ({first_line(error)}); set BATCHSENT_STATE_DIR to "
+                "a folder this user can write"
+            ) from None
         with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -327,19 +383,30 @@ def sample_texts(path: str | None, column: str = "text") -> tuple[list[str], str
     reader = io.open_reader(source)
     try:
         index = reader.text_column(column)
-        texts = [text for batch in reader.batches(4096) for text in io.text_values(batch.column(index))
-                 if text is not None and text.strip()]  # fmt: skip
+        texts = [
+            text
+            for batch in reader.batches(4096)
+            for text in io.text_values(batch.column(index))
+            if text is not None and text.strip()
+        ]
     finally:
         reader.close()
     shown = redact(path)  # credentials in a URL are never printed or stored
     if len(texts) < MIN_ROWS:
-        raise UsageError(f"{shown}: {len(texts)} non-blank texts in column {column!r}; tuning needs at least {MIN_ROWS}, "
-                         "so that agreement with float32 means something")  # fmt: skip
+        raise UsageError(
+            f"{shown}: {len(texts)} non-blank texts in column {column!r}; tuning needs at least {MIN_ROWS}, "
+            "so that agreement with float32 means something"
+        )
     return texts, f"{shown} ({len(texts)} rows)"
 
 
-def measure(base: ModelOptions, texts: Sequence[str], time_cap: float, notes: Notes | None = None,
-            clock: Callable[[], float] = time.perf_counter) -> list[Measurement]:  # fmt: skip
+def measure(
+    base: ModelOptions,
+    texts: Sequence[str],
+    time_cap: float,
+    notes: Notes | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[Measurement]:
     """Time every candidate on ``texts`` and compare its labels with float32's, within ``time_cap`` seconds.
 
     The texts are dealt into ROUNDS slices; in each round every candidate scores that round's slice, the order
@@ -390,8 +457,10 @@ def measure(base: ModelOptions, texts: Sequence[str], time_cap: float, notes: No
             measurement.agreement = sum(a == b for a, b in both) / len(both) if both else None
             measurement.rows = len(both)
         if notes is not None and measurement.rounds:
-            notes(f"tune: {measurement.variant} {measurement.rows_per_second:,.1f} rows/s (median of "
-                  f"{len(measurement.rounds)} rounds)")  # fmt: skip
+            notes(
+                f"tune: {measurement.variant} {measurement.rows_per_second:,.1f} rows/s (median of "
+                f"{len(measurement.rounds)} rounds)"
+            )
     return measurements
 
 
@@ -403,8 +472,9 @@ def load_average() -> float | None:
         return None
 
 
-def run_tuning(base: ModelOptions, texts: Sequence[str], sample: str, time_cap: float,
-               notes: Notes | None = None) -> Tuning:  # fmt: skip
+def run_tuning(
+    base: ModelOptions, texts: Sequence[str], sample: str, time_cap: float, notes: Notes | None = None
+) -> Tuning:
     """Measure the candidates for ``base``'s model and store the result (replacing the scope's old one)."""
     import torch
 
@@ -423,8 +493,7 @@ def run_tuning(base: ModelOptions, texts: Sequence[str], sample: str, time_cap: 
     with store.exclusive():
         load = load_average()
         measurements = measure(fixed, texts, time_cap, notes)
-        tuning = Tuning(scope, facts, sample, datetime.now(timezone.utc).isoformat(timespec="seconds"), measurements,
-                        load)  # fmt: skip
+        tuning = Tuning(scope, facts, sample, datetime.now(UTC).isoformat(timespec="seconds"), measurements, load)
         store.put(tuning)
     return tuning
 
@@ -448,18 +517,26 @@ def fast_variant(base: ModelOptions, config: Any, max_length: int, notes: Notes 
         stored = store.get(scope)  # another run may have measured it while this one waited
         if stored is not None and stored.facts == facts:
             return stored
-        why = (f"the stored tuning was measured with {describe_change(stored.facts, facts)}, so it is ignored"
-               if stored is not None else "no tuning is stored for it on this CPU")  # fmt: skip
+        why = (
+            f"the stored tuning was measured with {describe_change(stored.facts, facts)}, so it is ignored"
+            if stored is not None
+            else "no tuning is stored for it on this CPU"
+        )
         if notes is not None:
-            notes(f"--precision fast: {why}; measuring the variants of {base.model} on the {BUILTIN_SAMPLE}, "
-                  f"at most {AUTO_TIME_CAP_S:.0f} s, once (batchsent tune does this ahead of time)")  # fmt: skip
+            notes(
+                f"--precision fast: {why}; measuring the variants of {base.model} on the {BUILTIN_SAMPLE}, "
+                f"at most {AUTO_TIME_CAP_S:.0f} s, once (batchsent tune does this ahead of time)"
+            )
         fixed = replace(base.model_options(), precision=None, max_length=max_length)
         load = load_average()
         measurements = measure(fixed, builtin_sample(), AUTO_TIME_CAP_S)
-        tuning = Tuning(scope, facts, BUILTIN_SAMPLE, datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        measurements, load)  # fmt: skip
+        tuning = Tuning(
+            scope, facts, BUILTIN_SAMPLE, datetime.now(UTC).isoformat(timespec="seconds"), measurements, load
+        )
         if notes is not None and tuning.too_noisy:
-            notes(f"--precision fast: {', '.join(tuning.too_noisy)} measured faster than float32 but not in every "
-                  "round; the machine was too noisy to tell, so float32 runs (batchsent tune on a quiet machine)")
+            notes(
+                f"--precision fast: {', '.join(tuning.too_noisy)} measured faster than float32 but not in every "
+                "round; the machine was too noisy to tell, so float32 runs (batchsent tune on a quiet machine)"
+            )
         store.put(tuning)
         return tuning

@@ -24,11 +24,58 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 SHARED_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "minilm-sst2"
 SEED_SENTENCES = ["I've been waiting for a HuggingFace course my whole life.", "I hate this so much!"]
 
-WORDS = (
-    "the movie was great terrible fine boring wonderful plot acting music long short slow fast "
-    "but and not never always really quite very bad good best worst love hate it this that a "
-    "film story characters ending dialogue camera , . ! ? ' - 2024 42 naive café über"
-).split()
+WORDS = [
+    "the",
+    "movie",
+    "was",
+    "great",
+    "terrible",
+    "fine",
+    "boring",
+    "wonderful",
+    "plot",
+    "acting",
+    "music",
+    "long",
+    "short",
+    "slow",
+    "fast",
+    "but",
+    "and",
+    "not",
+    "never",
+    "always",
+    "really",
+    "quite",
+    "very",
+    "bad",
+    "good",
+    "best",
+    "worst",
+    "love",
+    "hate",
+    "it",
+    "this",
+    "that",
+    "a",
+    "film",
+    "story",
+    "characters",
+    "ending",
+    "dialogue",
+    "camera",
+    ",",
+    ".",
+    "!",
+    "?",
+    "'",
+    "-",
+    "2024",
+    "42",
+    "naive",
+    "café",
+    "über",
+]
 
 MODEL_KINDS = {
     # kind: (architecture, labels, problem_type)
@@ -108,6 +155,13 @@ def fail_third_chunk(monkeypatch: pytest.MonkeyPatch, message: str) -> None:
     monkeypatch.setattr(Classifier, "run", failing)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts a Ray cluster is slow too: ``make test-fast`` (-m "not slow") leaves them out."""
+    for item in items:
+        if item.get_closest_marker("ray") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Folders of the four tiny model kinds, built once per run."""
@@ -132,7 +186,11 @@ def varied_texts(count: int, seed: int = 0, longest_words: int = 700) -> list[st
     rng = random.Random(seed)
     texts = []
     for i in range(count):
-        words = 1 + int(rng.random() ** 3 * longest_words) if i % 10 else longest_words - rng.randrange(longest_words // 7 + 1)
+        words = (
+            1 + int(rng.random() ** 3 * longest_words)
+            if i % 10
+            else longest_words - rng.randrange(longest_words // 7 + 1)
+        )
         texts.append(" ".join(rng.choice(WORDS) for _ in range(words)))
     return texts
 
@@ -151,10 +209,20 @@ def s3_env():
     from test_storage import start_s3_server
 
     process, endpoint = start_s3_server()
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                          region_name="us-east-1")  # fmt: skip
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket="nightly")
     yield env, client
     process.terminate()

@@ -37,16 +37,29 @@ def train_tokenizer(texts: list[str], family: str, max_length: int | None = 128,
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(texts, trainer)
     single, pair = TEMPLATES[family]
     special = [(token, SPECIALS.index(token)) for token in ("<s>", "</s>")]
     tokenizer.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
     options = {"model_max_length": max_length} if max_length else {}
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>",
-                                   split_special_tokens=split_special_tokens, **options)  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        cls_token="<s>",
+        sep_token="</s>",
+        mask_token="<mask>",
+        split_special_tokens=split_special_tokens,
+        **options,
+    )
 
 
 def build_family_model(directory: Path, family: str, texts: list[str], seed: int = 0, **tokenizer_options) -> Path:
@@ -62,23 +75,62 @@ def build_family_model(directory: Path, family: str, texts: list[str], seed: int
     configs = {
         "bert": lambda: tf.BertConfig(vocab_size=vocab, max_position_embeddings=128, **small, **ids, **labels),
         "roberta": lambda: tf.RobertaConfig(vocab_size=vocab, max_position_embeddings=130, **small, **ids, **labels),
-        "deberta-v2": lambda: tf.DebertaV2Config(vocab_size=vocab, max_position_embeddings=128, relative_attention=True,
-                                                 position_buckets=16, pos_att_type=["p2c", "c2p"], **small, **ids,
-                                                 **labels),  # fmt: skip
-        "modernbert": lambda: tf.ModernBertConfig(vocab_size=vocab, max_position_embeddings=128, local_attention=16,
-                                                  global_attn_every_n_layers=2, cls_token_id=BOS, sep_token_id=EOS,
-                                                  **small, **ids, **labels),  # fmt: skip
-        "longformer": lambda: tf.LongformerConfig(vocab_size=vocab, max_position_embeddings=130, attention_window=16,
-                                                  **small, **ids, **labels),  # fmt: skip
-        "bart": lambda: tf.BartConfig(vocab_size=vocab, d_model=32, encoder_layers=1, decoder_layers=1,
-                                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                                      decoder_ffn_dim=64, max_position_embeddings=128, decoder_start_token_id=EOS,
-                                      **ids, **labels),  # fmt: skip
-        "t5": lambda: tf.T5Config(vocab_size=vocab, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1,
-                                  num_heads=2, decoder_start_token_id=PAD, **ids, **labels),  # fmt: skip
-        "gpt2": lambda: tf.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=128, **ids, **labels),
-        "llama": lambda: tf.LlamaConfig(vocab_size=vocab, max_position_embeddings=128, num_key_value_heads=1,
-                                        **small, **ids, **labels),  # fmt: skip
+        "deberta-v2": lambda: tf.DebertaV2Config(
+            vocab_size=vocab,
+            max_position_embeddings=128,
+            relative_attention=True,
+            position_buckets=16,
+            pos_att_type=["p2c", "c2p"],
+            **small,
+            **ids,
+            **labels,
+        ),
+        "modernbert": lambda: tf.ModernBertConfig(
+            vocab_size=vocab,
+            max_position_embeddings=128,
+            local_attention=16,
+            global_attn_every_n_layers=2,
+            cls_token_id=BOS,
+            sep_token_id=EOS,
+            **small,
+            **ids,
+            **labels,
+        ),
+        "longformer": lambda: tf.LongformerConfig(
+            vocab_size=vocab, max_position_embeddings=130, attention_window=16, **small, **ids, **labels
+        ),
+        "bart": lambda: tf.BartConfig(
+            vocab_size=vocab,
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=128,
+            decoder_start_token_id=EOS,
+            **ids,
+            **labels,
+        ),
+        "t5": lambda: tf.T5Config(
+            vocab_size=vocab,
+            d_model=32,
+            d_kv=16,
+            d_ff=64,
+            num_layers=1,
+            num_decoder_layers=1,
+            num_heads=2,
+            decoder_start_token_id=PAD,
+            **ids,
+            **labels,
+        ),
+        "gpt2": lambda: tf.GPT2Config(
+            vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=128, **ids, **labels
+        ),
+        "llama": lambda: tf.LlamaConfig(
+            vocab_size=vocab, max_position_embeddings=128, num_key_value_heads=1, **small, **ids, **labels
+        ),
     }
     torch.manual_seed(seed)
     config = configs[family]()

@@ -58,6 +58,7 @@ def test_each_variant_runs_and_stays_close_to_float32(binary_model, options):
     assert np.abs(variant - exact).max() < 0.1
 
 
+@pytest.mark.slow
 def test_int8_end_to_end_through_the_cli(tmp_path, binary_model):
     from typer.testing import CliRunner
 
@@ -130,7 +131,9 @@ def test_auto_device_is_where_the_backend_can_run(monkeypatch):
     assert auto_device("torch", "int8") == "cpu"  # torch int8 runs on the CPU only
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert auto_device("onnx", None) == "cpu"
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     assert auto_device("onnx", "int8") == "cuda"
 
 

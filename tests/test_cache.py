@@ -63,8 +63,11 @@ def read_output(path: Path) -> pa.Table:
     if path.suffix == ".parquet":
         return pq.read_table(path)
     delimiter = "\t" if path.suffix == ".tsv" else ","
-    return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=delimiter != "\t" and '"'),
-                          convert_options=pacsv.ConvertOptions(column_types={"id": pa.string(), "text": pa.string()}))  # fmt: skip
+    return pacsv.read_csv(
+        path,
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=delimiter != "\t" and '"'),
+        convert_options=pacsv.ConvertOptions(column_types={"id": pa.string(), "text": pa.string()}),
+    )
 
 
 def assert_agree(table: pa.Table, reference: pa.Table, inputs=("id", "text")) -> None:
@@ -96,8 +99,11 @@ def test_cached_rows_agree_with_an_uncached_run_and_a_second_run_is_byte_identic
     assert (second.cached, second.duplicates) == (second.scored, 0)  # every row's values came from the cache
     assert (tmp_path / f"second{suffix}").read_bytes() == (tmp_path / f"first{suffix}").read_bytes()
     assert_agree(read_output(tmp_path / f"second{suffix}"), read_output(tmp_path / f"plain{suffix}"))
-    assert read_output(tmp_path / f"second{suffix}").slice(0, 300).select(["id", "text"]).equals(
-        read_output(source).select(["id", "text"])
+    assert (
+        read_output(tmp_path / f"second{suffix}")
+        .slice(0, 300)
+        .select(["id", "text"])
+        .equals(read_output(source).select(["id", "text"]))
     )
 
 
@@ -128,15 +134,26 @@ def test_unicode_and_whitespace_variants_are_different_texts(tmp_path, binary_mo
     cache = tmp_path / "cache.sqlite"
     score_file(source, tmp_path / "a.csv", model=str(binary_model), cache=cache, quiet=True)
     assert PredictionCache(cache).stats()["entries"] == len(variants)
-    again = score_file(write_input(tmp_path / "in2.csv", ["café\t", "café"]), tmp_path / "b.csv",
-                       model=str(binary_model), cache=cache, quiet=True)  # fmt: skip
+    again = score_file(
+        write_input(tmp_path / "in2.csv", ["café\t", "café"]),
+        tmp_path / "b.csv",
+        model=str(binary_model),
+        cache=cache,
+        quiet=True,
+    )
     assert (again.cached, again.duplicates) == (1, 0)
 
 
 def test_the_cache_stores_digests_never_the_texts(tmp_path, binary_model):
     secret = "my account number is 4242-4242 and I am furious"
     cache = tmp_path / "cache.sqlite"
-    score_file(write_input(tmp_path / "in.csv", [secret]), tmp_path / "out.csv", model=str(binary_model), cache=cache, quiet=True)
+    score_file(
+        write_input(tmp_path / "in.csv", [secret]),
+        tmp_path / "out.csv",
+        model=str(binary_model),
+        cache=cache,
+        quiet=True,
+    )
     PredictionCache(cache).connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     raw = cache.read_bytes()
     assert b"4242-4242" not in raw and secret.encode() not in raw
@@ -193,8 +210,22 @@ def test_a_changed_model_or_text_is_scored_again(cached_run, tmp_path, binary_mo
 def test_manifest_and_summary_say_how_many_rows_came_from_the_cache(cached_run, tmp_path, binary_model):
     source, cache, _ = cached_run
     manifest = tmp_path / "manifest.json"
-    result = runner.invoke(app, ["score", str(source), "-o", str(tmp_path / "again.csv"), "--model", str(binary_model),
-                                 "--cache", str(cache), "--manifest", str(manifest), "-q"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            str(source),
+            "-o",
+            str(tmp_path / "again.csv"),
+            "--model",
+            str(binary_model),
+            "--cache",
+            str(cache),
+            "--manifest",
+            str(manifest),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     import json
 
@@ -220,15 +251,35 @@ def test_resume_and_cache_work_together(tmp_path, binary_model, monkeypatch):
     assert (tmp_path / "out.parquet").read_bytes() == (tmp_path / "reference.parquet").read_bytes()
 
 
+@pytest.mark.slow
 def test_two_runs_share_one_cache_at_once(tmp_path, binary_model):
     cache = tmp_path / "cache.sqlite"
     texts_a, texts_b = corpus_texts(600, seed=8), corpus_texts(600, seed=9)
     texts_b[300:] = texts_a[300:]  # half of each file is the other's
     files = [write_input(tmp_path / "a.csv", texts_a), write_input(tmp_path / "b.csv", texts_b)]
     processes = [
-        subprocess.Popen([sys.executable, "-m", "batchsent", "score", str(f), "-o", str(f.with_suffix(".out.csv")),
-                          "--model", str(binary_model), "--cache", str(cache), "--chunk-rows", "25", "--threads", "1",
-                          "-q"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "batchsent",
+                "score",
+                str(f),
+                "-o",
+                str(f.with_suffix(".out.csv")),
+                "--model",
+                str(binary_model),
+                "--cache",
+                str(cache),
+                "--chunk-rows",
+                "25",
+                "--threads",
+                "1",
+                "-q",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for f in files
     ]
     for process in processes:
@@ -243,18 +294,39 @@ def test_two_runs_share_one_cache_at_once(tmp_path, binary_model):
     assert store.stats()["entries"] == len(distinct)
 
 
+@pytest.mark.slow
 def test_kill_9_while_writing_leaves_a_sound_cache_and_resume_is_exact(tmp_path, binary_model):
     texts = corpus_texts(1500, seed=11)
     source = write_input(tmp_path / "in.csv", texts)
 
     def command(output: Path, cache: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "batchsent", "score", str(source), "--model", str(binary_model), "-o", str(output),
-                "--cache", str(cache), "--chunk-rows", "40", "--threads", "1", "-q", *extra]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "batchsent",
+            "score",
+            str(source),
+            "--model",
+            str(binary_model),
+            "-o",
+            str(output),
+            "--cache",
+            str(cache),
+            "--chunk-rows",
+            "40",
+            "--threads",
+            "1",
+            "-q",
+            *extra,
+        ]
 
     reference = tmp_path / "reference.csv"
     subprocess.run(command(reference, tmp_path / "reference.sqlite"), check=True, capture_output=True)
-    expected = {digest(t): s for t, s in zip(texts, read_output(reference)["sentiment_score"].to_pylist(), strict=True)
-                if t is not None and t.strip()}  # fmt: skip
+    expected = {
+        digest(t): s
+        for t, s in zip(texts, read_output(reference)["sentiment_score"].to_pylist(), strict=True)
+        if t is not None and t.strip()
+    }
     for seed in range(3):
         rng = random.Random(seed)
         output, cache = tmp_path / f"out-{seed}.csv", tmp_path / f"cache-{seed}.sqlite"
@@ -287,11 +359,26 @@ def test_a_cache_of_another_schema_version_or_another_program_is_refused_before_
     sqlite3.connect(unrelated).execute("CREATE TABLE t (x)").connection.close()
     garbage = tmp_path / "notes.txt"
     garbage.write_text("not a database at all, just some notes\n" * 100)
-    expected = {cache: f"schema version {SCHEMA_VERSION + 1}", unrelated: "not a batchsent cache",
-                garbage: "not a SQLite database", tmp_path: "is a directory"}  # fmt: skip
+    expected = {
+        cache: f"schema version {SCHEMA_VERSION + 1}",
+        unrelated: "not a batchsent cache",
+        garbage: "not a SQLite database",
+        tmp_path: "is a directory",
+    }
     for path, message in expected.items():
-        result = runner.invoke(app, ["score", str(source), "-o", str(tmp_path / "out.csv"), "--cache", str(path),
-                                     "--model", str(tmp_path / "no-such-model")])  # fmt: skip
+        result = runner.invoke(
+            app,
+            [
+                "score",
+                str(source),
+                "-o",
+                str(tmp_path / "out.csv"),
+                "--cache",
+                str(path),
+                "--model",
+                str(tmp_path / "no-such-model"),
+            ],
+        )
         assert result.exit_code == 2, result.output
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and message in lines[0], result.output
@@ -313,7 +400,10 @@ def read_only_folder(folder: Path):
 
 def _mount(folder: Path, options: str) -> bool:
     folder.mkdir(exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode
+        == 0
+    )
 
 
 @pytest.fixture
@@ -327,14 +417,16 @@ def small_disk(tmp_path):
 
 
 def test_a_cache_on_a_read_only_disk_is_one_line_and_exit_2(cached_run, tmp_path, small_disk, binary_model):
-    source, cache, _ = cached_run
+    source, _cache, _ = cached_run
     on_disk = small_disk / "cache.sqlite"
     score_file(source, tmp_path / "warm.csv", model=str(binary_model), cache=on_disk, quiet=True)
     assert subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True).returncode == 0
-    result = runner.invoke(app, ["score", str(source), "-o", str(tmp_path / "out.csv"), "--cache", str(on_disk),
-                                 "--model", str(binary_model)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["score", str(source), "-o", str(tmp_path / "out.csv"), "--cache", str(on_disk), "--model", str(binary_model)],
+    )
     assert result.exit_code == 2, result.output
-    assert [line for line in result.output.splitlines() if line.startswith("error:")][0].startswith(
+    assert next(line for line in result.output.splitlines() if line.startswith("error:")).startswith(
         f"error: --cache {on_disk}: "
     )
     assert not (tmp_path / "out.csv").exists()
@@ -345,17 +437,45 @@ def test_a_cache_in_a_read_only_folder_is_one_line_and_exit_2(cached_run, tmp_pa
     folder = tmp_path / "locked"
     folder.mkdir()
     with read_only_folder(folder):
-        result = runner.invoke(app, ["score", str(source), "-o", str(tmp_path / "out.csv"), "--cache",
-                                     str(folder / "cache.sqlite"), "--model", str(binary_model)])  # fmt: skip
+        result = runner.invoke(
+            app,
+            [
+                "score",
+                str(source),
+                "-o",
+                str(tmp_path / "out.csv"),
+                "--cache",
+                str(folder / "cache.sqlite"),
+                "--model",
+                str(binary_model),
+            ],
+        )
     assert result.exit_code == 2 and "error: --cache" in result.output
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_cache_fails_with_one_line_keeps_progress_and_resume_finishes(tmp_path, binary_model):
     texts = [f"text {i} " + "word " * (i % 9) for i in range(3000)]
     source = write_input(tmp_path / "in.csv", texts)
     output, cache = tmp_path / "out.csv", tmp_path / "cache.sqlite"
-    command = [sys.executable, "-m", "batchsent", "score", str(source), "--model", str(binary_model), "-o", str(output),
-               "--cache", str(cache), "--chunk-rows", "100", "--threads", "1", "-q"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "batchsent",
+        "score",
+        str(source),
+        "--model",
+        str(binary_model),
+        "-o",
+        str(output),
+        "--cache",
+        str(cache),
+        "--chunk-rows",
+        "100",
+        "--threads",
+        "1",
+        "-q",
+    ]
 
     def file_size_limit() -> None:  # every file this process writes stops growing at 96 KiB, as on a full disk
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -388,7 +508,8 @@ def test_cache_stats_and_prune(cached_run, tmp_path, binary_model):
     with sqlite3.connect(cache) as connection:
         aged = connection.execute(
             "UPDATE predictions SET used = ? WHERE model = 1 AND digest IN "
-            "(SELECT digest FROM predictions WHERE model = 1 LIMIT 10)", (old,)
+            "(SELECT digest FROM predictions WHERE model = 1 LIMIT 10)",
+            (old,),
         ).rowcount
     pruned = runner.invoke(app, ["cache", "prune", str(cache), "--older-than", "30d"])
     assert pruned.exit_code == 0 and f"removed {aged:,} entries" in pruned.output, pruned.output
@@ -424,8 +545,21 @@ def test_a_night_whose_rows_are_all_cached_never_loads_the_model(tmp_path, binar
     texts = corpus_texts(120, seed=21)
     source = write_input(tmp_path / "in.csv", texts)
     cache = tmp_path / "cache.sqlite"
-    first = runner.invoke(app, ["score", str(source), "-o", str(tmp_path / "one.csv"), "--model", str(binary_model),
-                                "--cache", str(cache), "--chunk-rows", "40"])  # fmt: skip
+    first = runner.invoke(
+        app,
+        [
+            "score",
+            str(source),
+            "-o",
+            str(tmp_path / "one.csv"),
+            "--model",
+            str(binary_model),
+            "--cache",
+            str(cache),
+            "--chunk-rows",
+            "40",
+        ],
+    )
     assert first.exit_code == 0, first.output
     loads = {"n": 0}
     real = Pretrained.load_model
@@ -435,14 +569,40 @@ def test_a_night_whose_rows_are_all_cached_never_loads_the_model(tmp_path, binar
         return real(self)
 
     monkeypatch.setattr(Pretrained, "load_model", counted)
-    second = runner.invoke(app, ["score", str(source), "-o", str(tmp_path / "two.csv"), "--model", str(binary_model),
-                                 "--cache", str(cache), "--chunk-rows", "40"])  # fmt: skip
+    second = runner.invoke(
+        app,
+        [
+            "score",
+            str(source),
+            "-o",
+            str(tmp_path / "two.csv"),
+            "--model",
+            str(binary_model),
+            "--cache",
+            str(cache),
+            "--chunk-rows",
+            "40",
+        ],
+    )
     assert second.exit_code == 0, second.output
     assert loads["n"] == 0 and "the model was not loaded: every row came from the cache" in second.output
     assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
-    tomorrow = write_input(tmp_path / "tomorrow.csv", texts + ["a text no night has seen before"])
-    third = runner.invoke(app, ["score", str(tomorrow), "-o", str(tmp_path / "three.csv"), "--model", str(binary_model),
-                                "--cache", str(cache), "--chunk-rows", "40"])  # fmt: skip
+    tomorrow = write_input(tmp_path / "tomorrow.csv", [*texts, "a text no night has seen before"])
+    third = runner.invoke(
+        app,
+        [
+            "score",
+            str(tomorrow),
+            "-o",
+            str(tmp_path / "three.csv"),
+            "--model",
+            str(binary_model),
+            "--cache",
+            str(cache),
+            "--chunk-rows",
+            "40",
+        ],
+    )
     assert third.exit_code == 0 and loads["n"] == 1, third.output
     assert "loaded in" in third.output and "for the rows the cache does not hold" in third.output
     plain = tmp_path / "plain.csv"

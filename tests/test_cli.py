@@ -70,7 +70,8 @@ def test_parquet_keeps_schema_and_metadata(binary_model, tmp_path):
 
 
 def test_sample_csv_and_parquet_hold_the_same_rows():
-    rows = list(csv.DictReader(open(SAMPLE / "reviews.csv", newline="")))
+    with open(SAMPLE / "reviews.csv", newline="") as sample:
+        rows = list(csv.DictReader(sample))
     table = pq.read_table(SAMPLE / "reviews.parquet").to_pylist()
     assert [r["text"] for r in rows] == [r["text"] for r in table]
     assert [r["id"] for r in rows] == [r["id"] for r in table]
@@ -97,7 +98,9 @@ def test_config_file_and_flags_and_environment(reviews, binary_model, tmp_path):
     # BATCHSENT_MODEL replaces the built-in default; --model beats it.
     result = invoke(reviews, "-o", tmp_path / "env.csv", env={"BATCHSENT_MODEL": str(binary_model)})
     assert result.exit_code == 0, result.stderr
-    result = invoke(reviews, "-o", tmp_path / "x.csv", "--model", tmp_path / "nowhere", env={"BATCHSENT_MODEL": str(binary_model)})
+    result = invoke(
+        reviews, "-o", tmp_path / "x.csv", "--model", tmp_path / "nowhere", env={"BATCHSENT_MODEL": str(binary_model)}
+    )
     assert result.exit_code == 2 and "nowhere" in result.stderr
 
 
@@ -120,7 +123,11 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(reviews, binary_model,
     before = digest(reviews)
     model = ["--model", binary_model]
     bad(invoke(tmp_path / "missing.csv", *model), 2, "missing.csv: no such file")
-    bad(invoke(reviews, "-c", "review", *model), 2, "no column 'review'; the file has 'id', 'product', 'region', 'rating', 'text'")
+    bad(
+        invoke(reviews, "-c", "review", *model),
+        2,
+        "no column 'review'; the file has 'id', 'product', 'region', 'rating', 'text'",
+    )
     (tmp_path / "notes.txt").write_text("hello")
     bad(invoke(tmp_path / "notes.txt", *model), 2, "unsupported file type '.txt'")
     bad(invoke(reviews, "-o", tmp_path / "out.json", *model), 2, "unsupported file type '.json'")
@@ -135,15 +142,20 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(reviews, binary_model,
     bad(invoke(reviews, "--stride", "8", *model), 2, "--stride and --aggregate need --long-text chunk")
     bad(invoke(reviews, "--long-text", "chunk", "--aggregate", "vote", *model), 2, "--aggregate 'vote'")
     bad(invoke(reviews, "--long-text", "chunk", "--stride", "-1", *model), 2, "--stride must be zero or positive")
-    bad(invoke(reviews, "--long-text", "chunk", "--stride", "64", "--max-length", "64", *model), 2,
-        "--stride 64 must be smaller than the window")  # fmt: skip
+    bad(
+        invoke(reviews, "--long-text", "chunk", "--stride", "64", "--max-length", "64", *model),
+        2,
+        "--stride 64 must be smaller than the window",
+    )
     bad(invoke(reviews, "-o", tmp_path / "nodir" / "x.csv", *model), 2, "does not exist")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "reviews.csv"]
     assert digest(reviews) == before
 
 
 def test_threads_and_token_budget_flags_run(reviews, binary_model, tmp_path):
-    result = invoke(reviews, "-o", tmp_path / "t.csv", "--model", binary_model, "--threads", "1", "--token-budget", "64")
+    result = invoke(
+        reviews, "-o", tmp_path / "t.csv", "--model", binary_model, "--threads", "1", "--token-budget", "64"
+    )
     assert result.exit_code == 0, result.stderr
 
 
@@ -176,8 +188,11 @@ def test_model_problems(reviews, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    bad(invoke(reviews, "--model", "someone/not-cached-model"), 2,
-        "model 'someone/not-cached-model' is not in the local Hugging Face cache")  # fmt: skip
+    bad(
+        invoke(reviews, "--model", "someone/not-cached-model"),
+        2,
+        "model 'someone/not-cached-model' is not in the local Hugging Face cache",
+    )
     result = invoke(reviews)
     assert "distilbert-base-uncased-finetuned-sst-2-english" in result.stderr and "--model PATH" in result.stderr
     empty = tmp_path / "empty-model"
@@ -207,7 +222,11 @@ def test_a_failure_while_running_leaves_no_output(reviews, binary_model, monkeyp
 
     fail_third_chunk(monkeypatch, "device fell over")
     result = invoke(reviews, "--model", binary_model, "--chunk-rows", "5")
-    bad(result, 1, "RuntimeError: device fell over; 10 rows are committed: run the same command with --resume once the cause is fixed")
+    bad(
+        result,
+        1,
+        "RuntimeError: device fell over; 10 rows are committed: run the same command with --resume once the cause is fixed",
+    )
     # no output under the final name; the committed progress is kept for --resume
     assert sorted(p.name for p in reviews.parent.iterdir()) == [".reviews.scored.csv.batchsent", "reviews.csv"]
     monkeypatch.undo()  # the device is back

@@ -36,8 +36,15 @@ def test_cpuinfo_is_read_on_x86_and_arm(tmp_path):
 
 
 def test_features_and_classes():
-    assert VNNI.features == {"AVX2": True, "AVX-512": True, "VNNI": True, "BF16": True, "AMX": False,
-                             "NEON": False, "dotprod": False}  # fmt: skip
+    assert VNNI.features == {
+        "AVX2": True,
+        "AVX-512": True,
+        "VNNI": True,
+        "BF16": True,
+        "AMX": False,
+        "NEON": False,
+        "dotprod": False,
+    }
     assert AVX2.features["AVX2"] and not AVX2.features["VNNI"] and not AVX2.native_bf16
     assert ARM.features["NEON"] and ARM.features["dotprod"] and ARM.native_bf16
     assert (VNNI.cpu_class, AVX2.cpu_class, ARM.cpu_class) == ("x86-vnni", "x86-avx2", "other")
@@ -92,6 +99,7 @@ def test_the_cpu_refusing_int8_is_one_line_exit_2_before_loading(tmp_path, monke
     )
 
 
+@pytest.mark.slow
 def test_fast_precision_runs_and_is_reported(binary_model):
     from conftest import varied_texts
 

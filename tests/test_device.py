@@ -8,10 +8,17 @@ from batchsent.device import CPU_LIMITS, CUDA_LIMITS, batch_limits, check_device
 from batchsent.errors import UsageError
 
 
-@pytest.mark.parametrize(("dtype", "device", "expected"), [
-    ("auto", "cuda", "float16"), ("auto", "cpu", "float32"), ("auto", "mps", "float32"),
-    ("bfloat16", "cpu", "bfloat16"), ("float16", "cuda", "float16"), ("float32", "cuda", "float32"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("dtype", "device", "expected"),
+    [
+        ("auto", "cuda", "float16"),
+        ("auto", "cpu", "float32"),
+        ("auto", "mps", "float32"),
+        ("bfloat16", "cpu", "bfloat16"),
+        ("float16", "cuda", "float16"),
+        ("float32", "cuda", "float32"),
+    ],
+)
 def test_dtype_resolution(dtype, device, expected):
     assert resolve_dtype(dtype, device) == expected
 

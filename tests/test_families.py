@@ -16,9 +16,13 @@ from families import FAMILIES, LABELS, build_family_model
 from batchsent.errors import ModelLoadError
 from batchsent.model import Classifier
 
-TEXTS = varied_texts(30, seed=3, longest_words=150) + [
-    "<s>old price</s> now cheaper", "a </s> b </s> c", "the best film", "not good",
-]  # fmt: skip
+TEXTS = [
+    *varied_texts(30, seed=3, longest_words=150),
+    "<s>old price</s> now cheaper",
+    "a </s> b </s> c",
+    "the best film",
+    "not good",
+]
 TOLERANCE = 1e-5
 
 
@@ -63,8 +67,10 @@ def test_onnx_matches_the_pipeline_or_is_refused_uncached(families, family, tmp_
 
     monkeypatch.setenv("BATCHSENT_ONNX_CACHE", str(tmp_path / "onnx"))
     folder, reference = families[family]
-    if family == "longformer":  # its sliding-window attention traces to a graph that is right only for the traced shapes
-        with pytest.raises(ModelLoadError, match="differs from torch by .* on inputs of other lengths"):
+    if (
+        family == "longformer"
+    ):  # its sliding-window attention traces to a graph that is right only for the traced shapes
+        with pytest.raises(ModelLoadError, match=r"differs from torch by .* on inputs of other lengths"):
             Classifier(str(folder), device="cpu", backend="onnx")
         assert not list(backends.onnx_cache_root().rglob("*.onnx"))
         return
@@ -88,7 +94,9 @@ def test_int8_quantizes_what_it_says(families, family):
     base = classifier.model.base_model
     pooler = getattr(base, "pooler", None)
     pooler = {id(m) for m in pooler.modules()} if isinstance(pooler, torch.nn.Module) else set()
-    left = [name for name, m in base.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and id(m) not in pooler]
+    left = [
+        name for name, m in base.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and id(m) not in pooler
+    ]
     assert not left, f"left in float32 but named int8: {left}"
     got = classifier.predict(TEXTS).probabilities
     assert np.isfinite(got).all()

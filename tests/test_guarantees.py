@@ -53,9 +53,20 @@ def test_a_manifest_pointed_at_the_input_is_refused_and_the_input_kept(tmp_path,
     assert reviews.read_bytes() == before and not (tmp_path / "out.csv").exists()
 
 
-@pytest.mark.parametrize("case", ["manifest-is-output", "cache-is-manifest", "cache-is-output", "report-is-output",
-                                  "manifest-through-symlink", "manifest-dot-slash", "cache-wal-is-output",
-                                  "manifest-in-progress-folder", "report-in-model-folder"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    [
+        "manifest-is-output",
+        "cache-is-manifest",
+        "cache-is-output",
+        "report-is-output",
+        "manifest-through-symlink",
+        "manifest-dot-slash",
+        "cache-wal-is-output",
+        "manifest-in-progress-folder",
+        "report-in-model-folder",
+    ],
+)
 def test_colliding_paths_are_refused_before_the_model_loads(tmp_path, reviews, case, monkeypatch):
     output, cache = tmp_path / "out.csv", tmp_path / "pc.sqlite"
     model = tmp_path / "model"
@@ -100,19 +111,37 @@ def test_the_path_rule_holds_for_folder_runs_and_the_ray_engine(tmp_path, binary
     write_corpus(folder / "a.csv", 12, seed=1, longest_words=10)
     before = (folder / "a.csv").read_bytes()
     for engine in ("local", "ray"):
-        result = score(folder, "-o", tmp_path / f"out-{engine}", "--model", binary_model, "--engine", engine,
-                       "--manifest", folder / "a.csv")  # fmt: skip
+        result = score(
+            folder,
+            "-o",
+            tmp_path / f"out-{engine}",
+            "--model",
+            binary_model,
+            "--engine",
+            engine,
+            "--manifest",
+            folder / "a.csv",
+        )
         one_error_line(result, 2, "--manifest", "the input file", "never writes over its input")
         (tmp_path / f"out-{engine}").mkdir()
-        inside = score(folder, "-o", tmp_path / f"out-{engine}", "--model", binary_model, "--engine", engine,
-                       "--report", tmp_path / f"out-{engine}" / "r.html")  # fmt: skip
+        inside = score(
+            folder,
+            "-o",
+            tmp_path / f"out-{engine}",
+            "--model",
+            binary_model,
+            "--engine",
+            engine,
+            "--report",
+            tmp_path / f"out-{engine}" / "r.html",
+        )
         one_error_line(inside, 2, "--report", "lies inside --output")
     assert (folder / "a.csv").read_bytes() == before
 
 
 # --- 2. no code from a model folder unless asked ---------------------------------------------------------------
 
-CONFIGURATION = '''
+CONFIGURATION = """
 import os
 from pathlib import Path
 from transformers import BertConfig
@@ -120,14 +149,14 @@ Path(os.environ["BATCHSENT_TEST_MARKER"]).write_text("ran")
 
 class CustomConfig(BertConfig):
     model_type = "custom-bert"
-'''
-MODELING = '''
+"""
+MODELING = """
 from transformers import BertForSequenceClassification
 from .configuration_custom import CustomConfig
 
 class CustomModel(BertForSequenceClassification):
     config_class = CustomConfig
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +165,14 @@ def custom_code_model(tiny_models, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("custom") / "model"
     shutil.copytree(tiny_models["three"], folder)
     config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="custom-bert", architectures=["CustomModel"],
-                  auto_map={"AutoConfig": "configuration_custom.CustomConfig",
-                            "AutoModelForSequenceClassification": "modeling_custom.CustomModel"})  # fmt: skip
+    config.update(
+        model_type="custom-bert",
+        architectures=["CustomModel"],
+        auto_map={
+            "AutoConfig": "configuration_custom.CustomConfig",
+            "AutoModelForSequenceClassification": "modeling_custom.CustomModel",
+        },
+    )
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "configuration_custom.py").write_text(CONFIGURATION)
     (folder / "modeling_custom.py").write_text(MODELING)
@@ -146,11 +180,22 @@ def custom_code_model(tiny_models, tmp_path_factory) -> Path:
 
 
 def _run_cli(args: list, tmp_path: Path, stdin: str = "") -> subprocess.CompletedProcess:
-    env = {**os.environ, "BATCHSENT_TEST_MARKER": str(tmp_path / "marker"), "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    return subprocess.run([sys.executable, "-m", "batchsent", "score", *map(str, args)], input=stdin, text=True,
-                          capture_output=True, env=env, timeout=120)  # fmt: skip
+    env = {
+        **os.environ,
+        "BATCHSENT_TEST_MARKER": str(tmp_path / "marker"),
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "batchsent", "score", *map(str, args)],
+        input=stdin,
+        text=True,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
 
 
+@pytest.mark.slow
 def test_a_model_that_brings_its_own_code_is_refused_even_when_stdin_says_yes(tmp_path, reviews, custom_code_model):
     done = _run_cli([reviews, "-o", tmp_path / "out.csv", "--model", custom_code_model, "-q"], tmp_path, "y\ny\n")
     assert done.returncode == 2, done.stderr
@@ -161,9 +206,22 @@ def test_a_model_that_brings_its_own_code_is_refused_even_when_stdin_says_yes(tm
     assert not (tmp_path / "marker").exists() and not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.slow
 def test_trust_remote_code_runs_it_and_the_manifest_says_so(tmp_path, reviews, custom_code_model):
-    done = _run_cli([reviews, "-o", tmp_path / "out.csv", "--model", custom_code_model, "--trust-remote-code", "-q",
-                     "--manifest", tmp_path / "run.json"], tmp_path)  # fmt: skip
+    done = _run_cli(
+        [
+            reviews,
+            "-o",
+            tmp_path / "out.csv",
+            "--model",
+            custom_code_model,
+            "--trust-remote-code",
+            "-q",
+            "--manifest",
+            tmp_path / "run.json",
+        ],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "marker").read_text() == "ran"
     assert json.loads((tmp_path / "run.json").read_text())["options"]["trust_remote_code"] is True
@@ -249,8 +307,12 @@ def test_a_prune_during_a_run_leaves_no_entry_without_its_key(tmp_path, binary_m
         return original(self, chunk, stop, on_batch)
 
     monkeypatch.setattr(Classifier, "run", pruning)
-    assert score(source, "-o", tmp_path / "one.csv", "--model", binary_model, "--cache", cache,
-                 "--chunk-rows", "20").exit_code == 0  # fmt: skip
+    assert (
+        score(
+            source, "-o", tmp_path / "one.csv", "--model", binary_model, "--cache", cache, "--chunk-rows", "20"
+        ).exit_code
+        == 0
+    )
     monkeypatch.undo()
     store = PredictionCache(cache, create=False)
     orphans = store.connection.execute("SELECT count(*) FROM predictions WHERE model NOT IN (SELECT id FROM models)")
@@ -258,10 +320,23 @@ def test_a_prune_during_a_run_leaves_no_entry_without_its_key(tmp_path, binary_m
     stats = store.stats()
     assert stats["entries"] == sum(model["entries"] for model in stats["models"]) > 0
     store.close()
-    truncated = score(source, "-o", tmp_path / "eight.csv", "--model", binary_model, "--cache", cache,
-                      "--max-length", "8", "--chunk-rows", "20")  # fmt: skip
+    truncated = score(
+        source,
+        "-o",
+        tmp_path / "eight.csv",
+        "--model",
+        binary_model,
+        "--cache",
+        cache,
+        "--max-length",
+        "8",
+        "--chunk-rows",
+        "20",
+    )
     assert truncated.exit_code == 0 and "from the cache" not in truncated.output, truncated.output
-    plain = score(source, "-o", tmp_path / "plain.csv", "--model", binary_model, "--max-length", "8", "--chunk-rows", "20")
+    plain = score(
+        source, "-o", tmp_path / "plain.csv", "--model", binary_model, "--max-length", "8", "--chunk-rows", "20"
+    )
     assert plain.exit_code == 0
     assert (tmp_path / "eight.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
 
@@ -309,13 +384,15 @@ def _jsonl(path: Path, lines: list[str]) -> Path:
 
 
 def test_a_report_of_json_lines_output(tmp_path, binary_model):
-    lines = [json.dumps({"id": i, "text": f"the movie was {'great' if i % 2 else 'boring'} {i}", "meta": {"n": [i]}})
-             for i in range(12)]  # fmt: skip
-    source = _jsonl(tmp_path / "x.jsonl", lines + ['{"id": 99, "text": null}'])
+    lines = [
+        json.dumps({"id": i, "text": f"the movie was {'great' if i % 2 else 'boring'} {i}", "meta": {"n": [i]}})
+        for i in range(12)
+    ]
+    source = _jsonl(tmp_path / "x.jsonl", [*lines, '{"id": 99, "text": null}'])
     result = score(source, "--model", binary_model, "--report", tmp_path / "r.html")
     assert result.exit_code == 0, result.output
     page = (tmp_path / "r.html").read_text()
-    assert "13" in page and "NEGATIVE" in page or "POSITIVE" in page
+    assert ("13" in page and "NEGATIVE" in page) or "POSITIVE" in page
     again = runner.invoke(app, ["report", str(tmp_path / "x.scored.jsonl"), "-o", str(tmp_path / "again.html")])
     assert again.exit_code == 0, again.output
     assert (tmp_path / "again.html").is_file()
@@ -327,10 +404,12 @@ def test_a_report_of_json_lines_output(tmp_path, binary_model):
 def test_bad_input_after_commits_advises_overwrite_and_that_works(tmp_path, binary_model):
     lines = [json.dumps({"id": i, "text": f"the plot was fine {i}"}) for i in range(300)]
     source = tmp_path / "in.jsonl"
-    source.write_text("\n".join(lines[:249] + ['{"id": 249, "text": 7}'] + lines[250:]) + "\n")
+    source.write_text("\n".join([*lines[:249], '{"id": 249, "text": 7}', *lines[250:]]) + "\n")
     output = tmp_path / "out.jsonl"
     result = score(source, "-o", output, "--model", binary_model, "--chunk-rows", "20")
-    one_error_line(result, 1, "line 250", "holds a number", "240 rows are committed", "run the same command with --overwrite")
+    one_error_line(
+        result, 1, "line 250", "holds a number", "240 rows are committed", "run the same command with --overwrite"
+    )
     source.write_text("\n".join(lines) + "\n")  # fixed, as the advice says
     assert score(source, "-o", output, "--model", binary_model, "--chunk-rows", "20", "--resume").exit_code == 2
     assert score(source, "-o", output, "--model", binary_model, "--chunk-rows", "20", "--overwrite").exit_code == 0
@@ -350,7 +429,7 @@ def test_damaged_progress_is_named_and_overwrite_starts_over(tmp_path, binary_mo
     else:
         state = folder / "state.json"
         state.write_bytes(state.read_bytes()[:40])
-    for attempt in range(2):  # the same answer every time, never a loop of tracebacks
+    for _attempt in range(2):  # the same answer every time, never a loop of tracebacks
         resumed = score(source, "-o", output, "--model", binary_model, "--chunk-rows", "10", "--resume")
         name = "part-00000001.arrow" if damage == "part" else "state.json"
         one_error_line(resumed, 2, str(folder), name, "damaged", "--overwrite")
@@ -366,18 +445,20 @@ def _texts(count: int) -> list[str]:
 
 def test_a_5000_digit_number_is_kept_as_written(tmp_path, binary_model):
     big = '{"id": ' + "9" * 5000 + ', "text": "a long number"}'
-    source = _jsonl(tmp_path / "x.jsonl", _texts(3) + [big])
+    source = _jsonl(tmp_path / "x.jsonl", [*_texts(3), big])
     result = score(source, "--model", binary_model)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "x.scored.jsonl").read_text().splitlines()[3].startswith(big[:-1])
 
 
-@pytest.mark.parametrize("line, what", [('{"id": 3, "text": "\\ud800 lone"}', "surrogate"),
-                                        ("[" * 100_000 + "]" * 100_000, "nested too deeply")])  # fmt: skip
+@pytest.mark.parametrize(
+    "line, what",
+    [('{"id": 3, "text": "\\ud800 lone"}', "surrogate"), ("[" * 100_000 + "]" * 100_000, "nested too deeply")],
+)
 def test_awkward_json_lines_name_their_line(tmp_path, binary_model, line, what):
-    source = _jsonl(tmp_path / "x.jsonl", _texts(3) + [line] + _texts(2))
+    source = _jsonl(tmp_path / "x.jsonl", [*_texts(3), line, *_texts(2)])
     one_error_line(score(source, "--model", binary_model), 2, "line 4", what)
-    later = _jsonl(tmp_path / "later.jsonl", _texts(30) + [line])
+    later = _jsonl(tmp_path / "later.jsonl", [*_texts(30), line])
     one_error_line(score(later, "--model", binary_model, "--chunk-rows", "10"), 1, "line 31", what, "--overwrite")
 
 

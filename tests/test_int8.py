@@ -118,7 +118,9 @@ def test_int8_is_refused_where_torch_lacks_the_kernel(monkeypatch):
     assert int8.choose_kernel(vnni) == "fbgemm"  # a missing or inexact _int_mm falls back to fbgemm
     monkeypatch.setattr(backends, "this_cpu", lambda: vnni)
     monkeypatch.setattr(int8, "fbgemm_available", lambda: False)
-    with pytest.raises(UsageError, match="--quantize int8 needs torch's int8 matrix product on CPU, missing or inexact"):
+    with pytest.raises(
+        UsageError, match="--quantize int8 needs torch's int8 matrix product on CPU, missing or inexact"
+    ):
         Classifier("never-loaded", quantize="int8")
     monkeypatch.setattr(backends, "this_cpu", lambda: CpuInfo("EPYC", "x86_64", frozenset({"avx2"})))
     monkeypatch.setattr(int8, "fbgemm_available", lambda: False)

@@ -25,8 +25,9 @@ ENGINES = ["local", "ray"]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_a_folder_output_that_lands_on_an_input_is_refused_and_the_input_kept(tmp_path, binary_model, monkeypatch,
-                                                                              engine):  # fmt: skip
+def test_a_folder_output_that_lands_on_an_input_is_refused_and_the_input_kept(
+    tmp_path, binary_model, monkeypatch, engine
+):
     (tmp_path / "d" / "d").mkdir(parents=True)
     (tmp_path / "d" / "x.csv").write_text("text\nI loved it\n")
     (tmp_path / "d" / "d" / "x.csv").write_text("text\nI hated it\n")
@@ -46,8 +47,9 @@ def test_an_output_inside_the_input_folder_is_refused(tmp_path, binary_model, en
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_the_input_folder_inside_the_output_folder_is_refused_where_an_output_lands_in_it(tmp_path, binary_model,
-                                                                                          monkeypatch, engine):  # fmt: skip
+def test_the_input_folder_inside_the_output_folder_is_refused_where_an_output_lands_in_it(
+    tmp_path, binary_model, monkeypatch, engine
+):
     (tmp_path / "d" / "d").mkdir(parents=True)
     (tmp_path / "d" / "d" / "y.csv").write_text("text\nfine\n")
     monkeypatch.chdir(tmp_path)
@@ -92,8 +94,9 @@ def _hub_cache(root: Path, model: Path, commits: list[str]) -> Path:
     return root
 
 
-def test_a_hub_model_is_keyed_by_the_commit_it_loaded_and_resume_refuses_another(tmp_path, binary_model, tiny_models,
-                                                                                 monkeypatch):  # fmt: skip
+def test_a_hub_model_is_keyed_by_the_commit_it_loaded_and_resume_refuses_another(
+    tmp_path, binary_model, tiny_models, monkeypatch
+):
     first, second = "1" * 40, "2" * 40
     cache = _hub_cache(tmp_path / "hub", binary_model, [first, second])
     shutil.rmtree(cache / "models--org--sentiment" / "snapshots" / second)  # main moves to other weights later
@@ -161,9 +164,19 @@ def test_resume_refuses_an_input_edited_in_the_middle_with_its_size_and_mtime_ke
 
 
 @pytest.mark.parametrize("where", ["INPUT", "--output", "--manifest", "--report", "--cache"])
-@pytest.mark.parametrize("url", ["https://AK:SEC@RET@host/x.csv", "http://u:SEC@RET@h/x.csv", "hf://u:SEC@RET@x/y.csv",
-                                 "file://u:SEC@RET@x/y.csv", "hdfs://u:SEC@RET@x/y.csv"])  # fmt: skip
-def test_an_unsupported_url_is_one_line_that_never_shows_its_credentials(tmp_path, binary_model, where, url, monkeypatch):
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://AK:SEC@RET@host/x.csv",
+        "http://u:SEC@RET@h/x.csv",
+        "hf://u:SEC@RET@x/y.csv",
+        "file://u:SEC@RET@x/y.csv",
+        "hdfs://u:SEC@RET@x/y.csv",
+    ],
+)
+def test_an_unsupported_url_is_one_line_that_never_shows_its_credentials(
+    tmp_path, binary_model, where, url, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     source = write_corpus(tmp_path / "in.csv", 3, seed=1, longest_words=5)
     manifest = tmp_path / "run.json"
@@ -173,7 +186,9 @@ def test_an_unsupported_url_is_one_line_that_never_shows_its_credentials(tmp_pat
     line = one_error_line(result, 2, "is not supported", "***@")
     assert "SEC" not in result.output and "RET" not in line
     assert not manifest.exists() or "SEC" not in manifest.read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.csv", *(["run.json"] if manifest.exists() else [])])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["in.csv", *(["run.json"] if manifest.exists() else [])]
+    )
 
 
 def test_a_secret_holding_at_signs_is_redacted_whole():
@@ -184,9 +199,15 @@ def test_a_secret_holding_at_signs_is_redacted_whole():
     assert redact("s3://bucket/a@b.csv") == "s3://bucket/a@b.csv"
 
 
-@pytest.mark.parametrize("option", [["--threads", "100000"], ["--chunk-rows", str(10**17)],
-                                    ["--engine", "ray", "--workers", "100000"],
-                                    ["--engine", "ray", "--gpus-per-worker", "1"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--threads", "100000"],
+        ["--chunk-rows", str(10**17)],
+        ["--engine", "ray", "--workers", "100000"],
+        ["--engine", "ray", "--gpus-per-worker", "1"],
+    ],
+)
 def test_numbers_past_what_the_machine_has_are_one_line(tmp_path, binary_model, option):
     if option[-1] == "1" and __import__("torch").cuda.device_count():
         pytest.skip("this machine has a GPU")
@@ -255,8 +276,15 @@ def test_a_lease_left_by_a_dead_run_on_this_host_is_taken_over_at_once(s3_lease)
 
     from batchsent.lock import ObjectLease
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    lease = {"token": "x", "host": socket.gethostname(), "pid": int(dead.stdout), "renewed_at": __import__("time").time()}
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    lease = {
+        "token": "x",
+        "host": socket.gethostname(),
+        "pid": int(dead.stdout),
+        "renewed_at": __import__("time").time(),
+    }
     s3_lease.put_object(Bucket="nightly", Key=".out.batchsent-lease.json", Body=json.dumps(lease).encode())
     with ObjectLease("s3://nightly/out") as held:
         held.check()
@@ -285,19 +313,44 @@ def test_a_merge_short_of_the_inputs_rows_publishes_nothing(tmp_path):
     from batchsent.errors import ScoringError
     from batchsent.storage import write_parquet_atomically
 
-    part = pa.table({"text": ["a", "b"], "s_label": ["X", "Y"], "s_score": pa.array([0.5, 0.6], pa.float32()),
-                     ray_io.FILE: pa.array(np.zeros(2, np.int32)), ray_io.ROW: pa.array(np.arange(2)),
-                     ray_io.truncated_column(0): pa.array([False, False])})  # fmt: skip
+    part = pa.table(
+        {
+            "text": ["a", "b"],
+            "s_label": ["X", "Y"],
+            "s_score": pa.array([0.5, 0.6], pa.float32()),
+            ray_io.FILE: pa.array(np.zeros(2, np.int32)),
+            ray_io.ROW: pa.array(np.arange(2)),
+            ray_io.truncated_column(0): pa.array([False, False]),
+        }
+    )
     write_parquet_atomically(fs.LocalFileSystem(), str(tmp_path / "parts" / "000000"), "000000000000.parquet", part)
     schema = pa.schema([("text", pa.string())])
     added = ray_io.added_fields(str(tmp_path / "parts"), 1, [schema])
     assert [field.name for field in added] == ["s_label", "s_score"]
     with pytest.raises(ScoringError, match="hold 2 of its 3 rows"):
-        ray_io.merge_parts(str(tmp_path / "parts"), 0, "in.csv", schema, added, ["s_label"], tmp_path / "out.csv", 3,
-                           ray_io.MergeCounts())  # fmt: skip
+        ray_io.merge_parts(
+            str(tmp_path / "parts"),
+            0,
+            "in.csv",
+            schema,
+            added,
+            ["s_label"],
+            tmp_path / "out.csv",
+            3,
+            ray_io.MergeCounts(),
+        )
     assert not (tmp_path / "out.csv").exists()
-    ray_io.merge_parts(str(tmp_path / "parts"), 1, "empty.csv", schema, added, ["s_label"], tmp_path / "empty.csv", 0,
-                       ray_io.MergeCounts())  # a file with no rows gets the prediction columns all the same  # fmt: skip
+    ray_io.merge_parts(
+        str(tmp_path / "parts"),
+        1,
+        "empty.csv",
+        schema,
+        added,
+        ["s_label"],
+        tmp_path / "empty.csv",
+        0,
+        ray_io.MergeCounts(),
+    )  # a file with no rows gets the prediction columns all the same
     assert (tmp_path / "empty.csv").read_text() == '"text","s_label","s_score"\n'
 
 
@@ -347,8 +400,11 @@ def test_undecodable_csv_text_is_one_line_naming_its_line(tmp_path, binary_model
     else:
         source.write_bytes(b'text,id\n"ok",1\n"b\xffad",2,3,4\n')
     result = score(source, "--model", binary_model, "-o", tmp_path / "out.csv")
-    fragment = {"header-not-utf8": "line 1: bytes that are not valid UTF-8", "utf16": "UTF-16 text",
-                "bad-row-not-utf8": "line 3: bytes that are not valid UTF-8"}[case]  # fmt: skip
+    fragment = {
+        "header-not-utf8": "line 1: bytes that are not valid UTF-8",
+        "utf16": "UTF-16 text",
+        "bad-row-not-utf8": "line 3: bytes that are not valid UTF-8",
+    }[case]
     one_error_line(result, 2, fragment)
     assert "Exception ignored" not in capfd.readouterr().err
     report = CliRunner().invoke(app, ["report", str(source)]) if case == "header-not-utf8" else None
@@ -389,16 +445,24 @@ def test_a_huge_cell_is_cut_before_tokenizing_and_scores_as_the_whole_text(binar
     from batchsent.model import CUT_CHARS_PER_TOKEN
 
     limit = binary_classifier.max_length * CUT_CHARS_PER_TOKEN
-    texts = ["short", "great film but boring " * (limit // 5), " " * (limit + 10) + "hello world " * 80,
-             "x" * (limit - 3) + " fine" * 400, "é" * (limit + 1)]  # fmt: skip
+    texts = [
+        "short",
+        "great film but boring " * (limit // 5),
+        " " * (limit + 10) + "hello world " * 80,
+        "x" * (limit - 3) + " fine" * 400,
+        "é" * (limit + 1),
+    ]
     chunk = binary_classifier.tokenized(texts)
     whole = binary_classifier._encoder.encode_batch(texts, add_special_tokens=True)  # no cut: the reference
     for row, encoding in enumerate(whole):
         start, length = chunk.offsets[row], chunk.lengths[row]
         assert chunk.flat_ids[start : start + length].tolist() == encoding.ids, row
         assert bool(chunk.truncated[row]) == bool(encoding.overflowing), row
-    np.testing.assert_allclose(binary_classifier.predict(texts).probabilities,
-                               binary_classifier.predict([t[: limit * 4] for t in texts]).probabilities, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        binary_classifier.predict(texts).probabilities,
+        binary_classifier.predict([t[: limit * 4] for t in texts]).probabilities,
+        atol=1e-6,
+    )
 
 
 def test_a_parquet_column_a_csv_cannot_hold_is_refused_before_the_model_loads(tmp_path, binary_model):
@@ -414,7 +478,8 @@ def test_a_parquet_column_a_csv_cannot_hold_is_refused_before_the_model_loads(tm
 
 
 def test_fast_reads_a_current_tuning_without_its_lock_and_refuses_a_damaged_store_before_measuring(
-        tmp_path, binary_model, monkeypatch):  # fmt: skip
+    tmp_path, binary_model, monkeypatch
+):
     from batchsent.tuning import TuningStore
 
     monkeypatch.setenv("BATCHSENT_STATE_DIR", str(tmp_path / "state"))
@@ -509,8 +574,9 @@ def test_a_folder_runs_report_counts_its_nested_and_compressed_outputs(tmp_path,
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
     write_corpus(folder / "a.csv", 9, seed=1, longest_words=5)
-    (folder / "sub" / "b.csv.gz").write_bytes(gzip.compress(write_corpus(tmp_path / "b.csv", 9, seed=2,
-                                                                          longest_words=5).read_bytes()))  # fmt: skip
+    (folder / "sub" / "b.csv.gz").write_bytes(
+        gzip.compress(write_corpus(tmp_path / "b.csv", 9, seed=2, longest_words=5).read_bytes())
+    )
     report = tmp_path / "r.html"
     result = score(folder, "-o", tmp_path / "out", "--model", binary_model, "--report", report)
     assert result.exit_code == 0 and "18 rows" in result.output, result.output
@@ -529,8 +595,20 @@ def test_an_output_two_variants_scored_is_refused(tmp_path):
     progress = _Progress(tmp_path / "out")
     (tmp_path / ".out.batchsent-ray" / "actors").mkdir(parents=True)
     for name, where in (("a", "cpu, float32"), ("b", "cpu, int8/fbgemm")):  # a run, then a resume on another CPU
-        fact = {"node": name, "pid": 1, "load_seconds": 1.0, "models": [{"device": "cpu", "dtype": "float32",
-                "variant": where.split(", ")[1], "where": where, "labels": ["NEGATIVE", "POSITIVE"]}]}  # fmt: skip
+        fact = {
+            "node": name,
+            "pid": 1,
+            "load_seconds": 1.0,
+            "models": [
+                {
+                    "device": "cpu",
+                    "dtype": "float32",
+                    "variant": where.split(", ")[1],
+                    "where": where,
+                    "labels": ["NEGATIVE", "POSITIVE"],
+                }
+            ],
+        }
         (tmp_path / ".out.batchsent-ray" / "actors" / f"{name}.json").write_text(json_module.dumps(fact))
     config = JobConfig(input=tmp_path / "in.csv", engine="ray", model="m")
     with pytest.raises(ScoringError, match="scored as cpu, float32 and as cpu, int8/fbgemm"):

@@ -75,7 +75,11 @@ def test_tsv_output_refuses_cells_with_line_breaks(tmp_path):
 
 def test_parquet_keeps_types_values_and_metadata(tmp_path):
     table = pa.table(
-        {"id": pa.array([1, 2, None], pa.int64()), "text": ["a", None, "c"], "when": pa.array([1, 2, 3], pa.timestamp("ms"))}
+        {
+            "id": pa.array([1, 2, None], pa.int64()),
+            "text": ["a", None, "c"],
+            "when": pa.array([1, 2, 3], pa.timestamp("ms")),
+        }
     ).replace_schema_metadata({"owner": "analytics"})
     source, target = tmp_path / "in.parquet", tmp_path / "out.parquet"
     pq.write_table(table, source)
@@ -95,7 +99,7 @@ def test_rechunk_cuts_exact_sizes():
     [
         (b"", "the file is empty"),
         (b"id,text\n1,ok\n2,\xff\xfe bad\n", "line 3: bytes that are not valid UTF-8"),
-        (b"id,text\n1,\"o\nk\"\n2,too,many\n", "line 4: expected 2 fields, got 3"),
+        (b'id,text\n1,"o\nk"\n2,too,many\n', "line 4: expected 2 fields, got 3"),
     ],
 )
 def test_bad_csv_is_one_clear_error_naming_the_file(tmp_path, content, message):
@@ -131,7 +135,7 @@ def test_non_text_parquet_column_is_refused(tmp_path):
 def test_corrupt_parquet_names_the_file(tmp_path):
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(InputError, match="broken.parquet: not a readable Parquet file"):
+    with pytest.raises(InputError, match=r"broken\.parquet: not a readable Parquet file"):
         io.open_reader(path)
 
 
@@ -157,8 +161,6 @@ def test_bom_is_not_part_of_the_header(tmp_path):
     path = tmp_path / "bom.csv"
     path.write_bytes("\ufefftext,id\nhello,1\n".encode())
     assert io.open_reader(path).schema.names == ["text", "id"]
-
-
 
 
 def test_single_column_csv_keeps_empty_lines_as_empty_cells(tmp_path):

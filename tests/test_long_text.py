@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def test_windows_cover_every_token_as_specified(case):
     tokens, size, stride = case
     spans = window_spans(tokens, size, stride)
     assert spans[0][0] == 0 and spans[-1][1] == tokens
-    for (start, end), (next_start, next_end) in zip(spans, spans[1:]):
+    for (start, end), (next_start, _next_end) in itertools.pairwise(spans):
         assert end - start == size  # only the last window may be short
         assert next_start - start == size - stride  # consecutive windows share exactly `stride` tokens
         assert end - next_start == stride and end < tokens
@@ -53,7 +54,9 @@ def naive_aggregate(probabilities, owners, rows, how):
     return np.array(result)
 
 
-@given(st.lists(st.integers(1, 5), min_size=1, max_size=20), st.sampled_from(["mean", "max", "first"]), st.integers(0, 99))
+@given(
+    st.lists(st.integers(1, 5), min_size=1, max_size=20), st.sampled_from(["mean", "max", "first"]), st.integers(0, 99)
+)
 def test_aggregation_matches_a_plain_loop(windows_per_row, how, seed):
     owners = np.repeat(np.arange(len(windows_per_row)), windows_per_row)
     probabilities = np.random.default_rng(seed).dirichlet([1, 1, 1], size=len(owners)).astype(np.float32)
@@ -136,6 +139,7 @@ def test_tail_decides_with_a_tiny_model_too(binary_model):
     assert cut.probabilities[0].argmax() == 1 and windows.probabilities[0].argmax() == 0
 
 
+@pytest.mark.slow
 def test_a_huge_cell_is_scored_in_bounded_memory(tmp_path, binary_model):
     small, huge = tmp_path / "small.csv", tmp_path / "huge.csv"
     small.write_text("text\nshort review\n")
@@ -143,8 +147,20 @@ def test_a_huge_cell_is_scored_in_bounded_memory(tmp_path, binary_model):
     assert huge.stat().st_size > 1_000_000
 
     def peak_rss(source):
-        command = [sys.executable, "-m", "batchsent", "score", str(source), "--model", str(binary_model), "-q",
-                   "--long-text", "chunk", "-o", str(source.with_suffix(".out.parquet"))]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "batchsent",
+            "score",
+            str(source),
+            "--model",
+            str(binary_model),
+            "-q",
+            "--long-text",
+            "chunk",
+            "-o",
+            str(source.with_suffix(".out.parquet")),
+        ]
         process = subprocess.Popen(command, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         _, status, usage = os.wait4(process.pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read()

@@ -39,23 +39,50 @@ def assert_same_columns(multi, single, prefix: str) -> None:
             assert got == expected, name
         else:
             assert [v is None for v in got] == [v is None for v in expected], name
-            np.testing.assert_allclose([v for v in got if v is not None], [v for v in expected if v is not None],
-                                       atol=TOLERANCE, err_msg=name)  # fmt: skip
+            np.testing.assert_allclose(
+                [v for v in got if v is not None], [v for v in expected if v is not None], atol=TOLERANCE, err_msg=name
+            )
 
 
 def test_each_model_equals_its_single_run(tiny_models, corpus, tmp_path):
-    summary = score_file(corpus, tmp_path / "multi.parquet", models=named(tiny_models, "sentiment", "stars", "emotion"),
-                         all_scores=True, chunk_rows=64, max_length=48, quiet=True)  # fmt: skip
+    summary = score_file(
+        corpus,
+        tmp_path / "multi.parquet",
+        models=named(tiny_models, "sentiment", "stars", "emotion"),
+        all_scores=True,
+        chunk_rows=64,
+        max_length=48,
+        quiet=True,
+    )
     multi = pq.read_table(summary.output)
     assert multi.column_names[:2] == ["id", "text"]
     assert multi.column_names[2:] == [
-        "sentiment_label", "sentiment_score", "sentiment_score_NEGATIVE", "sentiment_score_POSITIVE",
-        "stars_label", "stars_score", "stars_score_negative", "stars_score_neutral", "stars_score_positive",
-        "emotion_label", "emotion_score", "emotion_score_joy", "emotion_score_anger", "emotion_score_surprise",
-    ]  # fmt: skip
+        "sentiment_label",
+        "sentiment_score",
+        "sentiment_score_NEGATIVE",
+        "sentiment_score_POSITIVE",
+        "stars_label",
+        "stars_score",
+        "stars_score_negative",
+        "stars_score_neutral",
+        "stars_score_positive",
+        "emotion_label",
+        "emotion_score",
+        "emotion_score_joy",
+        "emotion_score_anger",
+        "emotion_score_surprise",
+    ]
     for name, kind in KINDS.items():
-        single = score_file(corpus, tmp_path / f"{name}.parquet", model=str(tiny_models[kind]), prefix=f"{name}_",
-                            all_scores=True, chunk_rows=64, max_length=48, quiet=True)  # fmt: skip
+        single = score_file(
+            corpus,
+            tmp_path / f"{name}.parquet",
+            model=str(tiny_models[kind]),
+            prefix=f"{name}_",
+            all_scores=True,
+            chunk_rows=64,
+            max_length=48,
+            quiet=True,
+        )
         assert_same_columns(multi, pq.read_table(single.output), f"{name}_")
         counts = next(model for model in summary.models if model.name == name)
         assert counts.label_counts == single.label_counts and counts.truncated == single.truncated
@@ -72,31 +99,41 @@ def test_models_sharing_a_tokenizer_tokenize_each_chunk_once(tiny_models, corpus
         return original(self, texts, pairs)
 
     monkeypatch.setattr(Classifier, "tokenized", counted)
-    score_file(corpus, tmp_path / "shared.csv", models=named(tiny_models, "sentiment", "stars", "emotion"),
-               chunk_rows=100, quiet=True)  # fmt: skip
+    score_file(
+        corpus,
+        tmp_path / "shared.csv",
+        models=named(tiny_models, "sentiment", "stars", "emotion"),
+        chunk_rows=100,
+        quiet=True,
+    )
     assert len(calls) == 3  # three chunks, one tokenization each for the three models
     calls.clear()
     other_limit = ModelSpec("stars", str(tiny_models["three"]), (("max_length", 16),))  # other truncation: other tokens
-    score_file(corpus, tmp_path / "two-groups.csv", models=[*named(tiny_models, "sentiment", "emotion"), other_limit],
-               chunk_rows=100, quiet=True)  # fmt: skip
+    score_file(
+        corpus,
+        tmp_path / "two-groups.csv",
+        models=[*named(tiny_models, "sentiment", "emotion"), other_limit],
+        chunk_rows=100,
+        quiet=True,
+    )
     assert sorted(calls).count(str(tiny_models["three"])) == 3 and len(calls) == 6
 
 
 def test_job_file_models_with_their_own_options(tiny_models, corpus, tmp_path):
     job = tmp_path / "job.toml"
     job.write_text(f'''input = "{corpus}"
-output = "{tmp_path / 'out.parquet'}"
+output = "{tmp_path / "out.parquet"}"
 chunk_rows = 50
 all_scores = true
 
 [[models]]
 name = "sentiment"
-model = "{tiny_models['binary']}"
+model = "{tiny_models["binary"]}"
 batch-size = 4
 
 [[models]]
 name = "stars"
-model = "{tiny_models['three']}"
+model = "{tiny_models["three"]}"
 max_length = 16
 token_budget = 256
 ''')
@@ -104,8 +141,16 @@ token_budget = 256
     assert result.exit_code == 0, result.stderr
     multi = pq.read_table(tmp_path / "out.parquet")
     for name, options in (("sentiment", {"batch_size": 4}), ("stars", {"max_length": 16, "token_budget": 256})):
-        single = score_file(corpus, tmp_path / f"{name}.parquet", model=str(tiny_models[KINDS[name]]),
-                            prefix=f"{name}_", all_scores=True, chunk_rows=50, quiet=True, **options)  # fmt: skip
+        single = score_file(
+            corpus,
+            tmp_path / f"{name}.parquet",
+            model=str(tiny_models[KINDS[name]]),
+            prefix=f"{name}_",
+            all_scores=True,
+            chunk_rows=50,
+            quiet=True,
+            **options,
+        )
         assert_same_columns(multi, pq.read_table(single.output), f"{name}_")
     assert "stars: " in result.stderr and "truncated" in result.stderr.split("stars: ")[1]
 
@@ -117,19 +162,36 @@ def test_names_and_collisions_are_refused_before_any_model_loads(tiny_models, co
     monkeypatch.setattr(Classifier, "__init__", no_loading)
     binary, three = tiny_models["binary"], tiny_models["three"]
     bad(invoke(corpus, "--model", f"a={binary}", "--model", f"a={three}"), 2, "the name 'a' is given twice")
-    bad(invoke(corpus, "--model", f"a={binary}", "--model", str(three)), 2,
-        "--model: give one MODEL, or NAME=MODEL for each of several models")  # fmt: skip
-    bad(invoke(corpus, "--model", f"a={binary}", "--model", f"b={three}", "--prefix", "x_"), 2,
-        "--prefix is for a single model")  # fmt: skip
-    bad(invoke(corpus, "--model", f"a={binary}", "--model", f"b={three}", "--revision", "v1"), 2,
-        "--revision is for a single model")  # fmt: skip
+    bad(
+        invoke(corpus, "--model", f"a={binary}", "--model", str(three)),
+        2,
+        "--model: give one MODEL, or NAME=MODEL for each of several models",
+    )
+    bad(
+        invoke(corpus, "--model", f"a={binary}", "--model", f"b={three}", "--prefix", "x_"),
+        2,
+        "--prefix is for a single model",
+    )
+    bad(
+        invoke(corpus, "--model", f"a={binary}", "--model", f"b={three}", "--revision", "v1"),
+        2,
+        "--revision is for a single model",
+    )
     bad(invoke(corpus, "--model", "a=", "--model", f"b={three}"), 2, "give the model after a=")
     clashing = tmp_path / "clashing.csv"
     clashing.write_text("text,stars_label\nfine,kept\n")
-    bad(invoke(clashing, "--model", f"sentiment={binary}", "--model", f"stars={three}"), 2,
-        "already has column(s) 'stars_label'; choose another NAME in --model NAME=MODEL")  # fmt: skip
-    bad(invoke(corpus, "--model", f"a={binary}", "--model", f"b={three}", "--long-text", "chunk", "--pair-column", "id"),
-        2, "model a: --pair-column cannot be combined with --long-text chunk")  # fmt: skip
+    bad(
+        invoke(clashing, "--model", f"sentiment={binary}", "--model", f"stars={three}"),
+        2,
+        "already has column(s) 'stars_label'; choose another NAME in --model NAME=MODEL",
+    )
+    bad(
+        invoke(
+            corpus, "--model", f"a={binary}", "--model", f"b={three}", "--long-text", "chunk", "--pair-column", "id"
+        ),
+        2,
+        "model a: --pair-column cannot be combined with --long-text chunk",
+    )
     job = tmp_path / "job.toml"
     job.write_text(f'[[models]]\nname = "a"\nmodel = "{binary}"\nthreads = 2\n')
     bad(invoke(corpus, "--config", job), 2, "[[models]] a: unknown key 'threads'")
@@ -143,8 +205,11 @@ def test_names_and_collisions_are_refused_before_any_model_loads(tiny_models, co
 def test_columns_of_two_models_that_would_collide_are_refused(tiny_models, corpus, tmp_path):
     labelled = relabelled(tiny_models["binary"], tmp_path / "labelled", ["label", "other"])
     # model "a" with --all-scores writes a_score_label; model "a_score" writes a_score_label too
-    bad(invoke(corpus, "--model", f"a={labelled}", "--model", f"a_score={tiny_models['three']}", "--all-scores"), 2,
-        "models a and a_score would both write the column 'a_score_label'")  # fmt: skip
+    bad(
+        invoke(corpus, "--model", f"a={labelled}", "--model", f"a_score={tiny_models['three']}", "--all-scores"),
+        2,
+        "models a and a_score would both write the column 'a_score_label'",
+    )
     assert not (tmp_path / "reviews.scored.csv").exists()
 
 
@@ -176,8 +241,16 @@ def test_a_multi_model_run_resumes_to_the_same_bytes(tiny_models, corpus, tmp_pa
         with pytest.raises(ScoringError):
             score_file(corpus, output, overwrite=True, **options)
     changed = {**options, "models": named(tiny_models, "sentiment", "emotion")}
-    result = invoke(corpus, "-o", output, "--resume", *(f"--model={m}" for m in changed["models"]), "--chunk-rows", "40",
-                    "--all-scores")  # fmt: skip
+    result = invoke(
+        corpus,
+        "-o",
+        output,
+        "--resume",
+        *(f"--model={m}" for m in changed["models"]),
+        "--chunk-rows",
+        "40",
+        "--all-scores",
+    )
     bad(result, 2, "cannot resume: options.models")
 
 
@@ -217,8 +290,14 @@ def test_the_report_shows_each_model_and_how_often_models_with_the_same_labels_a
     result = invoke(corpus, *(f"--model={m}" for m in models), "-o", tmp_path / "out.parquet", "--report", report, "-q")
     assert result.exit_code == 0, result.stderr
     html = report.read_text()
-    for heading in ("Model sentiment", "Model stars", "Model stars2", "sentiment: Labels", "stars2: Scores by label",
-                    "Agreement between models"):  # fmt: skip
+    for heading in (
+        "Model sentiment",
+        "Model stars",
+        "Model stars2",
+        "sentiment: Labels",
+        "stars2: Scores by label",
+        "Agreement between models",
+    ):
         assert heading in html, heading
     table = pq.read_table(tmp_path / "out.parquet")
     same = sum(a == b for a, b in zip(table["stars_label"].to_pylist(), table["stars2_label"].to_pylist()))
@@ -226,7 +305,9 @@ def test_the_report_shows_each_model_and_how_often_models_with_the_same_labels_a
     assert [(a.first, a.second) for a in found.agreements] == [("stars_", "stars2_")]  # sentiment's labels differ
     assert found.agreements[0].agreed == same and found.agreements[0].rows == table.num_rows
     assert f"{same / table.num_rows:.1%}" in html and 0 < same < table.num_rows
-    again = invoke_report(tmp_path / "out.parquet", "--prefix", "stars_", "--prefix", "stars2_", "-o", tmp_path / "r.html")
+    again = invoke_report(
+        tmp_path / "out.parquet", "--prefix", "stars_", "--prefix", "stars2_", "-o", tmp_path / "r.html"
+    )
     assert again.exit_code == 0 and "Agreement between models" in (tmp_path / "r.html").read_text()
 
 
@@ -238,8 +319,9 @@ def invoke_report(*args):
     return runner.invoke(app, ["report", *map(str, args)])
 
 
-def test_an_interrupted_folder_run_with_several_models_resumes_with_every_models_counts(tiny_models, tmp_path,
-                                                                                        monkeypatch):  # fmt: skip
+def test_an_interrupted_folder_run_with_several_models_resumes_with_every_models_counts(
+    tiny_models, tmp_path, monkeypatch
+):
     folder = tmp_path / "in"
     folder.mkdir()
     write_corpus(folder / "a.csv", 30, seed=1, longest_words=30)
@@ -274,22 +356,55 @@ def test_an_interrupted_folder_run_with_several_models_resumes_with_every_models
 
 def test_pairs_and_zero_shot_models_in_one_pass_equal_their_single_runs(tiny_models, tmp_path):
     import pyarrow as pa
-
     from conftest import varied_texts
 
     texts = varied_texts(120, seed=9, longest_words=80)
     source = tmp_path / "qa.parquet"
     pq.write_table(pa.table({"q": texts, "a": texts[::-1]}), source)
-    pairs = score_file(source, tmp_path / "pairs.parquet", models=named(tiny_models, "sentiment", "stars"),
-                       column="q", pair_column="a", all_scores=True, chunk_rows=50, quiet=True)  # fmt: skip
+    pairs = score_file(
+        source,
+        tmp_path / "pairs.parquet",
+        models=named(tiny_models, "sentiment", "stars"),
+        column="q",
+        pair_column="a",
+        all_scores=True,
+        chunk_rows=50,
+        quiet=True,
+    )
     for name in ("sentiment", "stars"):
-        single = score_file(source, tmp_path / f"{name}-pair.parquet", model=str(tiny_models[KINDS[name]]),
-                            prefix=f"{name}_", column="q", pair_column="a", all_scores=True, chunk_rows=50, quiet=True)  # fmt: skip
+        single = score_file(
+            source,
+            tmp_path / f"{name}-pair.parquet",
+            model=str(tiny_models[KINDS[name]]),
+            prefix=f"{name}_",
+            column="q",
+            pair_column="a",
+            all_scores=True,
+            chunk_rows=50,
+            quiet=True,
+        )
         assert_same_columns(pq.read_table(pairs.output), pq.read_table(single.output), f"{name}_")
     topic = {"name": "topic", "model": str(tiny_models["nli"]), "labels": "billing,refund,praise", "multi_label": True}
-    mixed = score_file(source, tmp_path / "mixed.parquet", models=[*named(tiny_models, "sentiment"), topic], column="q",
-                       all_scores=True, chunk_rows=50, quiet=True)  # fmt: skip
-    single = score_file(source, tmp_path / "topic.parquet", model=str(tiny_models["nli"]), labels="billing,refund,praise",
-                        multi_label=True, prefix="topic_", column="q", all_scores=True, chunk_rows=50, quiet=True)  # fmt: skip
+    mixed = score_file(
+        source,
+        tmp_path / "mixed.parquet",
+        models=[*named(tiny_models, "sentiment"), topic],
+        column="q",
+        all_scores=True,
+        chunk_rows=50,
+        quiet=True,
+    )
+    single = score_file(
+        source,
+        tmp_path / "topic.parquet",
+        model=str(tiny_models["nli"]),
+        labels="billing,refund,praise",
+        multi_label=True,
+        prefix="topic_",
+        column="q",
+        all_scores=True,
+        chunk_rows=50,
+        quiet=True,
+    )
     assert_same_columns(pq.read_table(mixed.output), pq.read_table(single.output), "topic_")
     assert [model.name for model in mixed.models] == ["sentiment", "topic"]

@@ -41,8 +41,16 @@ def test_pairs_equal_the_pipeline_with_text_pair_dicts(tiny_models, pair_rows, t
     texts, pairs = pair_rows
     source = tmp_path / "pairs.parquet"
     pq.write_table(pa.table({"question": texts, "answer": pairs}), source)
-    summary = score_file(source, tmp_path / "out.parquet", model=str(model), column="question", pair_column="answer",
-                         all_scores=True, token_budget=300, quiet=True)  # fmt: skip
+    summary = score_file(
+        source,
+        tmp_path / "out.parquet",
+        model=str(model),
+        column="question",
+        pair_column="answer",
+        all_scores=True,
+        token_budget=300,
+        quiet=True,
+    )
     assert (summary.rows, summary.empty) == (40, 3)
     table = pq.read_table(tmp_path / "out.parquet")
     pipe = pipeline("text-classification", model=str(model), tokenizer=str(model), top_k=None, device="cpu")
@@ -86,8 +94,18 @@ def test_zero_shot_equals_the_pipeline(tiny_models, tmp_path, multi_label):
     template = "This review is about {}."
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
-    summary = score_file(source, tmp_path / "out.jsonl", model=model, labels=",".join(labels), hypothesis_template=template,
-                         multi_label=multi_label, all_scores=True, prefix="topic_", token_budget=512, quiet=True)  # fmt: skip
+    summary = score_file(
+        source,
+        tmp_path / "out.jsonl",
+        model=model,
+        labels=",".join(labels),
+        hypothesis_template=template,
+        multi_label=multi_label,
+        all_scores=True,
+        prefix="topic_",
+        token_budget=512,
+        quiet=True,
+    )
     assert (summary.rows, summary.empty) == (30, 1)
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     pipe = pipeline("zero-shot-classification", model=model, tokenizer=model, device="cpu")
@@ -97,8 +115,9 @@ def test_zero_shot_equals_the_pipeline(tiny_models, tmp_path, multi_label):
             continue
         result = pipe(text, candidate_labels=labels, hypothesis_template=template, multi_label=multi_label)
         expected = dict(zip(result["labels"], result["scores"], strict=True))
-        np.testing.assert_allclose([row[f"topic_score_{label}"] for label in labels], [expected[label] for label in labels],
-                                   atol=TOLERANCE)  # fmt: skip
+        np.testing.assert_allclose(
+            [row[f"topic_score_{label}"] for label in labels], [expected[label] for label in labels], atol=TOLERANCE
+        )
         top, second = sorted(expected.values(), reverse=True)[:2]
         if top - second > 1e-4:
             assert row["topic_label"] == result["labels"][0]
@@ -118,12 +137,18 @@ def test_zero_shot_runs_every_pair_of_a_chunk_through_one_batch_plan(tiny_models
     [
         (["--labels", "a,b", "--model", "{binary}"], "names no entailment label"),
         (["--labels", " , ", "--model", "{nli}"], "give at least one label"),
-        (["--labels", "a,b", "--hypothesis-template", "About this", "--model", "{nli}"], "has no {} where the label goes"),
+        (
+            ["--labels", "a,b", "--hypothesis-template", "About this", "--model", "{nli}"],
+            "has no {} where the label goes",
+        ),
         (["--multi-label", "--model", "{nli}"], "need --labels"),
         (["--pair-column", "missing", "--model", "{binary}"], "no column 'missing'"),
         (["--pair-column", "id", "--model", "{binary}"], "column 'id' holds int64, not text"),
         (["--pair-column", "text", "--model", "{binary}"], "is the text column itself"),
-        (["--pair-column", "other", "--long-text", "chunk", "--model", "{binary}"], "cannot be combined with --long-text"),
+        (
+            ["--pair-column", "other", "--long-text", "chunk", "--model", "{binary}"],
+            "cannot be combined with --long-text",
+        ),
         (["--pair-column", "other", "--labels", "a", "--model", "{nli}"], "cannot be combined with --labels"),
     ],
 )
@@ -146,5 +171,7 @@ def test_a_pair_column_in_json_lines(tiny_models, tmp_path):
     first, second = [json.loads(line) for line in summary.output.read_text().splitlines()]
     assert list(first)[:3] == ["q", "a", "n"] and first["sentiment_label"] is not None
     assert second["sentiment_label"] is None
-    expected = Classifier(str(tiny_models["three"]), device="cpu").predict(["is it good"], ["yes very"]).probabilities[0]
+    expected = (
+        Classifier(str(tiny_models["three"]), device="cpu").predict(["is it good"], ["yes very"]).probabilities[0]
+    )
     assert abs(first["sentiment_score"] - float(expected.max())) < TOLERANCE

@@ -62,7 +62,9 @@ def test_max_length_matches_the_pipeline_at_the_same_length(binary_model):
     classifier = Classifier(str(binary_model), device="cpu", max_length=16)
     classify = pipeline("text-classification", model=str(binary_model), device="cpu")
     results = classify(texts, truncation=True, max_length=16, top_k=None)
-    expected = np.array([[{r["label"]: r["score"] for r in row}[label] for label in classifier.labels] for row in results])
+    expected = np.array(
+        [[{r["label"]: r["score"] for r in row}[label] for label in classifier.labels] for row in results]
+    )
     scores = classifier.predict(texts)
     np.testing.assert_allclose(scores.probabilities, expected, rtol=0, atol=TOLERANCE)
     assert scores.truncated.sum() > 0

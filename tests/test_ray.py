@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +47,32 @@ def test_ray_rows_equal_the_local_engine(two_files, binary_model, tmp_path, loca
     expected = []
     for source in sorted(two_files.iterdir()):
         target = tmp_path / f"{source.stem}.local.csv"
-        assert runner.invoke(app, ["score", str(source), "--model", str(binary_model), "-o", str(target)]).exit_code == 0
+        assert (
+            runner.invoke(app, ["score", str(source), "--model", str(binary_model), "-o", str(target)]).exit_code == 0
+        )
         expected += read_rows(target)
     output, manifest, report = tmp_path / "scored", tmp_path / "run.json", tmp_path / "report.html"
-    result = runner.invoke(app, ["score", str(two_files), "--engine", "ray", "--workers", "2", "--model",
-                                 str(binary_model), "-o", str(output), "--all-scores", "-q",
-                                 "--manifest", str(manifest), "--report", str(report)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            str(two_files),
+            "--engine",
+            "ray",
+            "--workers",
+            "2",
+            "--model",
+            str(binary_model),
+            "-o",
+            str(output),
+            "--all-scores",
+            "-q",
+            "--manifest",
+            str(manifest),
+            "--report",
+            str(report),
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     assert "done: 42 rows: 40 scored, 2 empty, 0 truncated" in result.stderr
     facts = json.loads(manifest.read_text())  # the same core writes the manifest and report for Ray
@@ -77,7 +97,9 @@ def assert_same_predictions(got: list[dict], expected: list[dict], prefix: str) 
 
 @needs_ray
 def test_a_bad_column_is_reported_as_by_the_local_engine(two_files, binary_model):
-    result = runner.invoke(app, ["score", str(two_files), "--engine", "ray", "-c", "body", "--model", str(binary_model)])
+    result = runner.invoke(
+        app, ["score", str(two_files), "--engine", "ray", "-c", "body", "--model", str(binary_model)]
+    )
     assert result.exit_code == 2
     assert "part-1.csv: no column 'body'; the file has 'id', 'product', 'region', 'rating', 'text'" in result.stderr
     empty = two_files.parent / "nothing"
@@ -88,7 +110,9 @@ def test_a_bad_column_is_reported_as_by_the_local_engine(two_files, binary_model
 
 def test_missing_extra_says_what_to_install(two_files, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("ray") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name.startswith("ray") else real(name, *a)
+    )
     result = runner.invoke(app, ["score", str(two_files), "--engine", "ray"])
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: --engine ray needs Ray Data: pip install 'batchsent[ray]'"
@@ -106,8 +130,9 @@ def test_ray_scores_several_models_as_the_local_engine(two_files, tiny_models, t
     assert runner.invoke(app, ["score", str(two_files), *models, "-o", str(local), "-q"]).exit_code == 0
     expected = read_rows(local / "part-1.csv") + read_rows(local / "part-2.csv")
     output, manifest = tmp_path / "scored", tmp_path / "run.json"
-    result = runner.invoke(app, ["score", str(two_files), "--engine", "ray", *models, "-o", str(output), "-q",
-                                 "--manifest", str(manifest)])  # fmt: skip
+    result = runner.invoke(
+        app, ["score", str(two_files), "--engine", "ray", *models, "-o", str(output), "-q", "--manifest", str(manifest)]
+    )
     assert result.exit_code == 0, result.stderr
     assert "done: 42 rows: 40 scored, 2 empty by 2 models" in result.stderr and "; stars: negative" in result.stderr
     got = read_rows(output / "part-1.csv") + read_rows(output / "part-2.csv")
@@ -123,8 +148,20 @@ def test_ray_refuses_colliding_model_columns_before_it_starts(two_files, tiny_mo
     from conftest import relabelled
 
     labelled = relabelled(tiny_models["binary"], tmp_path / "labelled", ["label", "other"])
-    result = runner.invoke(app, ["score", str(two_files), "--engine", "ray", f"--model=a={labelled}",
-                                 f"--model=a_score={tiny_models['three']}", "--all-scores", "-o", str(tmp_path / "o")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            str(two_files),
+            "--engine",
+            "ray",
+            f"--model=a={labelled}",
+            f"--model=a_score={tiny_models['three']}",
+            "--all-scores",
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 2 and "models a and a_score would both write the column 'a_score_label'" in result.stderr
     assert not (tmp_path / "o").exists()
 
@@ -136,10 +173,9 @@ def test_rays_path_listing_can_import_fsspecs_http_filesystem():
     with "cannot import name 'HTTPFileSystem'"."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import fsspec.implementations.http  # noqa: F401 - the import that failed
     from pyarrow.fs import LocalFileSystem
     from ray.data.datasource.path_util import _is_http_filesystem
-
-    import fsspec.implementations.http  # noqa: F401 - the import that failed
 
     with ThreadPoolExecutor(8) as pool:
         assert not any(pool.map(lambda _: _is_http_filesystem(LocalFileSystem()), range(64)))
@@ -155,8 +191,21 @@ def test_an_unreachable_ray_address_is_one_line_and_no_hang(tmp_path, scheme):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     started = time.monotonic()
-    result = runner.invoke(app, ["score", str(SAMPLE / "reviews.csv"), "--engine", "ray", "-o", str(tmp_path / "out"),
-                                 "--ray-address", f"{scheme}127.0.0.1:{port}", "--model", str(SAMPLE)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            str(SAMPLE / "reviews.csv"),
+            "--engine",
+            "ray",
+            "-o",
+            str(tmp_path / "out"),
+            "--ray-address",
+            f"{scheme}127.0.0.1:{port}",
+            "--model",
+            str(SAMPLE),
+        ],
+    )
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot reach the Ray cluster" in errors[0], result.output
@@ -175,7 +224,11 @@ def test_a_model_the_workers_cannot_load_is_one_line_naming_the_node(two_files, 
     output = tmp_path / "scored"
     result = runner.invoke(app, ["score", str(two_files), "--engine", "ray", "--model", str(broken), "-o", str(output)])
     assert result.exit_code == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and "error: Ray node " in result.stderr and "cannot load the model" in result.stderr
+    assert (
+        result.stderr.count("\n") == 1
+        and "error: Ray node " in result.stderr
+        and "cannot load the model" in result.stderr
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "in"]  # no output, no progress left to resume
 
 
@@ -185,8 +238,9 @@ def test_an_output_another_run_is_writing_is_refused_before_ray_starts(two_files
 
     output = tmp_path / "scored"
     with OutputLock(output):
-        result = runner.invoke(app, ["score", str(two_files), "--engine", "ray", "--model", str(binary_model),
-                                     "-o", str(output)])  # fmt: skip
+        result = runner.invoke(
+            app, ["score", str(two_files), "--engine", "ray", "--model", str(binary_model), "-o", str(output)]
+        )
     assert result.exit_code == 2 and "another batchsent run" in result.stderr and result.stderr.count("\n") == 1
     assert not output.exists()
 
@@ -210,22 +264,50 @@ def test_ray_scores_text_pairs_as_the_local_engine(tmp_path, tiny_models, local_
     assert result.exit_code == 0, result.stderr
     assert "done: 30 rows: 29 scored, 1 empty" in result.stderr
     assert_same_predictions(read_rows(tmp_path / "ray" / "faq.csv"), read_rows(local), "sentiment_")
-    result = runner.invoke(app, ["score", str(folder), "--engine", "ray", "-c", "question", "--pair-column", "missing",
-                                 "--model", str(tiny_models["three"]), "-o", str(tmp_path / "bad")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            str(folder),
+            "--engine",
+            "ray",
+            "-c",
+            "question",
+            "--pair-column",
+            "missing",
+            "--model",
+            str(tiny_models["three"]),
+            "-o",
+            str(tmp_path / "bad"),
+        ],
+    )
     assert result.exit_code == 2 and "no column 'missing'" in result.stderr and not (tmp_path / "bad").exists()
 
 
 @needs_ray
-def test_json_lines_keys_named_like_output_columns_are_refused_as_by_the_local_engine(tmp_path, binary_model,
-                                                                                       local_ray):  # fmt: skip
+def test_json_lines_keys_named_like_output_columns_are_refused_as_by_the_local_engine(
+    tmp_path, binary_model, local_ray
+):
     source = tmp_path / "in.jsonl"
     lines = [json.dumps({"id": i, "text": "a fine film"}) for i in range(8)]
     lines[5] = json.dumps({"id": 5, "text": "bad", "sentiment_score_POSITIVE": 1})
     source.write_text("\n".join(lines) + "\n")
     outcomes = []
     for engine in ("local", "ray"):
-        result = runner.invoke(app, ["score", str(source), "--engine", engine, "--model", str(binary_model),
-                                     "--all-scores", "-o", str(tmp_path / f"out-{engine}.jsonl")])  # fmt: skip
+        result = runner.invoke(
+            app,
+            [
+                "score",
+                str(source),
+                "--engine",
+                engine,
+                "--model",
+                str(binary_model),
+                "--all-scores",
+                "-o",
+                str(tmp_path / f"out-{engine}.jsonl"),
+            ],
+        )
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         outcomes.append((result.exit_code, errors))
     assert outcomes[0] == outcomes[1], outcomes
@@ -239,8 +321,19 @@ def test_a_header_only_file_in_a_folder_gets_the_prediction_columns_on_both_engi
     (folder / "a.csv").write_text("id,text\n1,fine\n2,good\n")
     (folder / "b.csv").write_text("id,text\n")
     for engine in ("local", "ray"):
-        result = runner.invoke(app, ["score", str(folder), "--engine", engine, "--model", str(binary_model),
-                                     "-o", str(tmp_path / f"out-{engine}")])  # fmt: skip
+        result = runner.invoke(
+            app,
+            [
+                "score",
+                str(folder),
+                "--engine",
+                engine,
+                "--model",
+                str(binary_model),
+                "-o",
+                str(tmp_path / f"out-{engine}"),
+            ],
+        )
         assert result.exit_code == 0, result.stderr
         assert (tmp_path / f"out-{engine}" / "b.csv").read_text() == '"id","text","sentiment_label","sentiment_score"\n'
         assert (tmp_path / f"out-{engine}").stat().st_mode & 0o777 == 0o777 & ~_umask()  # as mkdir makes it
@@ -276,8 +369,9 @@ def test_a_bad_json_line_deep_in_a_file_is_named_as_by_the_local_engine(tmp_path
     lines = [json.dumps({"id": i, "text": "nice"}) for i in range(400)]
     lines[300] = '{"id": 300, "text": "broken'
     source.write_text("\n".join(lines) + "\n")
-    result = runner.invoke(app, ["score", str(source), "--engine", "ray", "--model", str(binary_model), "-o",
-                                 str(tmp_path / "out.jsonl")])  # fmt: skip
+    result = runner.invoke(
+        app, ["score", str(source), "--engine", "ray", "--model", str(binary_model), "-o", str(tmp_path / "out.jsonl")]
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "line 301: not valid JSON" in errors[0] and "ray::" not in errors[0], result.stderr
 
@@ -288,8 +382,21 @@ def test_a_ray_run_records_and_orders_what_the_local_engine_does(two_files, tiny
     lines, facts = {}, {}
     for engine in ("local", "ray"):
         manifest = tmp_path / f"{engine}.json"
-        result = runner.invoke(app, ["score", str(two_files), "--engine", engine, "--model", str(model),
-                                     "-o", str(tmp_path / f"out-{engine}"), "--manifest", str(manifest)])  # fmt: skip
+        result = runner.invoke(
+            app,
+            [
+                "score",
+                str(two_files),
+                "--engine",
+                engine,
+                "--model",
+                str(model),
+                "-o",
+                str(tmp_path / f"out-{engine}"),
+                "--manifest",
+                str(manifest),
+            ],
+        )
         assert result.exit_code == 0, result.stderr
         lines[engine] = next(line for line in result.stderr.splitlines() if line.startswith("done:"))
         facts[engine] = json.loads(manifest.read_text())

@@ -17,7 +17,10 @@ from test_ray_scale import assert_equal_runs, command, finish, parts_written, re
 
 from batchsent.cache import PredictionCache
 
-pytestmark = [pytest.mark.ray, pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed"),
+]
 
 
 def texts_of(folder: Path) -> list[str]:
@@ -25,8 +28,12 @@ def texts_of(folder: Path) -> list[str]:
 
 
 def cache_entries(location: str, env: dict[str, str] | None = None) -> int:
-    result = subprocess.run([sys.executable, "-m", "batchsent", "cache", "stats", location, "--json"],
-                            capture_output=True, text=True, env={**os.environ, **(env or {})})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "batchsent", "cache", "stats", location, "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["entries"]
 
@@ -43,8 +50,21 @@ def test_a_second_run_scores_only_what_the_cache_lacks_and_equals_an_uncached_ru
     tonight = texts_of(source)
     expected_hits = sum(text in first_texts for text in tonight)
     assert 0 < expected_hits < len(tonight)
-    code, stderr = finish(start(command(str(source), binary_model, str(tmp_path / "second"), "--cache", cache,
-                                        "--workers", "2", "--manifest", str(tmp_path / "run.json"))))  # fmt: skip
+    code, stderr = finish(
+        start(
+            command(
+                str(source),
+                binary_model,
+                str(tmp_path / "second"),
+                "--cache",
+                cache,
+                "--workers",
+                "2",
+                "--manifest",
+                str(tmp_path / "run.json"),
+            )
+        )
+    )
     assert code == 0, stderr
     assert f"done: 900 rows: 900 scored ({expected_hits:,} from the cache)" in stderr
     assert json.loads((tmp_path / "run.json").read_text())["from_cache"] == expected_hits
@@ -60,15 +80,17 @@ def test_a_killed_run_leaves_the_object_storage_cache_sound_and_its_resume_fills
     source = write_inputs(tmp_path / "in", files=4, rows=750)
     cache = "s3://nightly/caches/reviews"
     output = tmp_path / "out"
-    process = start(command(str(source), binary_model, str(output), "--cache", cache, "--chunk-rows", "100",
-                            "--threads", "1"), env)  # fmt: skip
+    process = start(
+        command(str(source), binary_model, str(output), "--cache", cache, "--chunk-rows", "100", "--threads", "1"), env
+    )
     wait_for(lambda: parts_written(output) >= 2, 300, process)  # a part per file here: 2 of 4 scored
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert cache_entries(cache, env) == 0  # entries are added when the parts merge: none yet, and a sound cache
 
-    code, stderr = finish(start(command(str(source), binary_model, str(output), "--cache", cache, "--chunk-rows", "100",
-                                        "--resume"), env))  # fmt: skip
+    code, stderr = finish(
+        start(command(str(source), binary_model, str(output), "--cache", cache, "--chunk-rows", "100", "--resume"), env)
+    )
     assert code == 0 and "done: 3,000 rows: 3,000 scored" in stderr, stderr
     distinct = len(set(texts_of(source)))
     assert cache_entries(cache, env) == distinct
@@ -102,10 +124,19 @@ def test_a_cache_that_is_not_a_batchsent_cache_is_one_line_before_the_cluster_wo
 def test_the_cache_is_never_inside_the_output_it_replaces(tmp_path, binary_model):
     source = write_inputs(tmp_path / "in", files=1, rows=20)
     (tmp_path / "out").mkdir()
-    code, stderr = finish(start(command(str(source), binary_model, str(tmp_path / "out"), "--overwrite", "--cache",
-                                        str(tmp_path / "out" / "cache"))))  # fmt: skip
+    code, stderr = finish(
+        start(
+            command(
+                str(source),
+                binary_model,
+                str(tmp_path / "out"),
+                "--overwrite",
+                "--cache",
+                str(tmp_path / "out" / "cache"),
+            )
+        )
+    )
     assert code == 2 and "lies inside --output" in stderr and stderr.count("\n") == 1, stderr
-
 
 
 def test_a_cache_folder_and_the_inputs_never_overlap(tmp_path, binary_model):

@@ -22,7 +22,10 @@ import numpy as np
 import pytest
 from conftest import varied_texts
 
-pytestmark = [pytest.mark.ray, pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed"),
+]
 
 
 def write_inputs(folder: Path, files: int, rows: int, seed: int = 0) -> Path:
@@ -38,14 +41,33 @@ def write_inputs(folder: Path, files: int, rows: int, seed: int = 0) -> Path:
 
 
 def command(source: str, model: Path, output: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "batchsent", "score", source, "--engine", "ray", "--model", str(model),
-            "-o", output, "-q", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "batchsent",
+        "score",
+        source,
+        "--engine",
+        "ray",
+        "--model",
+        str(model),
+        "-o",
+        output,
+        "-q",
+        *extra,
+    ]
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """A run in its own process group (the local Ray it starts dies with it on kill -9)."""
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 400) -> tuple[int, str]:
@@ -77,8 +99,10 @@ def wait_for(condition, timeout: float, process: subprocess.Popen | None = None)
     deadline = time.monotonic() + timeout
     while not condition():
         if process is not None and process.poll() is not None:
-            pytest.fail(f"the run ended (exit {process.returncode}) before the moment the test waits for: "
-                        f"{process.stderr.read() if process.stderr else ''}")  # fmt: skip
+            pytest.fail(
+                f"the run ended (exit {process.returncode}) before the moment the test waits for: "
+                f"{process.stderr.read() if process.stderr else ''}"
+            )
         if time.monotonic() > deadline:
             pytest.fail("timed out waiting")
         time.sleep(0.05)
@@ -108,8 +132,18 @@ def test_kill_9_then_resume_gives_every_row_once(tmp_path, binary_model):
     code, stderr = finish(changed)
     assert code == 2 and "cannot resume: options.all_scores (False -> True) changed" in stderr, stderr
 
-    resumed = start(command(str(source), binary_model, str(output), "--chunk-rows", "100", "--resume",
-                            "--manifest", str(tmp_path / "run.json")))  # fmt: skip
+    resumed = start(
+        command(
+            str(source),
+            binary_model,
+            str(output),
+            "--chunk-rows",
+            "100",
+            "--resume",
+            "--manifest",
+            str(tmp_path / "run.json"),
+        )
+    )
     code, stderr = finish(resumed)
     assert code == 0, stderr
     assert "done: 6,000 rows: 6,000 scored" in stderr
@@ -124,18 +158,28 @@ def test_json_lines_from_an_object_prefix_into_an_object_prefix(tmp_path, binary
     lines = {}
     for name in ("2026/a.jsonl.gz", "2026/b.jsonl.gz"):
         texts = varied_texts(60, seed=len(lines), longest_words=40)
-        body = [json.dumps({"id": f"{name}-{i}", "text": t, "meta": {"tags": ["x", 1.50]}, "big": 10**30})
-                for i, t in enumerate(texts)]  # fmt: skip
+        body = [
+            json.dumps({"id": f"{name}-{i}", "text": t, "meta": {"tags": ["x", 1.50]}, "big": 10**30})
+            for i, t in enumerate(texts)
+        ]
         body[3] = body[3].replace('"big": 1000000000000000000000000000000', '"big": 1.0e+30')  # a spelling kept as is
         lines[name] = body
-        client.put_object(Bucket="nightly", Key=f"exports/{name}", Body=gzip.compress(("\n".join(body) + "\n").encode()))
-    code, stderr = finish(start(command("s3://nightly/exports/", binary_model, "s3://nightly/scored",
-                                        "--workers", "2"), env))  # fmt: skip
+        client.put_object(
+            Bucket="nightly", Key=f"exports/{name}", Body=gzip.compress(("\n".join(body) + "\n").encode())
+        )
+    code, stderr = finish(
+        start(command("s3://nightly/exports/", binary_model, "s3://nightly/scored", "--workers", "2"), env)
+    )
     assert code == 0, stderr
     assert "done: 120 rows: 120 scored" in stderr
     listed = sorted(o["Key"] for o in client.list_objects_v2(Bucket="nightly")["Contents"])
-    assert listed == ["exports/2026/a.jsonl.gz", "exports/2026/b.jsonl.gz", "scored/2026/a.jsonl.gz",
-                      "scored/2026/b.jsonl.gz", "scored/_SUCCESS"]  # named as the inputs, the marker last  # fmt: skip
+    assert listed == [
+        "exports/2026/a.jsonl.gz",
+        "exports/2026/b.jsonl.gz",
+        "scored/2026/a.jsonl.gz",
+        "scored/2026/b.jsonl.gz",
+        "scored/_SUCCESS",
+    ]  # named as the inputs, the marker last
     for name, body in lines.items():
         scored = gzip.decompress(client.get_object(Bucket="nightly", Key=f"scored/{name}")["Body"].read()).decode()
         out = scored.splitlines()
@@ -145,7 +189,9 @@ def test_json_lines_from_an_object_prefix_into_an_object_prefix(tmp_path, binary
             assert list(json.loads(line))[-2:] == ["sentiment_label", "sentiment_score"]
 
     # a failed run (a column the files lack) leaves nothing under the output prefix
-    code, stderr = finish(start(command("s3://nightly/exports/", binary_model, "s3://nightly/failed", "-c", "body"), env))
+    code, stderr = finish(
+        start(command("s3://nightly/exports/", binary_model, "s3://nightly/failed", "-c", "body"), env)
+    )
     assert code == 2 and stderr.count("\n") == 1 and "no key 'body'" in stderr
     assert not client.list_objects_v2(Bucket="nightly", Prefix="failed").get("Contents")
     assert not client.list_objects_v2(Bucket="nightly", Prefix=".failed").get("Contents")
@@ -165,9 +211,23 @@ def _cluster_run(tmp_path: Path, binary_model: Path, remove_when) -> None:
         workers = [cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1)]
         cluster.wait_for_nodes()
         output, manifest = tmp_path / "out", tmp_path / "run.json"
-        process = start(command(str(source), binary_model, str(output), "--ray-address", cluster.address,
-                                "--workers", "2", "--chunk-rows", "200", "--threads", "1",
-                                "--manifest", str(manifest)))  # fmt: skip
+        process = start(
+            command(
+                str(source),
+                binary_model,
+                str(output),
+                "--ray-address",
+                cluster.address,
+                "--workers",
+                "2",
+                "--chunk-rows",
+                "200",
+                "--threads",
+                "1",
+                "--manifest",
+                str(manifest),
+            )
+        )
         wait_for(lambda: remove_when(output), 300, process)
         cluster.remove_node(workers[0])
         code, stderr = finish(process)
@@ -221,8 +281,10 @@ def test_a_worker_that_fails_on_a_row_is_exit_1_and_keeps_what_it_scored(tmp_pat
     last = source / "part-2.csv"
     last.write_text(last.read_text().rstrip("\n") + '\n2-400,"the kettle went boom"\n')
 
-    process = start(command(str(source), model, str(tmp_path / "out"), "--chunk-rows", "50", "--trust-remote-code"),
-                    {"HF_MODULES_CACHE": str(tmp_path / "modules")})  # fmt: skip
+    process = start(
+        command(str(source), model, str(tmp_path / "out"), "--chunk-rows", "50", "--trust-remote-code"),
+        {"HF_MODULES_CACHE": str(tmp_path / "modules")},
+    )
     code, stderr = finish(process)
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert code == 1 and len(errors) == 1, stderr
@@ -230,17 +292,32 @@ def test_a_worker_that_fails_on_a_row_is_exit_1_and_keeps_what_it_scored(tmp_pat
     assert not (tmp_path / "out").exists() and parts_written(tmp_path / "out") > 0  # what was scored is kept
 
 
-def test_a_second_run_to_a_live_runs_object_prefix_is_refused_and_the_first_loses_nothing(tmp_path, binary_model,
-                                                                                          s3_env):  # fmt: skip
+def test_a_second_run_to_a_live_runs_object_prefix_is_refused_and_the_first_loses_nothing(
+    tmp_path, binary_model, s3_env
+):
     env, client = s3_env
     for index in range(6):
         texts = varied_texts(400, seed=index, longest_words=30)
         body = "id,text\n" + "".join(f'{index}-{row},"{text}"\n' for row, text in enumerate(texts))
         client.put_object(Bucket="nightly", Key=f"six/part-{index}.csv", Body=body.encode())
         client.put_object(Bucket="nightly", Key=f"other/part-{index}.csv", Body=body.encode())
-    first = start(command("s3://nightly/six/", binary_model, "s3://nightly/out", "--workers", "1", "--chunk-rows", "100",
-                          "--threads", "1"), env)  # fmt: skip
-    wait_for(lambda: client.list_objects_v2(Bucket="nightly", Prefix=".out.batchsent-lease").get("Contents"), 120, first)
+    first = start(
+        command(
+            "s3://nightly/six/",
+            binary_model,
+            "s3://nightly/out",
+            "--workers",
+            "1",
+            "--chunk-rows",
+            "100",
+            "--threads",
+            "1",
+        ),
+        env,
+    )
+    wait_for(
+        lambda: client.list_objects_v2(Bucket="nightly", Prefix=".out.batchsent-lease").get("Contents"), 120, first
+    )
     second = start(command("s3://nightly/other/", binary_model, "s3://nightly/out", "--overwrite"), env)
     code, stderr = finish(second)
     assert code == 2 and "another batchsent run" in stderr and ".out.batchsent-lease.json" in stderr, stderr
@@ -256,8 +333,13 @@ def test_a_second_run_to_a_live_runs_object_prefix_is_refused_and_the_first_lose
 def test_one_file_is_scored_in_blocks_by_every_worker_and_committed_as_it_goes(tmp_path, binary_model):
     source = write_inputs(tmp_path / "in", files=1, rows=3000, seed=3) / "part-0.csv"
     output = tmp_path / "out.csv"
-    args = [arg for arg in command(str(source), binary_model, str(output), "--chunk-rows", "100", "--workers", "2",
-                                   "--log-format", "json") if arg != "-q"]  # fmt: skip
+    args = [
+        arg
+        for arg in command(
+            str(source), binary_model, str(output), "--chunk-rows", "100", "--workers", "2", "--log-format", "json"
+        )
+        if arg != "-q"
+    ]
     process = start(args)
     wait_for(lambda: parts_written(output) >= 2, 300, process)  # parts appear while the file is being scored
     code, stderr = finish(process)
@@ -292,8 +374,18 @@ def test_a_ray_run_that_cannot_make_progress_ends_in_one_line(tmp_path, binary_m
     source = write_inputs(tmp_path / "in", files=1, rows=50)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     try:  # a cluster without GPUs: actors that each ask for one are never placed
-        process = start(command(str(source), binary_model, str(tmp_path / "out"), "--ray-address", cluster.address,
-                                "--gpus-per-worker", "1"), {"BATCHSENT_RAY_STALL_SECONDS": "20"})  # fmt: skip
+        process = start(
+            command(
+                str(source),
+                binary_model,
+                str(tmp_path / "out"),
+                "--ray-address",
+                cluster.address,
+                "--gpus-per-worker",
+                "1",
+            ),
+            {"BATCHSENT_RAY_STALL_SECONDS": "20"},
+        )
         code, stderr = finish(process, timeout=300)
     finally:
         cluster.shutdown()

@@ -10,9 +10,9 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pytest
-from pyarrow import fs
 from conftest import varied_texts
 from families import FAMILIES, build_family_model
+from pyarrow import fs
 
 from batchsent import ray_io
 from batchsent.model import Classifier
@@ -35,8 +35,13 @@ def texts_with_repeats(count: int, seed: int, longest_words: int = 200) -> list[
     return texts
 
 
-def scored(models: list[ScoringModel], texts: list[str | None], cache: str | None = None, cut: int | None = None,
-           all_scores: bool = True) -> pa.Table:  # fmt: skip
+def scored(
+    models: list[ScoringModel],
+    texts: list[str | None],
+    cache: str | None = None,
+    cut: int | None = None,
+    all_scores: bool = True,
+) -> pa.Table:
     """The two stages as Ray runs them, the prepared blocks re-cut at ``cut`` rows (Ray re-bundles blocks)."""
     keys = cache_keys(models, cache) if cache is not None else None
     prepared = prepare_block(block(texts), models, "text", cache, keys, run=uuid.uuid4().hex)
@@ -72,8 +77,11 @@ def test_truncated_rows_match_the_classifier(tiny_models, kind, cut):
 @pytest.mark.parametrize("aggregate", ["mean", "max"])
 def test_windows_match_the_classifier(tiny_models, aggregate):
     texts = texts_with_repeats(30, seed=2, longest_words=300)
-    model = ScoringModel(None, "s_", ModelOptions(model=str(tiny_models["binary"]), max_length=32, long_text="chunk",
-                                                  stride=8, aggregate=aggregate))  # fmt: skip
+    model = ScoringModel(
+        None,
+        "s_",
+        ModelOptions(model=str(tiny_models["binary"]), max_length=32, long_text="chunk", stride=8, aggregate=aggregate),
+    )
     table = scored([model], texts, cut=11)
     classifier = assert_like_the_classifier(table, model, texts)
     expected = classifier.predict(texts)
@@ -97,16 +105,21 @@ def test_every_family_matches_the_classifier(tmp_path, family):
 
 def test_models_sharing_a_tokenizer_share_one_token_column(tiny_models):
     texts = texts_with_repeats(30, seed=5)
-    models = [ScoringModel("a", "a_", ModelOptions(model=str(tiny_models["binary"]), max_length=48)),
-              ScoringModel("b", "b_", ModelOptions(model=str(tiny_models["three"]), max_length=48))]  # fmt: skip
+    models = [
+        ScoringModel("a", "a_", ModelOptions(model=str(tiny_models["binary"]), max_length=48)),
+        ScoringModel("b", "b_", ModelOptions(model=str(tiny_models["three"]), max_length=48)),
+    ]
     prepared = prepare_block(block(texts), models, "text", None, None)
     tokenizers = {Classifier(m.options, weights=False).encoding_key for m in models}
     assert len([n for n in prepared.column_names if n.startswith("__batchsent_tokens_")]) == len(tokenizers)
     table = scored(models, texts, cut=9)
     for index, model in enumerate(models):
         classifier = Classifier(model.options)
-        np.testing.assert_allclose(probabilities(table, model.prefix, classifier.labels),
-                                   classifier.predict(texts).probabilities, atol=TOLERANCE)  # fmt: skip
+        np.testing.assert_allclose(
+            probabilities(table, model.prefix, classifier.labels),
+            classifier.predict(texts).probabilities,
+            atol=TOLERANCE,
+        )
         assert table.column(ray_io.truncated_column(index)).to_pylist() == classifier.predict(texts).truncated.tolist()
 
 
@@ -116,13 +129,25 @@ def test_rows_the_cache_holds_are_not_tokenized_and_come_back_equal(tiny_models,
     model = ScoringModel(None, "s_", ModelOptions(model=str(tiny_models["binary"]), max_length=64))
     texts = texts_with_repeats(40, seed=6, longest_words=300)
     first = scored([model], texts[:25], cache=location)  # a first run: its part merged, its entries added
-    first = first.append_column(ray_io.FILE, pa.array(np.zeros(25, np.int32))).append_column(ray_io.ROW, pa.array(np.arange(25)))
+    first = first.append_column(ray_io.FILE, pa.array(np.zeros(25, np.int32))).append_column(
+        ray_io.ROW, pa.array(np.arange(25))
+    )
     write_parquet_atomically(fs.LocalFileSystem(), str(tmp_path / "parts" / "000000"), "000000000000.parquet", first)
     entries = EntryWriter(SharedCache(location, create=False), 1_800_000_000)
     schema = block(texts[:25]).schema
     added = ray_io.added_fields(str(tmp_path / "parts"), 1, [schema])
-    ray_io.merge_parts(str(tmp_path / "parts"), 0, "in.csv", schema, added, ["s_label"], tmp_path / "merged.csv", 25,
-                       ray_io.MergeCounts(), entries)  # fmt: skip
+    ray_io.merge_parts(
+        str(tmp_path / "parts"),
+        0,
+        "in.csv",
+        schema,
+        added,
+        ["s_label"],
+        tmp_path / "merged.csv",
+        25,
+        ray_io.MergeCounts(),
+        entries,
+    )
     entries.flush()
     assert entries.written == len({t for t in texts[:25] if t and t.strip()})
 

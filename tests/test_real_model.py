@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from conftest import SEED_SENTENCES, SHARED_MODEL
 
-pytestmark = pytest.mark.skipif(not SHARED_MODEL.is_dir(), reason="../shared/models/minilm-sst2 is not present")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SHARED_MODEL.is_dir(), reason="../shared/models/minilm-sst2 is not present"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +28,16 @@ def test_seed_sentences_are_positive_then_negative(real_classifier):
 def test_real_phrases_match_the_pipeline(real_classifier):
     from transformers import pipeline
 
-    phrases = [line.split("\t")[0] for line in (SHARED_MODEL.parents[1] / "data" / "sst2-train.tsv").read_text().splitlines()[1:201]]
+    phrases = [
+        line.split("\t")[0]
+        for line in (SHARED_MODEL.parents[1] / "data" / "sst2-train.tsv").read_text().splitlines()[1:201]
+    ]
     classify = pipeline("text-classification", model=str(SHARED_MODEL), device="cpu")
     expected = np.array(
-        [[{r["label"]: r["score"] for r in row}[label] for label in real_classifier.labels]
-         for row in classify(phrases, truncation=True, top_k=None, batch_size=1)]
-    )  # fmt: skip
+        [
+            [{r["label"]: r["score"] for r in row}[label] for label in real_classifier.labels]
+            for row in classify(phrases, truncation=True, top_k=None, batch_size=1)
+        ]
+    )
     scores = real_classifier.predict(phrases)
     np.testing.assert_allclose(scores.probabilities, expected, rtol=0, atol=1e-5)

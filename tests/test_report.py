@@ -24,13 +24,48 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 @pytest.fixture
 def known(tmp_path) -> Path:
     """Ten scored rows with known labels, scores, groups and gold labels (one blank row)."""
-    table = pa.table({
-        "text": ["great", "awful", "fine", "<script>alert('x')</script> bad", "", "superb", "meh", "love", "hate", "ok"],
-        "shop": ["a", "a", "b", "b", "b", "c", "c", "c", "c", "a"],
-        "gold": ["POSITIVE", "NEGATIVE", "NEGATIVE", "NEGATIVE", None, "POSITIVE", "POSITIVE", "POSITIVE", "NEGATIVE", "POSITIVE"],
-        "sentiment_label": ["POSITIVE", "NEGATIVE", "POSITIVE", "NEGATIVE", None, "POSITIVE", "NEGATIVE", "POSITIVE", "NEGATIVE", "POSITIVE"],
-        "sentiment_score": pa.array([0.99, 0.97, 0.55, 0.51, None, 0.98, 0.58, 0.91, 0.999, 0.62], pa.float32()),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "text": [
+                "great",
+                "awful",
+                "fine",
+                "<script>alert('x')</script> bad",
+                "",
+                "superb",
+                "meh",
+                "love",
+                "hate",
+                "ok",
+            ],
+            "shop": ["a", "a", "b", "b", "b", "c", "c", "c", "c", "a"],
+            "gold": [
+                "POSITIVE",
+                "NEGATIVE",
+                "NEGATIVE",
+                "NEGATIVE",
+                None,
+                "POSITIVE",
+                "POSITIVE",
+                "POSITIVE",
+                "NEGATIVE",
+                "POSITIVE",
+            ],
+            "sentiment_label": [
+                "POSITIVE",
+                "NEGATIVE",
+                "POSITIVE",
+                "NEGATIVE",
+                None,
+                "POSITIVE",
+                "NEGATIVE",
+                "POSITIVE",
+                "NEGATIVE",
+                "POSITIVE",
+            ],
+            "sentiment_score": pa.array([0.99, 0.97, 0.55, 0.51, None, 0.98, 0.58, 0.91, 0.999, 0.62], pa.float32()),
+        }
+    )
     path = tmp_path / "scored.parquet"
     pq.write_table(table, path)
     return path
@@ -45,8 +80,10 @@ def test_counts_histograms_breakdowns_and_metrics_are_exact(known):
         positive[min(int(np.float32(score) * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)] += 1
     assert stats.histograms["POSITIVE"].tolist() == positive.tolist()
     assert {k: dict(v) for k, v in stats.groups.items()} == {
-        "a": {"POSITIVE": 2, "NEGATIVE": 1}, "b": {"POSITIVE": 1, "NEGATIVE": 1}, "c": {"POSITIVE": 2, "NEGATIVE": 2},
-    }  # fmt: skip
+        "a": {"POSITIVE": 2, "NEGATIVE": 1},
+        "b": {"POSITIVE": 1, "NEGATIVE": 1},
+        "c": {"POSITIVE": 2, "NEGATIVE": 2},
+    }
     accuracy, rows, gold_axis, predicted_axis = metrics(stats)
     assert accuracy == pytest.approx(7 / 9)
     by_label = {m.label: m for m in rows}
@@ -64,12 +101,14 @@ def test_counts_histograms_breakdowns_and_metrics_are_exact(known):
 def test_heaps_and_groups_stay_bounded(tmp_path):
     rows = 50_000
     rng = np.random.default_rng(0)
-    table = pa.table({
-        "text": [f"review {i}" for i in range(rows)],
-        "shop": [f"shop {i % 40}" for i in range(rows)],
-        "sentiment_label": rng.choice(["NEGATIVE", "POSITIVE"], rows).tolist(),
-        "sentiment_score": rng.uniform(0.5, 1.0, rows).astype(np.float32),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "text": [f"review {i}" for i in range(rows)],
+            "shop": [f"shop {i % 40}" for i in range(rows)],
+            "sentiment_label": rng.choice(["NEGATIVE", "POSITIVE"], rows).tolist(),
+            "sentiment_score": rng.uniform(0.5, 1.0, rows).astype(np.float32),
+        }
+    )
     path = tmp_path / "big.parquet"
     pq.write_table(table, path)
     stats = collect(path, ReportOptions(by="shop", examples=3))
@@ -135,6 +174,7 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (.ci/run installs it)")
 def test_a_real_browser_renders_the_sample_report(tmp_path, binary_model):
     from matplotlib.image import imread
@@ -143,15 +183,35 @@ def test_a_real_browser_renders_the_sample_report(tmp_path, binary_model):
     source.write_bytes((SAMPLE / "reviews.csv").read_bytes())
     assert runner.invoke(app, ["score", str(source), "--model", str(binary_model)]).exit_code == 0
     report = tmp_path / "report.html"
-    assert runner.invoke(app, ["report", str(tmp_path / "reviews.scored.csv"), "-o", str(report), "--by", "product"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["report", str(tmp_path / "reviews.scored.csv"), "-o", str(report), "--by", "product"]
+        ).exit_code
+        == 0
+    )
     screenshot = tmp_path / "shot.png"
     browser = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--enable-logging=stderr", "--v=0", "--hide-scrollbars", "--window-size=1200,2400",
-         f"--screenshot={screenshot}", report.as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--hide-scrollbars",
+            "--window-size=1200,2400",
+            f"--screenshot={screenshot}",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert screenshot.exists(), browser.stderr
     console = [line for line in browser.stderr.splitlines() if "CONSOLE" in line or "Failed to load resource" in line]
     assert console == []

@@ -27,10 +27,28 @@ def corpus(tmp_path) -> Path:
 
 
 def command(source: Path, model: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "batchsent", "score", str(source), "--model", str(model), "-o", str(output),
-            "--chunk-rows", "50", "--batch-size", "8", "--threads", "1", "-q", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "batchsent",
+        "score",
+        str(source),
+        "--model",
+        str(model),
+        "-o",
+        str(output),
+        "--chunk-rows",
+        "50",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "-q",
+        *extra,
+    ]
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_gives_identical_output(corpus, binary_model, tmp_path):
     reference = tmp_path / "reference.parquet"
     subprocess.run(command(corpus, binary_model, reference), check=True, capture_output=True)
@@ -54,8 +72,11 @@ def test_kill_9_at_random_points_then_resume_gives_identical_output(corpus, bina
             if not progress.exists():
                 continue
         manifest = tmp_path / f"manifest-{seed}.json"
-        resumed = subprocess.run(command(corpus, binary_model, output, "--resume", "--manifest", str(manifest)),
-                                 capture_output=True, text=True)  # fmt: skip
+        resumed = subprocess.run(
+            command(corpus, binary_model, output, "--resume", "--manifest", str(manifest)),
+            capture_output=True,
+            text=True,
+        )
         assert resumed.returncode == 0, resumed.stderr
         assert output.read_bytes() == reference.read_bytes()
         facts = json.loads(manifest.read_text())
@@ -65,6 +86,7 @@ def test_kill_9_at_random_points_then_resume_gives_identical_output(corpus, bina
     assert resumed_runs >= 2  # the kills landed mid-run, and the resumed runs skipped committed rows
 
 
+@pytest.mark.slow
 def test_sigterm_commits_and_exits_143_with_the_resume_hint(corpus, binary_model, tmp_path):
     output = tmp_path / "out.csv"
     process = subprocess.Popen(command(corpus, binary_model, output), stderr=subprocess.PIPE, text=True)
@@ -150,8 +172,22 @@ def test_a_write_failure_keeps_progress_and_resume_finishes(corpus, binary_model
 
 def test_manifest_fields(corpus, binary_model, tmp_path):
     manifest = tmp_path / "run.json"
-    result = runner.invoke(app, ["score", str(corpus), "--model", str(binary_model), "-o", str(tmp_path / "o.parquet"),
-                                 "--manifest", str(manifest), "--all-scores", "--device", "cpu"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            str(corpus),
+            "--model",
+            str(binary_model),
+            "-o",
+            str(tmp_path / "o.parquet"),
+            "--manifest",
+            str(manifest),
+            "--all-scores",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     facts = json.loads(manifest.read_text())
     assert facts["input"]["path"] == str(corpus.resolve()) and facts["input"]["size"] == corpus.stat().st_size
@@ -171,16 +207,18 @@ def test_manifest_is_written_when_the_run_fails(tmp_path, binary_model):
     manifest = tmp_path / "run.json"
     source = tmp_path / "in.csv"
     source.write_text("text\nfine\n")
-    result = runner.invoke(app, ["score", str(source), "-c", "body", "--model", str(binary_model),
-                                 "--manifest", str(manifest)])  # fmt: skip
+    result = runner.invoke(
+        app, ["score", str(source), "-c", "body", "--model", str(binary_model), "--manifest", str(manifest)]
+    )
     assert result.exit_code == 2
     facts = json.loads(manifest.read_text())
     assert facts["exit_status"] == 2 and "no column 'body'" in facts["error"]
 
 
 def test_json_logs_are_one_object_per_line(corpus, binary_model, tmp_path):
-    result = runner.invoke(app, ["score", str(corpus), "--model", str(binary_model), "-o", str(tmp_path / "o.csv"),
-                                 "--log-format", "json"])  # fmt: skip
+    result = runner.invoke(
+        app, ["score", str(corpus), "--model", str(binary_model), "-o", str(tmp_path / "o.csv"), "--log-format", "json"]
+    )
     assert result.exit_code == 0, result.stderr
     events = [json.loads(line) for line in result.stderr.strip().splitlines()]
     assert events[-1]["level"] == "summary" and events[-1]["rows"] == 1200
@@ -193,8 +231,9 @@ def test_cron_progress_lines_are_timestamped(binary_model, tmp_path, corpus, mon
     import batchsent.progress as progress
 
     monkeypatch.setattr(progress, "LOG_INTERVAL_SECONDS", 0.0)
-    result = runner.invoke(app, ["score", str(corpus), "--model", str(binary_model), "-o", str(tmp_path / "o.csv"),
-                                 "--chunk-rows", "300"])  # fmt: skip
+    result = runner.invoke(
+        app, ["score", str(corpus), "--model", str(binary_model), "-o", str(tmp_path / "o.csv"), "--chunk-rows", "300"]
+    )
     lines = result.stderr.strip().splitlines()
     assert any(" progress: " in line and line[:4].isdigit() for line in lines[:-1])
     assert lines[-1].startswith("done: 1,200 rows")

@@ -35,8 +35,10 @@ def score(*args: object):
 def lock_holder(tmp_path):
     """Start another process holding the lock of tmp_path/out.csv, as a running batchsent would."""
     output = tmp_path / "out.csv"
-    code = ("import sys; from pathlib import Path; from batchsent.lock import OutputLock\n"
-            f"with OutputLock(Path({str(output)!r})):\n    print('locked', flush=True); sys.stdin.read()")  # fmt: skip
+    code = (
+        "import sys; from pathlib import Path; from batchsent.lock import OutputLock\n"
+        f"with OutputLock(Path({str(output)!r})):\n    print('locked', flush=True); sys.stdin.read()"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     yield output, holder
@@ -106,7 +108,9 @@ def test_progress_moves_inside_one_chunk(corpus, binary_model, tmp_path, monkeyp
     assert result.exit_code == 0, result.stderr
     lines = result.stderr.strip().splitlines()
     assert " note: model loaded in " in lines[0]
-    rows = [int(line.split(" progress: ")[1].split(" rows")[0].replace(",", "")) for line in lines if " progress: " in line]
+    rows = [
+        int(line.split(" progress: ")[1].split(" rows")[0].replace(",", "")) for line in lines if " progress: " in line
+    ]
     assert len(set(rows)) >= 3 and rows == sorted(rows) and 0 < rows[0] < 300 and rows[-1] == 300
     assert all("rows/s" in line and "s left" in line for line in lines if " progress: " in line)
 

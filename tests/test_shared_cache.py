@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from batchsent.cache import CacheError, PredictionCache, digest
 from batchsent.cli import app
-from batchsent.shared_cache import LEFTOVER_SECONDS, REFRESH_SECONDS, SharedCache, entries_table
+from batchsent.shared_cache import HIT_REFRESH_SECONDS, LEFTOVER_SECONDS, SharedCache, entries_table
 
 runner = CliRunner()
 DESCRIPTION = {"model": {"hub_id": "tiny"}, "dtype": "float32"}
@@ -32,8 +32,17 @@ def probabilities(values: list[str]) -> np.ndarray:
 
 
 def add(cache: SharedCache, key: str, values: list[str], used: int | None = None) -> None:
-    cache.add(key, entries_table([digest(t) for t in values], probabilities(values), [len(t) > 17 for t in values],
-                                 [None] * len(values), int(time.time()) if used is None else used, 2))  # fmt: skip
+    cache.add(
+        key,
+        entries_table(
+            [digest(t) for t in values],
+            probabilities(values),
+            [len(t) > 17 for t in values],
+            [None] * len(values),
+            int(time.time()) if used is None else used,
+            2,
+        ),
+    )
 
 
 def test_lookups_find_what_was_added_and_nothing_else(tmp_path):
@@ -53,7 +62,7 @@ def test_lookups_find_what_was_added_and_nothing_else(tmp_path):
 def test_an_entry_added_twice_is_one_entry_and_the_newest_use_counts(tmp_path):
     cache = SharedCache(tmp_path / "cache")
     model = cache.register("tiny", DESCRIPTION, ["NEGATIVE", "POSITIVE"])
-    old = int(time.time()) - REFRESH_SECONDS - 60
+    old = int(time.time()) - HIT_REFRESH_SECONDS - 60
     add(cache, model.key, texts(0, 500), used=old)
     add(cache, model.key, texts(0, 500), used=old)  # a retried merge: the same segment names, nothing doubled
     add(cache, model.key, texts(400, 600))  # another run: overlapping texts, used now
@@ -72,7 +81,7 @@ def test_not_a_batchsent_cache_is_refused_in_one_line(tmp_path):
     assert sorted(os.listdir(tmp_path / "photos")) == ["a.jpg"]  # nothing written into it
     sqlite = tmp_path / "cache.sqlite"
     PredictionCache(sqlite).close()
-    with pytest.raises(CacheError, match="a file, and a Ray run's cache is a folder.*cache export"):
+    with pytest.raises(CacheError, match=r"a file, and a Ray run's cache is a folder.*cache export"):
         SharedCache(sqlite)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "batchsent-cache.json").write_text('{"format": "something-else"}')
@@ -104,8 +113,9 @@ def test_concurrent_writers_readers_and_a_prune_leave_every_entry_once(tmp_path)
     location = str(tmp_path / "cache")
     model = SharedCache(location).register("tiny", DESCRIPTION, ["NEGATIVE", "POSITIVE"])
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_writer, args=(location, model.key, start, start + 1500, 3))
-               for start in (0, 1000)] + [context.Process(target=_pruner, args=(location, 3))]  # fmt: skip
+    workers = [
+        context.Process(target=_writer, args=(location, model.key, start, start + 1500, 3)) for start in (0, 1000)
+    ] + [context.Process(target=_pruner, args=(location, 3))]
     for worker in workers:
         worker.start()
     reader = SharedCache(location, create=False)
@@ -174,18 +184,23 @@ def test_export_copies_a_sqlite_cache_under_the_same_keys(tmp_path):
     run = sqlite.start_run("test")
     model = sqlite.register("tiny", DESCRIPTION, ["NEGATIVE", "POSITIVE"])
     values = texts(0, 700)
-    sqlite.store(model, run, ((digest(t), p.tobytes(), len(t) > 17, None) for t, p in zip(values, probabilities(values))), [])
+    sqlite.store(
+        model, run, ((digest(t), p.tobytes(), len(t) > 17, None) for t, p in zip(values, probabilities(values))), []
+    )
     sqlite.close()
     result = runner.invoke(app, ["cache", "export", str(tmp_path / "cache.sqlite"), str(tmp_path / "shared")])
     assert result.exit_code == 0 and "700 entries of 1 model key(s) copied" in result.output, result.output
     shared = SharedCache(tmp_path / "shared", create=False)
-    found = shared.lookup(shared.register("tiny", DESCRIPTION, ["NEGATIVE", "POSITIVE"]), [digest(t) for t in values], 2)
+    found = shared.lookup(
+        shared.register("tiny", DESCRIPTION, ["NEGATIVE", "POSITIVE"]), [digest(t) for t in values], 2
+    )
     assert found.hit.all()  # the key a Ray run with the same model and options computes
     np.testing.assert_array_equal(found.probabilities, probabilities(values))
     result = runner.invoke(app, ["cache", "export", str(tmp_path / "shared"), str(tmp_path / "again")])
     assert result.exit_code == 2 and "export reads a SQLite cache file" in result.output
 
 
+@pytest.mark.slow
 def test_a_shared_cache_on_an_object_prefix(s3_env, monkeypatch):
     env, client = s3_env
     for name, value in env.items():

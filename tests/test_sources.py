@@ -45,7 +45,9 @@ def exports(tmp_path) -> Path:
 
 def test_a_folder_gives_one_output_per_file_each_identical_to_scoring_it_alone(exports, tmp_path, binary_model):
     out = tmp_path / "scored"
-    result = runner.invoke(app, ["score", str(exports), "-o", str(out), "--model", str(binary_model), "--chunk-rows", "16"])
+    result = runner.invoke(
+        app, ["score", str(exports), "-o", str(out), "--model", str(binary_model), "--chunk-rows", "16"]
+    )
     assert result.exit_code == 0, result.output
     made = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert made == ["2026-11-26/part-000.csv", "part-000.csv", "part-001.csv"]  # hidden and foreign files skipped
@@ -55,13 +57,17 @@ def test_a_folder_gives_one_output_per_file_each_identical_to_scoring_it_alone(e
         score_file(exports / name, alone, model=str(binary_model), chunk_rows=16, quiet=True)
         assert (out / name).read_bytes() == alone.read_bytes()
     assert "93 rows: 93 scored" in result.output  # the summary covers every file
-    assert not [p for p in tmp_path.rglob(".*") if p.name != ".staging" and ".staging" not in p.parts
-                and p.name != ".part-000.csv.crc"]  # no progress or lock files left behind
+    assert not [
+        p
+        for p in tmp_path.rglob(".*")
+        if p.name != ".staging" and ".staging" not in p.parts and p.name != ".part-000.csv.crc"
+    ]  # no progress or lock files left behind
 
 
 def test_a_glob_and_the_default_output_folder(exports, tmp_path, binary_model):
-    result = runner.invoke(app, ["score", str(exports / "*.csv"), "-o", str(tmp_path / "flat"), "--model",
-                                 str(binary_model), "-q"])  # fmt: skip
+    result = runner.invoke(
+        app, ["score", str(exports / "*.csv"), "-o", str(tmp_path / "flat"), "--model", str(binary_model), "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["part-000.csv", "part-001.csv"]
     result = runner.invoke(app, ["score", str(exports), "--model", str(binary_model), "-q"])
@@ -112,7 +118,7 @@ JSONL_ROWS = [
     '{"id": 3, "text": null, "tags": []}',
     '{"id": 4}',
     '{"text": "caf\\u00e9 \u2615 \\"quoted\\"", "n": 1.0}',
-    '{}',
+    "{}",
 ]
 
 
@@ -126,14 +132,19 @@ def test_json_lines_keep_every_key_and_value_and_add_the_predictions_at_the_end(
     names = ["sentiment_label", "sentiment_score", "sentiment_score_NEGATIVE", "sentiment_score_POSITIVE"]
     for original, line in zip(JSONL_ROWS, lines, strict=False):
         before, after = json.loads(original), json.loads(line)
-        assert list(after)[: len(before)] == list(before) and list(after)[len(before):] == names
+        assert list(after)[: len(before)] == list(before) and list(after)[len(before) :] == names
         assert {k: after[k] for k in before} == before  # same values and types, nested ones included
         assert line.startswith(original.rstrip()[:-1].rstrip())  # the original text, byte for byte
     scored = [json.loads(line) for line in lines]
     assert [row["sentiment_label"] is None for row in scored] == [False, False, True, True, False]
     assert isinstance(scored[0]["sentiment_score"], float)
-    plain = score_file(_as_csv(tmp_path, JSONL_ROWS[:-1]), tmp_path / "plain.parquet", model=str(binary_model),
-                       all_scores=True, quiet=True)  # fmt: skip
+    plain = score_file(
+        _as_csv(tmp_path, JSONL_ROWS[:-1]),
+        tmp_path / "plain.parquet",
+        model=str(binary_model),
+        all_scores=True,
+        quiet=True,
+    )
     assert plain.label_counts == summary.label_counts
     table = pq.read_table(tmp_path / "plain.parquet")
     for row, name in [(0, "sentiment_score"), (4, "sentiment_score_POSITIVE")]:

@@ -33,9 +33,12 @@ def _free_port() -> int:
 def start_s3_server(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """``moto_server -H 127.0.0.1 -p PORT`` in a child process; returns it and its endpoint once it answers."""
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=None if env is None else {**os.environ, **env})  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=None if env is None else {**os.environ, **env},
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -58,8 +61,13 @@ def s3_server():
 @pytest.fixture
 def s3(s3_server, monkeypatch):
     """A fresh bucket on the loopback server, and the standard AWS environment pointing at it."""
-    for name, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():  # fmt: skip
+    for name, value in {
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
         monkeypatch.setenv(name, value)
     client = boto3.client("s3", endpoint_url=s3_server)
     bucket = f"nightly-{time.monotonic_ns()}"
@@ -75,7 +83,9 @@ def csv_bytes(count: int, seed: int) -> bytes:
 def keys(client, bucket: str) -> list[str]:
     """The bucket's objects, less folder markers (``scored/``): pyarrow's S3 filesystem makes one for the parent
     of every object it deletes (an output's released lease), as the AWS console does; readers see a folder."""
-    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []) if not o["Key"].endswith("/"))
+    return sorted(
+        o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []) if not o["Key"].endswith("/")
+    )
 
 
 def test_an_object_in_and_out_scores_like_the_local_file(s3, tmp_path, binary_model):
@@ -85,13 +95,30 @@ def test_an_object_in_and_out_scores_like_the_local_file(s3, tmp_path, binary_mo
     (tmp_path / "reviews.csv").write_bytes(data)
     score_file(tmp_path / "reviews.csv", tmp_path / "local.parquet", model=str(binary_model), chunk_rows=32, quiet=True)
 
-    result = runner.invoke(app, ["score", f"s3://{bucket}/exports/reviews.csv.gz", "-o", f"s3://{bucket}/scored/reviews.parquet",
-                                 "--model", str(binary_model), "--chunk-rows", "32", "-q"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            f"s3://{bucket}/exports/reviews.csv.gz",
+            "-o",
+            f"s3://{bucket}/scored/reviews.parquet",
+            "--model",
+            str(binary_model),
+            "--chunk-rows",
+            "32",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     uploaded = client.get_object(Bucket=bucket, Key="scored/reviews.parquet")["Body"].read()
     assert uploaded == (tmp_path / "local.parquet").read_bytes()
-    local = score_file(f"s3://{bucket}/exports/reviews.csv.gz", tmp_path / "from-s3.parquet", model=str(binary_model),
-                       chunk_rows=32, quiet=True)  # fmt: skip
+    local = score_file(
+        f"s3://{bucket}/exports/reviews.csv.gz",
+        tmp_path / "from-s3.parquet",
+        model=str(binary_model),
+        chunk_rows=32,
+        quiet=True,
+    )
     assert local.rows == 120 and (tmp_path / "from-s3.parquet").read_bytes() == uploaded
     assert keys(client, bucket) == ["exports/reviews.csv.gz", "scored/reviews.parquet"]
 
@@ -102,8 +129,9 @@ def test_a_prefix_of_part_files_scores_into_a_local_folder(s3, tmp_path, binary_
     for key, body in parts.items():
         client.put_object(Bucket=bucket, Key=key, Body=body)
     client.put_object(Bucket=bucket, Key="exports/_SUCCESS", Body=b"")
-    result = runner.invoke(app, ["score", f"s3://{bucket}/exports/", "-o", str(tmp_path / "scored"), "--model",
-                                 str(binary_model), "-q"])  # fmt: skip
+    result = runner.invoke(
+        app, ["score", f"s3://{bucket}/exports/", "-o", str(tmp_path / "scored"), "--model", str(binary_model), "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert "70 rows" in result.output
     for key, body in parts.items():
@@ -113,24 +141,39 @@ def test_a_prefix_of_part_files_scores_into_a_local_folder(s3, tmp_path, binary_
         (tmp_path / "in.csv").write_bytes(body)
         score_file(tmp_path / "in.csv", alone, model=str(binary_model), quiet=True)
         assert (tmp_path / "scored" / relative).read_bytes() == alone.read_bytes()
-    glob_run = runner.invoke(app, ["score", f"s3://{bucket}/exports/*/part-*.csv", "-o", str(tmp_path / "glob"),
-                                   "--model", str(binary_model), "-q"])  # fmt: skip
+    glob_run = runner.invoke(
+        app,
+        [
+            "score",
+            f"s3://{bucket}/exports/*/part-*.csv",
+            "-o",
+            str(tmp_path / "glob"),
+            "--model",
+            str(binary_model),
+            "-q",
+        ],
+    )
     assert glob_run.exit_code == 0 and (tmp_path / "glob" / "day=2" / "part-1.csv").is_file()
 
 
+@pytest.mark.slow
 def test_a_folder_scores_into_an_object_storage_prefix(s3, tmp_path, binary_model, exports_folder):
     client, bucket = s3
-    result = runner.invoke(app, ["score", str(exports_folder), "-o", f"s3://{bucket}/scored/", "--model",
-                                 str(binary_model), "-q"])  # fmt: skip
+    result = runner.invoke(
+        app, ["score", str(exports_folder), "-o", f"s3://{bucket}/scored/", "--model", str(binary_model), "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert keys(client, bucket) == ["scored/day=2/part-1.csv.gz", "scored/part-0.csv"]
     local = tmp_path / "local"
     score_file(exports_folder, local, model=str(binary_model), quiet=True)
-    assert client.get_object(Bucket=bucket, Key="scored/part-0.csv")["Body"].read() == (local / "part-0.csv").read_bytes()
+    assert (
+        client.get_object(Bucket=bucket, Key="scored/part-0.csv")["Body"].read() == (local / "part-0.csv").read_bytes()
+    )
     packed = client.get_object(Bucket=bucket, Key="scored/day=2/part-1.csv.gz")["Body"].read()
     assert gzip.decompress(packed) == gzip.decompress((local / "day=2" / "part-1.csv.gz").read_bytes())
-    again = runner.invoke(app, ["score", str(exports_folder), "-o", f"s3://{bucket}/scored", "--model",
-                                str(binary_model)])  # fmt: skip
+    again = runner.invoke(
+        app, ["score", str(exports_folder), "-o", f"s3://{bucket}/scored", "--model", str(binary_model)]
+    )
     assert again.exit_code == 2 and f"s3://{bucket}/scored/day=2/part-1.csv.gz: already exists" in again.output
 
 
@@ -143,6 +186,7 @@ def exports_folder(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_failed_run_leaves_no_object_under_the_output_name(s3, tmp_path, binary_model, monkeypatch):
     client, bucket = s3
     client.put_object(Bucket=bucket, Key="in.csv", Body=csv_bytes(200, 4))
@@ -150,26 +194,54 @@ def test_a_failed_run_leaves_no_object_under_the_output_name(s3, tmp_path, binar
 
     working = Classifier.run
     fail_third_chunk(monkeypatch, "CUDA error: out of memory")
-    result = runner.invoke(app, ["score", f"s3://{bucket}/in.csv", "-o", f"s3://{bucket}/out.csv", "--model",
-                                 str(binary_model), "--chunk-rows", "50"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            f"s3://{bucket}/in.csv",
+            "-o",
+            f"s3://{bucket}/out.csv",
+            "--model",
+            str(binary_model),
+            "--chunk-rows",
+            "50",
+        ],
+    )
     assert result.exit_code == 1 and "out of memory" in result.output
     assert "nothing was uploaded: run the same command again" in result.output and "--resume" not in result.output
     assert keys(client, bucket) == ["in.csv"]
     monkeypatch.setattr(Classifier, "run", working)
-    again = runner.invoke(app, ["score", f"s3://{bucket}/in.csv", "-o", f"s3://{bucket}/out.csv", "--model",
-                                str(binary_model), "--chunk-rows", "50"])  # the advice, as given
+    again = runner.invoke(
+        app,
+        [
+            "score",
+            f"s3://{bucket}/in.csv",
+            "-o",
+            f"s3://{bucket}/out.csv",
+            "--model",
+            str(binary_model),
+            "--chunk-rows",
+            "50",
+        ],
+    )  # the advice, as given
     assert again.exit_code == 0, again.output
     assert keys(client, bucket) == ["in.csv", "out.csv"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_object_output_advises_what_works(s3, tmp_path, binary_model):
     from batchsent import JobConfig, run
     from batchsent.errors import Interrupted
 
     client, bucket = s3
     client.put_object(Bucket=bucket, Key="in.csv", Body=csv_bytes(200, 4))
-    config = JobConfig(input=f"s3://{bucket}/in.csv", output=f"s3://{bucket}/out.csv", model=str(binary_model),
-                       chunk_rows=50, quiet=True)  # fmt: skip
+    config = JobConfig(
+        input=f"s3://{bucket}/in.csv",
+        output=f"s3://{bucket}/out.csv",
+        model=str(binary_model),
+        chunk_rows=50,
+        quiet=True,
+    )
     batches = {"n": 0}
 
     def stop_after_a_while() -> bool:  # as SIGTERM does: stop at the next batch boundary
@@ -188,11 +260,35 @@ def test_credentials_in_a_url_are_never_printed_or_recorded(s3, tmp_path, binary
     client.put_object(Bucket=bucket, Key="x.csv", Body=csv_bytes(20, 6))
     url = f"s3://KEYID:url-secret-0815@{bucket}"
     manifest = tmp_path / "run.json"
-    done = runner.invoke(app, ["score", f"{url}/x.csv", "-o", str(tmp_path / "out.csv"), "--model", str(binary_model),
-                               "--manifest", str(manifest), "--log-format", "json"])  # fmt: skip
+    done = runner.invoke(
+        app,
+        [
+            "score",
+            f"{url}/x.csv",
+            "-o",
+            str(tmp_path / "out.csv"),
+            "--model",
+            str(binary_model),
+            "--manifest",
+            str(manifest),
+            "--log-format",
+            "json",
+        ],
+    )
     assert done.exit_code == 0, done.output
-    failed = runner.invoke(app, ["score", f"{url}/missing.csv", "-o", str(tmp_path / "o2.csv"), "--model",
-                                 str(binary_model), "--manifest", str(tmp_path / "failed.json")])  # fmt: skip
+    failed = runner.invoke(
+        app,
+        [
+            "score",
+            f"{url}/missing.csv",
+            "-o",
+            str(tmp_path / "o2.csv"),
+            "--model",
+            str(binary_model),
+            "--manifest",
+            str(tmp_path / "failed.json"),
+        ],
+    )
     assert failed.exit_code == 2 and "missing.csv: no such object" in failed.output
     recorded = json.loads((tmp_path / "failed.json").read_text())
     assert "missing.csv" in recorded["error"] and f"s3://***@{bucket}/x.csv" in manifest.read_text()
@@ -223,8 +319,9 @@ def test_bad_object_paths_are_one_line_and_exit_2(s3, tmp_path, binary_model, in
 
 
 def test_a_missing_bucket_as_input_names_it(s3, tmp_path, binary_model):
-    result = runner.invoke(app, ["score", "s3://no-such-bucket-here/in.csv", "-o", str(tmp_path / "x.csv"),
-                                 "--model", str(binary_model)])  # fmt: skip
+    result = runner.invoke(
+        app, ["score", "s3://no-such-bucket-here/in.csv", "-o", str(tmp_path / "x.csv"), "--model", str(binary_model)]
+    )
     assert result.exit_code == 2 and "no such bucket or container 'no-such-bucket-here'" in result.output
 
 
@@ -232,14 +329,19 @@ def test_denied_credentials_are_one_line_and_exit_2(tmp_path, binary_model, monk
     # moto checks credentials against its own IAM after the first N requests: ours are not known to it
     process, endpoint = start_s3_server({"INITIAL_NO_AUTH_ACTION_COUNT": "2"})
     try:
-        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "not-a-known-key",
-                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+        for name, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "not-a-known-key",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             monkeypatch.setenv(name, value)
         client = boto3.client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket="locked")
         client.put_object(Bucket="locked", Key="in.csv", Body=csv_bytes(3, 7))
-        result = runner.invoke(app, ["score", "s3://locked/in.csv", "-o", str(tmp_path / "x.csv"), "--model",
-                                     str(binary_model)])  # fmt: skip
+        result = runner.invoke(
+            app, ["score", "s3://locked/in.csv", "-o", str(tmp_path / "x.csv"), "--model", str(binary_model)]
+        )
     finally:
         process.kill()
     assert result.exit_code == 2, result.output
@@ -248,23 +350,34 @@ def test_denied_credentials_are_one_line_and_exit_2(tmp_path, binary_model, monk
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.mark.slow
 def test_an_unreachable_endpoint_is_one_line_after_a_bounded_retry(tmp_path, binary_model, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     started = time.monotonic()
-    result = runner.invoke(app, ["score", "s3://bucket/in.csv", "-o", str(tmp_path / "x.csv"), "--model", str(binary_model)])
+    result = runner.invoke(
+        app, ["score", "s3://bucket/in.csv", "-o", str(tmp_path / "x.csv"), "--model", str(binary_model)]
+    )
     assert result.exit_code == 2 and time.monotonic() - started < 60
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: s3://bucket/in.csv: cannot reach the storage endpoint")
 
 
+@pytest.mark.slow
 def test_the_server_going_away_mid_run_is_one_line_and_exit_1(tmp_path, binary_model, monkeypatch):
     process, endpoint = start_s3_server()
     try:
-        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+        for name, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             monkeypatch.setenv(name, value)
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="night")
         (tmp_path / "in.csv").write_bytes(csv_bytes(200, 6))
@@ -280,8 +393,19 @@ def test_the_server_going_away_mid_run_is_one_line_and_exit_1(tmp_path, binary_m
             return original(self, chunk, stop, on_batch)
 
         monkeypatch.setattr(Classifier, "run", stop_server_on_the_second_chunk)
-        result = runner.invoke(app, ["score", str(tmp_path / "in.csv"), "-o", "s3://night/out.csv", "--model",
-                                     str(binary_model), "--chunk-rows", "50"])  # fmt: skip
+        result = runner.invoke(
+            app,
+            [
+                "score",
+                str(tmp_path / "in.csv"),
+                "-o",
+                "s3://night/out.csv",
+                "--model",
+                str(binary_model),
+                "--chunk-rows",
+                "50",
+            ],
+        )
         assert result.exit_code == 1, result.output
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and errors[0].startswith("error: s3://night/out.csv: the upload failed"), result.output
@@ -293,8 +417,20 @@ def test_the_server_going_away_mid_run_is_one_line_and_exit_1(tmp_path, binary_m
 TREE = ["in/a.csv", "in/b.csv", "in/sub/c.csv", "in/sub/deep/d.csv", "in/.hidden/e.csv", "in/sub/.f.csv", "in/g.tsv"]
 
 
-@pytest.mark.parametrize("pattern", ["in/*.csv", "in/*/*.csv", "in/**/*.csv", "in/**", "in/s*/*.csv", "in/sub/**",
-                                     "in/.hidden/*.csv", "in/?.csv", "in/[ab].csv"])  # fmt: skip
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "in/*.csv",
+        "in/*/*.csv",
+        "in/**/*.csv",
+        "in/**",
+        "in/s*/*.csv",
+        "in/sub/**",
+        "in/.hidden/*.csv",
+        "in/?.csv",
+        "in/[ab].csv",
+    ],
+)
 def test_a_glob_selects_the_same_files_on_disk_and_in_a_bucket(tmp_path, s3, pattern):
     """One glob semantics: ``*`` never crosses ``/``, ``**`` any depth, hidden names only when named."""
     from batchsent.errors import InputError

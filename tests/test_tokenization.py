@@ -7,17 +7,51 @@ import pytest
 
 COURSE_IDS = {
     "I've been waiting for a HuggingFace course my whole life.": [
-        101, 1045, 1005, 2310, 2042, 3403, 2005, 1037, 17662, 12172, 2607, 2026, 2878, 2166, 1012, 102,
+        101,
+        1045,
+        1005,
+        2310,
+        2042,
+        3403,
+        2005,
+        1037,
+        17662,
+        12172,
+        2607,
+        2026,
+        2878,
+        2166,
+        1012,
+        102,
     ],
     "I have been waiting for a HuggingFace course my whole life.": [
-        101, 1045, 2031, 2042, 3403, 2005, 1037, 17662, 12172, 2607, 2026, 2878, 2166, 1012, 102,
+        101,
+        1045,
+        2031,
+        2042,
+        3403,
+        2005,
+        1037,
+        17662,
+        12172,
+        2607,
+        2026,
+        2878,
+        2166,
+        1012,
+        102,
     ],
     "I hate this so much!": [101, 1045, 5223, 2023, 2061, 2172, 999, 102],
-}  # fmt: skip
+}
 
 
-@pytest.mark.parametrize("first", ["I've been waiting for a HuggingFace course my whole life.",
-                                   "I have been waiting for a HuggingFace course my whole life."])  # fmt: skip
+@pytest.mark.parametrize(
+    "first",
+    [
+        "I've been waiting for a HuggingFace course my whole life.",
+        "I have been waiting for a HuggingFace course my whole life.",
+    ],
+)
 def test_course_sentences_give_the_printed_ids_padded_with_zeros(binary_classifier, first):
     second = "I hate this so much!"
     chunk = binary_classifier.encode([first, second])

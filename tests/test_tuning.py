@@ -65,14 +65,24 @@ def made(*measurements: Measurement) -> Tuning:
 
 def test_the_fastest_variant_that_agrees_on_enough_rows_is_chosen():
     reference = Measurement("float32", 520, 10.0, 1.0)
-    assert made(reference, Measurement("int8/fbgemm", 520, 5.0, 0.996), Measurement("onnx int8", 520, 4.0, 0.99),
-                Measurement("onnx float32", 520, 8.0, 1.0)).chosen.variant == "int8/fbgemm"  # fmt: skip
+    assert (
+        made(
+            reference,
+            Measurement("int8/fbgemm", 520, 5.0, 0.996),
+            Measurement("onnx int8", 520, 4.0, 0.99),
+            Measurement("onnx float32", 520, 8.0, 1.0),
+        ).chosen.variant
+        == "int8/fbgemm"
+    )
     # agreement measured on fewer than 500 rows is not eligible, however fast and however equal
     assert made(reference, Measurement("int8/fbgemm", MIN_ROWS - 1, 1.0, 1.0)).chosen.variant == "float32"
-    assert made(reference, Measurement("bfloat16", 520, 2.0, 1.0, "stopped: time cap reached")).chosen.variant == "float32"
+    assert (
+        made(reference, Measurement("bfloat16", 520, 2.0, 1.0, "stopped: time cap reached")).chosen.variant == "float32"
+    )
     assert made(Measurement("float32", 0, 0.0, None, "stopped: time cap reached")).chosen.variant == "float32"
 
 
+@pytest.mark.slow
 def test_tune_stores_a_table_and_fast_runs_what_it_chose(tmp_path, binary_model):
     result = invoke("tune", "--model", str(binary_model))
     assert result.exit_code == 0, result.stderr
@@ -84,8 +94,18 @@ def test_tune_stores_a_table_and_fast_runs_what_it_chose(tmp_path, binary_model)
 
     source = write_texts(tmp_path / "in.csv", 20)
     output, manifest = tmp_path / "out.csv", tmp_path / "run.json"
-    scored = invoke("score", str(source), "--model", str(binary_model), "--precision", "fast", "-o", str(output),
-                    "--manifest", str(manifest))  # fmt: skip
+    scored = invoke(
+        "score",
+        str(source),
+        "--model",
+        str(binary_model),
+        "--precision",
+        "fast",
+        "-o",
+        str(output),
+        "--manifest",
+        str(manifest),
+    )
     assert scored.exit_code == 0, scored.stderr
     assert "--precision fast:" not in scored.stderr  # the stored tuning is used as it is
     record = json.loads(manifest.read_text())
@@ -97,18 +117,24 @@ def test_tune_stores_a_table_and_fast_runs_what_it_chose(tmp_path, binary_model)
     assert f"tuning {binary_model.resolve()}" in info.stdout and f"fast runs {chosen}" in info.stdout
 
 
+@pytest.mark.slow
 def test_fast_with_nothing_stored_tunes_once_and_says_so_in_one_line(tmp_path, binary_model):
     source = write_texts(tmp_path / "in.csv", 20)
-    first = invoke("score", str(source), "--model", str(binary_model), "--precision", "fast", "-o", str(tmp_path / "a.csv"))
+    first = invoke(
+        "score", str(source), "--model", str(binary_model), "--precision", "fast", "-o", str(tmp_path / "a.csv")
+    )
     assert first.exit_code == 0, first.stderr
     notes = [line for line in first.stderr.splitlines() if "--precision fast:" in line and "too noisy" not in line]
     assert len(notes) == 1 and "no tuning is stored" in notes[0] and "at most 300 s" in notes[0]  # (a busy machine
     # may add one more: that a variant was faster by the median but not in every round)
-    second = invoke("score", str(source), "--model", str(binary_model), "--precision", "fast", "-o", str(tmp_path / "b.csv"))
+    second = invoke(
+        "score", str(source), "--model", str(binary_model), "--precision", "fast", "-o", str(tmp_path / "b.csv")
+    )
     assert second.exit_code == 0 and "--precision fast:" not in second.stderr
     assert len(TuningStore().all()) == 1
 
 
+@pytest.mark.slow
 def test_a_tuning_from_another_torch_or_model_version_is_ignored_with_a_note(tmp_path, binary_model):
     from batchsent.model import Classifier
 
@@ -150,7 +176,11 @@ def test_tune_on_a_sample_too_small_is_one_line(tmp_path, binary_model, rows):
     sample = write_texts(tmp_path / "sample.csv", rows)
     result = invoke("tune", "--model", str(binary_model), "--sample", str(sample))
     assert result.exit_code == 2
-    assert result.stderr.count("\n") == 1 and f"{rows} non-blank texts" in result.stderr and "at least 500" in result.stderr
+    assert (
+        result.stderr.count("\n") == 1
+        and f"{rows} non-blank texts" in result.stderr
+        and "at least 500" in result.stderr
+    )
     assert not TuningStore().all()
 
 
@@ -162,11 +192,14 @@ def test_tune_on_a_sample_of_your_own(tmp_path, binary_model):
     assert stored.sample == f"{sample} ({MIN_ROWS} rows)" and stored.scope["max_length"] == 16
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--model", "/nonexistent/model"], "/nonexistent/model"),
-    (["--time-cap", "0"], "--time-cap must be more than 0"),
-    (["--sample", "/nonexistent.csv"], "/nonexistent.csv"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "/nonexistent/model"], "/nonexistent/model"),
+        (["--time-cap", "0"], "--time-cap must be more than 0"),
+        (["--sample", "/nonexistent.csv"], "/nonexistent.csv"),
+    ],
+)
 def test_tune_refusals_are_one_line(binary_model, args, message):
     full = ["tune", "--model", str(binary_model), *args] if args[0] != "--model" else ["tune", *args]
     result = invoke(*full)
@@ -184,11 +217,14 @@ class _FakeClock:
         return self.now
 
 
-@pytest.mark.parametrize(("int8_seconds", "chosen", "noisy"), [
-    ([0.2, 1.0, 1.0], "float32", False),  # one fast outlier round: the median is float32's, so not even noise
-    ([0.2, 0.95, 0.2], "float32", True),  # faster by the median, but not by the margin in the middle round
-    ([0.8, 0.85, 0.8], "int8/fbgemm", False),  # faster in every round by more than the margin
-])
+@pytest.mark.parametrize(
+    ("int8_seconds", "chosen", "noisy"),
+    [
+        ([0.2, 1.0, 1.0], "float32", False),  # one fast outlier round: the median is float32's, so not even noise
+        ([0.2, 0.95, 0.2], "float32", True),  # faster by the median, but not by the margin in the middle round
+        ([0.8, 0.85, 0.8], "int8/fbgemm", False),  # faster in every round by more than the margin
+    ],
+)
 def test_one_fast_round_does_not_decide(binary_model, monkeypatch, int8_seconds, chosen, noisy):
     """float32 takes 1 s a round; int8 the seconds given. Only a speed-up in every round replaces float32."""
     from batchsent import tuning as tuning_module
@@ -196,8 +232,9 @@ def test_one_fast_round_does_not_decide(binary_model, monkeypatch, int8_seconds,
     from batchsent.options import ModelOptions
 
     # The second variant computes as float32 (so it agrees fully); only the clock tells them apart.
-    monkeypatch.setattr(tuning_module, "candidates", lambda cpu: [tuning_module.FLOAT32,
-                                                                  tuning_module.Candidate("int8/fbgemm")])  # fmt: skip
+    monkeypatch.setattr(
+        tuning_module, "candidates", lambda cpu: [tuning_module.FLOAT32, tuning_module.Candidate("int8/fbgemm")]
+    )
     clock, rounds, names = _FakeClock(), {"float32": 0, "int8/fbgemm": 0}, {}
     original = Classifier.predict
 
