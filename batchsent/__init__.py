@@ -23,9 +23,9 @@ from .errors import (
     ScoringError,
     UsageError,
 )
-from .job import ModelSummary, RunSummary
 from .options import DEFAULT_MODEL, JobConfig, ModelOptions, ModelSpec
 from .runner import run
+from .summary import ModelSummary, RunSummary
 
 if TYPE_CHECKING:
     from .model import Classifier

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ColumnNotFound, InputError
-from .job import Progress, RunSummary
+from .job import Progress
 from .options import DEFAULT_MODEL, JobConfig
 from .postprocess import column_names, prediction_arrays
 from .runner import run
+from .summary import RunSummary
 
 if TYPE_CHECKING:
     import pandas as pd

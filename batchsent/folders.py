@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import io
-from .checkpoint import CommittedState, damaged, no_model_counts
+from .checkpoint import CommittedState, damaged
 from .errors import InputError, OutputError, ScoringError, first_line
 from .identity import input_fingerprint
 from .job import (
-    ModelSummary,
     Progress,
-    RunSummary,
     check_input_columns,
     check_output,
     load_classifiers,
@@ -33,8 +31,10 @@ from .job import (
 )
 from .lock import output_lock
 from .options import JobConfig
+from .record import RunRecord, copy_model_facts
 from .sources import InputFiles, expand
 from .storage import check_writable, is_url, remote
+from .summary import ModelTotals, RunSummary, RunTotals, build_summary
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -146,11 +146,11 @@ def score_files(
     progress: Progress | None = None,
     classifier: Classifier | Sequence[Classifier] | None = None,
     stop: Callable[[], bool] | None = None,
-    record: dict[str, Any] | None = None,
+    record: RunRecord | None = None,
 ) -> RunSummary:
     """Score every file of the folder or glob ``config.input`` into the folder ``config.output``."""
     started = time.monotonic()
-    record = {} if record is None else record
+    record = RunRecord() if record is None else record
     inputs = expand(config.input)
     remote_output = is_url(config.output)
     if remote_output:  # a URL prefix; each object is uploaded once its file is complete (no lock, no --resume)
@@ -201,14 +201,14 @@ def _score_each(
     classifier: Classifier | Sequence[Classifier] | None,
     shown: _Combined | None,
     stop: Callable[[], bool] | None,
-    record: dict[str, Any],
+    record: RunRecord,
 ) -> list[dict[str, Any]]:
     """Score the files not finished yet, in order; each one's counts (finished ones' from the record)."""
     files, resumed = [], 0
     for file in jobs:
         source, job, done = file.source, file.job, file.done
         if done is None:
-            file_record: dict[str, Any] = {}
+            file_record: RunRecord = {}
             record["current"] = file_record  # before anything can fail: a failure counts this file's rows only
             relative = inputs.relative(source)
             fingerprint = _fingerprint_of(source)
@@ -219,13 +219,7 @@ def _score_each(
             else:
                 (output / relative).parent.mkdir(parents=True, exist_ok=True)
                 summary = score_local(job, progress=shown, classifier=classifier, stop=stop, record=file_record)
-            record.update(
-                {
-                    k: v
-                    for k, v in file_record.items()
-                    if k in ("model", "labels", "device", "dtype", "variant", "models")
-                }
-            )
+            copy_model_facts(file_record, record)
             resumed += file_record.get("resumed_from_rows", 0)
             finished.add(relative, fingerprint, summary)
             record["current"] = {}  # its rows are counted as a finished file's now
@@ -249,7 +243,7 @@ def _fingerprint_of(source: Path | str) -> dict[str, Any]:
         raise InputError(f"{source}: cannot read ({first_line(error)})") from error
 
 
-def _committed_so_far(finished: _Finished, current: dict[str, Any]) -> CommittedState:
+def _committed_so_far(finished: _Finished, current: RunRecord) -> CommittedState:
     """What a failed or interrupted folder run leaves for --resume: finished files and the current one's chunks."""
     state = current.get("state")
     rows = sum(entry["rows"] for entry in finished.files.values()) + (state.rows if state is not None else 0)
@@ -306,49 +300,35 @@ def _plan(config: JobConfig, inputs: InputFiles, output: Path | str, finished: _
 
 
 def _combined_summary(
-    config: JobConfig, output: Path | str, files: list[dict[str, Any]], elapsed: float, record: dict[str, Any]
+    config: JobConfig, output: Path | str, files: list[dict[str, Any]], elapsed: float, record: RunRecord
 ) -> RunSummary:
-    """One summary for the whole run: counts added over the files, the labels in the model's order."""
-    labels: dict[str, int] = {}
-    for entry in files:
-        for label, count in entry["label_counts"].items():
-            labels[label] = labels.get(label, 0) + count
-    order = record.get("labels") or sorted(labels)
-    where = f"{record.get('device', '')}, {record.get('variant', '')}" if record.get("device") else ""
-    total = {
-        key: sum(entry[key] for entry in files)
-        for key in ("rows", "scored", "empty", "truncated", "cached", "duplicates")
-    }
-    models = _combined_models(files)
-    if models:
-        labels, where = {}, ""
-    return RunSummary(
-        config.input,
-        output,
-        total["rows"],
-        total["scored"],
-        total["empty"],
-        total["truncated"],
-        elapsed,
-        {label: labels[label] for label in order if label in labels},
-        config.long_text == "chunk",
-        record["resumed_from_rows"],
-        where,
-        record.get("load_seconds", 0.0),
-        total["cached"],
-        total["duplicates"],
-        models,
+    """One summary for the whole run: every file's counts added up (summary.build_summary orders the labels)."""
+    totals = RunTotals(
+        *(sum(entry[key] for entry in files) for key in ("rows", "empty", "truncated", "cached", "duplicates"))
     )
+    wanted = config.scoring_models()
+    if wanted[0].name is None:
+        labels: dict[str, int] = {}
+        for entry in files:
+            _add_counts(labels, entry["label_counts"])
+        totals.models = [ModelTotals(labels)]
+        where = [f"{record.get('device', '')}, {record.get('variant', '')}" if record.get("device") else ""]
+    else:
+        by_name = {model.name: ModelTotals() for model in wanted}
+        wheres = {model.name: "" for model in wanted}
+        for entry in files:
+            for model in entry.get("models", []):
+                total = by_name[model["name"]]
+                total.truncated += model["truncated"]
+                total.cached += model["cached"]
+                total.duplicates += model["duplicates"]
+                _add_counts(total.label_counts, model["label_counts"])
+                wheres[model["name"]] = wheres[model["name"]] or model.get("where", "")
+        totals.models = list(by_name.values())
+        where = list(wheres.values())
+    return build_summary(config, output, totals, elapsed, record, where)
 
 
-def _combined_models(files: list[dict[str, Any]]) -> tuple[ModelSummary, ...]:
-    """A multi-model run's per-model counts, added over the files (labels in their first-seen order)."""
-    totals: dict[str, dict[str, Any]] = {}
-    for entry in files:
-        for model in entry.get("models", []):
-            total = totals.setdefault(model["name"], {**model, **no_model_counts()})
-            for key in ("truncated", "cached", "duplicates"):
-                total[key] += model[key]
-            for label, count in model["label_counts"].items():
-                total["label_counts"][label] = total["label_counts"].get(label, 0) + count
-    return tuple(ModelSummary(**total) for total in totals.values())
+def _add_counts(total: dict[str, int], added: dict[str, int]) -> None:
+    for label, count in added.items():
+        total[label] = total.get(label, 0) + count

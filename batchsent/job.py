@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -33,8 +33,10 @@ from .identity import input_fingerprint
 from .lock import OutputLock, output_lock
 from .options import JobConfig, ScoringModel
 from .postprocess import column_names, output_fields, prediction_arrays
+from .record import RunRecord, lift_single_model
 from .reuse import ChunkPlan, ReuseCounts, RunReuse, model_description, row_digests
 from .storage import is_url
+from .summary import ModelTotals, RunSummary, RunTotals, build_summary
 
 if TYPE_CHECKING:
     from .model import Classifier, EncodedChunk, Scores
@@ -59,101 +61,6 @@ class Progress(Protocol):
     def note(self, message: str) -> None: ...
 
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """What one model of a multi-model run predicted: its label counts (in the model's label order), the
-    rows it truncated (or scored in windows), and the rows it took from the cache or from a repeated text."""
-
-    name: str
-    label_counts: dict[str, int]
-    truncated: int
-    cached: int = 0
-    duplicates: int = 0
-    chunked: bool = False
-    where: str = ""
-
-    def part(self) -> str:
-        labels = ", ".join(f"{label} {count:,}" for label, count in self.label_counts.items())
-        notes = [f"{self.truncated:,} " + ("over the limit" if self.chunked else "truncated")] if self.truncated else []
-        notes += [f"{self.cached:,} from the cache"] if self.cached else []
-        notes += [f"{self.duplicates:,} repeated texts"] if self.duplicates else []
-        return f"{self.name}: {labels or 'no labels'}" + (f" ({', '.join(notes)})" if notes else "")
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What a finished job did; ``line()`` is the one-line summary users see.
-
-    ``elapsed`` is the whole run; ``load_seconds`` the model's loading, and rows/s counts
-    the scoring time only (rows committed by an earlier, interrupted run excluded).
-    A multi-model run lists each model in ``models``; its own ``label_counts`` is then empty,
-    ``truncated`` counts rows truncated by any model, and ``cached``/``duplicates`` add up the models'.
-    """
-
-    input: Path | str  # a path, or an object URL
-    output: Path | str
-    rows: int
-    scored: int
-    empty: int
-    truncated: int
-    elapsed: float
-    label_counts: dict[str, int] = field(default_factory=dict)
-    chunked: bool = False
-    resumed_rows: int = 0
-    where: str = ""  # the device and variant that scored, e.g. "cpu, int8/int_mm"
-    load_seconds: float = 0.0
-    cached: int = 0  # of the scored rows, those whose probabilities came from the --cache
-    duplicates: int = 0  # of the scored rows, those that repeated a text scored earlier in the run
-    models: tuple[ModelSummary, ...] = ()  # a multi-model run's models, in column order
-    weights_loaded: bool = True  # False: every row came from the cache, load_seconds was the tokenizer's set-up
-
-    @property
-    def scoring_seconds(self) -> float:
-        return max(self.elapsed - self.load_seconds, 0.0)
-
-    @property
-    def rows_per_second(self) -> float:
-        """Rows this run scored per second of scoring."""
-        seconds = self.scoring_seconds
-        return (self.rows - self.resumed_rows) / seconds if seconds > 0 else 0.0
-
-    def line(self) -> str:
-        if self.models:
-            return self._models_line()
-        labels = ", ".join(f"{label} {count:,}" for label, count in self.label_counts.items())
-        reused = [f"{self.cached:,} from the cache"] if self.cached else []
-        reused += [f"{self.duplicates:,} repeated texts"] if self.duplicates else []
-        return (
-            f"{self.rows:,} rows: {self.scored:,} scored"
-            + (f" ({', '.join(reused)})" if reused else "")
-            + f", {self.empty:,} empty, {self.truncated:,} "
-            + ("over the limit (scored in windows) " if self.chunked else "truncated ")
-            + f"in {self.elapsed:.1f} s ({self._loading()}, scoring {self.scoring_seconds:.1f} s "
-            + f"at {self.rows_per_second:,.0f} rows/s"
-            + (f", resumed after {self.resumed_rows:,} rows)" if self.resumed_rows else ")")
-            + (f"; {labels}" if labels else "")
-            + f" -> {self.output}"
-            + (f" [{self.where}]" if self.where else "")
-        )
-
-    def _loading(self) -> str:
-        if self.weights_loaded:
-            return f"model load {self.load_seconds:.1f} s"
-        return f"set-up {self.load_seconds:.1f} s, model not loaded"
-
-    def _models_line(self) -> str:
-        wheres = {model.where for model in self.models}
-        return (
-            f"{self.rows:,} rows: {self.scored:,} scored, {self.empty:,} empty by {len(self.models)} models in "
-            f"{self.elapsed:.1f} s (models load {self.load_seconds:.1f} s, scoring {self.scoring_seconds:.1f} s at "
-            f"{self.rows_per_second:,.0f} rows/s"
-            + (f", resumed after {self.resumed_rows:,} rows)" if self.resumed_rows else ")")
-            + "".join(f"; {model.part()}" for model in self.models)
-            + f" -> {self.output}"
-            + (f" [{wheres.pop()}]" if len(wheres) == 1 else "")
-        )
 
 
 def check_output(config: JobConfig) -> Path:
@@ -269,7 +176,7 @@ def score_local(
     progress: Progress | None = None,
     classifier: Classifier | Sequence[Classifier] | None = None,
     stop: Callable[[], bool] | None = None,
-    record: dict[str, Any] | None = None,
+    record: RunRecord | None = None,
 ) -> RunSummary:
     """Score ``config.input`` into ``config.output_path`` and return what was done.
 
@@ -284,7 +191,7 @@ def score_local(
     passed to reuse loaded models across jobs. The output's lock is held throughout.
     """
     started = time.monotonic()
-    record = {} if record is None else record
+    record = RunRecord() if record is None else record
     output = check_output(config)
     with OutputLock(output):
         io.remove_stale_partials(output)  # a run killed while writing the output left its copy
@@ -307,7 +214,7 @@ def score_to_object(
     progress: Progress | None = None,
     classifier: Classifier | Sequence[Classifier] | None = None,
     stop: Callable[[], bool] | None = None,
-    record: dict[str, Any] | None = None,
+    record: RunRecord | None = None,
     locked: bool = False,
 ) -> RunSummary:
     """An object-storage output: the job writes a local staging copy, uploaded in one go once complete.
@@ -318,7 +225,7 @@ def score_to_object(
     """
     from .storage import check_writable, remote, upload
 
-    record = {} if record is None else record
+    record = RunRecord() if record is None else record
     io.check_input(config.input)  # the input's own errors first
     target = remote(str(config.output_path), OutputError)
     io.file_format(target.url, output=True)
@@ -359,7 +266,7 @@ def _prepare(
     reader: io.Reader,
     checkpoint: Checkpoint,
     classifier: Classifier | Sequence[Classifier] | None,
-    record: dict[str, Any],
+    record: RunRecord,
     progress: Progress | None,
     stores: list[PredictionCache],
 ) -> _Job:
@@ -400,7 +307,7 @@ def _prepare(
             schema = schema.append(new_field)
     if state is None:
         state = checkpoint.start(fingerprint)
-    record.update(state=state, resumed_from_rows=state.rows)
+    record["state"], record["resumed_from_rows"] = state, state.rows
     if config.cache is None:
         stores.append(PredictionCache(checkpoint.dedupe_store))
         run_id = stores[0].start_run(__version__)
@@ -419,7 +326,7 @@ def _prepare(
 
 
 def _record_models(
-    record: dict[str, Any], wanted: list[ScoringModel], classifiers: list[Classifier], prints: list[dict[str, Any]]
+    record: RunRecord, wanted: list[ScoringModel], classifiers: list[Classifier], prints: list[dict[str, Any]]
 ) -> None:
     """What the manifest says of the models: one entry per model, and the single model's keys at the top."""
     entries = [
@@ -437,15 +344,13 @@ def _record_models(
     ]
     record["models"] = entries
     if wanted[0].name is None:
-        record.update(
-            {key: entries[0][key] for key in ("model", "labels", "device", "dtype", "variant", "precision_basis")}
-        )
+        lift_single_model(record, entries[0])
 
 
 def load_classifiers(
     config: JobConfig,
     given: Classifier | Sequence[Classifier] | None,
-    record: dict[str, Any],
+    record: RunRecord,
     progress: Progress | None,
 ) -> list[Classifier]:
     """The job's Classifiers, one per model in column order (loaded now unless given); the load time recorded and noted."""
@@ -500,20 +405,6 @@ class _Model:
         """How messages name this model: "the model", or "the model NAME" in a multi-model run."""
         return f"the model {self.name}" if self.name else "the model"
 
-    def summary(self, counts: dict[str, Any] | None) -> ModelSummary:
-        """This model's part of a multi-model run's summary, from its committed counts."""
-        counts, loaded = counts or no_model_counts(), self.classifier
-        assert self.name is not None, "only a multi-model run's models have summaries of their own"
-        return ModelSummary(
-            self.name,
-            _ordered(counts["label_counts"], loaded.labels),
-            counts["truncated"],
-            counts["cached"],
-            counts["duplicates"],
-            loaded.long_text == "chunk",
-            loaded.where,
-        )
-
 
 @dataclass
 class _Job:
@@ -527,7 +418,7 @@ class _Job:
     schema: pa.Schema
     checkpoint: Checkpoint
     state: CommittedState
-    record: dict[str, Any]
+    record: RunRecord
 
     def _encoded(self) -> Iterator[tuple[pa.RecordBatch, list[ChunkPlan], list[EncodedChunk], int | None]]:
         """Each chunk not yet committed, planned against the store for every model, its new texts tokenized
@@ -682,31 +573,18 @@ class _Job:
         self.checkpoint.remove()
 
     def summary(self, output: Path, elapsed: float) -> RunSummary:
-        state, record = self.state, self.record
-        first = self.models[0].classifier
-        models = tuple(model.summary(state.models.get(model.name)) for model in self.models if model.name is not None)
-        chunked = any(model.classifier.long_text == "chunk" for model in self.models)
-        where = "" if models else first.where
-        return RunSummary(
-            self.config.input,
+        state = self.state
+        if self.models[0].name is None:
+            per_model = [ModelTotals(state.label_counts)]
+        else:
+            per_model = [ModelTotals(**state.models.get(str(model.name), no_model_counts())) for model in self.models]
+        totals = RunTotals(state.rows, state.empty, state.truncated, state.cached, state.duplicates, per_model)
+        return build_summary(
+            self.config,
             output,
-            state.rows,
-            state.rows - state.empty,
-            state.empty,
-            state.truncated,
+            totals,
             elapsed,
-            {} if models else _ordered(state.label_counts, first.labels),
-            chunked,
-            record["resumed_from_rows"],
-            where,
-            record["load_seconds"],
-            state.cached,
-            state.duplicates,
-            models,
+            self.record,
+            [model.classifier.where for model in self.models],
             any(model.classifier.weights_loaded for model in self.models),
         )
-
-
-def _ordered(counts: dict[str, int], labels: list[str]) -> dict[str, int]:
-    """Label counts in the model's label order."""
-    return {label: counts[label] for label in labels if label in counts}

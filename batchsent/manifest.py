@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 from .identity import package_version
 from .io import atomic_file
 from .options import JobConfig
+from .record import RunRecord
 from .storage import is_url, redacted
 
 if TYPE_CHECKING:
-    from .job import RunSummary
+    from .summary import RunSummary
 
 LIBRARIES = ("batchsent", "transformers", "torch", "tokenizers", "pyarrow", "numpy", "onnxruntime")
 
@@ -23,7 +24,7 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="seconds")
 
 
-def _counts(record: dict[str, Any], summary: RunSummary | None) -> dict[str, Any]:
+def _counts(record: RunRecord, summary: RunSummary | None) -> dict[str, Any]:
     """Row counts from the finished run's summary, else from what a failed run committed."""
     if summary is not None:
         return {
@@ -82,7 +83,7 @@ def _model_entry(model_id: str, fingerprint: dict[str, Any], labels: list[str] |
     }
 
 
-def _model_entries(config: JobConfig, record: dict[str, Any], summary: RunSummary | None) -> list[dict[str, Any]]:
+def _model_entries(config: JobConfig, record: RunRecord, summary: RunSummary | None) -> list[dict[str, Any]]:
     """One entry per model: what it is, where it ran and (a multi-model run) what it predicted."""
     loaded = {entry["name"]: entry for entry in record.get("models") or []}
     state = record.get("state")
@@ -101,12 +102,12 @@ def _model_entries(config: JobConfig, record: dict[str, Any], summary: RunSummar
         }
         if scoring.name is not None:
             if scoring.name in predicted:
-                counts = predicted[scoring.name]
+                found = predicted[scoring.name]
                 described.update(
-                    label_counts=counts.label_counts,
-                    truncated=counts.truncated,
-                    from_cache=counts.cached,
-                    duplicates=counts.duplicates,
+                    label_counts=found.label_counts,
+                    truncated=found.truncated,
+                    from_cache=found.cached,
+                    duplicates=found.duplicates,
                 )
             elif state is not None and scoring.name in state.models:
                 counts = state.models[scoring.name]
@@ -122,7 +123,7 @@ def _model_entries(config: JobConfig, record: dict[str, Any], summary: RunSummar
 
 def build_manifest(
     config: JobConfig,
-    record: dict[str, Any],
+    record: RunRecord,
     summary: RunSummary | None,
     started_at: float,
     ended_at: float,

@@ -40,12 +40,14 @@ from .checkpoint import ResumeMismatch, first_difference
 from .errors import BatchsentError, Interrupted, OutputError, ScoringError, UsageError, first_line
 from .fingerprint import model_reference_key, options_key
 from .identity import input_fingerprint
-from .job import ModelSummary, RunSummary, check_input_columns, check_model_columns, check_new_columns
+from .job import check_input_columns, check_model_columns, check_new_columns
 from .lock import output_lock
 from .options import JobConfig
 from .postprocess import column_names, output_fields
+from .record import RunRecord, lift_single_model
 from .sources import InputFiles, expand, names_many
 from .storage import filesystem_of, is_url, native_stderr_silenced, redact, remote, upload
+from .summary import ModelTotals, RunSummary, RunTotals, build_summary
 
 
 def check_ray_installed() -> None:
@@ -260,11 +262,11 @@ class _Progress:
             self.filesystem.delete_dir(self.root)
 
 
-def run_ray(config: JobConfig, record: dict[str, Any] | None = None, display: Any = None) -> RunSummary:
+def run_ray(config: JobConfig, record: RunRecord | None = None, display: Any = None) -> RunSummary:
     """Score ``config.input`` on Ray into an output folder or prefix, one file per input file; returns the summary.
     ``display`` (a job Progress) is told the rows committed as Ray scores them."""
     started = time.monotonic()
-    record = {} if record is None else record
+    record = RunRecord() if record is None else record
     check_ray_installed()
     if config.ray_address is not None:
         check_ray_address(config.ray_address)
@@ -393,7 +395,7 @@ def _score_and_publish(
     fields: list[pa.Field] | None,
     lock: Any,
     display: Any,
-    record: dict[str, Any],
+    record: RunRecord,
 ) -> ray_io.MergeCounts:
     """Run the Ray pipeline into parts (skipping rows a resumed run's checkpoint holds), then merge and publish;
     with a shared cache, the run's new entries are added to it before the output is published."""
@@ -508,7 +510,7 @@ def _publish(staging: Path, output: Path | str, written: list[Path]) -> None:
         raise
 
 
-def _record_actors(config: JobConfig, progress: _Progress, record: dict[str, Any]) -> None:
+def _record_actors(config: JobConfig, progress: _Progress, record: RunRecord) -> None:
     """What the scoring actors ran, into the run record (labels in the model's order, device, dtype, variant,
     load time, as the local engine records them); an output two variants scored is refused (nodes whose
     --precision fast tunings differ, or a --resume on another machine)."""
@@ -541,50 +543,27 @@ def _record_actors(config: JobConfig, progress: _Progress, record: dict[str, Any
     record["models"] = entries
     record["load_seconds"] = max((fact["load_seconds"] for fact in facts), default=0.0)
     if wanted[0].name is None:
-        record.update({key: entries[0][key] for key in ("model", "labels", "device", "dtype", "variant")})
+        lift_single_model(record, entries[0])
 
 
 def _summary(
-    config: JobConfig, output: Path | str, counts: ray_io.MergeCounts, started: float, record: dict[str, Any]
+    config: JobConfig, output: Path | str, counts: ray_io.MergeCounts, started: float, record: RunRecord
 ) -> RunSummary:
+    """The run's summary from the merged parts' counts (summary.build_summary, as the local engine makes it)."""
     wanted = config.scoring_models()
-    loaded = record.get("models") or [{} for _ in wanted]
-    places = {entry.get("where") for entry in loaded} - {None}
+    places = {entry.get("where") for entry in record.get("models") or []} - {None}
     where = f"ray, {config.workers} worker{'s' if config.workers > 1 else ''}" + (
         f", {places.pop()}" if len(places) == 1 else ""
     )
     per_model = counts.models or [ray_io.ModelCounts() for _ in wanted]
-    ordered = [_ordered(dict(found.labels), entry.get("labels")) for found, entry in zip(per_model, loaded)]
-    models = tuple(
-        ModelSummary(
-            model.name, labels, found.truncated, found.cached, chunked=model.options.long_text == "chunk", where=where
-        )
-        for model, found, labels in zip(wanted, per_model, ordered)
-        if model.name is not None
-    )
-    labels = ordered[0] if wanted[0].name is None else {}
-    return RunSummary(
-        config.input,
-        output,
+    totals = RunTotals(
         counts.rows,
-        counts.rows - counts.empty,
         counts.empty,
         counts.truncated,
-        time.monotonic() - started,
-        labels,
-        any(m.options.long_text == "chunk" for m in wanted),
-        resumed_rows=record.get("resumed_from_rows", 0),
-        where=where,
-        load_seconds=record.get("load_seconds", 0.0),
-        cached=counts.cached,
-        models=models,
+        counts.cached,
+        models=[ModelTotals(dict(found.labels), found.truncated, found.cached) for found in per_model],
     )
-
-
-def _ordered(counts: dict[str, int], labels: list[str] | None) -> dict[str, int]:
-    """Label counts in the model's label order (as its actors reported it), any other label after them."""
-    order = list(labels or []) + sorted(set(counts) - set(labels or []))
-    return {label: counts[label] for label in order if label in counts}
+    return build_summary(config, output, totals, time.monotonic() - started, record, [where] * len(wanted))
 
 
 LIGHT_TASK_CPUS = 0.25  # reading and writing parts is mostly I/O: whole-CPU tasks would wait behind the scorers

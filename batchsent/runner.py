@@ -16,11 +16,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import BatchsentError, ExitCode, InputError, Interrupted, PublishedWithErrors, ScoringError, first_line
-from .job import Progress, RunSummary, score_local, score_to_object
+from .job import Progress, score_local, score_to_object
 from .options import JobConfig
 from .paths import check_distinct_paths
+from .record import RunRecord
 from .sources import names_many
 from .storage import is_url, redact
+from .summary import RunSummary
 
 if TYPE_CHECKING:
     from .model import Classifier
@@ -43,7 +45,7 @@ def run(
     whose ``summary`` describes the output, which is published all the same.
     """
     started_at = time.time()
-    record: dict[str, Any] = {}
+    record: RunRecord = {}
     check_distinct_paths(config)  # before the try: a manifest that would land on an input is never written
     watcher = _SignalWatcher(progress) if handle_signals and config.engine == "local" else None
     try:
@@ -70,7 +72,7 @@ def _engine(
     progress: Progress | None,
     stop: Callable[[], bool] | None,
     classifier: Classifier | Sequence[Classifier] | None,
-    record: dict[str, Any],
+    record: RunRecord,
 ) -> RunSummary:
     if config.engine == "ray":
         from .ray_engine import run_ray
@@ -93,7 +95,7 @@ def _either(stop: Callable[[], bool] | None, watcher: _SignalWatcher | None) -> 
     return lambda: watcher.requested() or stop()
 
 
-def committed_hint(record: dict[str, Any], advice: str) -> str:
+def committed_hint(record: RunRecord, advice: str) -> str:
     """``; N rows are committed: <advice>`` when an interrupted run left progress behind."""
     state = record.get("state")
     if state is None or not state.chunks:
@@ -101,7 +103,7 @@ def committed_hint(record: dict[str, Any], advice: str) -> str:
     return f"; {state.rows:,} rows are committed: {advice}"
 
 
-def _restart_advice(config: JobConfig, record: dict[str, Any], cause: BaseException | None) -> str | None:
+def _restart_advice(config: JobConfig, record: RunRecord, cause: BaseException | None) -> str | None:
     """What to run after a failure or interruption that ``--resume`` cannot continue (None: it can).
 
     An object-storage output is staged in a temporary folder that goes with the run, and
@@ -137,7 +139,7 @@ def _restart_advice(config: JobConfig, record: dict[str, Any], cause: BaseExcept
 
 
 def _as_batchsent_error(
-    error: BaseException, record: dict[str, Any], watcher: _SignalWatcher | None, config: JobConfig
+    error: BaseException, record: RunRecord, watcher: _SignalWatcher | None, config: JobConfig
 ) -> BatchsentError:
     """Any way a run can end badly, as one BatchsentError with its exit code and advice that works."""
     restart = _restart_advice(config, record, error.__cause__ if isinstance(error, BatchsentError) else None)
@@ -160,7 +162,7 @@ def _as_batchsent_error(
 
 def _write_manifest(
     config: JobConfig,
-    record: dict[str, Any],
+    record: RunRecord,
     started_at: float,
     summary: RunSummary | None,
     exit_code: int,
@@ -181,7 +183,7 @@ def _write_manifest(
 
 
 def _write_manifest_after_failure(
-    config: JobConfig, record: dict[str, Any], started_at: float, failure: BatchsentError
+    config: JobConfig, record: RunRecord, started_at: float, failure: BatchsentError
 ) -> None:
     problems = _write_manifest(config, record, started_at, None, failure.exit_code, first_line(failure))
     if problems:  # the run's own error is what the user must see first; the manifest's follows it
