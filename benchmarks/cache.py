@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import FIXTURE_MODEL, sst2_phrases  # noqa: E402
-from memory import small_model  # noqa: E402
+from corpus import FIXTURE_MODEL, sst2_phrases
+from memory import small_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 2**20
@@ -91,41 +91,79 @@ main()
 
 def night(source: Path, output: Path, model: str, cache: Path, threads: int) -> dict:
     """One whole `batchsent score` process: wall seconds, peak RSS and its JSON summary."""
-    arguments = ["score", str(source), "-o", str(output), "--model", model, "--cache", str(cache),
-                 "--threads", str(threads), "--overwrite", "-q", "--log-format", "json"]  # fmt: skip
+    arguments = [
+        "score",
+        str(source),
+        "-o",
+        str(output),
+        "--model",
+        model,
+        "--cache",
+        str(cache),
+        "--threads",
+        str(threads),
+        "--overwrite",
+        "-q",
+        "--log-format",
+        "json",
+    ]
     peak_file = output.with_name(output.name + ".peak")
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", WITH_PEAK_RSS, *arguments], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PEAK_RSS_FILE": str(peak_file)})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", WITH_PEAK_RSS, *arguments],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PEAK_RSS_FILE": str(peak_file)},
+    )
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"failed: batchsent {' '.join(arguments)}\n{done.stderr[-2000:]}")
     summary = json.loads(done.stderr.strip().splitlines()[-1])
-    return {"wall_seconds": round(wall, 2), "peak_rss_mib": round(int(peak_file.read_text()) / 1024, 1),
-            "rows": summary["rows"], "from_cache": summary["from_cache"], "duplicates": summary["duplicates"],
-            "load_seconds": summary["load_seconds"], "scoring_rows_per_second": summary["rows_per_second"]}  # fmt: skip
+    return {
+        "wall_seconds": round(wall, 2),
+        "peak_rss_mib": round(int(peak_file.read_text()) / 1024, 1),
+        "rows": summary["rows"],
+        "from_cache": summary["from_cache"],
+        "duplicates": summary["duplicates"],
+        "load_seconds": summary["load_seconds"],
+        "scoring_rows_per_second": summary["rows_per_second"],
+    }
 
 
 def show(name: str, result: dict) -> None:
-    print(f"  {name}: {result['rows']:,} rows in {result['wall_seconds']:.1f} s wall (load {result['load_seconds']:.1f} s), "
-          f"{result['from_cache']:,} from the cache, {result['duplicates']:,} repeats, "
-          f"scoring phase {result['scoring_rows_per_second']:,.0f} rows/s, peak RSS {result['peak_rss_mib']:,.0f} MiB",
-          flush=True)  # fmt: skip
+    print(
+        f"  {name}: {result['rows']:,} rows in {result['wall_seconds']:.1f} s wall (load {result['load_seconds']:.1f} s), "
+        f"{result['from_cache']:,} from the cache, {result['duplicates']:,} repeats, "
+        f"scoring phase {result['scoring_rows_per_second']:,.0f} rows/s, peak RSS {result['peak_rss_mib']:,.0f} MiB",
+        flush=True,
+    )
 
 
 def two_nights(root: Path, name: str, texts: list[str], model: str, threads: int, suffix: str) -> dict:
     cache = root / f"{name}.sqlite"
-    first = night(write_night(root / f"{name}-1{suffix}", texts, 0), root / f"{name}-1.out{suffix}", model, cache, threads)
+    first = night(
+        write_night(root / f"{name}-1{suffix}", texts, 0), root / f"{name}-1.out{suffix}", model, cache, threads
+    )
     show("night 1 (empty cache)", first)
     tomorrow = next_night(texts, 0.01, seed=99)
-    second = night(write_night(root / f"{name}-2{suffix}", tomorrow, round(len(texts) * 0.01)),
-                   root / f"{name}-2.out{suffix}", model, cache, threads)  # fmt: skip
+    second = night(
+        write_night(root / f"{name}-2{suffix}", tomorrow, round(len(texts) * 0.01)),
+        root / f"{name}-2.out{suffix}",
+        model,
+        cache,
+        threads,
+    )
     show("night 2 (1% new rows)", second)
     ratio = second["wall_seconds"] / first["wall_seconds"]
     print(f"  night 2 / night 1 wall time: {ratio:.1%}", flush=True)
-    return {"night_1": first, "night_2_1pct_new": second, "wall_ratio": round(ratio, 4), "cache": cache,
-            "tomorrow": root / f"{name}-2{suffix}"}  # fmt: skip
+    return {
+        "night_1": first,
+        "night_2_1pct_new": second,
+        "wall_ratio": round(ratio, 4),
+        "cache": cache,
+        "tomorrow": root / f"{name}-2{suffix}",
+    }
 
 
 def grow_cache(cache: Path, entries: int, labels: int = 2) -> float:
@@ -168,14 +206,18 @@ def main() -> None:
             again = night(result["tomorrow"], root / "tweets-3.out.csv", model, result["cache"], args.threads)
             show("night 3 (0% new rows: the model is not loaded)", again)
             report["tweets"] = {k: v for k, v in result.items() if k not in ("cache", "tomorrow")} | {
-                "model": model, "night_3_0pct_new": again}
+                "model": model,
+                "night_3_0pct_new": again,
+            }
         if "large" not in skip:
             print(f"large, {args.rows:,} rows, Parquet, small seeded BERT", flush=True)
             texts = [f"{text} #{i}" for i, text in enumerate(tweet_like(args.rows, seed=2))]  # distinct texts
             result = two_nights(root, "large", texts, small, args.threads, ".parquet")
             again = night(result["tomorrow"], root / "large-3.out.parquet", small, result["cache"], args.threads)
             show("night 3 (0% new rows)", again)
-            report["large"] = {k: v for k, v in result.items() if k not in ("cache", "tomorrow")} | {"night_3_0pct_new": again}
+            report["large"] = {k: v for k, v in result.items() if k not in ("cache", "tomorrow")} | {
+                "night_3_0pct_new": again
+            }
         if "memory" not in skip:
             print(f"memory, a cache of {args.entries:,} entries", flush=True)
             texts = tweet_like(100_000, seed=3)
@@ -183,16 +225,26 @@ def main() -> None:
             fresh = night(source, root / "memory-fresh.out.parquet", small, root / "fresh.sqlite", args.threads)
             show("100,000 rows, fresh cache", fresh)
             big = root / "big.sqlite"
-            night(write_night(root / "seed.parquet", texts[:10], 0), root / "seed.out.parquet", small, big, args.threads)
+            night(
+                write_night(root / "seed.parquet", texts[:10], 0), root / "seed.out.parquet", small, big, args.threads
+            )
             seconds = grow_cache(big, args.entries)
             size = big.stat().st_size
-            print(f"  grew the cache to {args.entries:,} more entries in {seconds:.0f} s ({size / MIB:,.0f} MiB)", flush=True)
+            print(
+                f"  grew the cache to {args.entries:,} more entries in {seconds:.0f} s ({size / MIB:,.0f} MiB)",
+                flush=True,
+            )
             loaded = night(source, root / "memory-big.out.parquet", small, big, args.threads)
             show(f"100,000 rows, {args.entries:,}-entry cache", loaded)
             extra = loaded["peak_rss_mib"] - fresh["peak_rss_mib"]
             print(f"  peak RSS added by the large cache: {extra:+.0f} MiB", flush=True)
-            report["memory"] = {"entries": args.entries, "cache_mib": round(size / MIB), "fresh": fresh,
-                                "large_cache": loaded, "added_peak_rss_mib": round(extra, 1)}  # fmt: skip
+            report["memory"] = {
+                "entries": args.entries,
+                "cache_mib": round(size / MIB),
+                "fresh": fresh,
+                "large_cache": loaded,
+                "added_peak_rss_mib": round(extra, 1),
+            }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"written: {args.out}")

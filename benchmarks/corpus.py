@@ -15,11 +15,62 @@ SHARED = Path(os.environ.get("BATCHSENT_SHARED", Path(__file__).resolve().parent
 SST2 = SHARED / "data" / "sst2-train.tsv"
 FIXTURE_MODEL = SHARED / "models" / "minilm-sst2"
 
-_SYNTHETIC_WORDS = (
-    "the a film movie story plot acting cast director scene ending music script great good fine bad "
-    "terrible boring wonderful moving funny dull slow fast long short never always really quite "
-    "not but and it is was this that with for of in on at by as an too very so more most less"
-).split()
+_SYNTHETIC_WORDS = [
+    "the",
+    "a",
+    "film",
+    "movie",
+    "story",
+    "plot",
+    "acting",
+    "cast",
+    "director",
+    "scene",
+    "ending",
+    "music",
+    "script",
+    "great",
+    "good",
+    "fine",
+    "bad",
+    "terrible",
+    "boring",
+    "wonderful",
+    "moving",
+    "funny",
+    "dull",
+    "slow",
+    "fast",
+    "long",
+    "short",
+    "never",
+    "always",
+    "really",
+    "quite",
+    "not",
+    "but",
+    "and",
+    "it",
+    "is",
+    "was",
+    "this",
+    "that",
+    "with",
+    "for",
+    "of",
+    "in",
+    "on",
+    "at",
+    "by",
+    "as",
+    "an",
+    "too",
+    "very",
+    "so",
+    "more",
+    "most",
+    "less",
+]
 
 
 def sst2_phrases() -> list[str]:

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import RESULTS, distilbert_shaped  # noqa: E402
-from corpus import FIXTURE_MODEL, review_mix, sst2_labelled  # noqa: E402
+from bench import RESULTS, distilbert_shaped
+from corpus import FIXTURE_MODEL, review_mix, sst2_labelled
 
-from batchsent.cpu import this_cpu  # noqa: E402
-from batchsent.model import Classifier  # noqa: E402
-from batchsent.tune_sample import builtin_sample  # noqa: E402
+from batchsent.cpu import this_cpu
+from batchsent.model import Classifier
+from batchsent.tune_sample import builtin_sample
 
 
 def planned_batches(classifier: Classifier, texts: list[str]) -> list[dict[str, np.ndarray]]:
@@ -51,12 +51,16 @@ class Ct2Classifier:
 
         if not (converted / "model.bin").is_file():
             ctranslate2.converters.TransformersConverter(model_dir).convert(str(converted), force=True)
-        self.encoder = ctranslate2.Encoder(str(converted), device="cpu", compute_type=compute_type,
-                                           intra_threads=threads)  # fmt: skip
+        self.encoder = ctranslate2.Encoder(
+            str(converted), device="cpu", compute_type=compute_type, intra_threads=threads
+        )
         model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
         self.kind = model.config.model_type
-        head = {name: value.detach().numpy() for name, value in model.named_parameters()
-                if name.startswith(("classifier.", "pre_classifier."))}  # fmt: skip
+        head = {
+            name: value.detach().numpy()
+            for name, value in model.named_parameters()
+            if name.startswith(("classifier.", "pre_classifier."))
+        }
         self.head = head
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -108,12 +112,23 @@ def compare(name: str, model_dir: str, rows: int, threads: int, scratch: Path) -
     for runner_name, runner in runners.items():
         seconds, _ = timed(runner, speed_batches)
         reference_seconds = reference_seconds or seconds
-        agreement = {key: round(100 * float(np.mean(labels_of(runner, batches) == references[key])), 2)
-                     for key, batches in agreement_sets.items()}  # fmt: skip
-        results.append({"runner": runner_name, "rows_per_s": round(rows / seconds, 2),
-                        "vs_batchsent_float32": round(reference_seconds / seconds, 2), "agreement_pct": agreement})  # fmt: skip
-        print(f"  {runner_name:34} {rows / seconds:8.2f} rows/s  x{reference_seconds / seconds:.2f}  "
-              f"agreement {agreement}", flush=True)  # fmt: skip
+        agreement = {
+            key: round(100 * float(np.mean(labels_of(runner, batches) == references[key])), 2)
+            for key, batches in agreement_sets.items()
+        }
+        results.append(
+            {
+                "runner": runner_name,
+                "rows_per_s": round(rows / seconds, 2),
+                "vs_batchsent_float32": round(reference_seconds / seconds, 2),
+                "agreement_pct": agreement,
+            }
+        )
+        print(
+            f"  {runner_name:34} {rows / seconds:8.2f} rows/s  x{reference_seconds / seconds:.2f}  "
+            f"agreement {agreement}",
+            flush=True,
+        )
     return {"model": name, "rows": rows, "results": results}
 
 
@@ -129,10 +144,18 @@ def main() -> None:
         print("CTranslate2 anchor skipped: pip install 'batchsent[ctranslate2]'")
         return
     torch.set_num_threads(args.threads)
-    print(f"CPU: {this_cpu().describe()}; torch {torch.__version__}, CTranslate2 {ctranslate2.__version__}, "
-          f"{args.threads} threads; model time only, the same sorted batches", flush=True)  # fmt: skip
-    report = {"cpu": this_cpu().describe(), "torch": torch.__version__, "ctranslate2": ctranslate2.__version__,
-              "threads": args.threads, "models": []}  # fmt: skip
+    print(
+        f"CPU: {this_cpu().describe()}; torch {torch.__version__}, CTranslate2 {ctranslate2.__version__}, "
+        f"{args.threads} threads; model time only, the same sorted batches",
+        flush=True,
+    )
+    report = {
+        "cpu": this_cpu().describe(),
+        "torch": torch.__version__,
+        "ctranslate2": ctranslate2.__version__,
+        "threads": args.threads,
+        "models": [],
+    }
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["BATCHSENT_STATE_DIR"] = str(Path(scratch) / "state")  # a fresh tuning, the user's left alone
         os.environ["BATCHSENT_ONNX_CACHE"] = str(Path(scratch) / "onnx")

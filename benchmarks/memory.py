@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import short_texts  # noqa: E402
+from corpus import short_texts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCHSENT = [sys.executable, "-m", "batchsent"]
@@ -43,14 +43,19 @@ def write_short_text_parquet(path: Path, rows: int, group: int = 100_000) -> Non
 def small_model(directory: Path) -> Path:
     """A seeded BERT classifier (64 hidden, 2 layers) with the real vocabulary."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
     from bench import _tokenizer_source
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
     labels = {0: "NEGATIVE", 1: "POSITIVE"}
-    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                        id2label=labels, label2id={v: k for k, v in labels.items()})  # fmt: skip
+    config = BertConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     BertForSequenceClassification(config).eval().save_pretrained(directory)
     AutoTokenizer.from_pretrained(_tokenizer_source()).save_pretrained(directory)
     return directory
@@ -85,7 +90,16 @@ def main() -> None:
         for rows in [int(r) for r in args.rows.split(",")]:
             source = root / f"short-{rows}.parquet"
             write_short_text_parquet(source, rows)
-            command = [*BATCHSENT, "score", str(source), "-o", str(root / f"out-{rows}.parquet"), "--model", model, "-q"]
+            command = [
+                *BATCHSENT,
+                "score",
+                str(source),
+                "-o",
+                str(root / f"out-{rows}.parquet"),
+                "--model",
+                model,
+                "-q",
+            ]
             peak, seconds, summary = peak_rss(command)
             run = {"rows": rows, "peak_rss_bytes": peak, "seconds": round(seconds, 1), "summary": summary}
             report["runs"].append(run)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import distilbert_shaped  # noqa: E402
+from bench import distilbert_shaped
 
 
 def _timed(folder: Path) -> float:
@@ -40,8 +40,10 @@ def main() -> None:
         size = sum(f.stat().st_size for f in folder.iterdir())
         from batchsent.cpu import this_cpu
 
-        print(f"CPU: {this_cpu().describe()}; folder {size / 1e6:,.0f} MB (in the page cache: hashing, not disk reads)",
-              flush=True)  # fmt: skip
+        print(
+            f"CPU: {this_cpu().describe()}; folder {size / 1e6:,.0f} MB (in the page cache: hashing, not disk reads)",
+            flush=True,
+        )
         for repeat in range(arguments.repeats):
             shutil.rmtree(Path(root) / "state", ignore_errors=True)
             first = _timed(folder)
@@ -50,8 +52,11 @@ def main() -> None:
             shutil.copy2(weights, copy)
             os.replace(copy, weights)  # same bytes, size and mtime, another inode and ctime: hashed again
             after_copy = _timed(folder)
-            print(f"  run {repeat + 1}: first hash {first:.3f} s ({size / first / 1e6:,.0f} MB/s), remembered "
-                  f"{remembered * 1000:.1f} ms, after cp -p {after_copy:.3f} s", flush=True)  # fmt: skip
+            print(
+                f"  run {repeat + 1}: first hash {first:.3f} s ({size / first / 1e6:,.0f} MB/s), remembered "
+                f"{remembered * 1000:.1f} ms, after cp -p {after_copy:.3f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

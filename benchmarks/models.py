@@ -42,8 +42,15 @@ def minilm_shaped(directory: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     labels = {0: "NEGATIVE", 1: "POSITIVE"}
-    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                        intermediate_size=1536, id2label=labels, label2id={v: k for k, v in labels.items()})  # fmt: skip
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     BertForSequenceClassification(config).eval().save_pretrained(directory)
     AutoTokenizer.from_pretrained(_tokenizer_source()).save_pretrained(directory)
     return directory
@@ -62,8 +69,19 @@ def columns(path: Path) -> pa.Table:
 
 
 def measure(models: dict[str, str], source: Path, scratch: Path, args: argparse.Namespace, env: dict[str, str]) -> dict:
-    base = [sys.executable, "-m", "batchsent", "score", str(source), "--threads", str(args.threads), "-q", "--overwrite",
-            "--device", args.device]  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "batchsent",
+        "score",
+        str(source),
+        "--threads",
+        str(args.threads),
+        "-q",
+        "--overwrite",
+        "--device",
+        args.device,
+    ]
     singles, together, busy = [], [], {"separate": [], "one_pass": []}
     gpu = args.device.startswith("cuda")
     for _ in range(args.repeats):  # alternate, so drift on the machine hits both sides alike
@@ -73,8 +91,9 @@ def measure(models: dict[str, str], source: Path, scratch: Path, args: argparse.
         singles.append(seconds)
         busy["separate"].append(mean_utilisation(sampler))
         sampler = gpu_sampler() if gpu else None
-        together.append(timed([*base, *(f"--model={n}={m}" for n, m in models.items()), "-o", str(scratch / "all.csv")],
-                              env))  # fmt: skip
+        together.append(
+            timed([*base, *(f"--model={n}={m}" for n, m in models.items()), "-o", str(scratch / "all.csv")], env)
+        )
         busy["one_pass"].append(mean_utilisation(sampler))
     multi = columns(scratch / "all.csv")
     worst, same_labels = 0.0, True
@@ -85,14 +104,22 @@ def measure(models: dict[str, str], source: Path, scratch: Path, args: argparse.
         b = np.array(single.column(f"{name}_score").to_pylist(), dtype=float)
         worst = max(worst, float(np.nanmax(np.abs(a - b))))
     single_s, together_s = min(singles), min(together)
-    result = {"models": list(models), "rows": args.rows, "separate_runs_s": round(single_s, 2),
-              "one_pass_s": round(together_s, 2), "one_pass_share_pct": round(100 * together_s / single_s, 1),
-              "labels_identical": same_labels, "max_score_difference": worst,
-              "gpu_busy_pct": busy if gpu else None}  # fmt: skip
-    print(f"  {len(models)} models ({', '.join(models)}): {len(models)} runs {single_s:.1f} s, one pass {together_s:.1f} s "
-          f"= {result['one_pass_share_pct']}%; labels identical: {same_labels}; largest score difference {worst:.1e}"
-          + (f"; GPU busy {busy['separate']}% over the runs, {busy['one_pass']}% in one pass" if gpu else ""),
-          flush=True)  # fmt: skip
+    result = {
+        "models": list(models),
+        "rows": args.rows,
+        "separate_runs_s": round(single_s, 2),
+        "one_pass_s": round(together_s, 2),
+        "one_pass_share_pct": round(100 * together_s / single_s, 1),
+        "labels_identical": same_labels,
+        "max_score_difference": worst,
+        "gpu_busy_pct": busy if gpu else None,
+    }
+    print(
+        f"  {len(models)} models ({', '.join(models)}): {len(models)} runs {single_s:.1f} s, one pass {together_s:.1f} s "
+        f"= {result['one_pass_share_pct']}%; labels identical: {same_labels}; largest score difference {worst:.1e}"
+        + (f"; GPU busy {busy['separate']}% over the runs, {busy['one_pass']}% in one pass" if gpu else ""),
+        flush=True,
+    )
     return result
 
 
@@ -112,14 +139,19 @@ def main() -> None:
         import torch
 
         where = f"{torch.cuda.get_device_name()} with {where}"
-    print(f"== several models in one pass vs one run each, whole processes, {args.rows} review-mix rows, {args.device} "
-          f"(its default dtype), {args.threads} threads [{where}]", flush=True)  # fmt: skip
+    print(
+        f"== several models in one pass vs one run each, whole processes, {args.rows} review-mix rows, {args.device} "
+        f"(its default dtype), {args.threads} threads [{where}]",
+        flush=True,
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
     report = {"where": where, "threads": args.threads, "results": []}
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         source = scratch / "reviews.csv"
-        pacsv.write_csv(pa.table({"id": [str(i) for i in range(args.rows)], "text": review_mix(args.rows, seed=0)}), source)
+        pacsv.write_csv(
+            pa.table({"id": [str(i) for i in range(args.rows)], "text": review_mix(args.rows, seed=0)}), source
+        )
         pool = {"sentiment": str(FIXTURE_MODEL) if FIXTURE_MODEL.is_dir() else str(minilm_shaped(scratch / "m0", 0))}
         for index in range(1, max(int(count) for count in args.counts.split(","))):
             pool[f"other{index}"] = str(minilm_shaped(scratch / f"m{index}", index))

@@ -23,11 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bench import RESULTS  # noqa: E402
+from bench import RESULTS
 
-from batchsent.cache import digest  # noqa: E402
-from batchsent.cpu import this_cpu  # noqa: E402
-from batchsent.shared_cache import SharedCache, entries_table  # noqa: E402
+from batchsent.cache import digest
+from batchsent.cpu import this_cpu
+from batchsent.shared_cache import SharedCache, entries_table
 
 BLOCK = 4096
 DESCRIPTION = {"model": {"hub_id": "bench"}, "dtype": "float32"}
@@ -44,8 +44,10 @@ def measure(location: str, entries: int, blocks: int) -> dict:
         values = rng.random((len(part), 2), dtype=np.float32)
         cache.add(model.key, entries_table(part, values, [False] * len(part), [None] * len(part), int(time.time()), 2))
     added = time.perf_counter() - started
-    asked = [[digests[i] if rng.random() < 0.99 else digest(f"new {b} {i}") for i in rng.integers(0, entries, BLOCK)]
-             for b in range(blocks)]  # fmt: skip
+    asked = [
+        [digests[i] if rng.random() < 0.99 else digest(f"new {b} {i}") for i in rng.integers(0, entries, BLOCK)]
+        for b in range(blocks)
+    ]
     reader = SharedCache(location, create=False)
     started = time.perf_counter()
     hits = int(reader.lookup(model, asked[0], 2).hit.sum())
@@ -57,17 +59,27 @@ def measure(location: str, entries: int, blocks: int) -> dict:
     started = time.perf_counter()
     counted = reader.stats()["entries"]
     stats = time.perf_counter() - started
-    return {"entries": entries, "add_s": round(added, 2), "add_entries_per_s": round(entries / added),
-            "cold_first_block_s": round(cold, 2), "warm_lookups_per_s": round(BLOCK * (blocks - 1) / warm),
-            "hit_share": round(hits / (BLOCK * blocks), 4), "stats_s": round(stats, 2), "stats_entries": counted,
-            "bytes": reader.size_bytes()}  # fmt: skip
+    return {
+        "entries": entries,
+        "add_s": round(added, 2),
+        "add_entries_per_s": round(entries / added),
+        "cold_first_block_s": round(cold, 2),
+        "warm_lookups_per_s": round(BLOCK * (blocks - 1) / warm),
+        "hit_share": round(hits / (BLOCK * blocks), 4),
+        "stats_s": round(stats, 2),
+        "stats_entries": counted,
+        "bytes": reader.size_bytes(),
+    }
 
 
 def show(where: str, figures: dict) -> None:
-    print(f"  {where}: {figures['entries']:,} entries added in {figures['add_s']} s ({figures['add_entries_per_s']:,}/s, "
-          f"{figures['bytes'] / 2**20:.0f} MiB); first block of {BLOCK:,} cold {figures['cold_first_block_s']} s "
-          f"(every bucket read); then {figures['warm_lookups_per_s']:,} lookups/s warm "
-          f"({figures['hit_share']:.1%} hits); stats {figures['stats_s']} s", flush=True)  # fmt: skip
+    print(
+        f"  {where}: {figures['entries']:,} entries added in {figures['add_s']} s ({figures['add_entries_per_s']:,}/s, "
+        f"{figures['bytes'] / 2**20:.0f} MiB); first block of {BLOCK:,} cold {figures['cold_first_block_s']} s "
+        f"(every bucket read); then {figures['warm_lookups_per_s']:,} lookups/s warm "
+        f"({figures['hit_share']:.1%} hits); stats {figures['stats_s']} s",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -87,9 +99,15 @@ def main() -> None:
 
         process, endpoint = start_s3_server()
         try:
-            os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                               "AWS_EC2_METADATA_DISABLED": "true"})  # fmt: skip
+            os.environ.update(
+                {
+                    "AWS_ENDPOINT_URL": endpoint,
+                    "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_EC2_METADATA_DISABLED": "true",
+                }
+            )
             import boto3
 
             boto3.client("s3").create_bucket(Bucket="bench")

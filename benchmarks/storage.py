@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cache import cpu_model  # noqa: E402
-from corpus import sst2_phrases  # noqa: E402
-from memory import small_model  # noqa: E402
+from cache import cpu_model
+from corpus import sst2_phrases
+from memory import small_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,8 +50,12 @@ def write_csv(path: Path, target_bytes: int, seed: int) -> int:
 def timed(arguments: list[str], env: dict[str, str]) -> tuple[float, dict]:
     """Wall seconds and the JSON summary of one `batchsent score` process."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "batchsent", "score", *arguments, "-q", "--log-format", "json",
-                           "--overwrite"], capture_output=True, text=True, env=env)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "batchsent", "score", *arguments, "-q", "--log-format", "json", "--overwrite"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"failed: {arguments}\n{done.stderr[-2000:]}")
@@ -62,8 +66,11 @@ def s3_server() -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(300):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -91,13 +98,24 @@ def main() -> None:
         size = source.stat().st_size
         print(f"{size / 2**30:.2f} GiB CSV, {rows:,} rows", flush=True)
         server, endpoint = s3_server()
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
-               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         try:
             import boto3
 
-            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                                  aws_access_key_id="bench", aws_secret_access_key="bench")  # fmt: skip
+            client = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",
+            )
             client.create_bucket(Bucket="bench")
             client.upload_file(str(source), "bench", "big.csv")
             local_seconds, local = timed([str(source), "-o", str(root / "local.parquet"), *common], env)
@@ -107,11 +125,21 @@ def main() -> None:
         same = (root / "local.parquet").read_bytes() == (root / "s3.parquet").read_bytes()
         ratio = remote["rows_per_second"] / local["rows_per_second"]
         print(f"  local disk: {local['rows_per_second']:,.0f} rows/s ({local_seconds:.1f} s wall)", flush=True)
-        print(f"  S3 (moto, loopback): {remote['rows_per_second']:,.0f} rows/s ({s3_seconds:.1f} s wall); "
-              f"{ratio:.1%} of local; outputs identical: {same}", flush=True)  # fmt: skip
-        report["s3_vs_local"] = {"bytes": size, "rows": rows, "local": local, "s3": remote, "ratio": round(ratio, 4),
-                                 "local_wall_seconds": round(local_seconds, 2), "s3_wall_seconds": round(s3_seconds, 2),
-                                 "identical_outputs": same}  # fmt: skip
+        print(
+            f"  S3 (moto, loopback): {remote['rows_per_second']:,.0f} rows/s ({s3_seconds:.1f} s wall); "
+            f"{ratio:.1%} of local; outputs identical: {same}",
+            flush=True,
+        )
+        report["s3_vs_local"] = {
+            "bytes": size,
+            "rows": rows,
+            "local": local,
+            "s3": remote,
+            "ratio": round(ratio, 4),
+            "local_wall_seconds": round(local_seconds, 2),
+            "s3_wall_seconds": round(s3_seconds, 2),
+            "identical_outputs": same,
+        }
 
         folder = root / "parts"
         folder.mkdir()
@@ -124,11 +152,19 @@ def main() -> None:
         one_seconds, _ = timed([str(root / "one.csv"), "-o", str(root / "one.out.csv"), *common], env)
         many_seconds, summary = timed([str(folder), "-o", str(root / "parts.out"), *common], env)
         overhead = (many_seconds - one_seconds) / args.files
-        print(f"  {len(lines):,} rows as one file: {one_seconds:.1f} s; as {args.files} files: {many_seconds:.1f} s; "
-              f"{overhead * 1000:.0f} ms more per file", flush=True)  # fmt: skip
-        report["folder"] = {"files": args.files, "rows": len(lines), "one_file_seconds": round(one_seconds, 2),
-                            "folder_seconds": round(many_seconds, 2), "overhead_per_file_seconds": round(overhead, 4),
-                            "summary_rows": summary["rows"]}  # fmt: skip
+        print(
+            f"  {len(lines):,} rows as one file: {one_seconds:.1f} s; as {args.files} files: {many_seconds:.1f} s; "
+            f"{overhead * 1000:.0f} ms more per file",
+            flush=True,
+        )
+        report["folder"] = {
+            "files": args.files,
+            "rows": len(lines),
+            "one_file_seconds": round(one_seconds, 2),
+            "folder_seconds": round(many_seconds, 2),
+            "overhead_per_file_seconds": round(overhead, 4),
+            "summary_rows": summary["rows"],
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written: {args.out}")

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import RESULTS, distilbert_shaped  # noqa: E402
-from corpus import FIXTURE_MODEL  # noqa: E402
+from bench import RESULTS, distilbert_shaped
+from corpus import FIXTURE_MODEL
 
-from batchsent.cpu import this_cpu  # noqa: E402
-from batchsent.options import ModelOptions  # noqa: E402
-from batchsent.tune_sample import builtin_sample  # noqa: E402
-from batchsent.tuning import BUILTIN_SAMPLE, run_tuning  # noqa: E402
+from batchsent.cpu import this_cpu
+from batchsent.options import ModelOptions
+from batchsent.tune_sample import builtin_sample
+from batchsent.tuning import BUILTIN_SAMPLE, run_tuning
 
 
 def main() -> None:
@@ -50,8 +50,13 @@ def main() -> None:
             tuning = run_tuning(options, builtin_sample(), BUILTIN_SAMPLE, args.time_cap)
             print(f"\n== {name}: --precision fast runs {tuning.chosen.variant} [CPU: {report['cpu']}]")
             print("\n".join(tuning.table()), flush=True)
-            report["models"].append({"model": name, "chosen": tuning.chosen.variant,
-                                     "measurements": [asdict(m) for m in tuning.measurements]})  # fmt: skip
+            report["models"].append(
+                {
+                    "model": name,
+                    "chosen": tuning.chosen.variant,
+                    "measurements": [asdict(m) for m in tuning.measurements],
+                }
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written: {args.out} (CPU: {report['cpu']})")

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cache import cpu_model  # noqa: E402
-from corpus import FIXTURE_MODEL, review_mix  # noqa: E402
+from cache import cpu_model
+from corpus import FIXTURE_MODEL, review_mix
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LABELS = ["acting", "plot", "music", "price", "length"]
@@ -66,8 +66,9 @@ def main() -> None:
         started = time.perf_counter()  # batched as a user would try: pairs padded to the longest of 32, file order
         pipe(texts, candidate_labels=LABELS, hypothesis_template=TEMPLATE, batch_size=32)
         batched_seconds = time.perf_counter() - started
-        classifier = Classifier(model, device="cpu", labels=",".join(LABELS), hypothesis_template=TEMPLATE,
-                                threads=args.threads)  # fmt: skip
+        classifier = Classifier(
+            model, device="cpu", labels=",".join(LABELS), hypothesis_template=TEMPLATE, threads=args.threads
+        )
         classifier.predict(texts[:2])
         started = time.perf_counter()
         ours = classifier.predict(texts).probabilities
@@ -75,18 +76,26 @@ def main() -> None:
     expected = np.array([[dict(zip(r["labels"], r["scores"], strict=True))[label] for label in LABELS] for r in theirs])
     agree = float(np.mean(expected.argmax(axis=1) == ours.argmax(axis=1)))
     worst = float(np.abs(expected - ours).max())
-    report = {"cpu": cpu_model(), "threads": args.threads, "rows": args.rows, "labels": LABELS,
-              "pipeline_rows_per_second": round(args.rows / pipeline_seconds, 2),
-              "pipeline_batch_32_rows_per_second": round(args.rows / batched_seconds, 2),
-              "speedup_vs_batch_32": round(batched_seconds / ours_seconds, 2),
-              "batchsent_rows_per_second": round(args.rows / ours_seconds, 2),
-              "speedup": round(pipeline_seconds / ours_seconds, 2), "top_label_agreement": agree,
-              "max_abs_difference": worst}  # fmt: skip
-    print(f"  pipeline: {report['pipeline_rows_per_second']} rows/s (batch_size=32: "
-          f"{report['pipeline_batch_32_rows_per_second']}); batchsent Classifier: "
-          f"{report['batchsent_rows_per_second']} rows/s ({report['speedup']}x, {report['speedup_vs_batch_32']}x the "
-          f"batched pipeline); top labels agree {agree:.1%}, "
-          f"largest probability difference {worst:.1e}")  # fmt: skip
+    report = {
+        "cpu": cpu_model(),
+        "threads": args.threads,
+        "rows": args.rows,
+        "labels": LABELS,
+        "pipeline_rows_per_second": round(args.rows / pipeline_seconds, 2),
+        "pipeline_batch_32_rows_per_second": round(args.rows / batched_seconds, 2),
+        "speedup_vs_batch_32": round(batched_seconds / ours_seconds, 2),
+        "batchsent_rows_per_second": round(args.rows / ours_seconds, 2),
+        "speedup": round(pipeline_seconds / ours_seconds, 2),
+        "top_label_agreement": agree,
+        "max_abs_difference": worst,
+    }
+    print(
+        f"  pipeline: {report['pipeline_rows_per_second']} rows/s (batch_size=32: "
+        f"{report['pipeline_batch_32_rows_per_second']}); batchsent Classifier: "
+        f"{report['batchsent_rows_per_second']} rows/s ({report['speedup']}x, {report['speedup_vs_batch_32']}x the "
+        f"batched pipeline); top labels agree {agree:.1%}, "
+        f"largest probability difference {worst:.1e}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written: {args.out}")

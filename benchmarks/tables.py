@@ -1,0 +1,91 @@
+"""The README's performance tables, made from the committed results in ``benchmarks/results/``.
+
+Each table sits in the README between ``<!-- tables:NAME -->`` and ``<!-- /tables:NAME -->``;
+nothing between the markers is written by hand. ``tests/test_readme_tables.py`` checks that
+the README holds what these results give.
+
+  python benchmarks/tables.py           # rewrite the README's tables
+  python benchmarks/tables.py --check   # exit 1 when the README differs from the results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+
+MODEL_NAMES = {"minilm": "MiniLM-L6 SST-2", "distilbert": "DistilBERT shape (seeded weights)"}
+
+
+def _seconds(figure: dict) -> str:
+    return f"{figure['median']:.1f} s ({figure['min']:.1f}–{figure['max']:.1f})"
+
+
+def e2e_table() -> str:
+    """Whole processes per results file (one per device and CPU class): every contender's median seconds with
+    min and max, and batchsent's ratios against the fastest pipeline setting and the pipeline's default."""
+    blocks = []
+    for path in sorted(RESULTS.glob("e2e-*.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        where = report["machine"]
+        device = where["gpu"] or f"{where['cpu']}, {report['threads']} threads"
+        contenders = list(report["results"][0]["seconds"])
+        ours = [name for name in contenders if name.startswith("batchsent")]
+        header = ["model", "rows", *contenders] + [f"{name}: vs fastest pipeline / vs default" for name in ours]
+        lines = [
+            f"**{device}** (`{path.relative_to(ROOT)}`; median of {report['repeats']} alternated whole-process runs, "
+            f"min–max in brackets; torch {where['versions']['torch']}, transformers {where['versions']['transformers']}; "
+            f"`{report['command']}`)",
+            "",
+            "| " + " | ".join(header) + " |",
+            "| " + " | ".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + " |",
+        ]
+        for result in report["results"]:
+            cells = [MODEL_NAMES.get(result["model"], result["model"]), str(result["rows"])]
+            for name in contenders:
+                cell = _seconds(result["seconds"][name])
+                cells.append(f"**{cell}**" if name == result["fastest_pipeline"] else cell)
+            for name in ours:
+                ratios = result["ratios"][name]
+                cells.append(f"{ratios['vs_fastest_pipeline']:.2f}x / {ratios['vs_pipeline_default']:.2f}x")
+            lines.append("| " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    if not blocks:
+        return "No end-to-end results are committed yet: run `make bench-e2e`."
+    return "\n\n".join(blocks) + "\n\nBold: the fastest pipeline setting, which the first ratio is taken against."
+
+
+TABLES = {"e2e": e2e_table}
+
+
+def rendered(readme: str) -> str:
+    """``readme`` with each marked table replaced by what the results give."""
+    for name, make in TABLES.items():
+        pattern = re.compile(rf"(<!-- tables:{name} -->\n).*?(<!-- /tables:{name} -->)", re.DOTALL)
+        if not pattern.search(readme):
+            raise SystemExit(f"README.md has no <!-- tables:{name} --> ... <!-- /tables:{name} --> markers")
+        readme = pattern.sub(lambda match, make=make: match.group(1) + make() + "\n" + match.group(2), readme)
+    return readme
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 when the README differs from the results")
+    args = parser.parse_args()
+    current = README.read_text(encoding="utf-8")
+    wanted = rendered(current)
+    if args.check:
+        if wanted != current:
+            sys.exit("README.md's tables differ from benchmarks/results/: run python benchmarks/tables.py")
+        return
+    README.write_text(wanted, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
