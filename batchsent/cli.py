@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import sys
+import threading
 import traceback as tb
 from pathlib import Path
 from typing import Annotated
@@ -414,4 +417,39 @@ app.add_typer(cache_app, name="cache")
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except SystemExit as finished:
+        _exit_without_teardown(finished.code)
+        raise
+
+
+def _exit_without_teardown(code: object) -> None:
+    """End the process as soon as the command is done, without Python's interpreter teardown.
+
+    By then every output is published and closed, and the atexit handlers still run (Ray's shutdown,
+    temporary folders, logging). What is skipped is freeing torch's and transformers' modules object by
+    object, about 1.2 s of every run on a 2-core EPYC (``make bench-startup``). A thread still at work
+    is waited for as usual: then this returns and the process exits the ordinary way.
+    """
+    if threading.active_count() > 1:
+        return
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # SystemExit("message"): Python prints the message and exits 1
+        print(code, file=sys.stderr)
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing left to say on it
+            pass
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
