@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from . import sqlite_db
 from .errors import BatchsentError, ExitCode, first_line
 
 SCHEMA_VERSION = 1
@@ -101,11 +102,7 @@ class ModelKey(NamedTuple):
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(
-        str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-    )
-    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    return connection
+    return sqlite_db.connect(path, BUSY_TIMEOUT_MS / 1000, any_thread=True)
 
 
 class PredictionCache:

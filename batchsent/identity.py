@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from . import sqlite_db
 from .storage import fingerprint, is_url, remote
 
 
@@ -140,12 +141,11 @@ def _digest_memo() -> Iterator[sqlite3.Connection | None]:
     path = digest_memo_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        connection = sqlite_db.connect(path, wal=True)
     except (OSError, sqlite3.Error):
         yield None
         return
     try:
-        connection.execute("PRAGMA journal_mode = WAL")
         connection.execute(
             "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER, "
             "size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT NOT NULL)"

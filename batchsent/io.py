@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .errors import ColumnNotFound, InputError, OutputError, first_line
-from .storage import check_readable, is_url, remote
+from .storage import check_readable, is_url, publish, remote
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
@@ -597,24 +597,6 @@ def first_invalid_utf8_line(path: Path | str) -> int:
                 return line + block[: error.start].count(b"\n")
             line += block.count(b"\n")
     return line
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish(temporary: Path, path: Path) -> None:
-    """Make a finished temporary file durable and rename it to ``path`` (atomic on one filesystem)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    _fsync(temporary)
-    os.replace(temporary, path)
-    _fsync(path.parent)
 
 
 def remove_stale_partials(path: Path) -> None:

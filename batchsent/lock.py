@@ -24,11 +24,24 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
 from .errors import OutputError, first_line
 from .storage import failure_reason, is_url, redact, remote
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Hold the flock of ``path`` (created when missing), waiting for another process that holds it: for
+    work a second run should wait for rather than refuse (a tuning; ``OutputLock`` refuses instead)."""
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def lock_path(output: Path) -> Path:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import uuid
 from collections import OrderedDict
@@ -43,7 +42,7 @@ import pyarrow.parquet as pq
 
 from .cache import DIGEST_BYTES, CacheError, ModelKey, PredictionCache, model_key
 from .errors import first_line
-from .storage import filesystem_of, is_url, redact, write_parquet_atomically
+from .storage import filesystem_of, is_url, redact, write_bytes_atomically, write_parquet_atomically
 
 FORMAT = "batchsent-shared-cache"
 FORMAT_VERSION = 1
@@ -207,19 +206,9 @@ class SharedCache:
             raise CacheError(f"{self.shown}/{relative}: damaged ({first_line(error)})") from None
 
     def _write_json(self, relative: str, value: dict[str, Any]) -> None:
-        from pyarrow import fs
 
-        path = f"{self.root}/{relative}"
-        data = json.dumps(value, sort_keys=True).encode("utf-8")
-        if isinstance(self.filesystem, fs.LocalFileSystem):  # an object store has no folders to create
-            self.filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            temporary = f"{path}.{uuid.uuid4().hex}.partial"
-            with open(temporary, "wb") as stream:
-                stream.write(data)
-            os.replace(temporary, path)
-            return
-        with self.filesystem.open_output_stream(path) as stream:
-            stream.write(data)
+        folder, _, name = f"{self.root}/{relative}".rpartition("/")
+        write_bytes_atomically(self.filesystem, folder, name, json.dumps(value, sort_keys=True).encode("utf-8"))
 
     def _listing(self, relative: str, recursive: bool = False) -> list[Any]:
         from pyarrow import fs

@@ -149,16 +149,37 @@ def filesystem_of(location: str) -> tuple[Any, str]:
     return fs.LocalFileSystem(), str(Path(location).expanduser().resolve())
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(temporary: Path, path: Path) -> None:
+    """Make a finished temporary file durable and rename it to ``path`` (atomic on one filesystem): the one
+    way every local file batchsent writes is published (io.atomic_file, the writers, the shared cache)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    _fsync(temporary)
+    os.replace(temporary, path)
+    _fsync(path.parent)
+
+
 def write_bytes_atomically(filesystem: Any, folder: str, name: str, data: bytes) -> None:
     """Write ``data`` as ``folder/name``, whole or not at all (as ``write_parquet_atomically``)."""
     from pyarrow import fs
 
     if isinstance(filesystem, fs.LocalFileSystem):
         filesystem.create_dir(folder, recursive=True)
-        temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.partial"
-        with filesystem.open_output_stream(temporary) as stream:
-            stream.write(data)
-        os.replace(temporary, f"{folder}/{name}")
+        temporary = Path(f"{folder}/.{name}.{uuid.uuid4().hex}.partial")
+        try:
+            temporary.write_bytes(data)
+            publish(temporary, Path(folder) / name)
+        finally:
+            temporary.unlink(missing_ok=True)
     else:
         with filesystem.open_output_stream(f"{folder}/{name}") as stream:
             stream.write(data)
@@ -172,9 +193,12 @@ def write_parquet_atomically(filesystem: Any, folder: str, name: str, table: Any
 
     if isinstance(filesystem, fs.LocalFileSystem):  # an object store has no folders to create
         filesystem.create_dir(folder, recursive=True)
-        temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.partial"
-        pq.write_table(table, temporary, filesystem=filesystem)
-        os.replace(temporary, f"{folder}/{name}")
+        temporary = Path(f"{folder}/.{name}.{uuid.uuid4().hex}.partial")
+        try:
+            pq.write_table(table, str(temporary), filesystem=filesystem)
+            publish(temporary, Path(folder) / name)
+        finally:
+            temporary.unlink(missing_ok=True)
     else:
         pq.write_table(table, f"{folder}/{name}", filesystem=filesystem)
 

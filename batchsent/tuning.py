@@ -16,7 +16,6 @@ machine do not time each other.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import hashlib
 import json
@@ -30,9 +29,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import sqlite_db
 from .cpu import INT8_DOT_FLAGS, CpuInfo, this_cpu
 from .errors import BatchsentError, InputError, UsageError, first_line
 from .identity import digest_memo_path, model_identity, package_version
+from .lock import waiting_lock
 from .options import ModelOptions
 from .tune_sample import SAMPLE_ROWS, builtin_sample
 
@@ -303,7 +304,7 @@ class TuningStore:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            connection = sqlite_db.connect(self.path)
             connection.execute("CREATE TABLE IF NOT EXISTS tunings (scope TEXT PRIMARY KEY, tuning TEXT NOT NULL)")
         except (OSError, sqlite3.Error) as error:
             raise UsageError(f"{self.path}: cannot open the tuning store ({first_line(error)})") from None
@@ -355,20 +356,16 @@ class TuningStore:
     def exclusive(self) -> Iterator[None]:
         """Held while a tuning runs: a second run on this machine waits, then finds the stored result."""
         lock = self.path.with_name("tuning.lock")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(lock, "a+")  # noqa: SIM115 - closed below
-        except OSError as error:
-            raise UsageError(
-                f"{lock}: cannot take the tuning lock ({first_line(error)}); set BATCHSENT_STATE_DIR to "
-                "a folder this user can write"
-            ) from None
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with contextlib.ExitStack() as held:
             try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                held.enter_context(waiting_lock(lock))
+            except OSError as error:
+                raise UsageError(
+                    f"{lock}: cannot take the tuning lock ({first_line(error)}); set BATCHSENT_STATE_DIR to "
+                    "a folder this user can write"
+                ) from None
+            yield
 
 
 def sample_texts(path: str | None, column: str = "text") -> tuple[list[str], str]:

@@ -37,7 +37,9 @@ def e2e_table() -> str:
         device = where["gpu"] or f"{where['cpu']}, {report['threads']} threads"
         contenders = list(report["results"][0]["seconds"])
         ours = [name for name in contenders if name.startswith("batchsent")]
-        header = ["model", "rows", *contenders] + [f"{name}: vs fastest pipeline / vs default" for name in ours]
+        header = ["model", "rows", *contenders] + [
+            f"{name}: vs fastest pipeline / vs default (labels as the default's)" for name in ours
+        ]
         lines = [
             f"**{device}** (`{path.relative_to(ROOT)}`; median of {report['repeats']} alternated whole-process runs, "
             f"min–max in brackets; torch {where['versions']['torch']}, transformers {where['versions']['transformers']}; "
@@ -53,7 +55,10 @@ def e2e_table() -> str:
                 cells.append(f"**{cell}**" if name == result["fastest_pipeline"] else cell)
             for name in ours:
                 ratios = result["ratios"][name]
-                cells.append(f"{ratios['vs_fastest_pipeline']:.2f}x / {ratios['vs_pipeline_default']:.2f}x")
+                agree = result["label_agreement_pct"][name]
+                cells.append(
+                    f"{ratios['vs_fastest_pipeline']:.2f}x / {ratios['vs_pipeline_default']:.2f}x ({agree:g}%)"
+                )
             lines.append("| " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     if not blocks:
@@ -61,7 +66,36 @@ def e2e_table() -> str:
     return "\n\n".join(blocks) + "\n\nBold: the fastest pipeline setting, which the first ratio is taken against."
 
 
-TABLES = {"e2e": e2e_table}
+def startup_table() -> str:
+    """Start-up per results file: whole processes (median, min–max) and the phases of one start-up."""
+    blocks = []
+    for path in sorted(RESULTS.glob("startup-*.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        where = report["machine"]
+        lines = [
+            f"**{where['cpu']}, {report['threads']} threads**, model `{report['model']}` "
+            f"(`{path.relative_to(ROOT)}`; median of {report['repeats']} alternated rounds, min–max in brackets; "
+            f"`{report['command']}`): batchsent's 10-row run takes {report['share_of_pipeline_pct']:g}% of the "
+            "pipeline script's time.",
+            "",
+            "| whole process | seconds | | phase of one start-up, in order | seconds |",
+            "| --- | ---: | --- | --- | ---: |",
+        ]
+        whole, phases = list(report["whole_processes"].items()), list(report["phases"].items())
+        for index in range(max(len(whole), len(phases))):
+            cells = []
+            for pairs in (whole, phases):
+                if index < len(pairs):
+                    name, figure = pairs[index]
+                    cells += [name, f"{figure['median']:.2f} ({figure['min']:.2f}–{figure['max']:.2f})"]
+                else:
+                    cells += ["", ""]
+            lines.append(f"| {cells[0]} | {cells[1]} | | {cells[2]} | {cells[3]} |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) or "No start-up results are committed yet: run `make bench-startup`."
+
+
+TABLES = {"e2e": e2e_table, "startup": startup_table}
 
 
 def rendered(readme: str) -> str:

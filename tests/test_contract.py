@@ -8,7 +8,6 @@ import csv
 import gzip
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from conftest import relabelled

@@ -46,6 +46,7 @@ def test_a_table_states_every_setting_and_ratios_against_the_fastest_pipeline(tm
                 },
                 "fastest_pipeline": "pipeline bs=32 sorted",
                 "ratios": {"batchsent float32": {"vs_fastest_pipeline": 2.0, "vs_pipeline_default": 2.5}},
+                "label_agreement_pct": {"batchsent float32": 99.75},
             }
         ],
     }
@@ -57,5 +58,5 @@ def test_a_table_states_every_setting_and_ratios_against_the_fastest_pipeline(tm
     row = next(line for line in table.splitlines() if line.startswith("| MiniLM"))
     assert row == (
         "| MiniLM-L6 SST-2 | 400 | 20.0 s (19.5–21.0) | 30.0 s (29.5–31.0) | **16.0 s (15.5–17.0)** "
-        "| 8.0 s (7.5–9.0) | 2.00x / 2.50x |"
+        "| 8.0 s (7.5–9.0) | 2.00x / 2.50x (99.75%) |"
     )
