@@ -441,15 +441,15 @@ def _exit_without_teardown(code: object) -> None:
     else:  # SystemExit("message"): Python prints the message and exits 1
         print(code, file=sys.stderr)
         status = 1
+    _flush_standard_streams()
+    atexit._run_exitfuncs()
+    _flush_standard_streams()  # what the atexit handlers printed
+    os._exit(status)
+
+
+def _flush_standard_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe or stream: nothing left to say on it
             pass
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(status)

@@ -17,6 +17,7 @@ composition, so its resume leaves them out (its rows agree within the stated tol
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .identity import hub_commit, model_identity
@@ -85,8 +86,6 @@ def model_reference_key(model_ref: str, revision: str | None) -> dict[str, Any]:
     """A model not loaded here (Ray's actors load it): a local folder by the content of its files, a Hub id by
     the commit its revision points at in this machine's cache (the revision as typed where there is no copy).
     What the actors effectively ran is compared from their own records (``ray_engine._record_actors``)."""
-    from pathlib import Path
-
     if Path(model_ref).expanduser().is_dir():
         return model_identity(model_ref, None)
     return {"hub_id": model_ref, "revision": hub_commit(model_ref, revision) or revision}

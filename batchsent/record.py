@@ -18,7 +18,7 @@ class RunRecord(TypedDict, total=False):
     load_seconds: float  # every engine: the models' load (Ray: the slowest actor's)
     resumed_from_rows: int  # every engine: rows an interrupted run had committed
     models: list[dict[str, Any]]  # every engine: per model its identity, labels in id2label order, device, dtype...
-    model: dict[str, Any]  # single-model runs: the model's identity (MODEL_FACTS are lifted from models[0])
+    model: dict[str, Any]  # single-model runs: models[0]'s identity, and the four keys below (lift_single_model)
     labels: list[str]
     device: str
     dtype: str

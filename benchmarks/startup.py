@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import pyarrow.csv as pacsv
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import e2e  # noqa: E402
 from corpus import FIXTURE_MODEL, review_mix  # noqa: E402
 from e2e import PIPELINE_JOB, machine  # noqa: E402
 
@@ -66,12 +66,7 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 def spread(runs: list[float]) -> dict:
-    return {
-        "median": round(statistics.median(runs), 3),
-        "min": round(min(runs), 3),
-        "max": round(max(runs), 3),
-        "runs": [round(r, 3) for r in runs],
-    }
+    return {**e2e.spread(runs), "runs": [round(r, 3) for r in runs]}
 
 
 def main() -> None:
