@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"  # before the imports below: submodules read it
 
-from .api import score_dataframe, score_file
-from .cache import CacheError
-from .errors import (
+from batchsent.api import score_dataframe, score_file
+from batchsent.cache.store import CacheError
+from batchsent.engine.runner import run
+from batchsent.engine.summary import ModelSummary, RunSummary
+from batchsent.errors import (
     BatchsentError,
     ColumnNotFound,
     ExitCode,
@@ -23,12 +25,10 @@ from .errors import (
     ScoringError,
     UsageError,
 )
-from .options import DEFAULT_MODEL, JobConfig, ModelOptions, ModelSpec
-from .runner import run
-from .summary import ModelSummary, RunSummary
+from batchsent.settings.options import DEFAULT_MODEL, JobConfig, ModelOptions, ModelSpec
 
 if TYPE_CHECKING:
-    from .model import Classifier
+    from batchsent.model.classifier import Classifier
 
 
 __all__ = [
@@ -58,7 +58,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "Classifier":
-        from .model import Classifier
+        from batchsent.model.classifier import Classifier
 
         return Classifier
     raise AttributeError(f"module 'batchsent' has no attribute {name!r}")

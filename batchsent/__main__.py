@@ -1,5 +1,5 @@
 """``python -m batchsent``: the same CLI as the ``batchsent`` command."""
 
-from .cli import main
+from batchsent.cli import main
 
 main()

@@ -6,17 +6,17 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ColumnNotFound, InputError
-from .job import Progress
-from .options import DEFAULT_MODEL, JobConfig
-from .postprocess import column_names, prediction_arrays
-from .runner import run
-from .summary import RunSummary
+from batchsent.engine.local.job import Progress
+from batchsent.engine.runner import run
+from batchsent.engine.summary import RunSummary
+from batchsent.errors import ColumnNotFound, InputError
+from batchsent.model.postprocess import column_names, prediction_arrays
+from batchsent.settings.options import DEFAULT_MODEL, JobConfig
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .model import Classifier
+    from batchsent.model.classifier import Classifier
 
 
 def score_file(
@@ -55,7 +55,7 @@ def score_dataframe(
         raise ColumnNotFound(f"no column {column!r}; the DataFrame has {', '.join(map(repr, df.columns))}")
     texts = [_text_or_none(value, column) for value in df[column].tolist()]
     if classifier is None:
-        from .model import Classifier
+        from batchsent.model.classifier import Classifier
 
         classifier = Classifier(model, **classifier_options)
     scores = classifier.predict(texts)

@@ -36,9 +36,9 @@ from corpus import FIXTURE_MODEL, review_mix, sst2_labelled
 
 import batchsent
 from batchsent import JobConfig, run
-from batchsent.batching import padded_tokens
-from batchsent.cpu import this_cpu
-from batchsent.model import Classifier
+from batchsent.model.batching import padded_tokens
+from batchsent.model.classifier import Classifier
+from batchsent.runtime.cpu import this_cpu
 
 # Switches that make an AVX-512 machine run torch's, oneDNN's, MKL's and fbgemm's AVX2 code
 # (`make bench-avx2`); recorded with every figure so an emulated run is never mistaken for one.
@@ -243,7 +243,7 @@ def why_not_runnable(options: dict) -> str | None:
     if options.get("quantize") == "int8" and options.get("backend") != "onnx" and cpu.int8_kernel is None:
         return "no int8 kernel faster than float32 on this CPU"
     if options.get("int8_kernel") == "fbgemm":
-        from batchsent.int8 import fbgemm_available
+        from batchsent.runtime.int8 import fbgemm_available
 
         return None if fbgemm_available() else "this torch has no fbgemm"
     return None
@@ -256,7 +256,7 @@ def variant_classifier(model_dir: str, threads: int, options: dict) -> Classifie
         return Classifier(model_dir, device="cpu", threads=threads, **options)
     classifier = Classifier(model_dir, device="cpu", threads=threads)
     if kernel is not None:
-        from batchsent.int8 import quantize_encoder_int8
+        from batchsent.runtime.int8 import quantize_encoder_int8
 
         quantize_encoder_int8(classifier.model, kernel)  # in place: the runner holds this model
         return classifier

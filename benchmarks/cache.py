@@ -40,7 +40,7 @@ MIB = 2**20
 
 def cpu_model() -> str:
     """The CPU's model and the flags that matter to batchsent, as `batchsent info` names them."""
-    from batchsent.cpu import this_cpu
+    from batchsent.runtime.cpu import this_cpu
 
     return this_cpu().describe()
 
@@ -168,7 +168,7 @@ def two_nights(root: Path, name: str, texts: list[str], model: str, threads: int
 
 def grow_cache(cache: Path, entries: int, labels: int = 2) -> float:
     """Add ``entries`` random digests under the cache's first model key, through PredictionCache.store."""
-    from batchsent.cache import PredictionCache
+    from batchsent.cache.store import PredictionCache
 
     store = PredictionCache(cache)
     run = store.start_run("bench")

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import RESULTS, distilbert_shaped
 from corpus import FIXTURE_MODEL, review_mix, sst2_labelled
 
-from batchsent.cpu import this_cpu
-from batchsent.model import Classifier
-from batchsent.tune_sample import builtin_sample
+from batchsent.model.classifier import Classifier
+from batchsent.runtime.cpu import this_cpu
+from batchsent.runtime.tune_sample import builtin_sample
 
 
 def planned_batches(classifier: Classifier, texts: list[str]) -> list[dict[str, np.ndarray]]:

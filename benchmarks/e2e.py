@@ -199,7 +199,7 @@ def machine(device: str) -> dict:
     import transformers
 
     import batchsent
-    from batchsent.cpu import this_cpu
+    from batchsent.runtime.cpu import this_cpu
 
     cpu = this_cpu()
     flags = sorted(flag for flag in cpu.flags if flag.startswith(("avx", "amx", "fma", "f16c")))

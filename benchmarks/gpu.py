@@ -39,8 +39,8 @@ from bench import distilbert_shaped
 from corpus import FIXTURE_MODEL, review_mix
 
 from batchsent import JobConfig, run
-from batchsent.device import CUDA_LIMITS
-from batchsent.model import Classifier
+from batchsent.model.classifier import Classifier
+from batchsent.runtime.device import CUDA_LIMITS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PIPELINE_SETTINGS = ((1, False), (32, False), (32, True))  # (batch_size, length-sorted): default, batched, careful

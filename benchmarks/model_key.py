@@ -22,7 +22,7 @@ from bench import distilbert_shaped
 
 
 def _timed(folder: Path) -> float:
-    from batchsent.identity import model_identity
+    from batchsent.state.identity import model_identity
 
     started = time.perf_counter()
     model_identity(str(folder), None)
@@ -38,7 +38,7 @@ def main() -> None:
         folder = distilbert_shaped(Path(root) / "distilbert")
         weights = folder / "model.safetensors"
         size = sum(f.stat().st_size for f in folder.iterdir())
-        from batchsent.cpu import this_cpu
+        from batchsent.runtime.cpu import this_cpu
 
         print(
             f"CPU: {this_cpu().describe()}; folder {size / 1e6:,.0f} MB (in the page cache: hashing, not disk reads)",

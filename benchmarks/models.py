@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS / "models.json")
     args = parser.parse_args()
-    from batchsent.cpu import this_cpu
+    from batchsent.runtime.cpu import this_cpu
 
     where = this_cpu().describe()
     if args.device.startswith("cuda"):

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import RESULTS, distilbert_shaped
 from corpus import FIXTURE_MODEL, sst2_phrases
 
-from batchsent.cpu import this_cpu
+from batchsent.runtime.cpu import this_cpu
 
 
 def write_files(folder: Path, rows: int, files: int) -> None:
@@ -130,7 +130,7 @@ def merge_rate(root: Path, rows: int = 1_000_000, per_part: int = 4096) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from batchsent import ray_io
+    from batchsent.engine.ray import dataset as ray_dataset
 
     phrases = sst2_phrases()
     folder = root / "parts" / "000000"
@@ -145,10 +145,10 @@ def merge_rate(root: Path, rows: int = 1_000_000, per_part: int = 4096) -> dict:
                     "text": [phrases[n % len(phrases)] for n in numbers],
                     "sentiment_label": ["POSITIVE"] * count,
                     "sentiment_score": pa.array(np.full(count, 0.9, np.float32)),
-                    ray_io.FILE: pa.array(np.zeros(count, np.int32)),
-                    ray_io.ROW: pa.array(numbers),
-                    ray_io.ROW_ID: pa.array(numbers),
-                    ray_io.truncated_column(0): pa.array(np.zeros(count, bool)),
+                    ray_dataset.FILE: pa.array(np.zeros(count, np.int32)),
+                    ray_dataset.ROW: pa.array(numbers),
+                    ray_dataset.ROW_ID: pa.array(numbers),
+                    ray_dataset.truncated_column(0): pa.array(np.zeros(count, bool)),
                 }
             ),
             folder / f"{first:012d}.parquet",
@@ -156,7 +156,7 @@ def merge_rate(root: Path, rows: int = 1_000_000, per_part: int = 4096) -> dict:
     schema = pa.schema([("id", pa.string()), ("text", pa.string())])
     added = [pa.field("sentiment_label", pa.string()), pa.field("sentiment_score", pa.float32())]
     started = time.perf_counter()
-    ray_io.merge_parts(
+    ray_dataset.merge_parts(
         str(root / "parts"),
         0,
         "bench",
@@ -165,7 +165,7 @@ def merge_rate(root: Path, rows: int = 1_000_000, per_part: int = 4096) -> dict:
         ["sentiment_label"],
         root / "merged.csv",
         rows,
-        ray_io.MergeCounts(),
+        ray_dataset.MergeCounts(),
     )
     seconds = time.perf_counter() - started
     size = (root / "merged.csv").stat().st_size

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench import RESULTS
 
-from batchsent.cache import digest
-from batchsent.cpu import this_cpu
-from batchsent.shared_cache import SharedCache, entries_table
+from batchsent.cache.shared import SharedCache, entries_table
+from batchsent.cache.store import digest
+from batchsent.runtime.cpu import this_cpu
 
 BLOCK = 4096
 DESCRIPTION = {"model": {"hub_id": "bench"}, "dtype": "float32"}

@@ -47,7 +47,7 @@ import batchsent.cli; lap("import batchsent (cli)")
 from transformers import AutoConfig, AutoTokenizer; lap("import the tokenizer classes")
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING as mapping
 mapping[type(AutoConfig.from_pretrained(sys.argv[1]))]; lap("import the model's modeling code")
-from batchsent.model import Classifier
+from batchsent.model.classifier import Classifier
 classifier = Classifier(sys.argv[1], device="cpu"); lap("Classifier: tokenizer, config, weights")
 classifier.predict(["a first batch of one short review"]); lap("first batch (kernels, allocator)")
 classifier.predict(["the second batch, warm"]); lap("second batch")

@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import RESULTS, distilbert_shaped
 from corpus import FIXTURE_MODEL
 
-from batchsent.cpu import this_cpu
-from batchsent.options import ModelOptions
-from batchsent.tune_sample import builtin_sample
-from batchsent.tuning import BUILTIN_SAMPLE, run_tuning
+from batchsent.model.classifier import Classifier
+from batchsent.runtime.cpu import this_cpu
+from batchsent.runtime.tune_sample import builtin_sample
+from batchsent.runtime.tuning import BUILTIN_SAMPLE, run_tuning
+from batchsent.settings.options import ModelOptions
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
             models["minilm"] = str(FIXTURE_MODEL)
         for name, directory in models.items():
             options = ModelOptions(model=directory, device="cpu", threads=args.threads)
-            tuning = run_tuning(options, builtin_sample(), BUILTIN_SAMPLE, args.time_cap)
+            tuning = run_tuning(options, builtin_sample(), BUILTIN_SAMPLE, args.time_cap, Classifier)
             print(f"\n== {name}: --precision fast runs {tuning.chosen.variant} [CPU: {report['cpu']}]")
             print("\n".join(tuning.table()), flush=True)
             report["models"].append(

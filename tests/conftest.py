@@ -142,7 +142,7 @@ def relabelled(model: Path, directory: Path, labels: list[str]) -> Path:
 
 def fail_third_chunk(monkeypatch: pytest.MonkeyPatch, message: str) -> None:
     """Make Classifier.run raise RuntimeError(message) on its third chunk (two get committed)."""
-    from batchsent.model import Classifier
+    from batchsent.model.classifier import Classifier
 
     original, calls = Classifier.run, {"n": 0}
 
@@ -176,7 +176,7 @@ def binary_model(tiny_models: dict[str, Path]) -> Path:
 
 @pytest.fixture(scope="session")
 def binary_classifier(binary_model: Path):
-    from batchsent.model import Classifier
+    from batchsent.model.classifier import Classifier
 
     return Classifier(str(binary_model), device="cpu")
 

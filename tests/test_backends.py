@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import build_tiny_model, varied_texts
 
-from batchsent import backends
-from batchsent.cpu import CpuInfo, this_cpu
 from batchsent.errors import UsageError
-from batchsent.model import Classifier
+from batchsent.model.classifier import Classifier
+from batchsent.runtime import backends
+from batchsent.runtime.cpu import CpuInfo, this_cpu
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +98,7 @@ def test_onnx_without_onnxruntime_says_what_to_install(monkeypatch):
 
 
 def test_bf16_is_refused_where_the_cpu_lacks_it(binary_model, monkeypatch):
-    import batchsent.device as device
+    import batchsent.runtime.device as device
 
     monkeypatch.setattr(device, "this_cpu", lambda: CpuInfo("AVX2 EPYC", "x86_64", frozenset({"avx2"})))
     with pytest.raises(UsageError, match=r"this CPU \(AVX2 EPYC\) has no native bfloat16"):
@@ -118,7 +118,7 @@ def test_auto_device_is_where_the_backend_can_run(monkeypatch):
     import onnxruntime
     import torch
 
-    from batchsent.device import resolve_device
+    from batchsent.runtime.device import resolve_device
 
     def auto_device(backend, quantize):  # as the Classifier resolves --device auto
         usable = backends.device_refusal(backend, quantize, "cuda") is None

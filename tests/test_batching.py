@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchsent.batching import padded_tokens, plan_batches
+from batchsent.model.batching import padded_tokens, plan_batches
 
 lengths_strategy = st.lists(st.integers(min_value=1, max_value=600), max_size=300)
 

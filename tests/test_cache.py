@@ -22,12 +22,12 @@ from conftest import build_tiny_model, varied_texts
 from typer.testing import CliRunner
 
 from batchsent import score_file
-from batchsent.cache import SCHEMA_VERSION, PredictionCache, digest
-from batchsent.checkpoint import Checkpoint
+from batchsent.cache.store import SCHEMA_VERSION, PredictionCache, digest
 from batchsent.cli import app
 from batchsent.errors import UsageError
-from batchsent.model import Classifier
-from batchsent.options import JobConfig
+from batchsent.model.classifier import Classifier
+from batchsent.settings.options import JobConfig
+from batchsent.state.checkpoint import Checkpoint
 
 runner = CliRunner()
 TOLERANCE = 2e-6  # a float32 probability moves in its last bits with its batch companions
@@ -529,7 +529,7 @@ def test_cache_stats_and_prune(cached_run, tmp_path, binary_model):
 
 
 def test_cache_in_a_job_file_and_an_object_prefix_only_for_ray(tmp_path, binary_model):
-    from batchsent.config import build_config
+    from batchsent.settings.jobfile import build_config
 
     job = tmp_path / "nightly.toml"
     job.write_text('input = "in.csv"\ncache = "state/cache.sqlite"\n')
@@ -540,7 +540,7 @@ def test_cache_in_a_job_file_and_an_object_prefix_only_for_ray(tmp_path, binary_
 
 
 def test_a_night_whose_rows_are_all_cached_never_loads_the_model(tmp_path, binary_model, monkeypatch):
-    from batchsent.model import Pretrained
+    from batchsent.model.loading import Pretrained
 
     texts = corpus_texts(120, seed=21)
     source = write_input(tmp_path / "in.csv", texts)

@@ -105,7 +105,7 @@ def test_config_file_and_flags_and_environment(reviews, binary_model, tmp_path):
 
 
 def test_shipped_nightly_config_parses():
-    from batchsent.config import read_job_file
+    from batchsent.settings.jobfile import read_job_file
 
     options = read_job_file(Path(__file__).resolve().parents[1] / "configs" / "nightly.toml")
     assert options["column"] == "text" and options["input"].name.endswith(".csv")
@@ -236,7 +236,7 @@ def test_a_failure_while_running_leaves_no_output(reviews, binary_model, monkeyp
 
 
 def test_interrupt_exits_130_and_leaves_no_output(reviews, binary_model, monkeypatch):
-    from batchsent.model import Classifier
+    from batchsent.model.classifier import Classifier
 
     def interrupted(self, chunk, stop=None, on_batch=None):
         raise KeyboardInterrupt

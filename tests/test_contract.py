@@ -76,7 +76,7 @@ def test_the_report_of_a_folder_run_counts_nested_and_compressed_outputs(engine,
     assert result.exit_code == 0, result.output
     assert (output / "a.csv").is_file() and (output / "sub" / "b.csv.gz").is_file()
     assert report.is_file()
-    from batchsent.report import ReportOptions, collect
+    from batchsent.report.stats import ReportOptions, collect
 
     assert collect(output, ReportOptions()).rows == 8  # what the report reads: every output file's rows
 

@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from batchsent.cli import app
-from batchsent.cpu import CpuInfo, read_cpuinfo, this_cpu
 from batchsent.errors import UsageError
-from batchsent.precision import EXACT, FAST, check_precision_options, resolve_precision
+from batchsent.runtime.cpu import CpuInfo, read_cpuinfo, this_cpu
+from batchsent.runtime.precision import EXACT, FAST, check_precision_options, resolve_precision
 
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -86,7 +86,7 @@ def test_bad_precision_is_one_line_before_the_model_loads(tmp_path, args):
 
 
 def test_the_cpu_refusing_int8_is_one_line_exit_2_before_loading(tmp_path, monkeypatch):
-    import batchsent.backends as backends
+    import batchsent.runtime.backends as backends
 
     monkeypatch.setattr(backends, "this_cpu", lambda: CpuInfo("Old Xeon", "x86_64", frozenset({"avx"})))
     source = tmp_path / "in.csv"
@@ -103,7 +103,7 @@ def test_the_cpu_refusing_int8_is_one_line_exit_2_before_loading(tmp_path, monke
 def test_fast_precision_runs_and_is_reported(binary_model):
     from conftest import varied_texts
 
-    from batchsent.model import Classifier
+    from batchsent.model.classifier import Classifier
 
     texts = varied_texts(20, seed=4)
     exact = Classifier(str(binary_model), device="cpu", precision="exact")
@@ -124,7 +124,7 @@ def test_info_names_the_cpu_and_what_runs_here():
 
 
 def test_the_flags_can_be_replaced_to_act_as_another_cpu_class(monkeypatch):
-    from batchsent import cpu
+    from batchsent.runtime import cpu
 
     if not this_cpu().is_x86:
         pytest.skip(f"the pretended flags are x86 flags; this is {this_cpu().machine}")

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from batchsent.device import CPU_LIMITS, CUDA_LIMITS, batch_limits, check_device_name, resolve_device, resolve_dtype
 from batchsent.errors import UsageError
+from batchsent.runtime.device import (
+    CPU_LIMITS,
+    CUDA_LIMITS,
+    batch_limits,
+    check_device_name,
+    resolve_device,
+    resolve_dtype,
+)
 
 
 @pytest.mark.parametrize(
@@ -60,8 +67,8 @@ def test_bfloat16_on_cpu_runs_and_agrees_roughly(binary_model):
     import numpy as np
     from conftest import varied_texts
 
-    from batchsent.cpu import this_cpu
-    from batchsent.model import Classifier
+    from batchsent.model.classifier import Classifier
+    from batchsent.runtime.cpu import this_cpu
 
     if not this_cpu().native_bf16:
         pytest.skip(f"this CPU has no native bfloat16 (its refusal: test_backends.py): {this_cpu().describe()}")

@@ -14,7 +14,7 @@ from conftest import varied_texts
 from families import FAMILIES, LABELS, build_family_model
 
 from batchsent.errors import ModelLoadError
-from batchsent.model import Classifier
+from batchsent.model.classifier import Classifier
 
 TEXTS = [
     *varied_texts(30, seed=3, longest_words=150),
@@ -63,7 +63,7 @@ def test_the_default_path_matches_the_pipeline(families, family, batch_size, tok
 @pytest.mark.parametrize("family", FAMILIES)
 def test_onnx_matches_the_pipeline_or_is_refused_uncached(families, family, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
-    from batchsent import backends
+    from batchsent.runtime import backends
 
     monkeypatch.setenv("BATCHSENT_ONNX_CACHE", str(tmp_path / "onnx"))
     folder, reference = families[family]
@@ -84,7 +84,7 @@ def test_int8_quantizes_what_it_says(families, family):
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    from batchsent.cpu import this_cpu
+    from batchsent.runtime.cpu import this_cpu
 
     if this_cpu().int8_kernel is None:
         pytest.skip(f"this CPU has no int8 kernel batchsent uses: {this_cpu().describe()}")
@@ -123,7 +123,7 @@ def test_onnx_without_the_onnx_package_is_refused_before_loading(monkeypatch):
     import importlib.util
 
     from batchsent.errors import UsageError
-    from batchsent.options import ModelOptions
+    from batchsent.settings.options import ModelOptions
 
     pytest.importorskip("onnxruntime")
     real = importlib.util.find_spec

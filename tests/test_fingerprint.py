@@ -1,11 +1,11 @@
-"""One fingerprint of what a run's results depend on (batchsent.fingerprint), used by both engines."""
+"""One fingerprint of what a run's results depend on (batchsent.engine.fingerprint), used by both engines."""
 
 from __future__ import annotations
 
 from dataclasses import fields
 
-from batchsent import fingerprint
-from batchsent.options import JobConfig
+from batchsent.engine import fingerprint
+from batchsent.settings.options import JobConfig
 
 
 def test_every_option_is_classified_once():

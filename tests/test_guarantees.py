@@ -15,10 +15,10 @@ import pytest
 from conftest import build_tiny_model, fail_third_chunk, write_corpus
 from typer.testing import CliRunner
 
-from batchsent.cache import PredictionCache
-from batchsent.checkpoint import Checkpoint
+from batchsent.cache.store import PredictionCache
 from batchsent.cli import app
-from batchsent.model import Classifier
+from batchsent.model.classifier import Classifier
+from batchsent.state.checkpoint import Checkpoint
 
 runner = CliRunner()
 
@@ -278,7 +278,7 @@ def test_resume_refuses_weights_replaced_with_the_same_size_and_mtime(tmp_path, 
 
 
 def test_a_folder_is_hashed_once_per_content(tmp_path, binary_model):
-    from batchsent.identity import digest_memo_path, model_identity
+    from batchsent.state.identity import digest_memo_path, model_identity
 
     model = tmp_path / "model"
     shutil.copytree(binary_model, model)

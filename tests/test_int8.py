@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import varied_texts
 
-from batchsent import int8
-from batchsent.cpu import CpuInfo, this_cpu
 from batchsent.errors import UsageError
-from batchsent.model import Classifier
+from batchsent.model.classifier import Classifier
+from batchsent.runtime import int8
+from batchsent.runtime.cpu import CpuInfo, this_cpu
 
 needs_fbgemm = pytest.mark.skipif(not int8.fbgemm_available(), reason="this torch has no fbgemm engine (non-x86 build)")
 needs_int_mm = pytest.mark.skipif(
@@ -99,7 +99,7 @@ def test_the_kernel_follows_the_cpu_flags(machine, flags, kernel):
 
 
 def test_int8_is_refused_in_one_line_where_it_would_be_slower(monkeypatch):
-    import batchsent.backends as backends
+    import batchsent.runtime.backends as backends
 
     monkeypatch.setattr(backends, "this_cpu", lambda: CpuInfo("Old Xeon", "x86_64", frozenset({"avx", "sse4_2"})))
     with pytest.raises(UsageError, match=r"slower than float32 on this CPU \(Old Xeon\): it needs AVX2 \(x86\)"):
@@ -110,7 +110,7 @@ def test_int8_is_refused_in_one_line_where_it_would_be_slower(monkeypatch):
 
 
 def test_int8_is_refused_where_torch_lacks_the_kernel(monkeypatch):
-    import batchsent.backends as backends
+    import batchsent.runtime.backends as backends
 
     vnni = CpuInfo("EPYC", "x86_64", frozenset({"avx2", "avx512_vnni"}))
     monkeypatch.setattr(int8, "int8_matmul_available", lambda: False)

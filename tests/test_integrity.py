@@ -14,10 +14,10 @@ from conftest import build_tiny_model, fail_third_chunk, write_corpus
 from test_guarantees import one_error_line, score
 from typer.testing import CliRunner
 
-from batchsent.cache import PredictionCache
-from batchsent.checkpoint import Checkpoint
+from batchsent.cache.store import PredictionCache
 from batchsent.cli import app
-from batchsent.options import usable_cpus
+from batchsent.settings.options import usable_cpus
+from batchsent.state.checkpoint import Checkpoint
 
 ENGINES = ["local", "ray"]
 
@@ -119,7 +119,7 @@ def test_a_hub_model_is_keyed_by_the_commit_it_loaded_and_resume_refuses_another
 
 
 def test_weights_replaced_while_a_cached_run_loads_them_are_refused_and_not_cached(tmp_path, binary_model, monkeypatch):
-    from batchsent.model import Pretrained
+    from batchsent.model.loading import Pretrained
 
     model = tmp_path / "model"
     shutil.copytree(binary_model, model)
@@ -192,7 +192,7 @@ def test_an_unsupported_url_is_one_line_that_never_shows_its_credentials(
 
 
 def test_a_secret_holding_at_signs_is_redacted_whole():
-    from batchsent.storage import redact
+    from batchsent.data.storage import redact
 
     assert redact("error: s3://AK:SEC@RETX@bkt/x.csv failed") == "error: s3://***@bkt/x.csv failed"
     assert redact("https:/user:pw@host/x (a URL through a path)") == "https:/***@host/x (a URL through a path)"
@@ -252,13 +252,13 @@ def s3_lease(s3_env, monkeypatch):
     env, client = s3_env
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr("batchsent.lock.SETTLE_SECONDS", 0.2)
+    monkeypatch.setattr("batchsent.state.lock.SETTLE_SECONDS", 0.2)
     return client
 
 
 def test_a_live_lease_refuses_a_second_writer_and_is_gone_after_the_first(s3_lease):
     from batchsent.errors import OutputError
-    from batchsent.lock import ObjectLease
+    from batchsent.state.lock import ObjectLease
 
     with ObjectLease("s3://nightly/out"):
         assert s3_lease.get_object(Bucket="nightly", Key=".out.batchsent-lease.json")["Body"].read()
@@ -274,7 +274,7 @@ def test_a_lease_left_by_a_dead_run_on_this_host_is_taken_over_at_once(s3_lease)
     import subprocess
     import sys
 
-    from batchsent.lock import ObjectLease
+    from batchsent.state.lock import ObjectLease
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
@@ -294,9 +294,9 @@ def test_a_lease_taken_over_stops_the_publish(s3_lease, monkeypatch):
     import time
 
     from batchsent.errors import OutputError
-    from batchsent.lock import ObjectLease
+    from batchsent.state.lock import ObjectLease
 
-    monkeypatch.setattr("batchsent.lock.RENEW_SECONDS", 0.1)
+    monkeypatch.setattr("batchsent.state.lock.RENEW_SECONDS", 0.1)
     with ObjectLease("s3://nightly/out") as held:
         s3_lease.put_object(Bucket="nightly", Key=".out.batchsent-lease.json", Body=b'{"token": "another run"}')
         time.sleep(0.5)
@@ -309,26 +309,26 @@ def test_a_merge_short_of_the_inputs_rows_publishes_nothing(tmp_path):
     import pyarrow as pa
     from pyarrow import fs
 
-    from batchsent import ray_io
+    from batchsent.data.storage import write_parquet_atomically
+    from batchsent.engine.ray import dataset as ray_dataset
     from batchsent.errors import ScoringError
-    from batchsent.storage import write_parquet_atomically
 
     part = pa.table(
         {
             "text": ["a", "b"],
             "s_label": ["X", "Y"],
             "s_score": pa.array([0.5, 0.6], pa.float32()),
-            ray_io.FILE: pa.array(np.zeros(2, np.int32)),
-            ray_io.ROW: pa.array(np.arange(2)),
-            ray_io.truncated_column(0): pa.array([False, False]),
+            ray_dataset.FILE: pa.array(np.zeros(2, np.int32)),
+            ray_dataset.ROW: pa.array(np.arange(2)),
+            ray_dataset.truncated_column(0): pa.array([False, False]),
         }
     )
     write_parquet_atomically(fs.LocalFileSystem(), str(tmp_path / "parts" / "000000"), "000000000000.parquet", part)
     schema = pa.schema([("text", pa.string())])
-    added = ray_io.added_fields(str(tmp_path / "parts"), 1, [schema])
+    added = ray_dataset.added_fields(str(tmp_path / "parts"), 1, [schema])
     assert [field.name for field in added] == ["s_label", "s_score"]
     with pytest.raises(ScoringError, match="hold 2 of its 3 rows"):
-        ray_io.merge_parts(
+        ray_dataset.merge_parts(
             str(tmp_path / "parts"),
             0,
             "in.csv",
@@ -337,10 +337,10 @@ def test_a_merge_short_of_the_inputs_rows_publishes_nothing(tmp_path):
             ["s_label"],
             tmp_path / "out.csv",
             3,
-            ray_io.MergeCounts(),
+            ray_dataset.MergeCounts(),
         )
     assert not (tmp_path / "out.csv").exists()
-    ray_io.merge_parts(
+    ray_dataset.merge_parts(
         str(tmp_path / "parts"),
         1,
         "empty.csv",
@@ -349,19 +349,20 @@ def test_a_merge_short_of_the_inputs_rows_publishes_nothing(tmp_path):
         ["s_label"],
         tmp_path / "empty.csv",
         0,
-        ray_io.MergeCounts(),
+        ray_dataset.MergeCounts(),
     )  # a file with no rows gets the prediction columns all the same
     assert (tmp_path / "empty.csv").read_text() == '"text","s_label","s_score"\n'
 
 
 def test_a_prefix_is_published_with_success_last_and_a_cut_publish_leaves_none(s3_lease, tmp_path, monkeypatch):
-    from batchsent import ray_engine
+    from batchsent.engine.ray import driver as ray_engine
+    from batchsent.settings import naming
 
     client = s3_lease
     for key in ("scored/a.csv", "scored/old-only.csv", "scored/_SUCCESS"):  # an older output under the prefix
         client.put_object(Bucket="nightly", Key=key, Body=b"old")
-    staging = ray_engine.staging_folder("s3://nightly/scored")
-    assert staging == ray_engine.staging_folder("s3://nightly/scored")  # one name per output: the next run clears it
+    staging = naming.staging_folder("s3://nightly/scored")
+    assert staging == naming.staging_folder("s3://nightly/scored")  # one name per output: the next run clears it
     (staging / "sub").mkdir(parents=True)
     for name in ("a.csv", "sub/b.csv"):
         (staging / name).write_text(f"new {name}\n")
@@ -442,7 +443,7 @@ def test_a_csv_cell_longer_than_the_parsing_block_is_read_whole(tmp_path, binary
 def test_a_huge_cell_is_cut_before_tokenizing_and_scores_as_the_whole_text(binary_classifier):
     import numpy as np
 
-    from batchsent.model import CUT_CHARS_PER_TOKEN
+    from batchsent.model.encoding import CUT_CHARS_PER_TOKEN
 
     limit = binary_classifier.max_length * CUT_CHARS_PER_TOKEN
     texts = [
@@ -480,7 +481,7 @@ def test_a_parquet_column_a_csv_cannot_hold_is_refused_before_the_model_loads(tm
 def test_fast_reads_a_current_tuning_without_its_lock_and_refuses_a_damaged_store_before_measuring(
     tmp_path, binary_model, monkeypatch
 ):
-    from batchsent.tuning import TuningStore
+    from batchsent.runtime.tuning import TuningStore
 
     monkeypatch.setenv("BATCHSENT_STATE_DIR", str(tmp_path / "state"))
     source = write_corpus(tmp_path / "in.csv", 5, seed=1, longest_words=5)
@@ -580,7 +581,7 @@ def test_a_folder_runs_report_counts_its_nested_and_compressed_outputs(tmp_path,
     report = tmp_path / "r.html"
     result = score(folder, "-o", tmp_path / "out", "--model", binary_model, "--report", report)
     assert result.exit_code == 0 and "18 rows" in result.output, result.output
-    from batchsent.report import ReportOptions, collect
+    from batchsent.report.stats import ReportOptions, collect
 
     assert collect(tmp_path / "out", ReportOptions()).rows == 18  # the report's rows: every output file's
 
@@ -588,9 +589,9 @@ def test_a_folder_runs_report_counts_its_nested_and_compressed_outputs(tmp_path,
 def test_an_output_two_variants_scored_is_refused(tmp_path):
     import json as json_module
 
+    from batchsent.engine.ray.driver import _Progress, _record_actors
     from batchsent.errors import ScoringError
-    from batchsent.options import JobConfig
-    from batchsent.ray_engine import _Progress, _record_actors
+    from batchsent.settings.options import JobConfig
 
     progress = _Progress(tmp_path / "out")
     (tmp_path / ".out.batchsent-ray" / "actors").mkdir(parents=True)

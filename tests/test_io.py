@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchsent import io
+from batchsent.data import readers, writers
 from batchsent.errors import ColumnNotFound, InputError, OutputError
 
 cell_text = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
@@ -30,8 +30,8 @@ def read_csv_rows(path: Path) -> list[list[str]]:
 
 
 def copy_through(source: Path, target: Path, chunk_rows: int = 3) -> None:
-    reader = io.open_reader(source)
-    writer = io.AtomicWriter(target, reader.schema)
+    reader = readers.open_reader(source)
+    writer = writers.AtomicWriter(target, reader.schema)
     for batch in reader.batches(chunk_rows):
         writer.write(batch)
     writer.commit()
@@ -52,7 +52,7 @@ def test_tricky_cells_stay_the_same_text(tmp_path):
     rows = [["007", "a, b", ""], ["5.70306E+17", 'say "hi"', "NaN"], ["NULL", "line\nbreak\r\nmore", " "]]
     source, target = tmp_path / "in.csv", tmp_path / "out.csv"
     write_csv_rows(source, ["id", "text", "note"], rows)
-    reader = io.open_reader(source)
+    reader = readers.open_reader(source)
     assert all(f.type == pa.string() for f in reader.schema)
     reader.close()
     copy_through(source, target)
@@ -90,7 +90,7 @@ def test_parquet_keeps_types_values_and_metadata(tmp_path):
 
 def test_rechunk_cuts_exact_sizes():
     batches = [pa.record_batch({"x": list(range(n))}) for n in (5, 0, 2, 7)]
-    sizes = [b.num_rows for b in io.rechunk(iter(batches), 4)]
+    sizes = [b.num_rows for b in readers.rechunk(iter(batches), 4)]
     assert sizes == [4, 4, 4, 2]
 
 
@@ -106,7 +106,7 @@ def test_bad_csv_is_one_clear_error_naming_the_file(tmp_path, content, message):
     path = tmp_path / "bad.csv"
     path.write_bytes(content)
     with pytest.raises(InputError, match=message) as raised:
-        reader = io.open_reader(path)
+        reader = readers.open_reader(path)
         list(reader.batches(100))
     assert str(path) in str(raised.value)
 
@@ -115,33 +115,33 @@ def test_utf8_error_line_is_found_deep_in_a_file(tmp_path):
     path = tmp_path / "deep.csv"
     path.write_bytes(b"id,text\n" + b"1,fine\n" * 300_000 + b"2,caf\xe9\n")
     with pytest.raises(InputError, match="line 300002:"):
-        list(io.open_reader(path).batches(4096))
+        list(readers.open_reader(path).batches(4096))
 
 
 def test_missing_column_lists_the_columns(tmp_path):
     path = tmp_path / "in.csv"
     write_csv_rows(path, ["id", "review"], [["1", "x"]])
     with pytest.raises(ColumnNotFound, match="no column 'text'; the file has 'id', 'review'"):
-        io.open_reader(path).text_column("text")
+        readers.open_reader(path).text_column("text")
 
 
 def test_non_text_parquet_column_is_refused(tmp_path):
     path = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": [1, 2]}), path)
     with pytest.raises(InputError, match="holds int64, not text"):
-        io.open_reader(path).text_column("text")
+        readers.open_reader(path).text_column("text")
 
 
 def test_corrupt_parquet_names_the_file(tmp_path):
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(InputError, match=r"broken\.parquet: not a readable Parquet file"):
-        io.open_reader(path)
+        readers.open_reader(path)
 
 
 def test_abort_leaves_nothing_behind(tmp_path):
     target = tmp_path / "out.csv"
-    writer = io.AtomicWriter(target, pa.schema([("x", pa.string())]))
+    writer = writers.AtomicWriter(target, pa.schema([("x", pa.string())]))
     writer.write(pa.record_batch({"x": ["a"]}))
     writer.abort()
     assert list(tmp_path.iterdir()) == []
@@ -149,7 +149,7 @@ def test_abort_leaves_nothing_behind(tmp_path):
 
 def test_commit_renames_into_place_with_normal_permissions(tmp_path):
     target = tmp_path / "out.parquet"
-    writer = io.AtomicWriter(target, pa.schema([("x", pa.string())]))
+    writer = writers.AtomicWriter(target, pa.schema([("x", pa.string())]))
     assert not target.exists() and writer.temporary.exists()
     writer.write(pa.record_batch({"x": ["a"]}))
     writer.commit()
@@ -160,11 +160,11 @@ def test_commit_renames_into_place_with_normal_permissions(tmp_path):
 def test_bom_is_not_part_of_the_header(tmp_path):
     path = tmp_path / "bom.csv"
     path.write_bytes("\ufefftext,id\nhello,1\n".encode())
-    assert io.open_reader(path).schema.names == ["text", "id"]
+    assert readers.open_reader(path).schema.names == ["text", "id"]
 
 
 def test_single_column_csv_keeps_empty_lines_as_empty_cells(tmp_path):
     path = tmp_path / "one.csv"
     path.write_text("text\nfirst\n\nthird\n")
-    rows = [r for b in io.open_reader(path).batches(10) for r in b.column(0).to_pylist()]
+    rows = [r for b in readers.open_reader(path).batches(10) for r in b.column(0).to_pylist()]
     assert rows == ["first", "", "third"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import varied_texts
 
-from batchsent.batching import padded_tokens, plan_batches
-from batchsent.job import _prefetched
-from batchsent.model import Classifier
+from batchsent.engine.local.job import _prefetched
+from batchsent.model.batching import padded_tokens, plan_batches
+from batchsent.model.classifier import Classifier
 
 
 def test_prefetch_keeps_order():
@@ -96,7 +96,7 @@ def test_the_model_runs_exactly_the_planned_batches(binary_model, budget, rows):
 
 
 def test_defaults_come_from_the_device(binary_model):
-    from batchsent.device import CPU_LIMITS
+    from batchsent.runtime.device import CPU_LIMITS
 
     classifier = Classifier(str(binary_model), device="cpu")
     assert (classifier.batch_size, classifier.token_budget) == (CPU_LIMITS.rows, CPU_LIMITS.tokens)
@@ -108,7 +108,7 @@ def test_a_job_hands_the_classifier_exactly_its_model_options(binary_model):
     from dataclasses import fields
     from pathlib import Path
 
-    from batchsent.options import JobConfig, ModelOptions
+    from batchsent.settings.options import JobConfig, ModelOptions
 
     job = JobConfig(input=Path("x.csv"), model=str(binary_model), device="cpu", max_length=64, prefix="p_")
     assert job.model_options() == ModelOptions(model=str(binary_model), device="cpu", max_length=64)

@@ -13,10 +13,10 @@ from conftest import SHARED_MODEL, WORDS, varied_texts
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchsent.batching import window_spans
 from batchsent.errors import UsageError
-from batchsent.model import Classifier
-from batchsent.postprocess import aggregate_windows
+from batchsent.model.batching import window_spans
+from batchsent.model.classifier import Classifier
+from batchsent.model.postprocess import aggregate_windows
 
 
 @st.composite

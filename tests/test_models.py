@@ -14,7 +14,7 @@ from test_cli import bad, invoke
 
 from batchsent import ModelSpec, score_file
 from batchsent.errors import ScoringError
-from batchsent.model import Classifier
+from batchsent.model.classifier import Classifier
 
 TOLERANCE = 1e-5  # a multi-model run batches each model's rows as its single run does, up to shared tokens
 KINDS = {"sentiment": "binary", "stars": "three", "emotion": "multi"}  # 2-label, 3-label, multi-label
@@ -282,7 +282,7 @@ def test_a_folder_with_several_models(tiny_models, tmp_path):
 def test_the_report_shows_each_model_and_how_often_models_with_the_same_labels_agree(tiny_models, corpus, tmp_path):
     from conftest import build_tiny_model
 
-    from batchsent.report import ReportOptions, collect_models
+    from batchsent.report.stats import ReportOptions, collect_models
 
     other_stars = build_tiny_model(tmp_path / "other-stars", "three", seed=7)
     models = [*named(tiny_models, "sentiment", "stars"), f"stars2={other_stars}"]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from batchsent import score_file
 from batchsent.cli import app
-from batchsent.model import Classifier
+from batchsent.model.classifier import Classifier
 
 runner = CliRunner()
 TOLERANCE = 1e-5

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import MODEL_KINDS, varied_texts
 
-from batchsent.model import Classifier
+from batchsent.model.classifier import Classifier
 
 TOLERANCE = 1e-5
 

@@ -9,7 +9,7 @@ import pytest
 from transformers.pipelines.text_classification import sigmoid as pipeline_sigmoid
 from transformers.pipelines.text_classification import softmax as pipeline_softmax
 
-from batchsent.postprocess import activate, activation_for, column_names, prediction_arrays
+from batchsent.model.postprocess import activate, activation_for, column_names, prediction_arrays
 
 
 @pytest.mark.parametrize(

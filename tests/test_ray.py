@@ -234,7 +234,7 @@ def test_a_model_the_workers_cannot_load_is_one_line_naming_the_node(two_files, 
 
 @needs_ray
 def test_an_output_another_run_is_writing_is_refused_before_ray_starts(two_files, binary_model, tmp_path):
-    from batchsent.lock import OutputLock
+    from batchsent.state.lock import OutputLock
 
     output = tmp_path / "scored"
     with OutputLock(output):

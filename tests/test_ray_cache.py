@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_ray_scale import assert_equal_runs, command, finish, parts_written, read_rows, start, wait_for, write_inputs
 
-from batchsent.cache import PredictionCache
+from batchsent.cache.store import PredictionCache
 
 pytestmark = [
     pytest.mark.ray,

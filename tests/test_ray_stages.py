@@ -14,12 +14,12 @@ from conftest import varied_texts
 from families import FAMILIES, build_family_model
 from pyarrow import fs
 
-from batchsent import ray_io
-from batchsent.model import Classifier
-from batchsent.options import ModelOptions, ScoringModel
-from batchsent.ray_scoring import RayScorer, cache_keys, prepare_block
-from batchsent.shared_cache import EntryWriter, SharedCache
-from batchsent.storage import write_parquet_atomically
+from batchsent.cache.shared import EntryWriter, SharedCache
+from batchsent.data.storage import write_parquet_atomically
+from batchsent.engine.ray import dataset as ray_dataset
+from batchsent.engine.ray.scoring import RayScorer, cache_keys, prepare_block
+from batchsent.model.classifier import Classifier
+from batchsent.settings.options import ModelOptions, ScoringModel
 
 TOLERANCE = 1e-5  # rows batched with other rows move in the last bits
 
@@ -59,7 +59,7 @@ def assert_like_the_classifier(table: pa.Table, model: ScoringModel, texts: list
     expected = classifier.predict(texts)
     got = probabilities(table, model.prefix, classifier.labels)
     np.testing.assert_allclose(got, expected.probabilities, atol=TOLERANCE)  # NaN rows (blanks) equal too
-    assert table.column(ray_io.truncated_column(0)).to_pylist() == expected.truncated.tolist()
+    assert table.column(ray_dataset.truncated_column(0)).to_pylist() == expected.truncated.tolist()
     return classifier
 
 
@@ -120,7 +120,10 @@ def test_models_sharing_a_tokenizer_share_one_token_column(tiny_models):
             classifier.predict(texts).probabilities,
             atol=TOLERANCE,
         )
-        assert table.column(ray_io.truncated_column(index)).to_pylist() == classifier.predict(texts).truncated.tolist()
+        assert (
+            table.column(ray_dataset.truncated_column(index)).to_pylist()
+            == classifier.predict(texts).truncated.tolist()
+        )
 
 
 def test_rows_the_cache_holds_are_not_tokenized_and_come_back_equal(tiny_models, tmp_path):
@@ -129,14 +132,14 @@ def test_rows_the_cache_holds_are_not_tokenized_and_come_back_equal(tiny_models,
     model = ScoringModel(None, "s_", ModelOptions(model=str(tiny_models["binary"]), max_length=64))
     texts = texts_with_repeats(40, seed=6, longest_words=300)
     first = scored([model], texts[:25], cache=location)  # a first run: its part merged, its entries added
-    first = first.append_column(ray_io.FILE, pa.array(np.zeros(25, np.int32))).append_column(
-        ray_io.ROW, pa.array(np.arange(25))
+    first = first.append_column(ray_dataset.FILE, pa.array(np.zeros(25, np.int32))).append_column(
+        ray_dataset.ROW, pa.array(np.arange(25))
     )
     write_parquet_atomically(fs.LocalFileSystem(), str(tmp_path / "parts" / "000000"), "000000000000.parquet", first)
     entries = EntryWriter(SharedCache(location, create=False), 1_800_000_000)
     schema = block(texts[:25]).schema
-    added = ray_io.added_fields(str(tmp_path / "parts"), 1, [schema])
-    ray_io.merge_parts(
+    added = ray_dataset.added_fields(str(tmp_path / "parts"), 1, [schema])
+    ray_dataset.merge_parts(
         str(tmp_path / "parts"),
         0,
         "in.csv",
@@ -145,7 +148,7 @@ def test_rows_the_cache_holds_are_not_tokenized_and_come_back_equal(tiny_models,
         ["s_label"],
         tmp_path / "merged.csv",
         25,
-        ray_io.MergeCounts(),
+        ray_dataset.MergeCounts(),
         entries,
     )
     entries.flush()
@@ -153,12 +156,12 @@ def test_rows_the_cache_holds_are_not_tokenized_and_come_back_equal(tiny_models,
 
     keys = cache_keys([model], location)
     prepared = prepare_block(block(texts), [model], "text", location, keys, run="second")
-    hits = prepared.column(ray_io.cache_column("hit", 0)).to_numpy(zero_copy_only=False)
+    hits = prepared.column(ray_dataset.cache_column("hit", 0)).to_numpy(zero_copy_only=False)
     assert hits.tolist() == [bool(t and t.strip()) and t in texts[:25] for t in texts]
     tokens = prepared.column("__batchsent_tokens_0").is_valid().to_numpy(zero_copy_only=False)
     assert not (tokens & hits).any()  # a hit is never tokenized
     table = scored([model], texts, cache=location, cut=13)
-    assert table.column(ray_io.cache_column("hit", 0)).to_pylist() == hits.tolist()
+    assert table.column(ray_dataset.cache_column("hit", 0)).to_pylist() == hits.tolist()
     assert_like_the_classifier(table, model, texts)
 
 

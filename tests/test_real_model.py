@@ -14,7 +14,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def real_classifier():
-    from batchsent.model import Classifier
+    from batchsent.model.classifier import Classifier
 
     return Classifier(str(SHARED_MODEL), device="cpu")
 

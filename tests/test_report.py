@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from batchsent.cli import app
-from batchsent.report import HISTOGRAM_BINS, ReportOptions, collect, metrics, top_groups
-from batchsent.report_html import render
+from batchsent.report.page import render
+from batchsent.report.stats import HISTOGRAM_BINS, ReportOptions, collect, metrics, top_groups
 
 runner = CliRunner()
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"

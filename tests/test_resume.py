@@ -15,8 +15,8 @@ import pytest
 from conftest import write_corpus
 from typer.testing import CliRunner
 
-from batchsent.checkpoint import Checkpoint
 from batchsent.cli import app
+from batchsent.state.checkpoint import Checkpoint
 
 runner = CliRunner()
 
@@ -228,7 +228,7 @@ def test_json_logs_are_one_object_per_line(corpus, binary_model, tmp_path):
 
 
 def test_cron_progress_lines_are_timestamped(binary_model, tmp_path, corpus, monkeypatch):
-    import batchsent.progress as progress
+    import batchsent.cli.progress as progress
 
     monkeypatch.setattr(progress, "LOG_INTERVAL_SECONDS", 0.0)
     result = runner.invoke(

@@ -15,9 +15,9 @@ from conftest import write_corpus
 from typer.testing import CliRunner
 
 from batchsent import ExitCode, Interrupted, JobConfig, run, score_file
-from batchsent.checkpoint import Checkpoint
 from batchsent.cli import app
-from batchsent.lock import lock_path
+from batchsent.state.checkpoint import Checkpoint
+from batchsent.state.lock import lock_path
 
 runner = CliRunner()
 
@@ -36,7 +36,7 @@ def lock_holder(tmp_path):
     """Start another process holding the lock of tmp_path/out.csv, as a running batchsent would."""
     output = tmp_path / "out.csv"
     code = (
-        "import sys; from pathlib import Path; from batchsent.lock import OutputLock\n"
+        "import sys; from pathlib import Path; from batchsent.state.lock import OutputLock\n"
         f"with OutputLock(Path({str(output)!r})):\n    print('locked', flush=True); sys.stdin.read()"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -85,13 +85,13 @@ def test_an_unwritable_manifest_is_exit_1_with_the_output_published(corpus, bina
 
 
 def test_an_unwritable_report_is_exit_1_with_the_output_published(corpus, binary_model, tmp_path, monkeypatch):
-    import batchsent.report_html
+    import batchsent.report.page
     from batchsent.errors import OutputError
 
     def disk_full(*args, **kwargs):  # a failure no check before the run can foresee (a folder there is refused first)
         raise OutputError("No space left on device")
 
-    monkeypatch.setattr(batchsent.report_html, "build_report", disk_full)
+    monkeypatch.setattr(batchsent.report.page, "build_report", disk_full)
     report = tmp_path / "r.html"
     result = score(corpus, "--model", binary_model, "-o", tmp_path / "o.parquet", "-q", "--report", report)
     assert result.exit_code == 1
@@ -100,7 +100,7 @@ def test_an_unwritable_report_is_exit_1_with_the_output_published(corpus, binary
 
 
 def test_progress_moves_inside_one_chunk(corpus, binary_model, tmp_path, monkeypatch):
-    import batchsent.progress as progress
+    import batchsent.cli.progress as progress
 
     # 300 rows are far fewer than one 4,096-row chunk: every line below comes from model batches
     monkeypatch.setattr(progress, "LOG_INTERVAL_SECONDS", 0.0)

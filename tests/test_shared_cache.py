@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from batchsent.cache import CacheError, PredictionCache, digest
+from batchsent.cache.shared import HIT_REFRESH_SECONDS, LEFTOVER_SECONDS, SharedCache, entries_table
+from batchsent.cache.store import CacheError, PredictionCache, digest
 from batchsent.cli import app
-from batchsent.shared_cache import HIT_REFRESH_SECONDS, LEFTOVER_SECONDS, SharedCache, entries_table
 
 runner = CliRunner()
 DESCRIPTION = {"model": {"hub_id": "tiny"}, "dtype": "float32"}

@@ -190,7 +190,7 @@ def exports_folder(tmp_path) -> Path:
 def test_a_failed_run_leaves_no_object_under_the_output_name(s3, tmp_path, binary_model, monkeypatch):
     client, bucket = s3
     client.put_object(Bucket=bucket, Key="in.csv", Body=csv_bytes(200, 4))
-    from batchsent.model import Classifier
+    from batchsent.model.classifier import Classifier
 
     working = Classifier.run
     fail_third_chunk(monkeypatch, "CUDA error: out of memory")
@@ -381,7 +381,7 @@ def test_the_server_going_away_mid_run_is_one_line_and_exit_1(tmp_path, binary_m
             monkeypatch.setenv(name, value)
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="night")
         (tmp_path / "in.csv").write_bytes(csv_bytes(200, 6))
-        from batchsent.model import Classifier
+        from batchsent.model.classifier import Classifier
 
         original, calls = Classifier.run, {"n": 0}
 
@@ -433,8 +433,8 @@ TREE = ["in/a.csv", "in/b.csv", "in/sub/c.csv", "in/sub/deep/d.csv", "in/.hidden
 )
 def test_a_glob_selects_the_same_files_on_disk_and_in_a_bucket(tmp_path, s3, pattern):
     """One glob semantics: ``*`` never crosses ``/``, ``**`` any depth, hidden names only when named."""
+    from batchsent.data.sources import expand
     from batchsent.errors import InputError
-    from batchsent.sources import expand
 
     client, bucket = s3
     for name in TREE:

@@ -12,11 +12,11 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from batchsent import tuning
 from batchsent.cli import app
-from batchsent.cpu import CpuInfo
-from batchsent.tune_sample import SAMPLE_ROWS, builtin_sample
-from batchsent.tuning import MIN_ROWS, Measurement, Tuning, TuningStore
+from batchsent.runtime import tuning
+from batchsent.runtime.cpu import CpuInfo
+from batchsent.runtime.tune_sample import SAMPLE_ROWS, builtin_sample
+from batchsent.runtime.tuning import MIN_ROWS, Measurement, Tuning, TuningStore
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +44,7 @@ def test_the_builtin_sample_is_fixed_and_holds_short_and_long_reviews():
 
 
 def test_candidates_follow_the_cpu():
-    from batchsent.int8 import fbgemm_available, int8_matmul_available
+    from batchsent.runtime.int8 import fbgemm_available, int8_matmul_available
 
     avx2 = [c.name for c in tuning.candidates(CpuInfo("EPYC", "x86_64", frozenset({"avx2", "fma"})))]
     assert avx2[0] == "float32" and "bfloat16" not in avx2 and "int8/int_mm" not in avx2
@@ -136,7 +136,7 @@ def test_fast_with_nothing_stored_tunes_once_and_says_so_in_one_line(tmp_path, b
 
 @pytest.mark.slow
 def test_a_tuning_from_another_torch_or_model_version_is_ignored_with_a_note(tmp_path, binary_model):
-    from batchsent.model import Classifier
+    from batchsent.model.classifier import Classifier
 
     model = tmp_path / "model"
     shutil.copytree(binary_model, model)
@@ -164,9 +164,12 @@ def test_a_tuning_from_another_torch_or_model_version_is_ignored_with_a_note(tmp
 
 
 def test_a_time_cap_leaves_the_variants_it_cut_unchosen(binary_model):
-    from batchsent.options import ModelOptions
+    from batchsent.model.classifier import Classifier
+    from batchsent.settings.options import ModelOptions
 
-    result = tuning.run_tuning(ModelOptions(model=str(binary_model), device="cpu"), builtin_sample(), "s", 1e-6)
+    result = tuning.run_tuning(
+        ModelOptions(model=str(binary_model), device="cpu"), builtin_sample(), "s", 1e-6, Classifier
+    )
     assert result.chosen.variant == "float32"
     assert all(m.problem and "time cap" in m.problem for m in result.measurements)
 
@@ -227,9 +230,9 @@ class _FakeClock:
 )
 def test_one_fast_round_does_not_decide(binary_model, monkeypatch, int8_seconds, chosen, noisy):
     """float32 takes 1 s a round; int8 the seconds given. Only a speed-up in every round replaces float32."""
-    from batchsent import tuning as tuning_module
-    from batchsent.model import Classifier
-    from batchsent.options import ModelOptions
+    from batchsent.model.classifier import Classifier
+    from batchsent.runtime import tuning as tuning_module
+    from batchsent.settings.options import ModelOptions
 
     # The second variant computes as float32 (so it agrees fully); only the clock tells them apart.
     monkeypatch.setattr(
@@ -250,7 +253,7 @@ def test_one_fast_round_does_not_decide(binary_model, monkeypatch, int8_seconds,
 
     monkeypatch.setattr(Classifier, "predict", timed)
     texts = [f"a fine film number {i}" for i in range(600)]
-    measurements = tuning_module.measure(ModelOptions(model=str(binary_model)), texts, 300, clock=clock)
+    measurements = tuning_module.measure(ModelOptions(model=str(binary_model)), texts, 300, Classifier, clock=clock)
     assert [len(m.rounds) for m in measurements] == [tuning_module.ROUNDS] * 2
     made = tuning_module.Tuning({"cpu": "x", "threads": 1}, {"versions": {}}, "sample", "now", measurements, 0.5)
     assert made.chosen.variant == chosen

@@ -1,0 +1,2 @@
+"""The Ray engine: the driver (``driver``), Ray Data sources, sinks and the merge of parts (``dataset``), and
+the scoring actors (``scoring``)."""

@@ -1,0 +1,1 @@
+"""The report of a scored output: its statistics (``stats``) and the HTML page (``page``)."""

@@ -1,0 +1,115 @@
+"""Devices, dtypes and per-device batch limits.
+
+The choices are pure functions of a device type ("cpu", "cuda", "mps") so they are
+tested on machines without a GPU; only ``resolve_device`` and ``to_device`` touch torch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from batchsent.errors import UsageError
+from batchsent.runtime.cpu import this_cpu
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Default caps of one model batch: rows, and padded tokens (rows x longest row)."""
+
+    rows: int
+    tokens: int
+
+
+# CPU: measured by `make bench-sweep` (2 cores, review mix): batches that stay in cache
+# beat large ones (rows/s at 512/1024/2048/4096/8192/16384 tokens: MiniLM 33.3/34.9/31.4/
+# 31.0/31.6/25.5, DistilBERT-base shape 12.2/11.2/11.8/10.2/8.2/7.0); 1024 also keeps
+# padding low when a chunk holds few rows.
+CPU_LIMITS = BatchLimits(rows=128, tokens=1024)
+# GPU: large batches keep the device busy; 64k fp16 tokens of a base-size encoder need
+# about 2 GB of activations.
+CUDA_LIMITS = BatchLimits(rows=1024, tokens=65536)
+
+
+def check_device_name(device: str) -> None:
+    """Reject a device string batchsent does not understand (no torch needed)."""
+    if not DEVICE_PATTERN.match(device):
+        raise UsageError(f"--device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
+
+
+def check_dtype_name(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+
+
+def batch_limits(device_type: str) -> BatchLimits:
+    """Default batch caps for a device type."""
+    return CUDA_LIMITS if device_type == "cuda" else CPU_LIMITS
+
+
+def resolve_dtype(dtype: str, device_type: str) -> str:
+    """The dtype to run in: ``auto`` is float16 on CUDA and float32 elsewhere.
+
+    float16 is refused off CUDA (CPU kernels for it are slow or missing).
+    """
+    check_dtype_name(dtype)
+    if dtype == "auto":
+        return "float16" if device_type == "cuda" else "float32"
+    if dtype == "float16" and device_type not in ("cuda", "mps"):
+        raise UsageError(f"--dtype float16 needs a CUDA device (this run is on {device_type}); use float32 or bfloat16")
+    return dtype
+
+
+def resolve_device(device: str, cuda_usable: bool = True) -> Any:
+    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a torch.device that exists here.
+
+    ``auto`` is CUDA when present and ``cuda_usable`` (the backend can run there), else CPU.
+    """
+    import torch
+
+    check_device_name(device)
+    if device == "auto":
+        return torch.device("cuda" if cuda_usable and torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA device is available to this torch ({torch.__version__})")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: Apple MPS is not available on this machine")
+    return torch.device(device)
+
+
+def check_dtype_supported(dtype: str, device: Any) -> None:
+    """Refuse a dtype this device cannot run (or only emulates)."""
+    import torch
+
+    if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} does not support it")
+    if dtype == "bfloat16" and device.type == "cpu" and not this_cpu().native_bf16:
+        raise UsageError(
+            f"--dtype bfloat16: this CPU ({this_cpu().model}) has no native bfloat16 (AVX512-BF16/AMX), "
+            "so it would run slower than float32; use --precision fast or float32"
+        )
+
+
+def to_device(array: Any, device: Any) -> Any:
+    """A numpy array as a tensor on ``device``; on CUDA through pinned memory, asynchronously."""
+    import torch
+
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor if device.type == "cpu" else tensor.to(device)
+
+
+def cuda_device_count() -> int:
+    """CUDA GPUs torch can use here (0 on a CPU-only build, without initialising CUDA there)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.backends.cuda.is_built() else 0
