@@ -262,3 +262,21 @@ def test_unreachable_hub_fails_at_once_with_one_line(reviews, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     bad(invoke(reviews, "--model", "someone/not-cached-model"), 2, "cannot reach http://127.0.0.1:9")
+
+
+def test_help_shows_the_defaults_jobconfig_owns():
+    """Defaults are stated once (JobConfig); the help reads them from there."""
+    import dataclasses
+
+    from batchsent.settings.options import JobConfig
+
+    shown = " ".join(runner.invoke(app, ["score", "--help"], env={"COLUMNS": "400"}).output.split())
+    defaults = {field.name: field.default for field in dataclasses.fields(JobConfig)}
+    for option, name in (
+        ("--column", "column"),
+        ("--prefix", "prefix"),
+        ("--engine", "engine"),
+        ("--workers", "workers"),
+    ):
+        after = shown.split(f" {option} ", 1)[1]
+        assert after[after.index("[default: ") :].startswith(f"[default: {defaults[name]}]"), option

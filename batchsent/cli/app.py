@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import sys
@@ -20,10 +21,26 @@ from batchsent.errors import BatchsentError, ExitCode, PublishedWithErrors, Usag
 from batchsent.runtime.device import CPU_LIMITS, CUDA_LIMITS
 from batchsent.runtime.tune_sample import SAMPLE_ROWS
 from batchsent.settings.jobfile import build_config
-from batchsent.settings.options import DEFAULT_CHUNK_ROWS, DEFAULT_MODEL, MAX_CHUNK_ROWS, JobConfig
+from batchsent.settings.options import (
+    DEFAULT_AGGREGATION,
+    DEFAULT_CHUNK_ROWS,
+    DEFAULT_MODEL,
+    DEFAULT_STRIDE,
+    MAX_CHUNK_ROWS,
+    REPORT_EXAMPLES,
+    REPORT_LOW_CONFIDENCE,
+    JobConfig,
+)
 
 JOB_FIELDS = set(JobConfig.__dataclass_fields__)
 MAX_TIME_CAP_SECONDS = 86_400  # a tune is a measurement, not a job: a day is past any sensible cap
+
+
+def _default(option: str) -> str:
+    """``[default: X]`` for a help text, read from JobConfig, which owns every default: each is stated once."""
+    value = next(field.default for field in dataclasses.fields(JobConfig) if field.name == option)
+    return f"[default: {value}]"
+
 
 app = typer.Typer(
     add_completion=False,
@@ -67,7 +84,9 @@ def score(
             show_default=False,
         ),
     ] = None,
-    column: Annotated[str | None, typer.Option("-c", "--column", help="Text column to score. [default: text]")] = None,
+    column: Annotated[
+        str | None, typer.Option("-c", "--column", help=f"Text column to score. {_default('column')}")
+    ] = None,
     output: Annotated[
         str | None,
         typer.Option(
@@ -105,13 +124,14 @@ def score(
     max_length: Annotated[
         int | None, typer.Option(help="Truncate texts to this many tokens. [default: the model's limit]")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps. [default: auto]")] = None,
+    device: Annotated[str | None, typer.Option(help=f"auto, cpu, cuda, cuda:N or mps. {_default('device')}")] = None,
     dtype: Annotated[
         str | None,
         typer.Option(help="auto, float32, float16 or bfloat16. [default: auto = float16 on CUDA, float32 elsewhere]"),
     ] = None,
     backend: Annotated[
-        str | None, typer.Option(help="torch, or onnx (ONNX Runtime; pip install 'batchsent[onnx]'). [default: torch]")
+        str | None,
+        typer.Option(help=f"torch, or onnx (ONNX Runtime; pip install 'batchsent[onnx]'). {_default('backend')}"),
     ] = None,
     quantize: Annotated[
         str | None,
@@ -133,7 +153,7 @@ def score(
             help="Torch intra-op threads, at most the CPUs this process may use. [default: torch's own choice]"
         ),
     ] = None,
-    prefix: Annotated[str | None, typer.Option(help="Prefix of the prediction columns. [default: sentiment_]")] = None,
+    prefix: Annotated[str | None, typer.Option(help=f"Prefix of the prediction columns. {_default('prefix')}")] = None,
     pair_column: Annotated[
         str | None,
         typer.Option(
@@ -148,7 +168,8 @@ def score(
         ),
     ] = None,
     hypothesis_template: Annotated[
-        str | None, typer.Option(help="Zero-shot: the hypothesis, {} is the label. [default: This example is {}.]")
+        str | None,
+        typer.Option(help=f"Zero-shot: the hypothesis, {{}} is the label. {_default('hypothesis_template')}"),
     ] = None,
     multi_label: Annotated[
         bool | None,
@@ -177,15 +198,19 @@ def score(
     long_text: Annotated[
         str | None,
         typer.Option(
-            help="truncate: score the first --max-length tokens; chunk: score every token in windows. [default: truncate]"
+            help="truncate: score the first --max-length tokens; chunk: score every token in windows. "
+            + _default("long_text")
         ),
     ] = None,
     stride: Annotated[
-        int | None, typer.Option(help="With --long-text chunk: tokens shared by consecutive windows. [default: 64]")
+        int | None,
+        typer.Option(help=f"With --long-text chunk: tokens shared by consecutive windows. [default: {DEFAULT_STRIDE}]"),
     ] = None,
     aggregate: Annotated[
         str | None,
-        typer.Option(help="With --long-text chunk: mean, max (most confident window) or first. [default: mean]"),
+        typer.Option(
+            help=f"With --long-text chunk: mean, max (most confident window) or first. [default: {DEFAULT_AGGREGATION}]"
+        ),
     ] = None,
     chunk_rows: Annotated[
         int | None,
@@ -211,17 +236,19 @@ def score(
         str | None,
         typer.Option(
             help="local, or ray (Ray Data; INPUT may be a file, folder or glob; pip install 'batchsent[ray]'). "
-            "[default: local]"
+            + _default("engine")
         ),
     ] = None,
     ray_address: Annotated[
         str | None, typer.Option(help="With --engine ray: the cluster to join. [default: a local Ray for this job]")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="With --engine ray: scoring actors (each loads the model once). [default: 1]")
+        int | None,
+        typer.Option(help=f"With --engine ray: scoring actors (each loads the model once). {_default('workers')}"),
     ] = None,
     gpus_per_worker: Annotated[
-        float | None, typer.Option(help="With --engine ray: GPUs per actor (fractions allowed). [default: 0]")
+        float | None,
+        typer.Option(help=f"With --engine ray: GPUs per actor (fractions allowed). {_default('gpus_per_worker')}"),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run from its last committed chunk.")
@@ -296,12 +323,13 @@ def report_command(
         typer.Option(
             metavar="<str>",
             help="Prefix of the prediction columns; repeated (NAME_ of each model of a "
-            "multi-model run) for each model's sections and how often they agree. "
-            "[default: sentiment_]",
+            "multi-model run) for each model's sections and how often they agree. " + _default("prefix"),
         ),
     ] = None,
-    examples: Annotated[int, typer.Option(help="Example rows per table.")] = 5,
-    low_confidence: Annotated[float, typer.Option(help="Scores below this count as low confidence.")] = 0.6,
+    examples: Annotated[int, typer.Option(help="Example rows per table.")] = REPORT_EXAMPLES,
+    low_confidence: Annotated[
+        float, typer.Option(help="Scores below this count as low confidence.")
+    ] = REPORT_LOW_CONFIDENCE,
 ) -> None:
     """Write a self-contained HTML report of a scored file: labels, scores, breakdowns, examples."""
     from batchsent.report.page import build_report

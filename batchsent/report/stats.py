@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from batchsent.data import readers
 from batchsent.data.storage import is_url
 from batchsent.errors import ColumnNotFound, InputError
+from batchsent.settings.options import REPORT_EXAMPLES, REPORT_LOW_CONFIDENCE
 
 HISTOGRAM_BINS = 20
 MAX_GROUPS = 100_000
@@ -33,8 +34,8 @@ class ReportOptions:
     by: str | None = None
     gold: str | None = None
     text: str | None = None
-    examples: int = 5
-    low_confidence: float = 0.6
+    examples: int = REPORT_EXAMPLES
+    low_confidence: float = REPORT_LOW_CONFIDENCE
     prefixes: tuple[str, ...] = ()  # a multi-model file: each model's prefix (``prefix`` is then unused)
 
     @property

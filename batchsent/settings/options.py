@@ -28,6 +28,9 @@ DEFAULT_STRIDE = 64
 DEFAULT_HYPOTHESIS = "This example is {}."  # the zero-shot-classification pipeline's
 LONG_TEXT_MODES = ("truncate", "chunk")
 AGGREGATIONS = ("mean", "max", "first")  # how a long text's windows make one row (model.postprocess)
+DEFAULT_AGGREGATION = "mean"
+REPORT_EXAMPLES = 5  # example rows per table of a report
+REPORT_LOW_CONFIDENCE = 0.6  # a score below it counts as low confidence in a report
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 ENGINES = ("local", "ray")
 
@@ -154,7 +157,7 @@ class ModelOptions:
 
     @property
     def window_aggregate(self) -> str:
-        return self.aggregate or "mean"
+        return self.aggregate or DEFAULT_AGGREGATION
 
     def model_options(self) -> ModelOptions:
         """Just the model part (a JobConfig passes itself through this to a Classifier)."""
