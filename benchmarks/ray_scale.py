@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from batchsent.engine.summary import RunTotals
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import RESULTS, distilbert_shaped
 from corpus import FIXTURE_MODEL, sst2_phrases
@@ -165,7 +167,7 @@ def merge_rate(root: Path, rows: int = 1_000_000, per_part: int = 4096) -> dict:
         ["sentiment_label"],
         root / "merged.csv",
         rows,
-        ray_dataset.MergeCounts(),
+        RunTotals(),
     )
     seconds = time.perf_counter() - started
     size = (root / "merged.csv").stat().st_size

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from batchsent.cache.store import PredictionCache
 from batchsent.cli import app
+from batchsent.engine.summary import RunTotals
 from batchsent.settings.options import usable_cpus
 from batchsent.state.checkpoint import Checkpoint
 
@@ -337,7 +338,7 @@ def test_a_merge_short_of_the_inputs_rows_publishes_nothing(tmp_path):
             ["s_label"],
             tmp_path / "out.csv",
             3,
-            ray_dataset.MergeCounts(),
+            RunTotals(),
         )
     assert not (tmp_path / "out.csv").exists()
     ray_dataset.merge_parts(
@@ -349,7 +350,7 @@ def test_a_merge_short_of_the_inputs_rows_publishes_nothing(tmp_path):
         ["s_label"],
         tmp_path / "empty.csv",
         0,
-        ray_dataset.MergeCounts(),
+        RunTotals(),
     )  # a file with no rows gets the prediction columns all the same
     assert (tmp_path / "empty.csv").read_text() == '"text","s_label","s_score"\n'
 

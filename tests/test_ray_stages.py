@@ -18,6 +18,7 @@ from batchsent.cache.shared import EntryWriter, SharedCache
 from batchsent.data.storage import write_parquet_atomically
 from batchsent.engine.ray import dataset as ray_dataset
 from batchsent.engine.ray.scoring import RayScorer, cache_keys, prepare_block
+from batchsent.engine.summary import RunTotals
 from batchsent.model.classifier import Classifier
 from batchsent.settings.options import ModelOptions, ScoringModel
 
@@ -148,7 +149,7 @@ def test_rows_the_cache_holds_are_not_tokenized_and_come_back_equal(tiny_models,
         ["s_label"],
         tmp_path / "merged.csv",
         25,
-        ray_dataset.MergeCounts(),
+        RunTotals(),
         entries,
     )
     entries.flush()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from batchsent.data import formats
+from batchsent.data import formats, readers
 from batchsent.data.storage import is_url
 from batchsent.errors import InputError, OutputError, UsageError
 from batchsent.model.postprocess import column_names
@@ -49,6 +49,15 @@ def check_new_columns(names: list[str], schema: pa.Schema, path: Path | str, sev
     if taken:
         remedy = "another NAME in --model NAME=MODEL" if several else "another --prefix"
         raise InputError(f"{path}: already has column(s) {', '.join(map(repr, taken))}; choose {remedy}")
+
+
+def check_reader(config: JobConfig, reader: readers.Reader, path: Path | str) -> tuple[int, int | None]:
+    """An opened input's columns, on every engine: the text column (and the pair column) exist and hold text, and
+    no prediction column the run adds is there already. Returns the text and pair column indexes."""
+    column = reader.text_column(config.column)
+    pair = None if config.pair_column is None else reader.text_column(config.pair_column, "--pair-column")
+    check_input_columns(config, reader.schema, path)
+    return column, pair
 
 
 def check_input_columns(config: JobConfig, schema: pa.Schema, path: Path | str) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from batchsent.data import formats, readers, writers
 from batchsent.data.sources import InputFiles, expand
 from batchsent.data.storage import check_writable, is_url, remote
-from batchsent.engine.checks import check_input_columns, check_output
+from batchsent.engine.checks import check_output, check_reader
 from batchsent.engine.local.job import Progress, load_classifiers, score_local, score_to_object
 from batchsent.engine.record import RunRecord, copy_model_facts
 from batchsent.engine.summary import ModelTotals, RunSummary, RunTotals, build_summary
@@ -273,10 +273,7 @@ def _plan(config: JobConfig, inputs: InputFiles, output: Path | str, finished: _
                 check_output(job)
             reader = readers.open_reader(source)
             try:
-                reader.text_column(config.column)
-                if config.pair_column is not None:
-                    reader.text_column(config.pair_column, "--pair-column")
-                check_input_columns(config, reader.schema, source)
+                check_reader(config, reader, source)
                 formats.check_output_schema(reader.schema, target, source)
                 jobs.append(_FileJob(source, job, None, reader.total_bytes, reader.total_rows))
             finally:

@@ -27,7 +27,12 @@ from batchsent import __version__
 from batchsent.cache.reuse import ChunkPlan, ReuseCounts, RunReuse, model_description, row_digests
 from batchsent.cache.store import PredictionCache
 from batchsent.data import formats, readers, writers
-from batchsent.engine.checks import check_input_columns, check_model_columns, check_new_columns, check_output
+from batchsent.engine.checks import (
+    check_model_columns,
+    check_new_columns,
+    check_output,
+    check_reader,
+)
 from batchsent.engine.fingerprint import loaded_model_key, options_key
 from batchsent.engine.record import RunRecord, lift_single_model
 from batchsent.engine.summary import ModelTotals, RunSummary, RunTotals, build_summary
@@ -215,9 +220,7 @@ def _prepare(
 ) -> _Job:
     """Every check of the input, the resume state and the cache, the models, and the output schema: a job
     ready to score. Stores opened are appended to ``stores`` (the caller closes them)."""
-    column = reader.text_column(config.column)
-    pair = None if config.pair_column is None else reader.text_column(config.pair_column, "--pair-column")
-    check_input_columns(config, reader.schema, config.input)
+    column, pair = check_reader(config, reader, config.input)
     formats.check_output_schema(reader.schema, output, config.input)
     wanted = config.scoring_models()
     fingerprint = _fingerprint(config, output)

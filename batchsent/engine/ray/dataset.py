@@ -20,7 +20,6 @@ import functools
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import pyarrow.parquet as pq
 
 from batchsent.data import readers, writers
 from batchsent.data.storage import filesystem_of, write_bytes_atomically, write_parquet_atomically
+from batchsent.engine.summary import ModelTotals, RunTotals
 from batchsent.errors import ScoringError, first_line
 
 FILE = "__batchsent_file"
@@ -155,26 +155,6 @@ def make_datasink(parts: str) -> Any:
     return PartsDatasink()
 
 
-@dataclass
-class ModelCounts:
-    """One model's counts over the merged rows."""
-
-    labels: Counter = field(default_factory=Counter)
-    truncated: int = 0
-    cached: int = 0
-
-
-@dataclass
-class MergeCounts:
-    """The run's counts, taken from the merged parts: rows, blank rows, truncated by any model, per model."""
-
-    rows: int = 0
-    empty: int = 0
-    truncated: int = 0
-    cached: int = 0  # rows the models took from the cache, added up over the models (as the local engine counts)
-    models: list[ModelCounts] = field(default_factory=list)
-
-
 def list_parts(parts: str, index: int) -> list[str]:
     """The part files of input ``index``, in row order."""
     from pyarrow import fs
@@ -198,7 +178,7 @@ def merge_parts(
     label_columns: list[str],
     target: Path,
     expected_rows: int,
-    counts: MergeCounts,
+    counts: RunTotals,
     entries: Any = None,
 ) -> None:
     """Stream input ``index``'s parts into ``target`` (the local engine's writer for its format), each row once,
@@ -260,16 +240,17 @@ def added_fields(parts: str, count: int, input_schemas: list[pa.Schema]) -> list
     return None
 
 
-def _count(table: pa.Table, label_columns: list[str], counts: MergeCounts) -> None:
+def _count(table: pa.Table, label_columns: list[str], counts: RunTotals) -> None:
     counts.rows += table.num_rows
     if not counts.models:
-        counts.models = [ModelCounts() for _ in label_columns]
+        counts.models = [ModelTotals() for _ in label_columns]
     blank = None
     truncated = np.zeros(table.num_rows, dtype=bool)
     for model, (name, model_counts) in enumerate(zip(label_columns, counts.models, strict=True)):
         labels = table.column(name)
         blank = pc.is_null(labels).to_numpy(zero_copy_only=False)
-        model_counts.labels.update(label for label in labels.to_pylist() if label is not None)
+        for label, count in Counter(label for label in labels.to_pylist() if label is not None).items():
+            model_counts.label_counts[label] = model_counts.label_counts.get(label, 0) + count
         flags = table.column(truncated_column(model)).to_numpy(zero_copy_only=False)
         model_counts.truncated += int(flags.sum())
         truncated |= flags

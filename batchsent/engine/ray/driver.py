@@ -36,7 +36,7 @@ import pyarrow as pa
 from batchsent.data import formats, readers
 from batchsent.data.sources import InputFiles, expand
 from batchsent.data.storage import filesystem_of, native_stderr_silenced, redact, remote, upload
-from batchsent.engine.checks import check_input_columns, check_model_columns, check_new_columns
+from batchsent.engine.checks import check_model_columns, check_new_columns, check_reader
 from batchsent.engine.fingerprint import model_reference_key, options_key
 from batchsent.engine.ray import dataset as ray_dataset
 from batchsent.engine.record import RunRecord, lift_single_model
@@ -107,10 +107,7 @@ def check_inputs(inputs: InputFiles, config: JobConfig) -> InputsRead:
     for path in inputs.files:
         reader = readers.open_reader(path)
         try:
-            reader.text_column(config.column)
-            if config.pair_column is not None:
-                reader.text_column(config.pair_column, "--pair-column")
-            check_input_columns(config, reader.schema, path)
+            check_reader(config, reader, path)
             schemas.append(reader.schema)
             rows.append(reader.total_rows)
             sizes.append(reader.total_bytes)
@@ -372,7 +369,7 @@ def _score_and_publish(
     lock: Any,
     display: Any,
     record: RunRecord,
-) -> ray_dataset.MergeCounts:
+) -> RunTotals:
     """Run the Ray pipeline into parts (skipping rows a resumed run's checkpoint holds), then merge and publish;
     with a shared cache, the run's new entries are added to it before the output is published."""
     with _RowsCommitted(display, progress, read) as committed:
@@ -387,7 +384,7 @@ def _score_and_publish(
             f"{config.input}: no input has a row to score, and the models' labels are not known here "
             "to name the --all-scores columns; score it without --all-scores"
         )
-    counts = ray_dataset.MergeCounts()
+    counts = RunTotals()
     entries = None
     if cache is not None:
         from batchsent.cache.shared import EntryWriter
@@ -514,24 +511,16 @@ def _record_actors(config: JobConfig, progress: _Progress, record: RunRecord) ->
         lift_single_model(record, entries[0])
 
 
-def _summary(
-    config: JobConfig, output: Path | str, counts: ray_dataset.MergeCounts, started: float, record: RunRecord
-) -> RunSummary:
-    """The run's summary from the merged parts' counts (summary.build_summary, as the local engine makes it)."""
+def _summary(config: JobConfig, output: Path | str, counts: RunTotals, started: float, record: RunRecord) -> RunSummary:
+    """The run's summary from the totals counted while merging the parts (``build_summary``, as on the local engine)."""
     wanted = config.scoring_models()
     places = {entry.get("where") for entry in record.get("models") or []} - {None}
     where = f"ray, {config.workers} worker{'s' if config.workers > 1 else ''}" + (
         f", {places.pop()}" if len(places) == 1 else ""
     )
-    per_model = counts.models or [ray_dataset.ModelCounts() for _ in wanted]
-    totals = RunTotals(
-        counts.rows,
-        counts.empty,
-        counts.truncated,
-        counts.cached,
-        models=[ModelTotals(dict(found.labels), found.truncated, found.cached) for found in per_model],
-    )
-    return build_summary(config, output, totals, time.monotonic() - started, record, [where] * len(wanted))
+    if not counts.models:  # no rows merged: each model counted nothing
+        counts.models = [ModelTotals() for _ in wanted]
+    return build_summary(config, output, counts, time.monotonic() - started, record, [where] * len(wanted))
 
 
 LIGHT_TASK_CPUS = 0.25  # reading and writing parts is mostly I/O: whole-CPU tasks would wait behind the scorers
