@@ -8,6 +8,7 @@ same WordPiece vocabulary as distilbert-base-uncased).
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
 import random
@@ -227,3 +228,14 @@ def s3_env():
     yield env, client
     process.terminate()
     process.wait(timeout=10)
+
+
+def read_rows(folder: Path) -> dict[str, dict]:
+    """Every row of a folder's CSV outputs by id, asserting each id appears once."""
+    rows: dict[str, dict] = {}
+    for path in sorted(folder.glob("*.csv")):
+        with open(path, newline="") as stream:
+            for row in csv.DictReader(stream):
+                assert row["id"] not in rows, f"row {row['id']} written twice"
+                rows[row["id"]] = row
+    return rows

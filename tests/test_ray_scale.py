@@ -1,5 +1,5 @@
 """--engine ray where the data lives and when things go wrong: object storage (moto on loopback),
-kill -9 then --resume, and a worker node lost from a three-node ``ray.cluster_utils.Cluster``.
+a worker node lost from a three-node ``ray.cluster_utils.Cluster``.
 
 Each run is ``python -m batchsent score`` in its own process, as cron runs it, so the
 environment (credentials, endpoint) and the Ray it starts or joins are those of a real run.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import varied_texts
+from conftest import read_rows, varied_texts
 
 pytestmark = [
     pytest.mark.ray,
@@ -75,17 +75,6 @@ def finish(process: subprocess.Popen, timeout: float = 400) -> tuple[int, str]:
     return process.returncode, stderr
 
 
-def read_rows(folder: Path) -> dict[str, dict]:
-    """Every output row by id, asserting each id appears once."""
-    rows: dict[str, dict] = {}
-    for path in sorted(folder.glob("*.csv")):
-        with open(path, newline="") as stream:
-            for row in csv.DictReader(stream):
-                assert row["id"] not in rows, f"row {row['id']} written twice"
-                rows[row["id"]] = row
-    return rows
-
-
 def assert_equal_runs(got: dict[str, dict], expected: dict[str, dict]) -> None:
     """Same rows and labels; scores within 1e-5 (rows batched with other rows move in the last bits)."""
     assert list(got) == list(expected)
@@ -110,47 +99,6 @@ def wait_for(condition, timeout: float, process: subprocess.Popen | None = None)
 
 def parts_written(output: Path) -> int:
     return len(list((output.parent / f".{output.name}.batchsent-ray" / "parts").rglob("*.parquet")))
-
-
-def test_kill_9_then_resume_gives_every_row_once(tmp_path, binary_model):
-    source = write_inputs(tmp_path / "in", files=4, rows=1500)
-    reference = tmp_path / "reference"
-    code, stderr = finish(start(command(str(source), binary_model, str(reference), "--chunk-rows", "100")))
-    assert code == 0, stderr
-
-    output = tmp_path / "out"
-    process = start(command(str(source), binary_model, str(output), "--chunk-rows", "100", "--threads", "1"))
-    wait_for(lambda: parts_written(output) >= 3, 300, process)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not output.exists()  # nothing is published before every row is scored
-
-    again = start(command(str(source), binary_model, str(output), "--chunk-rows", "100"))
-    code, stderr = finish(again)
-    assert code == 2 and "an interrupted Ray run left its progress" in stderr and "--resume" in stderr
-    changed = start(command(str(source), binary_model, str(output), "--chunk-rows", "100", "--resume", "--all-scores"))
-    code, stderr = finish(changed)
-    assert code == 2 and "cannot resume: options.all_scores (False -> True) changed" in stderr, stderr
-
-    resumed = start(
-        command(
-            str(source),
-            binary_model,
-            str(output),
-            "--chunk-rows",
-            "100",
-            "--resume",
-            "--manifest",
-            str(tmp_path / "run.json"),
-        )
-    )
-    code, stderr = finish(resumed)
-    assert code == 0, stderr
-    assert "done: 6,000 rows: 6,000 scored" in stderr
-    assert_equal_runs(read_rows(output), read_rows(reference))
-    assert sorted(p.name for p in output.iterdir()) == [f"part-{i}.csv" for i in range(4)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "reference", "run.json"]  # no stray files
-    assert json.loads((tmp_path / "run.json").read_text())["rows_total"] == 6000
 
 
 def test_json_lines_from_an_object_prefix_into_an_object_prefix(tmp_path, binary_model, s3_env):
