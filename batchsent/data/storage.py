@@ -159,12 +159,22 @@ def _fsync(path: Path) -> None:
 
 def publish(temporary: Path, path: Path) -> None:
     """Make a finished temporary file durable and rename it to ``path`` (atomic on one filesystem): the one
-    way every local file batchsent writes is published (io.atomic_file, the writers, the shared cache)."""
+    way every local file batchsent writes is published (writers.atomic_file, the writers, the shared cache,
+    the Ray engine's merged outputs)."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temporary, 0o666 & ~umask)
     _fsync(temporary)
     os.replace(temporary, path)
+    _fsync(path.parent)
+
+
+def publish_folder(staging: Path, path: Path) -> None:
+    """Rename a finished folder (its files already published) to ``path`` and make the rename durable: the one
+    way a local output folder appears, whole or not at all. An existing ``path`` is replaced."""
+    if path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    os.replace(staging, path)
     _fsync(path.parent)
 
 

@@ -35,7 +35,15 @@ import pyarrow as pa
 
 from batchsent.data import formats, readers
 from batchsent.data.sources import InputFiles, expand
-from batchsent.data.storage import filesystem_of, native_stderr_silenced, redact, remote, upload
+from batchsent.data.storage import (
+    filesystem_of,
+    native_stderr_silenced,
+    publish,
+    publish_folder,
+    redact,
+    remote,
+    upload,
+)
 from batchsent.engine.checks import check_model_columns, check_new_columns, check_reader
 from batchsent.engine.fingerprint import model_reference_key, options_key
 from batchsent.engine.ray import dataset as ray_dataset
@@ -199,7 +207,7 @@ class _Progress:
         self.location = ray_progress_location(output if isinstance(output, str) else output.resolve())  # workers' too
         self.parts = f"{self.location}/parts"
         self.rows = f"{self.location}/rows"  # each input's row count, recorded by its read task
-        self.actors = f"{self.location}/actors"  # what each scoring actor ran (ray_scoring.record_facts)
+        self.actors = f"{self.location}/actors"  # what each scoring actor ran (scoring.record_facts)
         self.checkpoint = f"{self.location}/checkpoint"
         self.filesystem, self.root = filesystem_of(self.location)
 
@@ -434,7 +442,7 @@ SUCCESS_MARKER = "_SUCCESS"
 def _publish_file(merged: Path, output: Path | str) -> None:
     """One input's output file: renamed into place, or uploaded in one PUT (whole or not at all)."""
     if isinstance(output, Path):
-        os.replace(merged, output)
+        publish(merged, output)
     else:
         upload(merged, remote(output, OutputError))
 
@@ -445,9 +453,7 @@ def _publish(staging: Path, output: Path | str, written: list[Path]) -> None:
     never reads a partial set; objects an older output left under the prefix are deleted. A failed upload
     deletes what this run uploaded; a killed one leaves no ``_SUCCESS``, and its --resume publishes again."""
     if isinstance(output, Path):
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        os.replace(staging, output)
+        publish_folder(staging, output)
         return
     from pyarrow import fs
 
