@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from conftest import read_rows, varied_texts
 
+from batchsent.settings.naming import ray_progress_location
+
 pytestmark = [
     pytest.mark.ray,
     pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed"),
@@ -98,7 +100,7 @@ def wait_for(condition, timeout: float, process: subprocess.Popen | None = None)
 
 
 def parts_written(output: Path) -> int:
-    return len(list((output.parent / f".{output.name}.batchsent-ray" / "parts").rglob("*.parquet")))
+    return len(list((Path(ray_progress_location(output)) / "parts").rglob("*.parquet")))
 
 
 def test_json_lines_from_an_object_prefix_into_an_object_prefix(tmp_path, binary_model, s3_env):
@@ -194,7 +196,7 @@ def test_a_worker_node_lost_while_scoring(tmp_path, binary_model):
 
 def test_a_worker_node_lost_while_the_model_loads(tmp_path, binary_model):
     def started(output: Path) -> bool:  # the driver passed its checks and starts the actors; nothing scored yet
-        return (output.parent / f".{output.name}.batchsent-ray" / "run.json").exists() and parts_written(output) == 0
+        return (Path(ray_progress_location(output)) / "run.json").exists() and parts_written(output) == 0
 
     _cluster_run(tmp_path, binary_model, started)
 

@@ -116,6 +116,11 @@ class ModelTotals:
     cached: int = 0
     duplicates: int = 0
 
+    def add_labels(self, counts: dict[str, int]) -> None:
+        """Add label counts (a file's, a merged block's) to this model's."""
+        for label, count in counts.items():
+            self.label_counts[label] = self.label_counts.get(label, 0) + count
+
 
 @dataclass
 class RunTotals:

@@ -290,10 +290,10 @@ def _combined_summary(
     )
     wanted = config.scoring_models()
     if wanted[0].name is None:
-        labels: dict[str, int] = {}
+        only = ModelTotals()
         for entry in files:
-            _add_counts(labels, entry["label_counts"])
-        totals.models = [ModelTotals(labels)]
+            only.add_labels(entry["label_counts"])
+        totals.models = [only]
         where = [f"{record.get('device', '')}, {record.get('variant', '')}" if record.get("device") else ""]
     else:
         by_name = {model.name: ModelTotals() for model in wanted}
@@ -304,13 +304,8 @@ def _combined_summary(
                 total.truncated += model["truncated"]
                 total.cached += model["cached"]
                 total.duplicates += model["duplicates"]
-                _add_counts(total.label_counts, model["label_counts"])
+                total.add_labels(model["label_counts"])
                 wheres[model["name"]] = wheres[model["name"]] or model.get("where", "")
         totals.models = list(by_name.values())
         where = list(wheres.values())
     return build_summary(config, output, totals, elapsed, record, where)
-
-
-def _add_counts(total: dict[str, int], added: dict[str, int]) -> None:
-    for label, count in added.items():
-        total[label] = total.get(label, 0) + count

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -249,8 +248,13 @@ def _count(table: pa.Table, label_columns: list[str], counts: RunTotals) -> None
     for model, (name, model_counts) in enumerate(zip(label_columns, counts.models, strict=True)):
         labels = table.column(name)
         blank = pc.is_null(labels).to_numpy(zero_copy_only=False)
-        for label, count in Counter(label for label in labels.to_pylist() if label is not None).items():
-            model_counts.label_counts[label] = model_counts.label_counts.get(label, 0) + count
+        model_counts.add_labels(
+            {
+                found["values"]: found["counts"]
+                for found in pc.value_counts(labels).to_pylist()
+                if found["values"] is not None
+            }
+        )
         flags = table.column(truncated_column(model)).to_numpy(zero_copy_only=False)
         model_counts.truncated += int(flags.sum())
         truncated |= flags
