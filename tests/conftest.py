@@ -163,6 +163,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture
+def eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Classifiers run the transformers model itself, not a kept trace (runtime.graphs): for tests of what
+    the model object sees or holds (the batches it runs, its swapped layers)."""
+    monkeypatch.setenv("BATCHSENT_GRAPHS", "off")
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Folders of the four tiny model kinds, built once per run."""

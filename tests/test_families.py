@@ -70,7 +70,7 @@ def test_onnx_matches_the_pipeline_or_is_refused_uncached(families, family, tmp_
     if (
         family == "longformer"
     ):  # its sliding-window attention traces to a graph that is right only for the traced shapes
-        with pytest.raises(ModelLoadError, match=r"differs from torch by .* on inputs of other lengths"):
+        with pytest.raises(ModelLoadError, match=r"(differs from torch by .*|fails) on inputs of other lengths"):
             Classifier(str(folder), device="cpu", backend="onnx")
         assert not list(backends.onnx_cache_root().rglob("*.onnx"))
         return

@@ -67,7 +67,7 @@ def test_constant_token_and_layer_without_bias(kernel):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("kind", ["binary", "three"])
-def test_encoder_layers_are_replaced_and_the_head_is_not(tiny_models, kind, kernel):
+def test_encoder_layers_are_replaced_and_the_head_is_not(tiny_models, kind, kernel, eager):
     classifier = Classifier(str(tiny_models[kind]), device="cpu")
     exact = classifier.predict(varied_texts(20, seed=3)).probabilities
     model = classifier.model

@@ -65,7 +65,7 @@ class CountingModel:
         return self.model(**inputs)
 
 
-def test_a_text_repeated_in_one_call_runs_once_and_every_copy_gets_its_results(binary_model):
+def test_a_text_repeated_in_one_call_runs_once_and_every_copy_gets_its_results(binary_model, eager):
     classifier = Classifier(str(binary_model), device="cpu")
     counting = CountingModel(classifier.model)
     classifier._runner.model = counting
@@ -80,7 +80,7 @@ def test_a_text_repeated_in_one_call_runs_once_and_every_copy_gets_its_results(b
 
 
 @pytest.mark.parametrize(("budget", "rows"), [(2048, 128), (300, 8), (1, 64)])
-def test_the_model_runs_exactly_the_planned_batches(binary_model, budget, rows):
+def test_the_model_runs_exactly_the_planned_batches(binary_model, budget, rows, eager):
     classifier = Classifier(str(binary_model), device="cpu", token_budget=budget, batch_size=rows)
     counting = CountingModel(classifier.model)
     classifier._runner.model = counting

@@ -33,6 +33,7 @@ from batchsent.model.postprocess import SOFTMAX, activate, activation_for, aggre
 from batchsent.runtime.backends import OnnxRunner, TorchRunner, check_backend_options, device_refusal, onnx_model
 from batchsent.runtime.cpu import this_cpu
 from batchsent.runtime.device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype
+from batchsent.runtime.graphs import GraphRunner, graph_key, load_graph, trace_graph, traceable
 from batchsent.runtime.precision import resolve_precision
 from batchsent.settings.options import DEFAULT_MODEL, ModelOptions
 from batchsent.state.identity import model_identity
@@ -102,7 +103,15 @@ class Classifier:
             self._follow_tuning(notes)
         self._prepare_encoder()
         self.model: Any = None
-        self._runner: TorchRunner | OnnxRunner | None = None
+        self._runner: TorchRunner | OnnxRunner | GraphRunner | None = None
+        self._capacity: int | None = None
+        self.graph: str | None = None  # "traced" or "loaded" when a traced graph runs the model (runtime.graphs)
+        self._input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if self._wants_type_ids else [])
+        self._graph_key = (
+            graph_key(self.identity, self._input_names)
+            if traceable(self.config, self.backend, self.dtype, self.quantize, self.device.type)
+            else None
+        )
         if weights:
             self.load_weights()
 
@@ -121,17 +130,27 @@ class Classifier:
         if self._runner is not None:
             return 0.0
         started = time.monotonic()
+        if self._graph_key is not None:
+            kept = load_graph(self._graph_key)
+            if kept is not None:
+                graph, self._capacity = kept
+                self._check_capacity()
+                self._runner, self.graph = GraphRunner(graph, self._input_names), "loaded"
+                return time.monotonic() - started
         model = self._pretrained.load_model()
-        capacity = position_capacity(model)
-        if capacity is not None and capacity < self.max_length:
-            raise ModelLoadError(
-                f"model '{self.name}' holds {capacity} positions, fewer than its tokenizer's limit of "
-                f"{self.max_length}; pass --max-length {capacity}"
-            )
+        self._capacity = position_capacity(model)
+        self._check_capacity()
         self._check_unchanged()
         self.model = model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
         self._prepare_runner()
         return time.monotonic() - started
+
+    def _check_capacity(self) -> None:
+        if self._capacity is not None and self._capacity < self.max_length:
+            raise ModelLoadError(
+                f"model '{self.name}' holds {self._capacity} positions, fewer than its tokenizer's limit of "
+                f"{self.max_length}; pass --max-length {self._capacity}"
+            )
 
     def _check_unchanged(self) -> None:
         """Refuse weights loaded from files other than those ``identity`` keys (a model folder replaced between
@@ -255,22 +274,34 @@ class Classifier:
         self.encoding_key = (content, self._encoder.encode_special_tokens, windows, hypotheses, self._wants_type_ids)
 
     def _prepare_runner(self) -> None:
-        """What runs the model: ONNX Runtime on a cached export, or torch (int8 layers swapped in)."""
+        """What runs the model: ONNX Runtime on a cached export, a traced graph, or torch (int8 layers swapped in)."""
         self.exported = False
         if self.backend == "onnx":
-            sample = self.encode(["a short sample", "a somewhat longer sample text for the export"])
-            inputs = self._batch_inputs(sample, sample.batches[0])
-            check = self.encode(["one", "a sample of another length, to check the export " * 2, EXPORT_CHECK_TEXT])
-            checks = [self._batch_inputs(check, np.arange(len(check.lengths)))]
-            path, self.exported = onnx_model(self.name, self.model, inputs, self.quantize, checks)
+            example, checks = self._sample_batches()
+            path, self.exported = onnx_model(self.name, self.model, example, self.quantize, checks)
             self._runner = OnnxRunner(path, self.device, self.options.threads)
             return
+        if self._graph_key is not None:
+            example, checks = self._sample_batches()
+            graph = trace_graph(self.model, example, checks, self._graph_key, self._capacity)
+            if graph is not None:
+                self._runner, self.graph = GraphRunner(graph, self._input_names), "traced"
+                return
         if self.kernel is not None:
             from batchsent.runtime.int8 import quantize_encoder_int8
 
             if not quantize_encoder_int8(self.model, self.kernel):  # nothing int8 can run: say it ran float32
                 self.quantize = self.kernel = None
         self._runner = TorchRunner(self.model, self.device)
+
+    def _sample_batches(self) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
+        """A batch to export or trace the model on, and batches of other shapes to check the result on: three
+        padded rows up to ``max_length`` tokens, and one row alone (no padding)."""
+        sample = self.encode(["a short sample", "a somewhat longer sample text for the export"])
+        example = self._batch_inputs(sample, sample.batches[0])
+        check = self.encode(["one", "a sample of another length, to check the export " * 2, EXPORT_CHECK_TEXT])
+        checks = [self._batch_inputs(check, np.arange(len(check.lengths))), self._batch_inputs(check, np.arange(1, 2))]
+        return example, checks
 
     def _prepare_windows(self) -> None:
         """Learn the special tokens around one sequence, to wrap every window in them."""

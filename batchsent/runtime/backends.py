@@ -209,7 +209,7 @@ def _export(model: Any, sample: dict[str, np.ndarray], path: Path) -> None:
         warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches
         try:
             torch.onnx.export(
-                _LogitsOnly(model.float().cpu(), names).eval(),
+                logits_only(model.float().cpu(), names).eval(),
                 args=tuple(tensors[name] for name in names),
                 f=str(path),
                 input_names=names,
@@ -239,5 +239,6 @@ def _logits_only_class() -> type:
     return LogitsOnly
 
 
-def _LogitsOnly(model: Any, names: list[str]) -> Any:
+def logits_only(model: Any, names: list[str]) -> Any:
+    """``model`` as a module whose one output is its logits (what exports and traces take)."""
     return _logits_only_class()(model, names)

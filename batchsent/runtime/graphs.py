@@ -1,0 +1,145 @@
+"""Traced graphs: float32 encoder classifiers on CPU, kept so that later runs start without transformers'
+modeling code.
+
+Importing a model class from transformers costs more than the rest of a small run: on a 2-core Xeon, 1.4 s
+(its modeling code imports torch.distributed, torch._dynamo, sympy and scipy), against 0.2 s to read the
+weights. A TorchScript trace of the model and its head loads in about 0.1 s with torch alone.
+
+The first run of a model on a machine traces it, runs the trace and the model on batches of other shapes
+(padded, one row, the longest row the run allows) and keeps the trace only when every logit is bitwise
+equal; it then scores with the trace. Later runs load the trace. A run scores with the trace whether it
+traced it or loaded it, so a resumed run replays the same computation as the run it resumes.
+
+Only for architectures whose forward takes no Python branch on its inputs' values or shapes that a trace
+would freeze (TRACEABLE), float32 on CPU, the torch backend without int8, and no model code of its own. A
+trace is keyed by the model's identity (its files' content, or its Hub commit and config), its input names,
+and the torch and transformers versions. ``BATCHSENT_GRAPHS=off`` turns this off; the traces live beside the
+tuning store (``batchsent info`` shows where), one per model version, and may be deleted at any time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batchsent.data.writers import atomic_file
+from batchsent.runtime.backends import logits_only
+from batchsent.state.identity import digest_memo_path, package_version
+
+GRAPH_FORMAT = 1  # bump when what a trace holds or how it is checked changes: older traces are then not found
+
+# transformers model types whose forward traces into a graph that holds for every batch shape: no branch on a
+# tensor's value, no length-dependent position scheme computed in Python. Tested in tests/test_graphs.py.
+TRACEABLE = frozenset({"bert", "distilbert", "roberta", "xlm-roberta", "electra", "albert", "camembert"})
+
+
+def graphs_enabled() -> bool:
+    return os.environ.get("BATCHSENT_GRAPHS", "on").strip().lower() not in {"off", "0", "false", "no"}
+
+
+def graph_folder() -> Path:
+    """Where traces are kept: ``graphs/`` beside the file-hash memo and the tuning store."""
+    return digest_memo_path().with_name("graphs")
+
+
+def traceable(config: Any, backend: str, dtype: str, quantize: str | None, device_type: str) -> bool:
+    """Whether this model, run this way, scores with a traced graph."""
+    return (
+        graphs_enabled()
+        and backend == "torch"
+        and dtype == "float32"
+        and quantize is None
+        and device_type == "cpu"
+        and getattr(config, "model_type", None) in TRACEABLE
+        and not getattr(config, "auto_map", None)  # a model with code of its own runs as its authors wrote it
+    )
+
+
+def graph_key(identity: dict[str, Any], input_names: list[str]) -> str:
+    """What a trace depends on: the model's identity, its inputs, and the libraries that traced it."""
+    facts = {
+        "format": GRAPH_FORMAT,
+        "model": identity,
+        "inputs": input_names,
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def load_graph(key: str) -> tuple[Any, int | None] | None:
+    """The kept trace under ``key`` and the model's position capacity; None when there is none (or it is
+    unreadable: a damaged trace is replaced by the next run's)."""
+    import torch
+
+    folder = graph_folder() / key
+    try:
+        meta = json.loads((folder / "graph.json").read_text())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice, on every load
+            graph = torch.jit.load(str(folder / "graph.pt"), map_location="cpu")
+    except Exception:
+        return None
+    return graph.eval(), meta.get("capacity")
+
+
+def trace_graph(
+    model: Any,
+    example: dict[str, np.ndarray],
+    checks: list[dict[str, np.ndarray]],
+    key: str,
+    capacity: int | None,
+) -> Any | None:
+    """A trace of ``model`` on ``example``, kept under ``key`` when its logits equal the model's bit for bit on
+    every batch of ``checks``; None when they differ somewhere or tracing fails (the model then runs eagerly)."""
+    import torch
+
+    names = list(example)
+    wrapped = logits_only(model, names).eval()
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(), torch.jit.optimized_execution(False):
+            warnings.simplefilter("ignore")  # the deprecation notice and tracer notes on Python values
+            graph = torch.jit.trace(wrapped, _tensors(example, names), check_trace=False)
+            for batch in checks:
+                if not torch.equal(graph(*_tensors(batch, names)), wrapped(*_tensors(batch, names))):
+                    return None
+    except Exception:
+        return None
+    folder = graph_folder() / key
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_file(folder / "graph.pt") as temporary, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            torch.jit.save(graph, str(temporary))
+        with atomic_file(folder / "graph.json") as temporary:
+            temporary.write_text(json.dumps({"capacity": capacity, "inputs": names}))
+    except OSError:
+        pass  # a state folder that cannot take it: this run still scores with the trace, the next traces again
+    return graph
+
+
+def _tensors(inputs: dict[str, np.ndarray], names: list[str]) -> tuple[Any, ...]:
+    import torch
+
+    return tuple(torch.from_numpy(inputs[name]) for name in names)
+
+
+class GraphRunner:
+    """Runs a traced graph on CPU: padded numpy inputs in, float32 logits out."""
+
+    def __init__(self, graph: Any, names: list[str]) -> None:
+        self.graph, self.names = graph, names
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        # optimized_execution(False): the graph runs as traced, op for op, never re-specialised after its
+        # first calls, so its logits stay those checked against the model
+        with torch.inference_mode(), torch.jit.optimized_execution(False):
+            return self.graph(*_tensors(inputs, self.names)).float().numpy()

@@ -1,0 +1,144 @@
+"""Kept traces (runtime.graphs): the first run traces a model, later runs load the trace, and every path scores
+the same bytes as the transformers model itself; a trace that would differ is never kept."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import varied_texts
+
+from batchsent.model.classifier import Classifier
+from batchsent.runtime import graphs
+
+TEXTS = [*varied_texts(40, seed=8), "great", "great", None, "  "]
+
+
+@pytest.fixture
+def model_copy(tmp_path, binary_model):
+    """A private copy of the tiny DistilBERT: no trace of it is kept yet."""
+    return shutil.copytree(binary_model, tmp_path / "model")
+
+
+def test_traced_once_then_loaded_and_the_same_bytes_as_the_model(model_copy, monkeypatch):
+    first = Classifier(str(model_copy), device="cpu")
+    traced = first.predict(TEXTS).probabilities
+    later = Classifier(str(model_copy), device="cpu")
+    loaded = later.predict(TEXTS).probabilities
+    monkeypatch.setenv("BATCHSENT_GRAPHS", "off")
+    plain = Classifier(str(model_copy), device="cpu")
+    eager = plain.predict(TEXTS).probabilities
+    assert (first.graph, later.graph, plain.graph) == ("traced", "loaded", None)
+    assert later.model is None  # the transformers model was never built
+    assert traced.tobytes() == loaded.tobytes() == eager.tobytes()
+
+
+def test_a_kept_trace_spares_the_import_of_transformers_modeling_code(model_copy, tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys
+        from batchsent.model.classifier import Classifier
+        classifier = Classifier(sys.argv[1], device="cpu")
+        classifier.predict(["a first review", "and a second, longer one"])
+        print(classifier.graph, "transformers.models.distilbert.modeling_distilbert" in sys.modules)
+        """
+    )
+    env = {**os.environ, "BATCHSENT_STATE_DIR": str(tmp_path / "state")}
+    runs = [
+        subprocess.run([sys.executable, "-c", script, str(model_copy)], capture_output=True, text=True, env=env)
+        for _ in range(2)
+    ]
+    assert [run.stdout.split() for run in runs] == [["traced", "True"], ["loaded", "False"]], runs[-1].stderr
+
+
+def test_a_damaged_trace_is_traced_again(model_copy):
+    first = Classifier(str(model_copy), device="cpu")
+    expected = first.predict(TEXTS).probabilities
+    (graphs.graph_folder() / first._graph_key / "graph.pt").write_bytes(b"not a TorchScript archive")
+    again = Classifier(str(model_copy), device="cpu")
+    assert again.graph == "traced"
+    assert again.predict(TEXTS).probabilities.tobytes() == expected.tobytes()
+
+
+def test_a_changed_model_is_traced_again(model_copy):
+    Classifier(str(model_copy), device="cpu")
+    config = model_copy / "config.json"
+    config.write_text(config.read_text().replace('"NEGATIVE"', '"BAD"'))
+    changed = Classifier(str(model_copy), device="cpu")
+    assert changed.graph == "traced" and "BAD" in changed.labels
+
+
+class ShapeBranch(torch.nn.Module):
+    """A classifier whose forward takes a Python branch on the batch's length, which a trace freezes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 2)
+
+    def forward(self, input_ids, attention_mask, return_dict=True):
+        logits = self.embed(input_ids).mean(1)
+        if input_ids.shape[1] > 4:
+            logits = logits * 2
+        return type("Output", (), {"logits": logits})()
+
+
+def test_a_trace_that_differs_from_the_model_is_not_kept():
+    example = {"input_ids": np.ones((2, 3), np.int64), "attention_mask": np.ones((2, 3), np.int64)}
+    longer = {"input_ids": np.ones((2, 9), np.int64), "attention_mask": np.ones((2, 9), np.int64)}
+    assert graphs.trace_graph(ShapeBranch(), example, [example], "branch-a", None) is not None  # same shape: equal
+    assert graphs.trace_graph(ShapeBranch(), example, [example, longer], "branch-b", None) is None
+    assert graphs.load_graph("branch-b") is None and graphs.load_graph("branch-a") is not None
+
+
+def tiny_config(model_type: str):
+    from transformers import AutoConfig
+
+    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    if model_type == "distilbert":
+        sizes = {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}
+    extra = {"embedding_size": 16} if model_type in {"albert", "electra"} else {}
+    return AutoConfig.for_model(model_type, vocab_size=99, max_position_embeddings=130, num_labels=3, **sizes, **extra)
+
+
+@pytest.mark.parametrize("model_type", sorted(graphs.TRACEABLE))
+def test_every_traceable_type_traces_to_the_model_on_shapes_it_was_not_traced_on(model_type):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(model_type)).eval()
+    rng = np.random.default_rng(0)
+
+    def batch(rows: int, width: int) -> dict[str, np.ndarray]:
+        lengths = rng.integers(2, width + 1, rows)
+        lengths[0] = width
+        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+        return {"input_ids": np.where(mask, rng.integers(5, 99, (rows, width)), 1), "attention_mask": mask}
+
+    graph = graphs.trace_graph(model, batch(2, 7), [batch(3, 20)], f"type-{model_type}", None)
+    assert graph is not None
+    runner = graphs.GraphRunner(graph, ["input_ids", "attention_mask"])
+    for rows, width in [(1, 1 + 1), (1, 127), (9, 33), (4, 5), (16, 128)]:
+        inputs = batch(rows, width)
+        with torch.inference_mode():
+            expected = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
+        assert runner(inputs).tobytes() == expected.tobytes(), (model_type, rows, width)
+
+
+def test_only_float32_torch_on_cpu_without_model_code_is_traced(monkeypatch):
+    bert = tiny_config("bert")
+    assert graphs.traceable(bert, "torch", "float32", None, "cpu")
+    assert not graphs.traceable(bert, "torch", "bfloat16", None, "cpu")
+    assert not graphs.traceable(bert, "torch", "float32", "int8", "cpu")
+    assert not graphs.traceable(bert, "onnx", "float32", None, "cpu")
+    assert not graphs.traceable(bert, "torch", "float32", None, "cuda")
+    assert not graphs.traceable(tiny_config("gpt2"), "torch", "float32", None, "cpu")
+    bert.auto_map = {"AutoModelForSequenceClassification": "custom.Model"}
+    assert not graphs.traceable(bert, "torch", "float32", None, "cpu")
+    monkeypatch.setenv("BATCHSENT_GRAPHS", "off")
+    assert not graphs.traceable(tiny_config("bert"), "torch", "float32", None, "cpu")
