@@ -223,7 +223,16 @@ def machine(device: str) -> dict:
             "transformers": transformers.__version__,
             "batchsent": getattr(batchsent, "__version__", None),
         },
+        "commit": commit(),
     }
+
+
+def commit() -> str | None:
+    """The commit of the code measured (``-dirty`` with uncommitted changes); None outside a git checkout."""
+    done = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
+    return done.stdout.strip() or None
 
 
 def main() -> None:

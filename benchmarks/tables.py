@@ -27,6 +27,13 @@ def _seconds(figure: dict) -> str:
     return f"{figure['median']:.1f} s ({figure['min']:.1f}–{figure['max']:.1f})"
 
 
+def _measured_at(where: dict) -> str:
+    """Which code was measured: the commit a results file names (older files say it in a note)."""
+    if where.get("commit"):
+        return f"; batchsent at {where['commit']}"
+    return f"; {where['note']}" if where.get("note") else ""
+
+
 def e2e_table() -> str:
     """Whole processes per results file (one per device and CPU class): every contender's median seconds with
     min and max, and batchsent's ratios against the fastest pipeline setting and the pipeline's default."""
@@ -43,7 +50,7 @@ def e2e_table() -> str:
         lines = [
             f"**{device}** (`{path.relative_to(ROOT)}`; median of {report['repeats']} alternated whole-process runs, "
             f"min–max in brackets; torch {where['versions']['torch']}, transformers {where['versions']['transformers']}; "
-            f"`{report['command']}`)",
+            f"`{report['command']}`{_measured_at(where)})",
             "",
             "| " + " | ".join(header) + " |",
             "| " + " | ".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + " |",
@@ -75,7 +82,7 @@ def startup_table() -> str:
         lines = [
             f"**{where['cpu']}, {report['threads']} threads**, model `{report['model']}` "
             f"(`{path.relative_to(ROOT)}`; median of {report['repeats']} alternated rounds, min–max in brackets; "
-            f"`{report['command']}`): batchsent's 10-row run takes {report['share_of_pipeline_pct']:g}% of the "
+            f"`{report['command']}`{_measured_at(report['machine'])}): batchsent's 10-row run takes {report['share_of_pipeline_pct']:g}% of the "
             "pipeline script's time.",
             "",
             "| whole process | seconds | | phase of one start-up, in order | seconds |",

@@ -15,7 +15,7 @@ import torch
 from conftest import varied_texts
 
 from batchsent.model.classifier import Classifier
-from batchsent.runtime import graphs
+from batchsent.runtime import graphs, info
 
 TEXTS = [*varied_texts(40, seed=8), "great", "great", None, "  "]
 
@@ -35,6 +35,8 @@ def test_traced_once_then_loaded_and_the_same_bytes_as_the_model(model_copy, mon
     plain = Classifier(str(model_copy), device="cpu")
     eager = plain.predict(TEXTS).probabilities
     assert (first.graph, later.graph, plain.graph) == ("traced", "loaded", None)
+    (said,) = [line for line in info.render(info.collect()) if line.startswith("kept traces")]
+    assert str(graphs.graph_folder()) in said and said.endswith("; off (BATCHSENT_GRAPHS)")
     assert later.model is None  # the transformers model was never built
     assert traced.tobytes() == loaded.tobytes() == eager.tobytes()
 

@@ -48,6 +48,17 @@ def graph_folder() -> Path:
     return digest_memo_path().with_name("graphs")
 
 
+def kept_graphs() -> dict[str, Any]:
+    """What ``batchsent info`` says of the kept traces: on or off, where, how many and their size."""
+    files = [path for path in graph_folder().glob("*/graph.pt") if path.is_file()]
+    return {
+        "enabled": graphs_enabled(),
+        "folder": str(graph_folder()),
+        "kept": len(files),
+        "bytes": sum(path.stat().st_size for path in files),
+    }
+
+
 def traceable(config: Any, backend: str, dtype: str, quantize: str | None, device_type: str) -> bool:
     """Whether this model, run this way, scores with a traced graph."""
     return (

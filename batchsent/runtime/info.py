@@ -7,6 +7,7 @@ from typing import Any
 
 from batchsent.errors import UsageError
 from batchsent.runtime.cpu import CpuInfo, this_cpu
+from batchsent.runtime.graphs import kept_graphs
 from batchsent.runtime.precision import resolve_precision
 from batchsent.state.identity import package_version
 
@@ -62,6 +63,7 @@ def collect() -> dict[str, Any]:
         },
         "tunings": tunings,
         "tuning_store_error": store_error,
+        "graphs": kept_graphs(),
     }
 
 
@@ -97,6 +99,11 @@ def render(info: dict[str, Any]) -> list[str]:
         f"cuda devices: {', '.join(info['cuda_devices']) or 'none'}",
     ]
     lines += [f"variant {name}: {state}" for name, state in info["variants"].items()]
+    graphs = info["graphs"]
+    lines.append(
+        f"kept traces (float32 CPU runs after a model's first): {graphs['kept']} ({graphs['bytes'] / 2**20:,.0f} MiB) "
+        f"in {graphs['folder']}" + ("" if graphs["enabled"] else "; off (BATCHSENT_GRAPHS)")
+    )
     if info.get("tuning_store_error"):
         lines.append(f"tuning store: {info['tuning_store_error']}; move it aside to start over")
     elif fast["device"] == "cpu":
