@@ -14,7 +14,7 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score report info test test-fast check test-avx2 bench bench-startup bench-ct2 bench-tune bench-ray bench-ray-cache bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
+.PHONY: help score report info test test-fast check test-avx2 bench bench-startup bench-ct2 bench-onnx-variants bench-tune bench-ray bench-ray-cache bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -85,6 +85,9 @@ bench: $(BENCH_DEPS) ## Throughput vs the transformers pipeline, the CTranslate2
 
 bench-ct2: $(BENCH_DEPS) ## CTranslate2 float32/int8 vs batchsent's float32, int8 and tuned fast: same batches, model time
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ctranslate2_anchor.py $(BENCH_ARGS)
+
+bench-onnx-variants: $(TEST_DEPS) ## ONNX Runtime int8 per-channel and the transformer optimizer against torch float32: rows/s and agreement
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/onnx_variants.py $(BENCH_ARGS)
 
 bench-tune: $(TEST_DEPS) ## batchsent tune on MiniLM (../shared) and the DistilBERT shape: every variant, rows/s and agreement
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/tune.py $(BENCH_ARGS)
