@@ -86,7 +86,7 @@ bench: $(BENCH_DEPS) ## Throughput vs the transformers pipeline, the CTranslate2
 bench-ct2: $(BENCH_DEPS) ## CTranslate2 float32/int8 vs batchsent's float32, int8 and tuned fast: same batches, model time
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ctranslate2_anchor.py $(BENCH_ARGS)
 
-bench-onnx-variants: $(TEST_DEPS) ## ONNX Runtime int8 per-channel and the transformer optimizer against torch float32: rows/s and agreement
+bench-onnx-variants: $(TEST_DEPS) ## ONNX Runtime int8 per-channel, the transformer optimizer, and an eager-attention export (attention fused) against torch float32: rows/s and agreement
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/onnx_variants.py $(BENCH_ARGS)
 
 bench-tune: $(TEST_DEPS) ## batchsent tune on MiniLM (../shared) and the DistilBERT shape: every variant, rows/s and agreement
