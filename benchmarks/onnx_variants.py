@@ -22,7 +22,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,30 +72,19 @@ def optimized(source: Path, target: Path, config) -> dict[str, int]:
 
 
 def eager_attention_export(model: str, export: Path, tokenizer, target: Path) -> None:
-    """The model exported as batchsent exports it, but with transformers' eager attention instead of SDPA: the
-    pattern the optimizer's attention fusion matches."""
+    """The model exported as batchsent exports it (``backends._export``), but with transformers' eager attention
+    instead of SDPA: the pattern the optimizer's attention fusion matches."""
     import onnxruntime as ort
     from transformers import AutoModelForSequenceClassification
 
-    from batchsent.runtime.backends import ONNX_OPSET, logits_only
+    from batchsent.runtime.backends import _export
 
     names = [i.name for i in ort.InferenceSession(str(export), providers=["CPUExecutionProvider"]).get_inputs()]
     loaded = AutoModelForSequenceClassification.from_pretrained(model, attn_implementation="eager").eval()
     sample = tokenizer(
-        ["a short sample", "a somewhat longer sample text for the export"], padding=True, return_tensors="pt"
+        ["a short sample", "a somewhat longer sample text for the export"], padding=True, return_tensors="np"
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches
-        torch.onnx.export(
-            logits_only(loaded, names).eval(),
-            args=tuple(sample[name] for name in names),
-            f=str(target),
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}},
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-        )
+    _export(loaded, {name: sample[name].astype(np.int64) for name in names}, target)
 
 
 def variants_of(model: str, export: Path, exporter: Classifier, folder: Path) -> tuple[dict[str, Path], dict]:
