@@ -128,6 +128,29 @@ def build_tiny_model(directory: Path, kind: str, seed: int = 0) -> Path:
     return directory
 
 
+def tiny_config(model_type: str, num_labels: int = 3):
+    """A two-layer, 32-wide config of ``model_type`` over a 99-token vocabulary (a model built from it in code)."""
+    from transformers import AutoConfig
+
+    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    if model_type == "distilbert":
+        sizes = {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}
+    extra = {"embedding_size": 16} if model_type in {"albert", "electra"} else {}
+    return AutoConfig.for_model(
+        model_type, vocab_size=99, max_position_embeddings=130, num_labels=num_labels, **sizes, **extra
+    )
+
+
+def padded_batch(rng, rows: int, width: int) -> dict:
+    """``rows`` right-padded rows of random ids (5-98; pad id 1), the first ``width`` long, the others 2 or more."""
+    import numpy as np
+
+    lengths = rng.integers(2, width + 1, rows)
+    lengths[0] = width
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    return {"input_ids": np.where(mask, rng.integers(5, 99, (rows, width)), 1), "attention_mask": mask}
+
+
 def relabelled(model: Path, directory: Path, labels: list[str]) -> Path:
     """A copy of ``model`` whose config names its classes ``labels`` (same weights, other column names)."""
     import json

@@ -41,6 +41,73 @@ def test_export_is_cached_and_invalidated_when_the_model_changes(tmp_path):
     assert not np.allclose(first.predict(text).probabilities, changed.predict(text).probabilities)
 
 
+def operator_types(path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.parametrize("model_type", sorted(backends.FUSABLE))
+def test_every_fusable_type_exports_fused_attention_close_to_torch_on_other_shapes(model_type):
+    import torch
+    from conftest import padded_batch, tiny_config
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(model_type)).eval()
+    rng = np.random.default_rng(0)
+    sample, checks = padded_batch(rng, 2, 7), [padded_batch(rng, 3, 20), padded_batch(rng, 1, 5)]
+    graph = backends.onnx_model(f"tiny/{model_type}", model, sample, None, checks)
+    assert graph.fused and graph.exported and graph.path.name == backends.FUSED
+    assert {"Attention", "SkipLayerNormalization"} <= operator_types(graph.path)
+    assert not (graph.path.parent / backends.PLAIN).exists()
+    runner = backends.OnnxRunner(graph.path, torch.device("cpu"), None)
+    for rows, width in [(1, 2), (9, 33), (16, 128)]:
+        inputs = padded_batch(rng, rows, width)
+        with torch.inference_mode():
+            expected = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
+        np.testing.assert_allclose(runner(inputs), expected, rtol=0, atol=backends.EXPORT_TOLERANCE)
+    assert model.config._attn_implementation == "sdpa"  # the model itself runs as it did before the export
+
+
+def test_int8_weights_of_the_fused_graph_have_one_scale_per_channel(binary_model):
+    import onnx
+    from onnx import numpy_helper
+
+    classifier = Classifier(str(binary_model), device="cpu", backend="onnx", quantize="int8")
+    path = classifier._runner.session._model_path
+    assert classifier.fused and path.endswith("model.fused.int8.onnx")
+    assert classifier.variant == "onnx int8/per-channel"
+    graph = onnx.load(path).graph
+    initial = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    # MatMulInteger's 4th input and QAttention's 5th: the weight's zero points, and its scales
+    per_weight = [initial[n.input[3]] for n in graph.node if n.op_type == "MatMulInteger"]
+    per_weight += [initial[n.input[4]] for n in graph.node if n.op_type == "QAttention"]
+    assert {"QAttention", "MatMulInteger"} <= {n.op_type for n in graph.node}
+    assert per_weight and all(values.size > 1 for values in per_weight)
+
+
+def test_a_fused_graph_that_fails_its_check_leaves_the_plain_export_and_is_not_tried_again(binary_model, monkeypatch):
+    real_check = backends._check_export
+    checked = []
+
+    def fail_the_fused_graph(model, path, checks):
+        checked.append(path)
+        if len(checked) == 1:
+            raise backends.ModelLoadError("differs from torch")
+        real_check(model, path, checks)
+
+    monkeypatch.setattr(backends, "_check_export", fail_the_fused_graph)
+    first = Classifier(str(binary_model), device="cpu", backend="onnx")
+    assert first.exported and not first.fused and len(checked) == 2
+    assert [p.name for p in backends.onnx_cache_root().rglob("*.onnx")] == [backends.PLAIN]
+    monkeypatch.setattr(backends, "_fused_export", lambda *args: pytest.fail("fusion tried again"))
+    again = Classifier(str(binary_model), device="cpu", backend="onnx")
+    assert not again.exported and not again.fused
+    texts = varied_texts(12, seed=3)
+    assert again.predict(texts).probabilities.tobytes() == first.predict(texts).probabilities.tobytes()
+
+
 @pytest.mark.parametrize(
     "options",
     [{"dtype": "bfloat16"}, {"quantize": "int8"}, {"backend": "onnx", "quantize": "int8"}],

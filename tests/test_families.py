@@ -76,6 +76,7 @@ def test_onnx_matches_the_pipeline_or_is_refused_uncached(families, family, tmp_
         return
     classifier = Classifier(str(folder), device="cpu", backend="onnx")
     assert classifier.variant == "onnx float32"
+    assert classifier.fused == (family in backends.FUSABLE)  # BERT and RoBERTa: attention fused, still 1e-4
     assert_matches(classifier.predict(TEXTS).probabilities, reference, 1e-4)
 
 

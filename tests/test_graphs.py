@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import varied_texts
+from conftest import padded_batch, tiny_config, varied_texts
 
 from batchsent.model.classifier import Classifier
 from batchsent.runtime import graphs, info
@@ -98,16 +98,6 @@ def test_a_trace_that_differs_from_the_model_is_not_kept():
     assert graphs.load_graph("branch-b") is None and graphs.load_graph("branch-a") is not None
 
 
-def tiny_config(model_type: str):
-    from transformers import AutoConfig
-
-    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-    if model_type == "distilbert":
-        sizes = {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}
-    extra = {"embedding_size": 16} if model_type in {"albert", "electra"} else {}
-    return AutoConfig.for_model(model_type, vocab_size=99, max_position_embeddings=130, num_labels=3, **sizes, **extra)
-
-
 @pytest.mark.parametrize("model_type", sorted(graphs.TRACEABLE))
 def test_every_traceable_type_traces_to_the_model_on_shapes_it_was_not_traced_on(model_type):
     from transformers import AutoModelForSequenceClassification
@@ -117,10 +107,7 @@ def test_every_traceable_type_traces_to_the_model_on_shapes_it_was_not_traced_on
     rng = np.random.default_rng(0)
 
     def batch(rows: int, width: int) -> dict[str, np.ndarray]:
-        lengths = rng.integers(2, width + 1, rows)
-        lengths[0] = width
-        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
-        return {"input_ids": np.where(mask, rng.integers(5, 99, (rows, width)), 1), "attention_mask": mask}
+        return padded_batch(rng, rows, width)
 
     graph = graphs.trace_graph(model, batch(2, 7), [batch(3, 20)], f"type-{model_type}", None)
     assert graph is not None

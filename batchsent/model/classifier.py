@@ -276,10 +276,12 @@ class Classifier:
     def _prepare_runner(self) -> None:
         """What runs the model: ONNX Runtime on a cached export, a traced graph, or torch (int8 layers swapped in)."""
         self.exported = False
+        self.fused = False  # an ONNX graph with fused attention (runtime.backends.FUSABLE)
         if self.backend == "onnx":
             example, checks = self._sample_batches()
-            path, self.exported = onnx_model(self.name, self.model, example, self.quantize, checks)
-            self._runner = OnnxRunner(path, self.device, self.options.threads)
+            onnx = onnx_model(self.name, self.model, example, self.quantize, checks)
+            self.exported, self.fused = onnx.exported, onnx.fused
+            self._runner = OnnxRunner(onnx.path, self.device, self.options.threads)
             return
         if self._graph_key is not None:
             example, checks = self._sample_batches()
@@ -531,8 +533,10 @@ class Classifier:
 
     @property
     def variant(self) -> str:
-        """What runs the model, in words: backend, dtype or int8 kernel, and the --precision asked for."""
-        kind = f"int8/{self.kernel or 'onnxruntime'}" if self.quantize == "int8" else self.dtype
+        """What runs the model, in words: backend, dtype or int8 kernel (ONNX Runtime's int8 has per-channel
+        weights), and the --precision asked for. Known before the weights load (cache keys and Ray's records read
+        it), so it never depends on what an export turns out to be."""
+        kind = f"int8/{self.kernel or 'per-channel'}" if self.quantize == "int8" else self.dtype
         named = f"{self.backend} {kind}" if self.backend != "torch" else kind
         return f"{named}, --precision {self.precision}" if self.precision else named
 

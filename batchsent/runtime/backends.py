@@ -3,8 +3,16 @@
 The Classifier tokenizes, batches and post-processes the same way whatever runs the
 model. ``--quantize int8`` is dynamic int8 quantization of the Linear layers: with torch
 through ``runtime.int8`` (per-token activations, CPU), with ONNX Runtime through its own
-``quantize_dynamic`` on the exported graph (one activation scale per batch). ONNX exports
-are cached under the Hugging Face cache, keyed by what they were made from.
+``quantize_dynamic`` on the exported graph (per-channel weights, one activation scale per
+batch). ONNX exports are cached under the Hugging Face cache, keyed by what they were made
+from.
+
+A BERT-like encoder (``FUSABLE``) is exported with eager attention and passed through ONNX
+Runtime's transformer optimizer, which fuses each layer's attention, the embeddings' layer
+norm and the bias-GELUs into single kernels: on an Intel Xeon its int8 measured 2.8x torch
+float32 against 2.3x unfused (``make bench-onnx-variants``). The fused graph is kept only
+when the optimizer fused attention and its logits pass the same check as any export;
+otherwise the plain (SDPA) export is kept, and the model's variant says which ran.
 """
 
 from __future__ import annotations
@@ -15,7 +23,10 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
+import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +41,13 @@ from batchsent.state.identity import model_identity
 BACKENDS = ("torch", "onnx")
 QUANTIZATIONS = ("int8",)
 ONNX_OPSET = 17
-EXPORT_FORMAT = 2  # bump when the way models are exported changes (2: checked against torch before it is kept)
+# Bump when the way models are exported changes (2: checked against torch before it is kept; 3: attention fused
+# where it can be, int8 weights per channel).
+EXPORT_FORMAT = 3
 EXPORT_TOLERANCE = 1e-4  # largest logit difference from torch an export may show on the check batches
+# Encoders whose eager attention ONNX Runtime's "bert" optimizer fuses (model_type in their config).
+FUSABLE = frozenset({"bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra"})
+FUSED, PLAIN = "model.fused.onnx", "model.onnx"  # float32 graphs; int8 adds ".int8" before ".onnx"
 
 
 def check_backend_options(backend: str, quantize: str | None, dtype: str, int8_kernel: str | None = None) -> None:
@@ -139,37 +155,115 @@ def export_key(model_ref: str, model: Any, input_names: list[str], quantize: str
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+@dataclass(frozen=True)
+class OnnxGraph:
+    """A cached ONNX graph: its file, whether this run made it, and whether its attention is fused."""
+
+    path: Path
+    exported: bool
+    fused: bool
+
+
 def onnx_model(
     model_ref: str, model: Any, sample: dict[str, np.ndarray], quantize: str | None, checks: list[dict[str, np.ndarray]]
-) -> tuple[Path, bool]:
-    """Path of the cached ONNX export for this model (exported now if missing) and whether it was.
+) -> OnnxGraph:
+    """The cached ONNX graph for this model (exported now if missing).
 
     A new export is traced on ``sample`` and kept only when ONNX Runtime gives torch's logits
-    (within EXPORT_TOLERANCE) on every batch of ``checks``; otherwise it is refused (exit 2).
+    (within EXPORT_TOLERANCE) on every batch of ``checks``; otherwise it is refused (exit 2). A
+    fusable model's fused graph is tried first; the plain one is kept where fusing fails its
+    checks, and a folder holds one or the other, so later runs never try again.
     """
     names = list(sample)
     directory = onnx_cache_root() / export_key(model_ref, model, names, quantize)
-    target = directory / ("model.int8.onnx" if quantize == "int8" else "model.onnx")
-    if target.is_file():
-        return target, False
-    directory.mkdir(parents=True, exist_ok=True)
-    float_path = directory / "model.onnx"
-    if not float_path.is_file():
-        with atomic_file(float_path) as temporary:
-            _export(model, sample, temporary)
-            _check_export(model, temporary, checks)
-    if quantize == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    exported = False
+    if not (directory / FUSED).is_file() and not (directory / PLAIN).is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        exported = True
+        if not _fused_export(model, sample, checks, directory / FUSED):
+            with atomic_file(directory / PLAIN) as temporary:
+                _export(model, sample, temporary)
+                _check_export(model, temporary, checks)
+    fused = (directory / FUSED).is_file()
+    float_path = directory / (FUSED if fused else PLAIN)
+    if quantize != "int8":
+        return OnnxGraph(float_path, exported, fused)
+    target = float_path.with_suffix(".int8.onnx")
+    if not target.is_file():
+        exported = True
+        _quantize_int8(float_path, target)
+    return OnnxGraph(target, exported, fused)
 
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
-        try:
-            with atomic_file(target) as temporary:
-                quantize_dynamic(str(float_path), str(temporary), weight_type=QuantType.QInt8)
-        finally:
-            root.setLevel(level)
-    return target, True
+
+def _quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 of ``source``'s MatMul weights, one scale per output channel (MiniLM's labels agree with
+    float32's on 99.0% of the tune sample against 96.7% with one scale per tensor, at the same speed)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
+    try:
+        with atomic_file(target) as temporary:
+            quantize_dynamic(
+                str(source),
+                str(temporary),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                # the fused operators' outputs carry no type, which the quantizer otherwise refuses
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+    finally:
+        root.setLevel(level)
+
+
+def _fused_export(model: Any, sample: dict[str, np.ndarray], checks: list[dict[str, np.ndarray]], target: Path) -> bool:
+    """Export ``model`` with eager attention, fuse it with ONNX Runtime's optimizer into ``target``; whether a
+    fused graph that passes the export checks was kept (False, and nothing written, when it is not fusable)."""
+    config = model.config
+    if config.model_type not in FUSABLE or not hasattr(model, "set_attn_implementation"):
+        return False
+    before = getattr(config, "_attn_implementation", None) or "sdpa"
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        eager = Path(scratch) / "eager.onnx"
+        try:  # any failure here leaves the plain export, which is made and checked as ever
+            model.set_attn_implementation("eager")
+            try:
+                _export(model, sample, eager)
+            finally:
+                model.set_attn_implementation(before)
+            fused = _optimized(eager, Path(scratch) / "fused.onnx", config)
+            if fused is None:
+                return False
+            _check_export(model, fused, checks)
+        except Exception:
+            return False
+        with atomic_file(target) as temporary:
+            shutil.copyfile(fused, temporary)
+    return True
+
+
+def _optimized(source: Path, target: Path, config: Any) -> Path | None:
+    """``source`` through ONNX Runtime's transformer optimizer into ``target``; None where no attention fused."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    quiet = logging.getLogger("onnxruntime.transformers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it logs every fusion it tries
+    try:
+        optimizer = optimize_model(
+            str(source),
+            model_type="bert",
+            num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+            hidden_size=int(getattr(config, "hidden_size", 0) or 0),
+        )
+        if not optimizer.get_fused_operator_statistics().get("Attention"):
+            return None
+        optimizer.save_model_to_file(str(target))
+    finally:
+        quiet.setLevel(level)
+    return target
 
 
 def _check_export(model: Any, path: Path, checks: list[dict[str, np.ndarray]]) -> None:
