@@ -14,7 +14,7 @@ OVERWRITE ?=
 SCORE_ARGS = $(INPUT) --column $(COLUMN) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(MODEL),--model $(MODEL)) $(if $(OVERWRITE),--overwrite)
 
 .DEFAULT_GOAL := help
-.PHONY: help score report info test test-fast check test-avx2 bench bench-startup bench-ct2 bench-onnx-variants bench-tune bench-ray bench-ray-cache bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
+.PHONY: help score report info test test-fast check test-avx2 bench bench-startup bench-ct2 bench-openvino bench-onnx-variants bench-tune bench-ray bench-ray-cache bench-model-key bench-cache bench-storage bench-zero-shot bench-models bench-e2e bench-avx2 bench-sweep bench-memory bench-gpu bench-report clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value]"
@@ -83,10 +83,18 @@ bench: $(BENCH_DEPS) ## Throughput vs the transformers pipeline, the CTranslate2
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/zero_shot.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/models.py
 
+OPENVINO_DEPS := $(VENV)/.openvino-deps
+$(OPENVINO_DEPS): $(TEST_DEPS)
+	$(BIN)/pip install --quiet -e ".[test,openvino]"
+	@touch $@
+
+bench-openvino: $(OPENVINO_DEPS) ## OpenVINO float32 and NNCF int8 vs batchsent's float32 and ONNX variants: same batches, rows/s, agreement, share of the CPU's GEMM peak
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/openvino_anchor.py $(BENCH_ARGS)
+
 bench-ct2: $(BENCH_DEPS) ## CTranslate2 float32/int8 vs batchsent's float32, int8 and tuned fast: same batches, model time
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ctranslate2_anchor.py $(BENCH_ARGS)
 
-bench-onnx-variants: $(TEST_DEPS) ## ONNX Runtime int8 per-channel, the transformer optimizer, and an eager-attention export (attention fused) against torch float32: rows/s and agreement
+bench-onnx-variants: $(TEST_DEPS) ## What --backend onnx runs (attention fused, int8 per channel) against the plain export it replaced, each against torch float32: rows/s and agreement
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/onnx_variants.py $(BENCH_ARGS)
 
 bench-tune: $(TEST_DEPS) ## batchsent tune on MiniLM (../shared) and the DistilBERT shape: every variant, rows/s and agreement
