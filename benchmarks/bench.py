@@ -48,6 +48,13 @@ PIPELINE_BATCH = 32
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def bench_models(scratch: Path) -> dict[str, str]:
+    """The two models the variant benchmarks measure: MiniLM (``../shared``; left out when absent) and the
+    DistilBERT shape (built in ``scratch``)."""
+    models = {"minilm": str(FIXTURE_MODEL)} if FIXTURE_MODEL.is_dir() else {}
+    return {**models, "distilbert": str(distilbert_shaped(scratch / "distilbert-model"))}
+
+
 def distilbert_shaped(directory: Path) -> Path:
     """A seeded random classifier with distilbert-base-uncased's exact dimensions."""
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification

@@ -22,14 +22,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import RESULTS, distilbert_shaped
-from corpus import FIXTURE_MODEL
+from bench import RESULTS, bench_models
 from e2e import machine
 
 from batchsent.model.classifier import Classifier
@@ -43,23 +43,13 @@ REFERENCE = "torch float32"
 
 def plain_graphs(exporter: Classifier, folder: Path) -> dict[str, Path]:
     """The plain (SDPA attention, unfused) export of format 2, with per-tensor and per-channel int8 of it."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     example, _ = exporter._sample_batches()
     plain = folder / "plain.onnx"
     backends._export(exporter.model, example, plain)
     found = {"plain export float32": plain}
-    for per_channel in (False, True):
-        target = folder / f"plain-int8-{'channel' if per_channel else 'tensor'}.onnx"
-        quantize_dynamic(
-            str(plain),
-            str(target),
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-        found[f"plain export int8, per-{'channel' if per_channel else 'tensor'}"] = target
+    for per_channel, label in ((False, "tensor"), (True, "channel")):
+        found[f"plain export int8, per-{label}"] = folder / f"plain-int8-{label}.onnx"
+        backends._quantize_int8(plain, found[f"plain export int8, per-{label}"], per_channel=per_channel)
     return found
 
 
@@ -70,6 +60,36 @@ def operators(path: str) -> dict[str, int]:
     fused = {"Attention", "QAttention", "EmbedLayerNormalization", "QEmbedLayerNormalization", "SkipLayerNormalization"}
     counts = collections.Counter(node.op_type for node in onnx.load(path).graph.node)
     return {name: counts[name] for name in sorted(fused) if counts[name]}
+
+
+def interleaved(runs: dict[str, Callable[[int], tuple[int, np.ndarray]]]) -> dict[str, dict]:
+    """Every entry of ``runs`` in ROUNDS interleaved rounds, the order turning by one each round (``runs[name](r)``
+    scores round r's share: its row count and labels). Per entry: the median rows/s, the ratio to the first
+    entry's in each round (a round a busy machine slowed, it slowed for all), the share of labels equal to the
+    first entry's, and the seconds taken in all."""
+    names = list(runs)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    labels: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    seconds = dict.fromkeys(names, 0.0)
+    for round_ in range(ROUNDS):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            started = time.perf_counter()
+            rows, found = runs[name](round_)
+            elapsed = time.perf_counter() - started
+            rates[name].append(rows / elapsed)
+            labels[name].append(found)
+            seconds[name] += elapsed
+    reference = names[0]
+    expected = np.concatenate(labels[reference])
+    return {
+        name: {
+            "rows_per_second": round(statistics.median(rates[name]), 1),
+            "vs_float32_by_round": [round(ours / theirs, 2) for ours, theirs in zip(rates[name], rates[reference])],
+            "agreement_pct": round(100 * float((np.concatenate(labels[name]) == expected).mean()), 2),
+            "seconds": round(seconds[name], 3),
+        }
+        for name in names
+    }
 
 
 def measure(model: str, threads: int, folder: Path) -> dict:
@@ -87,25 +107,15 @@ def measure(model: str, threads: int, folder: Path) -> dict:
         scorer = Classifier(model, device="cpu", backend="onnx", threads=threads)
         scorer._runner = OnnxRunner(path, scorer.device, threads)  # the same Classifier around another graph
         scorers[name] = scorer
-    names = list(scorers)
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    labels: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for round_ in range(ROUNDS):
-        rows = texts[round_::ROUNDS]
-        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            started = time.perf_counter()
-            probabilities = scorers[name].predict(rows).probabilities
-            rates[name].append(len(rows) / (time.perf_counter() - started))
-            labels[name].append(probabilities.argmax(1))
-    expected = np.concatenate(labels[REFERENCE])
-    figures = {}
-    for name in names:
-        ratios = [ours / theirs for ours, theirs in zip(rates[name], rates[REFERENCE], strict=True)]
-        figures[name] = {
-            "rows_per_second": round(statistics.median(rates[name]), 1),
-            "vs_float32_by_round": [round(r, 2) for r in ratios],
-            "agreement_pct": round(100 * float((np.concatenate(labels[name]) == expected).mean()), 2),
-        }
+
+    def scored(name: str) -> Callable[[int], tuple[int, np.ndarray]]:
+        def run(round_: int) -> tuple[int, np.ndarray]:
+            rows = texts[round_::ROUNDS]
+            return len(rows), scorers[name].predict(rows).probabilities.argmax(1)
+
+        return run
+
+    figures = interleaved({name: scored(name) for name in scorers})
     fused = {name: operators(path) for name, path in graphs.items()}
     return {"rows": len(texts), "fused_operators": fused, "variants": figures}
 
@@ -127,22 +137,32 @@ def main() -> None:
         "machine": where,
         "models": {},
     }
+
+    def one(name: str, model: str, scratch: Path) -> dict:
+        result = measure(model, args.threads, scratch / f"variants-{name}")
+        print(f"== {name}, {result['rows']} rows, median of {ROUNDS} interleaved rounds [{where['cpu']}]")
+        print(f"  fused operators: {result['fused_operators']}")
+        return result
+
+    over_models(report, out, one)
+
+
+def over_models(report: dict, out: Path, measure_one: Callable[[str, str, Path], dict]) -> None:
+    """``measure_one(name, model, scratch)`` for each benchmark model, in a scratch state folder and ONNX cache,
+    into ``report["models"]``; one line per variant printed, and the report written to ``out``."""
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         os.environ["BATCHSENT_STATE_DIR"] = str(scratch / "state")
-        models = {"distilbert": str(distilbert_shaped(scratch / "distilbert-model"))}
-        if FIXTURE_MODEL.is_dir():
-            models = {"minilm": str(FIXTURE_MODEL), **models}
-        for name, model in models.items():
+        for name, model in bench_models(scratch).items():
             os.environ["BATCHSENT_ONNX_CACHE"] = str(scratch / f"onnx-{name}")
-            result = measure(model, args.threads, scratch / f"variants-{name}")
-            report["models"][name] = result
-            print(f"== {name}, {result['rows']} rows, median of {ROUNDS} interleaved rounds [{where['cpu']}]")
-            print(f"  fused operators: {result['fused_operators']}")
+            result = report["models"][name] = measure_one(name, model, scratch)
             for variant, figure in result["variants"].items():
+                peak = (
+                    f"  {figure['gflops']:6.1f} GFLOP/s ({figure['share_of_gemm_peak']})" if "gflops" in figure else ""
+                )
                 print(
                     f"  {variant:52s} {figure['rows_per_second']:7.1f} rows/s  vs float32 by round "
-                    f"{figure['vs_float32_by_round']}  agree {figure['agreement_pct']:.2f}%",
+                    f"{figure['vs_float32_by_round']}  agree {figure['agreement_pct']:6.2f}%{peak}",
                     flush=True,
                 )
     out.parent.mkdir(parents=True, exist_ok=True)

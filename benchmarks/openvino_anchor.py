@@ -23,12 +23,8 @@ tokens, per second) against this CPU's measured GEMM peak at the same threads: f
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,17 +33,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import RESULTS, distilbert_shaped
-from corpus import FIXTURE_MODEL
+from bench import RESULTS
 from ctranslate2_anchor import planned_batches
 from e2e import machine
+from onnx_variants import ROUNDS, interleaved, over_models
 
 from batchsent.model.classifier import Classifier
 from batchsent.runtime import backends
 from batchsent.runtime.cpu import this_cpu
 from batchsent.runtime.tune_sample import builtin_sample
 
-ROUNDS = 3
 REFERENCE = "batchsent float32"
 PEAK_SIZE = 2048
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -149,35 +144,23 @@ def measure(model: str, threads: int, folder: Path, peaks: dict[str, float]) -> 
     backends._export(onnx.model, example, plain)  # OpenVINO reads standard operators, not ONNX Runtime's fused ones
     runners |= openvino_runners(plain, batches, threads)
     torch.set_num_threads(threads)
-    names = list(runners)
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    labels: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    seconds: dict[str, float] = dict.fromkeys(names, 0.0)
+
+    def on_batches(runner: Runner) -> Callable[[int], tuple[int, np.ndarray]]:
+        def run(round_: int) -> tuple[int, np.ndarray]:
+            share = batches[round_::ROUNDS]
+            found = [np.asarray(runner(batch), dtype=np.float32).argmax(1) for batch in share]
+            return sum(len(batch["input_ids"]) for batch in share), np.concatenate(found)
+
+        return run
+
+    figures = interleaved({name: on_batches(runner) for name, runner in runners.items()})
     flops = model_flops(onnx.model, batches)
-    for round_ in range(ROUNDS):
-        share = batches[round_::ROUNDS]
-        rows = sum(len(batch["input_ids"]) for batch in share)
-        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            started = time.perf_counter()
-            logits = [runners[name](batch) for batch in share]
-            elapsed = time.perf_counter() - started
-            rates[name].append(rows / elapsed)
-            seconds[name] += elapsed
-            labels[name].append(np.concatenate([np.asarray(x, dtype=np.float32).argmax(1) for x in logits]))
-    expected = np.concatenate(labels[REFERENCE])
-    figures = {}
-    for name in names:
-        ratios = [ours / theirs for ours, theirs in zip(rates[name], rates[REFERENCE], strict=True)]
-        rate = flops / seconds[name] / 1e9
+    for name, figure in figures.items():
+        rate = flops / figure["seconds"] / 1e9
         peak_name = "int8" if "int8" in name else "bfloat16" if ("bfloat16" in name or "bf16" in name) else "float32"
         peak = peaks.get(peak_name)
-        figures[name] = {
-            "rows_per_second": round(statistics.median(rates[name]), 1),
-            "vs_float32_by_round": [round(r, 2) for r in ratios],
-            "agreement_pct": round(100 * float((np.concatenate(labels[name]) == expected).mean()), 2),
-            "gflops": round(rate, 1),
-            "share_of_gemm_peak": None if not peak else f"{100 * rate / peak:.0f}% of {peak_name} {peak} GFLOP/s",
-        }
+        figure["gflops"] = round(rate, 1)
+        figure["share_of_gemm_peak"] = None if not peak else f"{100 * rate / peak:.0f}% of {peak_name} {peak} GFLOP/s"
     distinct = sum(len(batch["input_ids"]) for batch in batches)  # a text repeated in the sample is run once
     return {
         "rows": len(texts),
@@ -211,29 +194,15 @@ def main() -> None:
         "models": {},
     }
     print(f"GEMM peak at {args.threads} threads, GFLOP/s: {peaks} [{where['cpu']}]")
-    with tempfile.TemporaryDirectory() as scratch_name:
-        scratch = Path(scratch_name)
-        os.environ["BATCHSENT_STATE_DIR"] = str(scratch / "state")
-        models = {"distilbert": str(distilbert_shaped(scratch / "distilbert-model"))}
-        if FIXTURE_MODEL.is_dir():
-            models = {"minilm": str(FIXTURE_MODEL), **models}
-        for name, model in models.items():
-            os.environ["BATCHSENT_ONNX_CACHE"] = str(scratch / f"onnx-{name}")
-            folder = scratch / f"openvino-{name}"
-            folder.mkdir()
-            result = measure(model, args.threads, folder, peaks)
-            report["models"][name] = result
-            print(f"== {name}, {result['rows']} rows, {result['model_gflop']} GFLOP, median of {ROUNDS} rounds")
-            for variant, figure in result["variants"].items():
-                print(
-                    f"  {variant:42s} {figure['rows_per_second']:7.1f} rows/s  vs float32 by round "
-                    f"{figure['vs_float32_by_round']}  agree {figure['agreement_pct']:6.2f}%  "
-                    f"{figure['gflops']:6.1f} GFLOP/s ({figure['share_of_gemm_peak']})",
-                    flush=True,
-                )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written: {out}")
+
+    def one(name: str, model: str, scratch: Path) -> dict:
+        folder = scratch / f"openvino-{name}"
+        folder.mkdir()
+        result = measure(model, args.threads, folder, peaks)
+        print(f"== {name}, {result['rows']} rows, {result['model_gflop']} GFLOP, median of {ROUNDS} rounds")
+        return result
+
+    over_models(report, out, one)
 
 
 if __name__ == "__main__":

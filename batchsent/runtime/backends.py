@@ -195,9 +195,10 @@ def onnx_model(
     return OnnxGraph(target, exported, fused)
 
 
-def _quantize_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 of ``source``'s MatMul weights, one scale per output channel (MiniLM's labels agree with
-    float32's on 99.0% of the tune sample against 96.7% with one scale per tensor, at the same speed)."""
+def _quantize_int8(source: Path, target: Path, per_channel: bool = True) -> None:
+    """Dynamic int8 of ``source``'s weights, one scale per output channel (MiniLM's labels agree with float32's on
+    99.0% of the tune sample against 96.7% with one scale per tensor, at the same speed; ``per_channel=False``
+    gives the latter, which benchmarks compare)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -210,7 +211,7 @@ def _quantize_int8(source: Path, target: Path) -> None:
                 str(source),
                 str(temporary),
                 weight_type=QuantType.QInt8,
-                per_channel=True,
+                per_channel=per_channel,
                 # the fused operators' outputs carry no type, which the quantizer otherwise refuses
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
