@@ -102,7 +102,51 @@ def startup_table() -> str:
     return "\n\n".join(blocks) or "No start-up results are committed yet: run `make bench-startup`."
 
 
-TABLES = {"e2e": e2e_table, "startup": startup_table}
+def variants_table(pattern: str, make: str) -> str:
+    """Runners against float32 per results file (``make bench-onnx-variants``, ``make bench-openvino``): median
+    rows/s, the ratio to float32 in each interleaved round (min–max), labels as float32's and, where measured,
+    the share of this CPU's GEMM peak."""
+    blocks = []
+    for path in sorted(RESULTS.glob(pattern)):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        where = report["machine"]
+        peaks = report.get("gemm_peak_gflops")
+        header = ["model", "runner", "rows/s", "vs float32 (by round, min–max)", "labels as float32's"]
+        peak_note = ""
+        if peaks:
+            header.append("share of the GEMM peak")
+            peak_note = "; GEMM peak, GFLOP/s: " + ", ".join(f"{name} {rate:,.0f}" for name, rate in peaks.items())
+        lines = [
+            f"**{where['cpu']}, {report['threads']} threads** (`{path.relative_to(ROOT)}`; median of "
+            f"{report['rounds']} interleaved rounds; `{report['command']}`{_measured_at(where)}{peak_note})",
+            "",
+            "| " + " | ".join(header) + " |",
+            "| " + " | ".join(["---", "---"] + ["---:"] * (len(header) - 2)) + " |",
+        ]
+        for model, result in report["models"].items():
+            for runner, figure in result["variants"].items():
+                ratios = figure["vs_float32_by_round"]
+                cells = [
+                    MODEL_NAMES.get(model, model),
+                    runner,
+                    f"{figure['rows_per_second']:.1f}",
+                    f"{min(ratios):.2f}–{max(ratios):.2f}x",
+                    f"{figure['agreement_pct']:.2f}%",
+                ]
+                if peaks:
+                    share = figure.get("share_of_gemm_peak")  # "62% of float32 307.0 GFLOP/s"
+                    cells.append(" ".join(share.split()[:3]) if share else "-")
+                lines.append("| " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) or f"No results are committed yet: run `{make}`."
+
+
+TABLES = {
+    "e2e": e2e_table,
+    "startup": startup_table,
+    "onnx-variants": lambda: variants_table("onnx-variants-*.json", "make bench-onnx-variants"),
+    "openvino": lambda: variants_table("openvino-*.json", "make bench-openvino"),
+}
 
 
 def rendered(readme: str) -> str:
