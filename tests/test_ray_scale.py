@@ -318,6 +318,32 @@ def test_sigterm_stops_a_ray_run_in_one_line_and_its_resume_finishes(tmp_path, b
     assert len(read_rows(output)) == 6000
 
 
+def test_ray_workers_started_from_a_background_command_handle_sigint(tmp_path):
+    """A command started in the background inherits SIGINT ignored; the Ray it starts must not pass that on to its
+    workers, where Ray's task cancellation calls the saved disposition as a handler (a TypeError traceback on a
+    SIGTERM'd run's stderr)."""
+    script = tmp_path / "workers.py"
+    script.write_text(
+        "import signal, ray\n"
+        "from batchsent.engine.ray.driver import _sigint_not_ignored\n"
+        "with _sigint_not_ignored():\n"
+        "    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+        "    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # the driver's own disposition, restored\n"
+        "print(ray.get(ray.remote(lambda: str(signal.getsignal(signal.SIGINT))).remote()))\n"
+        "ray.shutdown()\n"
+    )
+    found = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as `cmd &` in a script starts it
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip().splitlines()[-1] == str(signal.default_int_handler)
+
+
 def test_a_ray_run_that_cannot_make_progress_ends_in_one_line(tmp_path, binary_model):
     from ray.cluster_utils import Cluster
 

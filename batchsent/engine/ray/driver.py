@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
@@ -567,7 +567,7 @@ def _score_on_cluster(
     started_here = not ray.is_initialized()
     if started_here:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # failures come back as exceptions, in one line
-        with native_stderr_silenced():  # Ray's C++ start-up says it read RAY_BACKEND_LOG_LEVEL; failures raise
+        with native_stderr_silenced(), _sigint_not_ignored():  # see _sigint_not_ignored
             ray.init(
                 address=config.ray_address,
                 include_dashboard=False,
@@ -723,6 +723,27 @@ def _waiting_for() -> str:
         return "the Ray cluster does not answer"
     parts = [f"{free.get(name, 0):g} of {total[name]:g} {name}s free" for name in ("CPU", "GPU") if total.get(name)]
     return "Ray's tasks are waiting (" + ", ".join(parts) + "); give fewer --workers, or check the cluster"
+
+
+@contextlib.contextmanager
+def _sigint_not_ignored() -> Iterator[None]:
+    """While Ray starts its processes here: SIGINT handled, not ignored.
+
+    A command started in the background (``batchsent ... &`` in a script, ``nohup``) inherits SIGINT ignored, and
+    an ignored signal stays ignored across exec, so Ray's workers would start with it too. Ray (2.60) defers SIGINT
+    in a task it cancels and then calls the disposition it saved as a handler: the ignored one is not callable,
+    so a run stopped by SIGTERM printed "TypeError: 'Handlers' object is not callable" from a write task. A Python
+    handler resets to the default at exec, so with one in place the workers start with Python's own. The driver's
+    own disposition is restored afterwards."""
+    main = threading.current_thread() is threading.main_thread()
+    ignored = main and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _interrupt_on_signals(stalled: Callable[[], str | None]) -> dict[int, Any]:
