@@ -226,7 +226,8 @@ def _fused_export(model: Any, sample: dict[str, np.ndarray], checks: list[dict[s
     if config.model_type not in FUSABLE or not hasattr(model, "set_attn_implementation"):
         return False
     before = getattr(config, "_attn_implementation", None) or "sdpa"
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+    # Scratch in the system's temporary folder, not the cache: a run killed mid-export leaves nothing in the cache.
+    with tempfile.TemporaryDirectory(prefix="batchsent-onnx-") as scratch:
         eager = Path(scratch) / "eager.onnx"
         try:  # any failure here leaves the plain export, which is made and checked as ever
             model.set_attn_implementation("eager")
