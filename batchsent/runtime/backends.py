@@ -12,7 +12,7 @@ Runtime's transformer optimizer, which fuses each layer's attention, the embeddi
 norm and the bias-GELUs into single kernels: on an Intel Xeon its int8 measured 2.8x torch
 float32 against 2.3x unfused (``make bench-onnx-variants``). The fused graph is kept only
 when the optimizer fused attention and its logits pass the same check as any export;
-otherwise the plain (SDPA) export is kept, and the model's variant says which ran.
+otherwise the plain (SDPA) export is kept, and the Classifier's ``fused`` says which ran.
 """
 
 from __future__ import annotations
