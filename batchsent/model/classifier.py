@@ -106,6 +106,7 @@ class Classifier:
         self._runner: TorchRunner | OnnxRunner | GraphRunner | None = None
         self._capacity: int | None = None
         self.graph: str | None = None  # "traced" or "loaded" when a traced graph runs the model (runtime.graphs)
+        self.fused = False  # an ONNX graph with fused attention runs the model (runtime.backends.FUSABLE)
         self._input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if self._wants_type_ids else [])
         self._graph_key = (
             graph_key(self.identity, self._input_names)
@@ -276,7 +277,6 @@ class Classifier:
     def _prepare_runner(self) -> None:
         """What runs the model: ONNX Runtime on a cached export, a traced graph, or torch (int8 layers swapped in)."""
         self.exported = False
-        self.fused = False  # an ONNX graph with fused attention (runtime.backends.FUSABLE)
         if self.backend == "onnx":
             example, checks = self._sample_batches()
             onnx = onnx_model(self.name, self.model, example, self.quantize, checks)
