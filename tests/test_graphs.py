@@ -16,6 +16,7 @@ from conftest import padded_batch, tiny_config, varied_texts
 
 from batchsent.model.classifier import Classifier
 from batchsent.runtime import graphs, info
+from batchsent.runtime.cpu import this_cpu
 
 TEXTS = [*varied_texts(40, seed=8), "great", "great", None, "  "]
 
@@ -26,19 +27,30 @@ def model_copy(tmp_path, binary_model):
     return shutil.copytree(binary_model, tmp_path / "model")
 
 
-def test_traced_once_then_loaded_and_the_same_bytes_as_the_model(model_copy, monkeypatch):
-    first = Classifier(str(model_copy), device="cpu")
+NATIVE_BF16 = pytest.mark.skipif(not this_cpu().native_bf16, reason="bfloat16 runs only where the CPU has it natively")
+
+
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=NATIVE_BF16)])
+def test_traced_once_then_loaded_and_the_same_bytes_as_the_model(model_copy, monkeypatch, dtype):
+    first = Classifier(str(model_copy), device="cpu", dtype=dtype)
     traced = first.predict(TEXTS).probabilities
-    later = Classifier(str(model_copy), device="cpu")
+    later = Classifier(str(model_copy), device="cpu", dtype=dtype)
     loaded = later.predict(TEXTS).probabilities
     monkeypatch.setenv("BATCHSENT_GRAPHS", "off")
-    plain = Classifier(str(model_copy), device="cpu")
+    plain = Classifier(str(model_copy), device="cpu", dtype=dtype)
     eager = plain.predict(TEXTS).probabilities
     assert (first.graph, later.graph, plain.graph) == ("traced", "loaded", None)
     (said,) = [line for line in info.render(info.collect()) if line.startswith("kept traces")]
     assert str(graphs.graph_folder()) in said and said.endswith("; off (BATCHSENT_GRAPHS)")
     assert later.model is None  # the transformers model was never built
     assert traced.tobytes() == loaded.tobytes() == eager.tobytes()
+
+
+def test_a_bfloat16_trace_is_kept_apart_from_the_float32_one():
+    identity, names = {"files": {"config.json": "abc"}}, ["input_ids", "attention_mask"]
+    float32 = graphs.graph_key(identity, names, "float32")
+    assert float32 == graphs.graph_key(identity, names)  # float32 keys are those kept before bfloat16 traces
+    assert graphs.graph_key(identity, names, "bfloat16") != float32
 
 
 def test_a_kept_trace_spares_the_import_of_transformers_modeling_code(model_copy, tmp_path):
@@ -98,31 +110,33 @@ def test_a_trace_that_differs_from_the_model_is_not_kept():
     assert graphs.load_graph("branch-b") is None and graphs.load_graph("branch-a") is not None
 
 
+@pytest.mark.parametrize("dtype", sorted(graphs.TRACED_DTYPES))
 @pytest.mark.parametrize("model_type", sorted(graphs.TRACEABLE))
-def test_every_traceable_type_traces_to_the_model_on_shapes_it_was_not_traced_on(model_type):
+def test_every_traceable_type_traces_to_the_model_on_shapes_it_was_not_traced_on(model_type, dtype):
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(tiny_config(model_type)).eval()
+    model = AutoModelForSequenceClassification.from_config(tiny_config(model_type)).to(getattr(torch, dtype)).eval()
     rng = np.random.default_rng(0)
 
     def batch(rows: int, width: int) -> dict[str, np.ndarray]:
         return padded_batch(rng, rows, width)
 
-    graph = graphs.trace_graph(model, batch(2, 7), [batch(3, 20)], f"type-{model_type}", None)
+    graph = graphs.trace_graph(model, batch(2, 7), [batch(3, 20)], f"type-{model_type}-{dtype}", None)
     assert graph is not None
     runner = graphs.GraphRunner(graph, ["input_ids", "attention_mask"])
     for rows, width in [(1, 1 + 1), (1, 127), (9, 33), (4, 5), (16, 128)]:
         inputs = batch(rows, width)
         with torch.inference_mode():
-            expected = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
-        assert runner(inputs).tobytes() == expected.tobytes(), (model_type, rows, width)
+            expected = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.float().numpy()
+        assert runner(inputs).tobytes() == expected.tobytes(), (model_type, dtype, rows, width)
 
 
-def test_only_float32_torch_on_cpu_without_model_code_is_traced(monkeypatch):
+def test_only_float32_or_bfloat16_torch_on_cpu_without_model_code_is_traced(monkeypatch):
     bert = tiny_config("bert")
     assert graphs.traceable(bert, "torch", "float32", None, "cpu")
-    assert not graphs.traceable(bert, "torch", "bfloat16", None, "cpu")
+    assert graphs.traceable(bert, "torch", "bfloat16", None, "cpu")
+    assert not graphs.traceable(bert, "torch", "float16", None, "cpu")
     assert not graphs.traceable(bert, "torch", "float32", "int8", "cpu")
     assert not graphs.traceable(bert, "onnx", "float32", None, "cpu")
     assert not graphs.traceable(bert, "torch", "float32", None, "cuda")

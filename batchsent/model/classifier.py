@@ -109,7 +109,7 @@ class Classifier:
         self.fused = False  # an ONNX graph with fused attention runs the model (runtime.backends.FUSABLE)
         self._input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if self._wants_type_ids else [])
         self._graph_key = (
-            graph_key(self.identity, self._input_names)
+            graph_key(self.identity, self._input_names, self.dtype)
             if traceable(self.config, self.backend, self.dtype, self.quantize, self.device.type)
             else None
         )

@@ -1,5 +1,5 @@
-"""Traced graphs: float32 encoder classifiers on CPU, kept so that later runs start without transformers'
-modeling code.
+"""Traced graphs: float32 and bfloat16 encoder classifiers on CPU, kept so that later runs start without
+transformers' modeling code.
 
 Importing a model class from transformers costs more than the rest of a small run: on a 2-core Xeon, 1.4 s
 (its modeling code imports torch.distributed, torch._dynamo, sympy and scipy), against 0.2 s to read the
@@ -11,9 +11,10 @@ equal; it then scores with the trace. Later runs load the trace. A run scores wi
 traced it or loaded it, so a resumed run replays the same computation as the run it resumes.
 
 Only for architectures whose forward takes no Python branch on its inputs' values or shapes that a trace
-would freeze (TRACEABLE), float32 on CPU, the torch backend without int8, and no model code of its own. A
-trace is keyed by the model's identity (its files' content, or its Hub commit and config), its input names,
-and the torch and transformers versions. ``BATCHSENT_GRAPHS=off`` turns this off; the traces live beside the
+would freeze (TRACEABLE), float32 or bfloat16 (what ``--precision fast`` often runs, whose small runs would
+otherwise pay the import float32's no longer does) on CPU, the torch backend without int8, and no model code
+of its own. A trace is keyed by the model's identity (its files' content, or its Hub commit and config), its
+dtype, its input names, and the torch and transformers versions. ``BATCHSENT_GRAPHS=off`` turns this off; the traces live beside the
 tuning store (``batchsent info`` shows where), one per model version, and may be deleted at any time.
 """
 
@@ -37,6 +38,7 @@ GRAPH_FORMAT = 1  # bump when what a trace holds or how it is checked changes: o
 # transformers model types whose forward traces into a graph that holds for every batch shape: no branch on a
 # tensor's value, no length-dependent position scheme computed in Python. Tested in tests/test_graphs.py.
 TRACEABLE = frozenset({"bert", "distilbert", "roberta", "xlm-roberta", "electra", "albert", "camembert"})
+TRACED_DTYPES = frozenset({"float32", "bfloat16"})
 
 
 def graphs_enabled() -> bool:
@@ -64,7 +66,7 @@ def traceable(config: Any, backend: str, dtype: str, quantize: str | None, devic
     return (
         graphs_enabled()
         and backend == "torch"
-        and dtype == "float32"
+        and dtype in TRACED_DTYPES
         and quantize is None
         and device_type == "cpu"
         and getattr(config, "model_type", None) in TRACEABLE
@@ -72,15 +74,17 @@ def traceable(config: Any, backend: str, dtype: str, quantize: str | None, devic
     )
 
 
-def graph_key(identity: dict[str, Any], input_names: list[str]) -> str:
-    """What a trace depends on: the model's identity, its inputs, and the libraries that traced it."""
-    facts = {
+def graph_key(identity: dict[str, Any], input_names: list[str], dtype: str = "float32") -> str:
+    """What a trace depends on: the model's identity, its dtype, its inputs, and the libraries that traced it."""
+    facts: dict[str, Any] = {
         "format": GRAPH_FORMAT,
         "model": identity,
         "inputs": input_names,
         "torch": package_version("torch"),
         "transformers": package_version("transformers"),
     }
+    if dtype != "float32":  # named only when not float32, so the float32 traces kept before keep their keys
+        facts["dtype"] = dtype
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
