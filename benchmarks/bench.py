@@ -96,6 +96,27 @@ def gemm_peak(threads: int, size: int = 4096, repeats: int = 5) -> float:
     return best
 
 
+def torch_model(classifier: Classifier) -> torch.nn.Module:
+    """The classifier's transformers model, float32 on CPU: its own where it loaded one, else read now (a kept
+    trace or a cached ONNX export runs without it)."""
+    return classifier.model if classifier.model is not None else classifier._pretrained.load_model().eval()
+
+
+@contextlib.contextmanager
+def eager_model():
+    """Classifiers built inside run the transformers model itself, not a kept trace: for variants that change the
+    model's layers in place."""
+    before = os.environ.get("BATCHSENT_GRAPHS")
+    os.environ["BATCHSENT_GRAPHS"] = "off"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["BATCHSENT_GRAPHS"]
+        else:
+            os.environ["BATCHSENT_GRAPHS"] = before
+
+
 def linear_parameters(model: torch.nn.Module) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
@@ -155,7 +176,7 @@ def measure(
     options = {} if budget is None else {"token_budget": budget}
     classifier = Classifier(model_dir, device="cpu", **options)
     torch.set_num_threads(threads)
-    flops_per_token = 2 * linear_parameters(classifier.model)
+    flops_per_token = 2 * linear_parameters(torch_model(classifier))
     chunk = classifier.encode(texts)
     lengths = chunk.lengths.tolist()
     real = int(sum(lengths))
@@ -261,7 +282,8 @@ def variant_classifier(model_dir: str, threads: int, options: dict) -> Classifie
     kernel = options.pop("int8_kernel", None)
     if not options.pop("torch_ao_int8", False) and kernel is None:
         return Classifier(model_dir, device="cpu", threads=threads, **options)
-    classifier = Classifier(model_dir, device="cpu", threads=threads)
+    with eager_model():
+        classifier = Classifier(model_dir, device="cpu", threads=threads)
     if kernel is not None:
         from batchsent.runtime.int8 import quantize_encoder_int8
 

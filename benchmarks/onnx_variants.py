@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import RESULTS, bench_models
+from bench import RESULTS, bench_models, torch_model
 from e2e import machine
 
 from batchsent.model.classifier import Classifier
@@ -45,7 +45,7 @@ def plain_graphs(exporter: Classifier, folder: Path) -> dict[str, Path]:
     """The plain (SDPA attention, unfused) export of format 2, with per-tensor and per-channel int8 of it."""
     example, _ = exporter._sample_batches()
     plain = folder / "plain.onnx"
-    backends._export(exporter.model, example, plain)
+    backends._export(torch_model(exporter), example, plain)
     found = {"plain export float32": plain}
     for per_channel, label in ((False, "tensor"), (True, "channel")):
         found[f"plain export int8, per-{label}"] = folder / f"plain-int8-{label}.onnx"

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import RESULTS
+from bench import RESULTS, torch_model
 from ctranslate2_anchor import planned_batches
 from e2e import machine
 from onnx_variants import ROUNDS, interleaved, over_models
@@ -141,7 +141,8 @@ def measure(model: str, threads: int, folder: Path, peaks: dict[str, float]) -> 
     batches = planned_batches(reference, texts)
     example, _ = onnx._sample_batches()
     plain = folder / "plain.onnx"
-    backends._export(onnx.model, example, plain)  # OpenVINO reads standard operators, not ONNX Runtime's fused ones
+    encoder = torch_model(onnx)
+    backends._export(encoder, example, plain)  # OpenVINO reads standard operators, not ONNX Runtime's fused ones
     runners |= openvino_runners(plain, batches, threads)
     torch.set_num_threads(threads)
 
@@ -154,7 +155,7 @@ def measure(model: str, threads: int, folder: Path, peaks: dict[str, float]) -> 
         return run
 
     figures = interleaved({name: on_batches(runner) for name, runner in runners.items()})
-    flops = model_flops(onnx.model, batches)
+    flops = model_flops(encoder, batches)
     for name, figure in figures.items():
         rate = flops / figure["seconds"] / 1e9
         peak_name = "int8" if "int8" in name else "bfloat16" if ("bfloat16" in name or "bf16" in name) else "float32"

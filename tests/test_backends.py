@@ -41,6 +41,36 @@ def test_export_is_cached_and_invalidated_when_the_model_changes(tmp_path):
     assert not np.allclose(first.predict(text).probabilities, changed.predict(text).probabilities)
 
 
+def test_a_cached_export_runs_without_the_torch_model_and_a_folder_without_its_capacity_is_exported_again(
+    binary_model,
+):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys
+        from batchsent.model.classifier import Classifier
+        classifier = Classifier(sys.argv[1], device="cpu", backend="onnx", quantize="int8")
+        classifier.predict(["a first review", "and a second, longer one"])
+        modeling = "transformers.models.distilbert.modeling_distilbert" in sys.modules
+        print(classifier.exported, classifier.model is None, modeling, classifier._capacity)
+        """
+    )
+
+    def run() -> list[str]:
+        done = subprocess.run([sys.executable, "-c", script, str(binary_model)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert run() == ["True", "False", "True", "512"]  # exported: the model was loaded
+    assert run() == ["False", "True", "False", "512"]  # cached: neither the model nor transformers' modeling code
+    (meta,) = backends.onnx_cache_root().rglob(backends.EXPORT_META)
+    meta.unlink()  # as a run killed between the graph and its capacity leaves the folder
+    assert run() == ["True", "False", "True", "512"]
+
+
 def operator_types(path) -> set[str]:
     import onnx
 
@@ -57,8 +87,9 @@ def test_every_fusable_type_exports_fused_attention_close_to_torch_on_other_shap
     model = AutoModelForSequenceClassification.from_config(tiny_config(model_type)).eval()
     rng = np.random.default_rng(0)
     sample, checks = padded_batch(rng, 2, 7), [padded_batch(rng, 3, 20), padded_batch(rng, 1, 5)]
-    graph = backends.onnx_model(f"tiny/{model_type}", model, sample, None, checks)
-    assert graph.fused and graph.exported and graph.path.name == backends.FUSED
+    names = list(sample)
+    graph = backends.onnx_model({"model": f"tiny/{model_type}"}, names, None, lambda: (model, sample, checks, 40))
+    assert graph.fused and graph.exported and graph.path.name == backends.FUSED and graph.capacity == 40
     assert {"Attention", "SkipLayerNormalization"} <= operator_types(graph.path)
     assert not (graph.path.parent / backends.PLAIN).exists()
     runner = backends.OnnxRunner(graph.path, torch.device("cpu"), None)

@@ -131,6 +131,9 @@ class Classifier:
         if self._runner is not None:
             return 0.0
         started = time.monotonic()
+        if self.backend == "onnx":
+            self._prepare_onnx()
+            return time.monotonic() - started
         if self._graph_key is not None:
             kept = load_graph(self._graph_key)
             if kept is not None:
@@ -138,13 +141,32 @@ class Classifier:
                 self._check_capacity()
                 self._runner, self.graph = GraphRunner(graph, self._input_names), "loaded"
                 return time.monotonic() - started
+        model = self._load_model()
+        self.model = model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
+        self._prepare_runner()
+        return time.monotonic() - started
+
+    def _load_model(self) -> Any:
+        """The transformers model, float32 on CPU, checked against the length limit and the identity."""
         model = self._pretrained.load_model()
         self._capacity = position_capacity(model)
         self._check_capacity()
         self._check_unchanged()
-        self.model = model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
-        self._prepare_runner()
-        return time.monotonic() - started
+        return model
+
+    def _prepare_onnx(self) -> None:
+        """ONNX Runtime on the cached export; the torch model is loaded only when the export must be made."""
+
+        def source() -> tuple[Any, dict[str, np.ndarray], list[dict[str, np.ndarray]], int | None]:
+            self.model = self._load_model().eval()
+            example, checks = self._sample_batches()
+            return self.model, example, checks, self._capacity
+
+        onnx = onnx_model(self.identity, self._input_names, self.quantize, source)
+        self._capacity = onnx.capacity
+        self._check_capacity()
+        self.exported, self.fused = onnx.exported, onnx.fused
+        self._runner = OnnxRunner(onnx.path, self.device, self.options.threads)
 
     def _check_capacity(self) -> None:
         if self._capacity is not None and self._capacity < self.max_length:
@@ -275,14 +297,7 @@ class Classifier:
         self.encoding_key = (content, self._encoder.encode_special_tokens, windows, hypotheses, self._wants_type_ids)
 
     def _prepare_runner(self) -> None:
-        """What runs the model: ONNX Runtime on a cached export, a traced graph, or torch (int8 layers swapped in)."""
-        self.exported = False
-        if self.backend == "onnx":
-            example, checks = self._sample_batches()
-            onnx = onnx_model(self.name, self.model, example, self.quantize, checks)
-            self.exported, self.fused = onnx.exported, onnx.fused
-            self._runner = OnnxRunner(onnx.path, self.device, self.options.threads)
-            return
+        """What runs the loaded torch model: a traced graph, or torch (int8 layers swapped in)."""
         if self._graph_key is not None:
             example, checks = self._sample_batches()
             graph = trace_graph(self.model, example, checks, self._graph_key, self._capacity)

@@ -5,7 +5,7 @@ model. ``--quantize int8`` is dynamic int8 quantization of the Linear layers: wi
 through ``runtime.int8`` (per-token activations, CPU), with ONNX Runtime through its own
 ``quantize_dynamic`` on the exported graph (per-channel weights, one activation scale per
 batch). ONNX exports are cached under the Hugging Face cache, keyed by what they were made
-from.
+from; a run that finds its export cached never loads the torch model.
 
 A BERT-like encoder (``FUSABLE``) is exported with eager attention and passed through ONNX
 Runtime's transformer optimizer, which fuses each layer's attention, the embeddings' layer
@@ -28,7 +28,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,18 +36,18 @@ from batchsent.data.writers import atomic_file
 from batchsent.errors import ModelLoadError, UsageError, first_line
 from batchsent.runtime.cpu import this_cpu
 from batchsent.runtime.device import to_device
-from batchsent.state.identity import model_identity
 
 BACKENDS = ("torch", "onnx")
 QUANTIZATIONS = ("int8",)
 ONNX_OPSET = 17
 # Bump when the way models are exported changes (2: checked against torch before it is kept; 3: attention fused
-# where it can be, int8 weights per channel).
-EXPORT_FORMAT = 3
+# where it can be, int8 weights per channel; 4: keyed by the run's model identity, the capacity kept beside it).
+EXPORT_FORMAT = 4
 EXPORT_TOLERANCE = 1e-4  # largest logit difference from torch an export may show on the check batches
 # Encoders whose eager attention ONNX Runtime's "bert" optimizer fuses (model_type in their config).
 FUSABLE = frozenset({"bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra"})
 FUSED, PLAIN = "model.fused.onnx", "model.onnx"  # float32 graphs; int8 adds ".int8" before ".onnx"
+EXPORT_META = "export.json"  # the exported model's position capacity; written last, so its presence means complete
 
 
 def check_backend_options(backend: str, quantize: str | None, dtype: str, int8_kernel: str | None = None) -> None:
@@ -148,51 +148,72 @@ def onnx_cache_root() -> Path:
     return Path(os.environ.get("BATCHSENT_ONNX_CACHE", Path(constants.HF_HOME) / "batchsent" / "onnx"))
 
 
-def export_key(model_ref: str, model: Any, input_names: list[str], quantize: str | None) -> str:
-    """Hash of what an export depends on: model identity, revision, config, weights, options."""
-    identity = {"format": EXPORT_FORMAT, "opset": ONNX_OPSET, "inputs": input_names, "quantize": quantize}
-    identity["model"] = model_identity(model_ref, model.config)
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+def export_key(identity: dict[str, Any], input_names: list[str], quantize: str | None) -> str:
+    """Hash of what an export depends on: the model's identity (files' content, or Hub commit and config), its
+    inputs, the options and how exports are made."""
+    facts = {"format": EXPORT_FORMAT, "opset": ONNX_OPSET, "inputs": input_names, "quantize": quantize}
+    facts["model"] = identity
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
 class OnnxGraph:
-    """A cached ONNX graph: its file, whether this run made it, and whether its attention is fused."""
+    """A cached ONNX graph: its file, whether this run made it, whether its attention is fused, and how many
+    positions the exported model holds for one row (None: no such limit)."""
 
     path: Path
     exported: bool
     fused: bool
+    capacity: int | None
+
+
+class ExportSource(Protocol):
+    """What an export is made from, loaded only when the cache lacks it: the float32 CPU model, a batch to trace
+    it on, the batches to check the export on, and the model's position capacity."""
+
+    def __call__(self) -> tuple[Any, dict[str, np.ndarray], list[dict[str, np.ndarray]], int | None]: ...
 
 
 def onnx_model(
-    model_ref: str, model: Any, sample: dict[str, np.ndarray], quantize: str | None, checks: list[dict[str, np.ndarray]]
+    identity: dict[str, Any], input_names: list[str], quantize: str | None, source: ExportSource
 ) -> OnnxGraph:
-    """The cached ONNX graph for this model (exported now if missing).
+    """The cached ONNX graph for this model, exported now from ``source()`` if missing.
 
-    A new export is traced on ``sample`` and kept only when ONNX Runtime gives torch's logits
-    (within EXPORT_TOLERANCE) on every batch of ``checks``; otherwise it is refused (exit 2). A
-    fusable model's fused graph is tried first; the plain one is kept where fusing fails its
-    checks, and a folder holds one or the other, so later runs never try again.
+    A cached graph is used without loading the torch model, so a run after a machine's first pays neither
+    transformers' modeling code nor the weights' read (about 2 s of a 10-row run). A new export is traced on the
+    source's sample and kept only when ONNX Runtime gives torch's logits (within EXPORT_TOLERANCE) on every check
+    batch; otherwise it is refused (exit 2). A fusable model's fused graph is tried first; the plain one is kept
+    where fusing fails its checks, and a folder holds one or the other, so later runs never try again. The
+    folder's ``export.json`` (the capacity) is written last: a folder without it is exported again.
     """
-    names = list(sample)
-    directory = onnx_cache_root() / export_key(model_ref, model, names, quantize)
+    directory = onnx_cache_root() / export_key(identity, input_names, quantize)
+    meta = directory / EXPORT_META
     exported = False
-    if not (directory / FUSED).is_file() and not (directory / PLAIN).is_file():
+    float_path = next((directory / name for name in (FUSED, PLAIN) if (directory / name).is_file()), None)
+    try:
+        capacity = json.loads(meta.read_text())["capacity"] if float_path is not None else None
+    except (OSError, ValueError, KeyError, TypeError):
+        float_path = None
+    if float_path is None:
+        model, sample, checks, capacity = source()
         directory.mkdir(parents=True, exist_ok=True)
         exported = True
-        if not _fused_export(model, sample, checks, directory / FUSED):
-            with atomic_file(directory / PLAIN) as temporary:
+        float_path = directory / FUSED
+        if not _fused_export(model, sample, checks, float_path):
+            float_path = directory / PLAIN
+            with atomic_file(float_path) as temporary:
                 _export(model, sample, temporary)
                 _check_export(model, temporary, checks)
-    fused = (directory / FUSED).is_file()
-    float_path = directory / (FUSED if fused else PLAIN)
+        with atomic_file(meta) as temporary:
+            temporary.write_text(json.dumps({"capacity": capacity}))
+    fused = float_path.name == FUSED
     if quantize != "int8":
-        return OnnxGraph(float_path, exported, fused)
+        return OnnxGraph(float_path, exported, fused, capacity)
     target = float_path.with_suffix(".int8.onnx")
     if not target.is_file():
         exported = True
         _quantize_int8(float_path, target)
-    return OnnxGraph(target, exported, fused)
+    return OnnxGraph(target, exported, fused, capacity)
 
 
 def _quantize_int8(source: Path, target: Path, per_channel: bool = True) -> None:
