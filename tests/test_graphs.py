@@ -28,29 +28,40 @@ def model_copy(tmp_path, binary_model):
 
 
 NATIVE_BF16 = pytest.mark.skipif(not this_cpu().native_bf16, reason="bfloat16 runs only where the CPU has it natively")
+INT8 = pytest.mark.skipif(this_cpu().int8_kernel is None, reason="no int8 kernel faster than float32 on this CPU")
 
 
-@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=NATIVE_BF16)])
-def test_traced_once_then_loaded_and_the_same_bytes_as_the_model(model_copy, monkeypatch, dtype):
-    first = Classifier(str(model_copy), device="cpu", dtype=dtype)
+@pytest.mark.parametrize(
+    "options",
+    [{}, pytest.param({"dtype": "bfloat16"}, marks=NATIVE_BF16), pytest.param({"quantize": "int8"}, marks=INT8)],
+    ids=["float32", "bfloat16", "int8"],
+)
+def test_traced_once_then_loaded_and_the_same_bytes_as_the_model(model_copy, monkeypatch, options):
+    first = Classifier(str(model_copy), device="cpu", **options)
     traced = first.predict(TEXTS).probabilities
-    later = Classifier(str(model_copy), device="cpu", dtype=dtype)
+    later = Classifier(str(model_copy), device="cpu", **options)
     loaded = later.predict(TEXTS).probabilities
     monkeypatch.setenv("BATCHSENT_GRAPHS", "off")
-    plain = Classifier(str(model_copy), device="cpu", dtype=dtype)
+    plain = Classifier(str(model_copy), device="cpu", **options)
     eager = plain.predict(TEXTS).probabilities
     assert (first.graph, later.graph, plain.graph) == ("traced", "loaded", None)
     (said,) = [line for line in info.render(info.collect()) if line.startswith("kept traces")]
     assert str(graphs.graph_folder()) in said and said.endswith("; off (BATCHSENT_GRAPHS)")
     assert later.model is None  # the transformers model was never built
     assert traced.tobytes() == loaded.tobytes() == eager.tobytes()
+    assert later.variant == plain.variant  # an int8 trace is int8: the variant says what ran
 
 
-def test_a_bfloat16_trace_is_kept_apart_from_the_float32_one():
+def test_each_variant_keeps_a_trace_of_its_own():
     identity, names = {"files": {"config.json": "abc"}}, ["input_ids", "attention_mask"]
     float32 = graphs.graph_key(identity, names, "float32")
-    assert float32 == graphs.graph_key(identity, names)  # float32 keys are those kept before bfloat16 traces
-    assert graphs.graph_key(identity, names, "bfloat16") != float32
+    assert float32 == graphs.graph_key(identity, names)  # float32 keys are those kept before other variants'
+    keys = {
+        graphs.graph_key(identity, names, "bfloat16"),
+        graphs.graph_key(identity, names, "float32", "int_mm"),
+        graphs.graph_key(identity, names, "float32", "fbgemm"),
+    }
+    assert len(keys) == 3 and float32 not in keys
 
 
 def test_a_kept_trace_spares_the_import_of_transformers_modeling_code(model_copy, tmp_path):
@@ -110,34 +121,49 @@ def test_a_trace_that_differs_from_the_model_is_not_kept():
     assert graphs.load_graph("branch-b") is None and graphs.load_graph("branch-a") is not None
 
 
-@pytest.mark.parametrize("dtype", sorted(graphs.TRACED_DTYPES))
+def int8_kernel_available(kernel: str) -> bool:
+    from batchsent.runtime.int8 import fbgemm_available, int8_matmul_available
+
+    return int8_matmul_available() if kernel == "int_mm" else fbgemm_available()
+
+
+@pytest.mark.parametrize("variant", [*sorted(graphs.TRACED_DTYPES), "int8/int_mm", "int8/fbgemm"])
 @pytest.mark.parametrize("model_type", sorted(graphs.TRACEABLE))
-def test_every_traceable_type_traces_to_the_model_on_shapes_it_was_not_traced_on(model_type, dtype):
+def test_every_traceable_type_traces_to_the_model_on_shapes_it_was_not_traced_on(model_type, variant):
     from transformers import AutoModelForSequenceClassification
 
+    from batchsent.runtime.int8 import quantize_encoder_int8
+
+    kernel = variant.removeprefix("int8/") if variant.startswith("int8/") else None
+    if kernel is not None and not int8_kernel_available(kernel):
+        pytest.skip(f"this torch cannot run the {kernel} kernel exactly here")
     torch.manual_seed(0)
+    dtype = "float32" if kernel else variant
     model = AutoModelForSequenceClassification.from_config(tiny_config(model_type)).to(getattr(torch, dtype)).eval()
+    if kernel is not None:
+        assert quantize_encoder_int8(model, kernel)
     rng = np.random.default_rng(0)
 
     def batch(rows: int, width: int) -> dict[str, np.ndarray]:
         return padded_batch(rng, rows, width)
 
-    graph = graphs.trace_graph(model, batch(2, 7), [batch(3, 20)], f"type-{model_type}-{dtype}", None)
+    graph = graphs.trace_graph(model, batch(2, 7), [batch(3, 20)], f"type-{model_type}-{variant}", None)
     assert graph is not None
     runner = graphs.GraphRunner(graph, ["input_ids", "attention_mask"])
     for rows, width in [(1, 1 + 1), (1, 127), (9, 33), (4, 5), (16, 128)]:
         inputs = batch(rows, width)
         with torch.inference_mode():
             expected = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.float().numpy()
-        assert runner(inputs).tobytes() == expected.tobytes(), (model_type, dtype, rows, width)
+        assert runner(inputs).tobytes() == expected.tobytes(), (model_type, variant, rows, width)
 
 
-def test_only_float32_or_bfloat16_torch_on_cpu_without_model_code_is_traced(monkeypatch):
+def test_only_torch_on_cpu_without_model_code_is_traced(monkeypatch):
     bert = tiny_config("bert")
     assert graphs.traceable(bert, "torch", "float32", None, "cpu")
     assert graphs.traceable(bert, "torch", "bfloat16", None, "cpu")
+    assert graphs.traceable(bert, "torch", "float32", "int8", "cpu")
     assert not graphs.traceable(bert, "torch", "float16", None, "cpu")
-    assert not graphs.traceable(bert, "torch", "float32", "int8", "cpu")
+    assert not graphs.traceable(bert, "onnx", "float32", "int8", "cpu")
     assert not graphs.traceable(bert, "onnx", "float32", None, "cpu")
     assert not graphs.traceable(bert, "torch", "float32", None, "cuda")
     assert not graphs.traceable(tiny_config("gpt2"), "torch", "float32", None, "cpu")

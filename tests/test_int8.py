@@ -134,10 +134,15 @@ def test_the_int_mm_probe_checks_exact_products():
         assert torch.equal(torch._int_mm(a, a.t().contiguous()), (a.double() @ a.t().double()).to(torch.int32))
 
 
-def test_the_classifier_uses_this_cpus_kernel(binary_model):
+def test_the_classifier_uses_this_cpus_kernel(binary_model, monkeypatch):
     if this_cpu().int8_kernel is None:
         pytest.skip(f"int8 is refused on this CPU: {this_cpu().describe()}")
     kernel = int8.choose_kernel(this_cpu())
-    classifier = Classifier(str(binary_model), device="cpu", quantize="int8")
+    classifier = Classifier(str(binary_model), device="cpu", quantize="int8")  # a kept trace (runtime.graphs)
     assert classifier.kernel == kernel and classifier.variant == f"int8/{kernel}"
-    assert any(isinstance(m, int8.LAYERS[kernel]) for m in classifier.model.modules())
+    assert classifier.graph is not None
+    layer = int8.LAYERS[kernel].__name__
+    assert any(m.original_name == layer for m in classifier._runner.graph.modules())
+    monkeypatch.setenv("BATCHSENT_GRAPHS", "off")
+    eager = Classifier(str(binary_model), device="cpu", quantize="int8")
+    assert any(isinstance(m, int8.LAYERS[kernel]) for m in eager.model.modules())

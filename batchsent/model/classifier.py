@@ -109,7 +109,7 @@ class Classifier:
         self.fused = False  # an ONNX graph with fused attention runs the model (runtime.backends.FUSABLE)
         self._input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if self._wants_type_ids else [])
         self._graph_key = (
-            graph_key(self.identity, self._input_names, self.dtype)
+            graph_key(self.identity, self._input_names, self.dtype, self.kernel)
             if traceable(self.config, self.backend, self.dtype, self.quantize, self.device.type)
             else None
         )
@@ -297,18 +297,19 @@ class Classifier:
         self.encoding_key = (content, self._encoder.encode_special_tokens, windows, hypotheses, self._wants_type_ids)
 
     def _prepare_runner(self) -> None:
-        """What runs the loaded torch model: a traced graph, or torch (int8 layers swapped in)."""
+        """What runs the loaded torch model (int8 layers swapped in first): a traced graph, or torch."""
+        if self.kernel is not None:
+            from batchsent.runtime.int8 import quantize_encoder_int8
+
+            if not quantize_encoder_int8(self.model, self.kernel):  # nothing int8 can run: say it ran float32
+                self.quantize = self.kernel = None
+                self._graph_key = None  # keyed as int8, which this model is not
         if self._graph_key is not None:
             example, checks = self._sample_batches()
             graph = trace_graph(self.model, example, checks, self._graph_key, self._capacity)
             if graph is not None:
                 self._runner, self.graph = GraphRunner(graph, self._input_names), "traced"
                 return
-        if self.kernel is not None:
-            from batchsent.runtime.int8 import quantize_encoder_int8
-
-            if not quantize_encoder_int8(self.model, self.kernel):  # nothing int8 can run: say it ran float32
-                self.quantize = self.kernel = None
         self._runner = TorchRunner(self.model, self.device)
 
     def _sample_batches(self) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:

@@ -11,10 +11,11 @@ equal; it then scores with the trace. Later runs load the trace. A run scores wi
 traced it or loaded it, so a resumed run replays the same computation as the run it resumes.
 
 Only for architectures whose forward takes no Python branch on its inputs' values or shapes that a trace
-would freeze (TRACEABLE), float32 or bfloat16 (what ``--precision fast`` often runs, whose small runs would
-otherwise pay the import float32's no longer does) on CPU, the torch backend without int8, and no model code
-of its own. A trace is keyed by the model's identity (its files' content, or its Hub commit and config), its
-dtype, its input names, and the torch and transformers versions. ``BATCHSENT_GRAPHS=off`` turns this off; the traces live beside the
+would freeze (TRACEABLE), on CPU with the torch backend, float32, bfloat16 or torch int8 (what ``--precision
+fast`` often runs, whose small runs would otherwise pay the import float32's no longer does; an int8 trace
+holds the quantized layers, so a later run skips the quantization too), and no model code of its own. A trace
+is keyed by the model's identity (its files' content, or its Hub commit and config), its dtype and int8
+kernel, its input names, and the torch and transformers versions. ``BATCHSENT_GRAPHS=off`` turns this off; the traces live beside the
 tuning store (``batchsent info`` shows where), one per model version, and may be deleted at any time.
 """
 
@@ -67,15 +68,18 @@ def traceable(config: Any, backend: str, dtype: str, quantize: str | None, devic
         graphs_enabled()
         and backend == "torch"
         and dtype in TRACED_DTYPES
-        and quantize is None
+        and quantize in (None, "int8")
         and device_type == "cpu"
         and getattr(config, "model_type", None) in TRACEABLE
         and not getattr(config, "auto_map", None)  # a model with code of its own runs as its authors wrote it
     )
 
 
-def graph_key(identity: dict[str, Any], input_names: list[str], dtype: str = "float32") -> str:
-    """What a trace depends on: the model's identity, its dtype, its inputs, and the libraries that traced it."""
+def graph_key(
+    identity: dict[str, Any], input_names: list[str], dtype: str = "float32", int8_kernel: str | None = None
+) -> str:
+    """What a trace depends on: the model's identity, its dtype and int8 kernel, its inputs, and the libraries
+    that traced it."""
     facts: dict[str, Any] = {
         "format": GRAPH_FORMAT,
         "model": identity,
@@ -85,6 +89,8 @@ def graph_key(identity: dict[str, Any], input_names: list[str], dtype: str = "fl
     }
     if dtype != "float32":  # named only when not float32, so the float32 traces kept before keep their keys
         facts["dtype"] = dtype
+    if int8_kernel is not None:
+        facts["int8_kernel"] = int8_kernel
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
