@@ -101,8 +101,9 @@ def render(info: dict[str, Any]) -> list[str]:
     lines += [f"variant {name}: {state}" for name, state in info["variants"].items()]
     graphs = info["graphs"]
     lines.append(
-        f"kept traces (float32 CPU runs after a model's first): {graphs['kept']} ({graphs['bytes'] / 2**20:,.0f} MiB) "
-        f"in {graphs['folder']}" + ("" if graphs["enabled"] else "; off (BATCHSENT_GRAPHS)")
+        f"kept traces (CPU runs after a model's first, at float32, bfloat16 or torch int8): {graphs['kept']} "
+        f"({graphs['bytes'] / 2**20:,.0f} MiB) in {graphs['folder']}"
+        + ("" if graphs["enabled"] else "; off (BATCHSENT_GRAPHS)")
     )
     if info.get("tuning_store_error"):
         lines.append(f"tuning store: {info['tuning_store_error']}; move it aside to start over")
