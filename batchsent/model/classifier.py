@@ -163,6 +163,7 @@ class Classifier:
             return self.model, example, checks, self._capacity
 
         onnx = onnx_model(self.identity, self._input_names, self.quantize, source)
+        self.model = None  # ONNX Runtime holds its own copy of the weights
         self._capacity = onnx.capacity
         self._check_capacity()
         self.exported, self.fused = onnx.exported, onnx.fused
