@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -171,3 +172,29 @@ def test_only_torch_on_cpu_without_model_code_is_traced(monkeypatch):
     assert not graphs.traceable(bert, "torch", "float32", None, "cpu")
     monkeypatch.setenv("BATCHSENT_GRAPHS", "off")
     assert not graphs.traceable(tiny_config("bert"), "torch", "float32", None, "cpu")
+
+
+def test_keeping_a_trace_removes_traces_unused_for_a_month_and_partial_files_a_killed_run_left(model_copy):
+    root = graphs.graph_folder()
+    month_ago = time.time() - (graphs.UNUSED_DAYS + 1) * 86400
+    stale, recent, killed = root / "stale", root / "recent", root / "killed"
+    for folder in (stale, recent, killed):
+        folder.mkdir(parents=True)
+    for folder in (stale, recent):
+        (folder / "graph.pt").write_bytes(b"x" * 100)
+        (folder / "graph.json").write_text("{}")
+    os.utime(stale / "graph.json", (month_ago, month_ago))
+    old_partial, writing = killed / ".graph.pt.a.partial", killed / ".graph.pt.b.partial"
+    old_partial.write_bytes(b"x" * 10)
+    writing.write_bytes(b"x" * 10)  # another run writing its trace now
+    hour_ago = time.time() - (graphs.PARTIAL_HOURS * 3600 + 60)
+    os.utime(old_partial, (hour_ago, hour_ago))
+    os.utime(recent / "graph.json", (hour_ago, hour_ago))
+
+    first = Classifier(str(model_copy), device="cpu")  # keeps a new trace
+    assert first.graph == "traced"
+    assert not stale.exists() and (recent / "graph.pt").exists()
+    assert not old_partial.exists() and writing.exists()
+    later = Classifier(str(model_copy), device="cpu")
+    assert later.graph == "loaded"  # and loading marks it used
+    assert time.time() - (root / first._graph_key / "graph.json").stat().st_mtime < 60

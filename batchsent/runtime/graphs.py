@@ -15,15 +15,19 @@ would freeze (TRACEABLE), on CPU with the torch backend, float32, bfloat16 or to
 fast`` often runs, whose small runs would otherwise pay the import float32's no longer does; an int8 trace
 holds the quantized layers, so a later run skips the quantization too), and no model code of its own. A trace
 is keyed by the model's identity (its files' content, or its Hub commit and config), its dtype and int8
-kernel, its input names, and the torch and transformers versions. ``BATCHSENT_GRAPHS=off`` turns this off; the traces live beside the
-tuning store (``batchsent info`` shows where), one per model version, and may be deleted at any time.
+kernel, its input names, and the torch and transformers versions. ``BATCHSENT_GRAPHS=off`` turns this off;
+the traces live beside the tuning store (``batchsent info`` shows where), one per model version and variant,
+and may be deleted at any time. A changed model or an upgrade leaves its old traces unused: when a run keeps a
+new trace, traces no run has loaded for UNUSED_DAYS go, and so do partial files a killed run left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,8 @@ from batchsent.data.writers import atomic_file
 from batchsent.runtime.backends import logits_only
 from batchsent.state.identity import digest_memo_path, package_version
 
+UNUSED_DAYS = 30  # a trace no run has loaded for this long is removed when another is kept
+PARTIAL_HOURS = 1  # a partial file this old is a killed run's, not one being written now
 GRAPH_FORMAT = 1  # bump when what a trace holds or how it is checked changes: older traces are then not found
 
 # transformers model types whose forward traces into a graph that holds for every batch shape: no branch on a
@@ -107,7 +113,32 @@ def load_graph(key: str) -> tuple[Any, int | None] | None:
             graph = torch.jit.load(str(folder / "graph.pt"), map_location="cpu")
     except Exception:
         return None
+    with contextlib.suppress(OSError):  # a read-only state folder: the trace is used all the same
+        os.utime(folder / "graph.json")  # last used, for prune_graphs
     return graph.eval(), meta.get("capacity")
+
+
+def prune_graphs(now: float | None = None) -> int:
+    """Remove the traces no run has loaded for UNUSED_DAYS and partial files older than PARTIAL_HOURS; bytes
+    freed. A trace's ``graph.json`` is touched whenever a run loads it."""
+    now = time.time() if now is None else now
+    freed = 0
+    for folder in graph_folder().glob("*/"):
+        try:
+            meta = folder / "graph.json"
+            unused = meta.is_file() and now - meta.stat().st_mtime > UNUSED_DAYS * 86400
+            for path in folder.iterdir():
+                partial = path.name.endswith(".partial") and now - path.stat().st_mtime > PARTIAL_HOURS * 3600
+                if unused or partial:
+                    size = path.stat().st_size
+                    path.unlink()
+                    freed += size
+            empty = not any(folder.iterdir()) and now - folder.stat().st_mtime > PARTIAL_HOURS * 3600
+            if unused or empty:
+                folder.rmdir()
+        except OSError:
+            continue  # another run pruning or writing at the same time, or a folder that is not ours to change
+    return freed
 
 
 def trace_graph(
@@ -141,7 +172,8 @@ def trace_graph(
         with atomic_file(folder / "graph.json") as temporary:
             temporary.write_text(json.dumps({"capacity": capacity, "inputs": names}))
     except OSError:
-        pass  # a state folder that cannot take it: this run still scores with the trace, the next traces again
+        return graph  # a state folder that cannot take it: this run still scores with the trace, the next traces again
+    prune_graphs()
     return graph
 
 
