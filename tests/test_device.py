@@ -40,6 +40,23 @@ def test_float16_is_refused_on_cpu():
 def test_batch_limits_are_sized_per_device():
     assert batch_limits("cpu") == CPU_LIMITS and batch_limits("cuda") == CUDA_LIMITS
     assert CUDA_LIMITS.tokens > CPU_LIMITS.tokens and CUDA_LIMITS.rows > CPU_LIMITS.rows
+    assert batch_limits("cuda", "bfloat16") == CUDA_LIMITS
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"), [("avx2 avx512f avx512_bf16 amx_tile amx_bf16", 4096), ("avx2 avx512_bf16", 1024)]
+)
+def test_cpu_bfloat16_takes_larger_batches_only_on_amx(monkeypatch, flags, expected):
+    from batchsent.runtime import cpu
+
+    monkeypatch.setenv(cpu.FLAGS_ENV, flags)
+    cpu.this_cpu.cache_clear()
+    try:
+        assert batch_limits("cpu", "bfloat16").tokens == expected
+        assert batch_limits("cpu", "float32") == CPU_LIMITS
+    finally:
+        monkeypatch.delenv(cpu.FLAGS_ENV)
+        cpu.this_cpu.cache_clear()
 
 
 @pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:1", "mps"])

@@ -104,6 +104,22 @@ def test_defaults_come_from_the_device(binary_model):
     assert np.isfinite(classifier.predict(["fine"]).probabilities).all()
 
 
+def test_the_default_budget_follows_the_dtype_fast_chose(binary_model, monkeypatch):
+    """``--precision fast`` learns its dtype from the tuning, after the options: the budget is that dtype's."""
+    from batchsent.runtime import tuning
+    from batchsent.runtime.cpu import this_cpu
+    from batchsent.runtime.device import batch_limits
+
+    if not this_cpu().native_bf16:
+        pytest.skip(f"this CPU has no native bfloat16: {this_cpu().describe()}")
+    stored = tuning.Tuning(scope={}, facts={}, sample="", measured_at="")
+    monkeypatch.setattr(tuning.Tuning, "candidate", lambda self: tuning.Candidate("bfloat16", dtype="bfloat16"))
+    monkeypatch.setattr(tuning, "fast_variant", lambda *args: stored)
+    classifier = Classifier(str(binary_model), device="cpu", precision="fast")
+    assert classifier.dtype == "bfloat16"
+    assert classifier.token_budget == batch_limits("cpu", "bfloat16").tokens
+
+
 def test_a_job_hands_the_classifier_exactly_its_model_options(binary_model):
     from dataclasses import fields
     from pathlib import Path

@@ -18,7 +18,7 @@ from batchsent import __version__
 from batchsent.cli.progress import Reporter, progress_for
 from batchsent.engine.runner import run
 from batchsent.errors import BatchsentError, ExitCode, PublishedWithErrors, UsageError, first_line
-from batchsent.runtime.device import CPU_LIMITS, CUDA_LIMITS
+from batchsent.runtime.device import CPU_AMX_BF16_LIMITS, CPU_LIMITS, CUDA_LIMITS
 from batchsent.runtime.tune_sample import SAMPLE_ROWS
 from batchsent.settings.jobfile import build_config
 from batchsent.settings.options import (
@@ -118,7 +118,8 @@ def score(
         int | None,
         typer.Option(
             help="Most padded tokens (rows x longest row) in one batch. "
-            f"[default: {CPU_LIMITS.tokens} on CPU, {CUDA_LIMITS.tokens} on CUDA]"
+            f"[default: {CPU_LIMITS.tokens} on CPU ({CPU_AMX_BF16_LIMITS.tokens} at bfloat16 with AMX), "
+            f"{CUDA_LIMITS.tokens} on CUDA]"
         ),
     ] = None,
     max_length: Annotated[

@@ -101,6 +101,9 @@ class Classifier:
         self.tuning: Tuning | None = None
         if self.precision == "fast" and self.device.type == "cpu":
             self._follow_tuning(notes)
+        limits = batch_limits(self.device.type, self.dtype)  # once the dtype is final (fast's follows the tuning)
+        self.batch_size = self.options.batch_size or limits.rows
+        self.token_budget = self.options.token_budget or limits.tokens
         self._prepare_encoder()
         self.model: Any = None
         self._runner: TorchRunner | OnnxRunner | GraphRunner | None = None
@@ -216,9 +219,6 @@ class Classifier:
             self.kernel = options.int8_kernel or choose_kernel(this_cpu())
         if options.threads is not None:
             torch.set_num_threads(options.threads)
-        limits = batch_limits(self.device.type)
-        self.batch_size = options.batch_size or limits.rows
-        self.token_budget = options.token_budget or limits.tokens
 
     def _follow_tuning(self, notes: Callable[[str], None] | None) -> None:
         """``--precision fast`` on CPU: the variant this machine's tuning for this model chose (tuned now if none)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 # x86 flags naming an int8 dot-product instruction (VNNI, or AMX's int8 tiles).
 INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+AMX_BF16_FLAGS = frozenset({"amx_bf16"})  # bfloat16 tiles: the CPU bfloat16 batch budget is larger there
 # What ``batchsent info`` lists, in this order: (name, flags any of which means yes).
 FEATURES = (
     ("AVX2", frozenset({"avx2"})),

@@ -44,7 +44,9 @@ AUTO_TIME_CAP_S = 300.0  # what --precision fast may spend tuning when nothing i
 ROUNDS = 3  # the sample is scored in this many interleaved rounds: every variant scores round r's rows in turn
 SPEEDUP_MARGIN = 1.10  # a variant replaces float32 only when at least this much faster in every round
 WARMUP_ROWS = 16
-FORMAT = 3  # bump when what a tuning measures changes: older results are then ignored (3: ONNX graphs fused, int8 per channel)
+# Bump when what a tuning measures changes: older results are then ignored (3: ONNX graphs fused, int8 per channel;
+# 4: bfloat16 at its own, larger batch budget on AMX).
+FORMAT = 4
 BUILTIN_SAMPLE = f"built-in review mix ({SAMPLE_ROWS} rows)"
 
 Notes = Callable[[str], None]
