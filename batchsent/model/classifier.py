@@ -110,6 +110,7 @@ class Classifier:
         self._capacity: int | None = None
         self.graph: str | None = None  # "traced" or "loaded" when a traced graph runs the model (runtime.graphs)
         self.fused = False  # an ONNX graph with fused attention runs the model (runtime.backends.FUSABLE)
+        self.exported = False  # this run made the ONNX graph it runs (it was not in the cache)
         self._input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if self._wants_type_ids else [])
         self._graph_key = (
             graph_key(self.identity, self._input_names, self.dtype, self.kernel)
