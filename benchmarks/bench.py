@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pyarrow as pa
@@ -102,19 +103,10 @@ def torch_model(classifier: Classifier) -> torch.nn.Module:
     return classifier.model if classifier.model is not None else classifier._pretrained.load_model().eval()
 
 
-@contextlib.contextmanager
-def eager_model():
+def eager_model() -> contextlib.AbstractContextManager:
     """Classifiers built inside run the transformers model itself, not a kept trace: for variants that change the
     model's layers in place."""
-    before = os.environ.get("BATCHSENT_GRAPHS")
-    os.environ["BATCHSENT_GRAPHS"] = "off"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["BATCHSENT_GRAPHS"]
-        else:
-            os.environ["BATCHSENT_GRAPHS"] = before
+    return mock.patch.dict(os.environ, {"BATCHSENT_GRAPHS": "off"})
 
 
 def linear_parameters(model: torch.nn.Module) -> int:

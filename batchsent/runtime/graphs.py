@@ -1,5 +1,5 @@
-"""Traced graphs: float32 and bfloat16 encoder classifiers on CPU, kept so that later runs start without
-transformers' modeling code.
+"""Traced graphs: float32, bfloat16 and torch int8 encoder classifiers on CPU, kept so that later runs start
+without transformers' modeling code.
 
 Importing a model class from transformers costs more than the rest of a small run: on a 2-core Xeon, 1.4 s
 (its modeling code imports torch.distributed, torch._dynamo, sympy and scipy), against 0.2 s to read the
@@ -118,11 +118,10 @@ def load_graph(key: str) -> tuple[Any, int | None] | None:
     return graph.eval(), meta.get("capacity")
 
 
-def prune_graphs(now: float | None = None) -> int:
-    """Remove the traces no run has loaded for UNUSED_DAYS and partial files older than PARTIAL_HOURS; bytes
-    freed. A trace's ``graph.json`` is touched whenever a run loads it."""
+def prune_graphs(now: float | None = None) -> None:
+    """Remove the traces no run has loaded for UNUSED_DAYS and partial files older than PARTIAL_HOURS. A trace's
+    ``graph.json`` is touched whenever a run loads it."""
     now = time.time() if now is None else now
-    freed = 0
     for folder in graph_folder().glob("*/"):
         try:
             meta = folder / "graph.json"
@@ -130,15 +129,12 @@ def prune_graphs(now: float | None = None) -> int:
             for path in folder.iterdir():
                 partial = path.name.endswith(".partial") and now - path.stat().st_mtime > PARTIAL_HOURS * 3600
                 if unused or partial:
-                    size = path.stat().st_size
                     path.unlink()
-                    freed += size
             empty = not any(folder.iterdir()) and now - folder.stat().st_mtime > PARTIAL_HOURS * 3600
             if unused or empty:
                 folder.rmdir()
         except OSError:
             continue  # another run pruning or writing at the same time, or a folder that is not ours to change
-    return freed
 
 
 def trace_graph(
