@@ -8,8 +8,11 @@ from batchsent.errors import UsageError
 from batchsent.runtime.device import (
     CPU_LIMITS,
     CUDA_LIMITS,
+    activation_bytes_per_token,
     batch_limits,
+    check_batch_options,
     check_device_name,
+    host_memory,
     resolve_device,
     resolve_dtype,
 )
@@ -57,6 +60,63 @@ def test_cpu_bfloat16_takes_larger_batches_only_on_amx(monkeypatch, flags, expec
     finally:
         monkeypatch.delenv(cpu.FLAGS_ENV)
         cpu.this_cpu.cache_clear()
+
+
+def test_host_memory_is_the_lower_of_the_machine_and_its_container(tmp_path):
+    import os
+
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    (tmp_path / "v2").write_text("max\n")
+    (tmp_path / "v1").write_text(f"{2**30}\n")
+    assert host_memory((str(tmp_path / "v2"),)) == machine  # no limit
+    assert host_memory((str(tmp_path / "missing"), str(tmp_path / "v1"))) == min(machine, 2**30)
+    (tmp_path / "v1").write_text(f"{2**62}\n")  # v1's "no limit" is a huge number
+    assert host_memory((str(tmp_path / "v1"),)) == machine
+
+
+def _configs():
+    from transformers import BertConfig, DistilBertConfig, GPT2Config, LlamaConfig, T5Config
+
+    return {
+        # (config, feed-forward width as the family names it)
+        "bert": (BertConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536), 1536),
+        "distilbert": (DistilBertConfig(dim=768, n_heads=12, hidden_dim=3072), 3072),
+        "t5": (T5Config(d_model=512, num_heads=8, d_ff=2048), 2048),
+        "gpt2": (GPT2Config(n_embd=256, n_head=4), 4 * 256),  # n_inner None: 4 x hidden
+        "llama": (LlamaConfig(hidden_size=256, num_attention_heads=4, intermediate_size=688), 688),
+    }
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "t5", "gpt2", "llama"])
+def test_activation_estimate_reads_each_familys_widths(family):
+    config, feed_forward = _configs()[family]
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    elements = 2 * heads * 512 + 2 * feed_forward + 6 * hidden
+    assert activation_bytes_per_token(config, 512, "float32") == 4 * elements
+    assert activation_bytes_per_token(config, 512, "bfloat16") == 2 * elements
+
+
+def test_a_config_without_the_usual_widths_is_not_bounded():
+    from transformers import PretrainedConfig
+
+    assert activation_bytes_per_token(PretrainedConfig(), 512, "float32") is None
+    check_batch_options(10**18, 10**18, PretrainedConfig(), 512, "float32", resolve_device("cpu"))
+
+
+def test_batch_options_are_bounded_by_this_machines_memory():
+    config, _ = _configs()["bert"]
+    cpu = resolve_device("cpu")
+    budget_most = host_memory() // activation_bytes_per_token(config, 512, "float32")
+    rows_most = host_memory() // activation_bytes_per_token(config, 1, "float32")
+    check_batch_options(rows_most, budget_most, config, 512, "float32", cpu)
+    check_batch_options(None, None, config, 512, "float32", cpu)
+    with pytest.raises(UsageError, match=rf"^--token-budget {budget_most + 1}: .* give at most {budget_most}$"):
+        check_batch_options(None, budget_most + 1, config, 512, "float32", cpu)
+    with pytest.raises(UsageError, match=rf"^--batch-size {rows_most + 1}: .*single token.* at most {rows_most}$"):
+        check_batch_options(rows_most + 1, None, config, 512, "float32", cpu)
+    # half-width activations fit twice the tokens; a shorter --max-length fits more too
+    check_batch_options(None, 2 * budget_most - 1, config, 512, "bfloat16", cpu)
+    check_batch_options(None, budget_most + 1, config, 128, "float32", cpu)
 
 
 @pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:1", "mps"])

@@ -205,6 +205,9 @@ def test_a_secret_holding_at_signs_is_redacted_whole():
     [
         ["--threads", "100000"],
         ["--chunk-rows", str(10**17)],
+        ["--token-budget", str(10**15)],
+        ["--batch-size", str(10**15)],
+        ["--engine", "ray", "--token-budget", str(10**15)],
         ["--engine", "ray", "--workers", "100000"],
         ["--engine", "ray", "--gpus-per-worker", "1"],
     ],
@@ -215,7 +218,8 @@ def test_numbers_past_what_the_machine_has_are_one_line(tmp_path, binary_model, 
     source = write_corpus(tmp_path / "in.csv", 3, seed=1, longest_words=5)
     result = score(source, "--model", binary_model, *option)
     one_error_line(result, 2, option[-2])
-    assert str(usable_cpus()) in result.output or "GPUs" in result.output or "1,000,000" in result.output
+    says_the_bound = ("give at most", str(usable_cpus()), "GPUs", "1,000,000")  # memory, CPUs, GPUs, chunk cap
+    assert any(bound in result.output for bound in says_the_bound)
 
 
 def test_tune_threads_are_bounded_too(binary_model):

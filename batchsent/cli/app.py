@@ -111,13 +111,14 @@ def score(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help=f"Most rows in one model batch. [default: {CPU_LIMITS.rows} on CPU, {CUDA_LIMITS.rows} on CUDA]"
+            help="Most rows in one model batch (bounded by the device's memory). "
+            f"[default: {CPU_LIMITS.rows} on CPU, {CUDA_LIMITS.rows} on CUDA]"
         ),
     ] = None,
     token_budget: Annotated[
         int | None,
         typer.Option(
-            help="Most padded tokens (rows x longest row) in one batch. "
+            help="Most padded tokens (rows x longest row) in one batch (bounded by the device's memory). "
             f"[default: {CPU_LIMITS.tokens} on CPU ({CPU_AMX_BF16_LIMITS.tokens} at bfloat16 with AMX), "
             f"{CUDA_LIMITS.tokens} on CUDA]"
         ),

@@ -32,7 +32,13 @@ from batchsent.model.loading import load_pretrained, model_length_limit, positio
 from batchsent.model.postprocess import SOFTMAX, activate, activation_for, aggregate_windows
 from batchsent.runtime.backends import OnnxRunner, TorchRunner, check_backend_options, device_refusal, onnx_model
 from batchsent.runtime.cpu import this_cpu
-from batchsent.runtime.device import batch_limits, check_dtype_supported, resolve_device, resolve_dtype
+from batchsent.runtime.device import (
+    batch_limits,
+    check_batch_options,
+    check_dtype_supported,
+    resolve_device,
+    resolve_dtype,
+)
 from batchsent.runtime.graphs import GraphRunner, graph_key, load_graph, trace_graph, traceable
 from batchsent.runtime.precision import resolve_precision
 from batchsent.settings.options import DEFAULT_MODEL, ModelOptions
@@ -104,6 +110,9 @@ class Classifier:
         limits = batch_limits(self.device.type, self.dtype)  # once the dtype is final (fast's follows the tuning)
         self.batch_size = self.options.batch_size or limits.rows
         self.token_budget = self.options.token_budget or limits.tokens
+        check_batch_options(
+            self.options.batch_size, self.options.token_budget, self.config, self.max_length, self.dtype, self.device
+        )
         self._prepare_encoder()
         self.model: Any = None
         self._runner: TorchRunner | OnnxRunner | GraphRunner | None = None

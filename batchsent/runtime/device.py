@@ -6,8 +6,10 @@ tested on machines without a GPU; only ``resolve_device`` and ``to_device`` touc
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from batchsent.errors import UsageError
@@ -38,6 +40,12 @@ CPU_AMX_BF16_LIMITS = BatchLimits(rows=128, tokens=4096)
 # GPU: large batches keep the device busy; 64k fp16 tokens of a base-size encoder need
 # about 2 GB of activations.
 CUDA_LIMITS = BatchLimits(rows=1024, tokens=65536)
+
+
+# cgroup limits of this process's memory (v2, then v1); "max" or a huge number means none.
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+# Config fields naming a model's feed-forward width, by family (BERT and most, T5, BART, DistilBERT, GPT-2).
+FEED_FORWARD_FIELDS = ("intermediate_size", "d_ff", "encoder_ffn_dim", "hidden_dim", "n_inner")
 
 
 def check_device_name(device: str) -> None:
@@ -122,3 +130,65 @@ def cuda_device_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.backends.cuda.is_built() else 0
+
+
+def host_memory(limits: tuple[str, ...] = CGROUP_MEMORY_LIMITS) -> int:
+    """Bytes of memory this process may use: the machine's RAM, or its container's limit when lower."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in limits:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            memory = min(memory, int(text))
+    return memory
+
+
+def device_memory(device: Any) -> int:
+    """Bytes of memory a batch may take on ``device``: the GPU's own on CUDA, else the host's."""
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return host_memory()
+
+
+def activation_bytes_per_token(config: Any, longest: int, dtype: str) -> int | None:
+    """Bytes of activations one padded token of a batch holds at its peak, None for a config without the usual
+    width fields (then nothing is checked).
+
+    An upper estimate, so that only batches that cannot fit are refused: the attention scores and their softmax
+    (2 x heads x the batch's longest row, as eager and math attention hold them), the feed-forward layer (twice
+    its width, for gated ones) and six hidden-size buffers (residual, norms, projections).
+    """
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if not isinstance(hidden, int) or not isinstance(heads, int):
+        return None
+    widths = (getattr(config, name, None) for name in FEED_FORWARD_FIELDS)
+    feed_forward = next((width for width in widths if isinstance(width, int)), 4 * hidden)
+    elements = 2 * heads * longest + 2 * feed_forward + 6 * hidden
+    return elements * (2 if dtype in ("float16", "bfloat16") else 4)
+
+
+def check_batch_options(
+    batch_size: int | None, token_budget: int | None, config: Any, max_length: int, dtype: str, device: Any
+) -> None:
+    """Refuse a --token-budget or --batch-size whose batches could not fit in this device's memory.
+
+    A batch holds at most the token budget in padded tokens (a row longer than it runs alone), rows of up to
+    ``max_length`` tokens; and every row holds at least one token, which bounds the rows of a batch too.
+    """
+    memory = device_memory(device) if batch_size is not None or token_budget is not None else 0
+    where = f"this {'GPU' if device.type == 'cuda' else 'machine'}'s {memory / 2**30:.1f} GiB"
+    for option, value, longest, rows in (
+        ("--token-budget", token_budget, max_length, f"rows of up to {max_length} tokens"),
+        ("--batch-size", batch_size, 1, "rows of a single token"),
+    ):
+        per_token = activation_bytes_per_token(config, longest, dtype)
+        if value is None or per_token is None or value * per_token <= memory:
+            continue
+        raise UsageError(
+            f"{option} {value}: one batch would need about {value * per_token / 2**30:,.0f} GiB of activations "
+            f"({dtype}, {rows}), more than {where}; give at most {memory // per_token}"
+        )
