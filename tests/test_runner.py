@@ -123,6 +123,22 @@ def test_the_first_progress_line_comes_with_the_first_batch(corpus, binary_model
     assert events[-1]["level"] == "summary" and events[-1]["load_seconds"] > 0
 
 
+@pytest.mark.parametrize(
+    ("elapsed", "load", "resumed", "said"),
+    [
+        (3.0, 1.0, 0, "scoring 2.0 s at 50 rows/s)"),
+        (401.0, 1.0, 0, "scoring 400.0 s at 0.2 rows/s)"),  # a slow run still says its rate
+        (1.0, 1.0, 0, "scoring 0.0 s)"),  # no measurable scoring time: no "0 rows/s"
+        (3.0, 1.0, 100, "scoring 2.0 s, resumed after 100 rows)"),  # nothing left to score after a resume
+    ],
+)
+def test_the_summary_gives_a_rate_only_where_there_is_one(elapsed, load, resumed, said):
+    from batchsent.engine.summary import RunSummary
+
+    line = RunSummary("in.csv", "out.csv", 100, 100, 0, 0, elapsed, load_seconds=load, resumed_rows=resumed).line()
+    assert said in line and " at 0 rows/s" not in line
+
+
 def test_the_python_api_gets_the_whole_job(corpus, binary_model, tmp_path):
     manifest, report = tmp_path / "m.json", tmp_path / "r.html"
     summary = score_file(corpus, tmp_path / "o.csv", model=str(binary_model), manifest=manifest, report=report)

@@ -81,13 +81,19 @@ class RunSummary:
             + (f" ({', '.join(reused)})" if reused else "")
             + f", {self.empty:,} empty, {self.truncated:,} "
             + ("over the limit (scored in windows) " if self.chunked else "truncated ")
-            + f"in {self.elapsed:.1f} s ({self._loading()}, scoring {self.scoring_seconds:.1f} s "
-            + f"at {self.rows_per_second:,.0f} rows/s"
+            + f"in {self.elapsed:.1f} s ({self._loading()}, {self._scoring()}"
             + (f", resumed after {self.resumed_rows:,} rows)" if self.resumed_rows else ")")
             + (f"; {labels}" if labels else "")
             + f" -> {self.output}"
             + (f" [{self.where}]" if self.where else "")
         )
+
+    def _scoring(self) -> str:
+        """Scoring time, and its rate where there is one to tell (not for a run that scored nothing new or
+        took no measurable time: "0 rows/s" would read as a stall)."""
+        rate = self.rows_per_second
+        shown = f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}"
+        return f"scoring {self.scoring_seconds:.1f} s" + (f" at {shown} rows/s" if rate > 0 else "")
 
     def _loading(self) -> str:
         if self.weights_loaded:
@@ -98,8 +104,7 @@ class RunSummary:
         wheres = {model.where for model in self.models}
         return (
             f"{self.rows:,} rows: {self.scored:,} scored, {self.empty:,} empty by {len(self.models)} models in "
-            f"{self.elapsed:.1f} s (models load {self.load_seconds:.1f} s, scoring {self.scoring_seconds:.1f} s at "
-            f"{self.rows_per_second:,.0f} rows/s"
+            f"{self.elapsed:.1f} s (models load {self.load_seconds:.1f} s, {self._scoring()}"
             + (f", resumed after {self.resumed_rows:,} rows)" if self.resumed_rows else ")")
             + "".join(f"; {model.part()}" for model in self.models)
             + f" -> {self.output}"
