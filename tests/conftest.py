@@ -8,17 +8,21 @@ same WordPiece vocabulary as distilbert-base-uncased).
 
 from __future__ import annotations
 
+import atexit
 import csv
 import importlib.util
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("BATCHSENT_STATE_DIR", tempfile.mkdtemp(prefix="batchsent-state-"))  # file hashes of this run
+if "BATCHSENT_STATE_DIR" not in os.environ:  # file hashes, tunings and traces of this test run, removed after it
+    os.environ["BATCHSENT_STATE_DIR"] = tempfile.mkdtemp(prefix="batchsent-state-")
+    atexit.register(shutil.rmtree, os.environ["BATCHSENT_STATE_DIR"], ignore_errors=True)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
