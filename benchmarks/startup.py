@@ -5,9 +5,10 @@ Whole processes, alternated over rounds (median, min, max): the interpreter alon
 runs: the model's trace kept, see ``batchsent.runtime.graphs``; as a machine's first run, which traces it;
 and with traces turned off), and the pipeline script (``benchmarks/e2e.py``'s, at its default batch size)
 on the same file. Then, in one fresh process per round, the phases of a run in the order batchsent takes
-them: torch, transformers, the tokenizer (its import and its load), the weights (the kept trace), the first
-batch; and, outside the total, the import of transformers' modeling code that a first run pays. The phases
-are timed with the real loading functions batchsent calls (``Classifier``).
+them: torch, batchsent, the tokenizer and config (the kept setup, see ``batchsent.model.setup``), the weights
+(the kept trace), the first batch; and, outside the total, the imports a first run pays: transformers with
+its tokenizer classes, and its modeling code. The phases are timed with the real loading functions batchsent
+calls (``Classifier``).
 
   python benchmarks/startup.py [--model DIR] [--repeats 3] [--threads 2] [--out FILE]
 """
@@ -44,15 +45,16 @@ def lap(name):
     global last
     now = time.perf_counter(); phases[name] = round(now - last, 3); last = now
 import torch; lap("import torch")
-import transformers; lap("import transformers")
 import batchsent.cli; lap("import batchsent (cli)")
-from transformers import AutoConfig, AutoTokenizer; lap("import the tokenizer classes")
 from batchsent.model.classifier import Classifier
-classifier = Classifier(sys.argv[1], device="cpu", weights=False); lap("Classifier: tokenizer, config")
+classifier = Classifier(sys.argv[1], device="cpu", weights=False)
+lap(f"Classifier: tokenizer, config ({'transformers' if classifier._pretrained else 'kept setup'})")
 classifier.load_weights(); lap(f"weights (graph: {classifier.graph or 'none, eager model'})")
 classifier.predict(["a first batch of one short review"]); lap("first batch (kernels, allocator)")
 classifier.predict(["the second batch, warm"]); lap("second batch")
 phases["total"] = round(last - start, 3)
+assert "transformers" not in sys.modules or classifier._pretrained
+from transformers import AutoConfig, AutoTokenizer; lap("not in total: transformers and its tokenizer classes, as a first run imports them")
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING as mapping
 mapping[type(AutoConfig.from_pretrained(sys.argv[1]))]; lap("not in total: transformers' modeling code, as a first run imports it")
 print(json.dumps(phases))

@@ -13,6 +13,7 @@ from batchsent.runtime.device import (
     check_batch_options,
     check_device_name,
     host_memory,
+    model_widths,
     resolve_device,
     resolve_dtype,
 )
@@ -92,31 +93,32 @@ def test_activation_estimate_reads_each_familys_widths(family):
     config, feed_forward = _configs()[family]
     hidden, heads = config.hidden_size, config.num_attention_heads
     elements = 2 * heads * 512 + 2 * feed_forward + 6 * hidden
-    assert activation_bytes_per_token(config, 512, "float32") == 4 * elements
-    assert activation_bytes_per_token(config, 512, "bfloat16") == 2 * elements
+    assert model_widths(config) == (hidden, heads, feed_forward)
+    assert activation_bytes_per_token(model_widths(config), 512, "float32") == 4 * elements
+    assert activation_bytes_per_token(model_widths(config), 512, "bfloat16") == 2 * elements
 
 
 def test_a_config_without_the_usual_widths_is_not_bounded():
     from transformers import PretrainedConfig
 
-    assert activation_bytes_per_token(PretrainedConfig(), 512, "float32") is None
-    check_batch_options(10**18, 10**18, PretrainedConfig(), 512, "float32", resolve_device("cpu"))
+    assert model_widths(PretrainedConfig()) is None
+    check_batch_options(10**18, 10**18, None, 512, "float32", resolve_device("cpu"))
 
 
 def test_batch_options_are_bounded_by_this_machines_memory():
-    config, _ = _configs()["bert"]
+    widths = model_widths(_configs()["bert"][0])
     cpu = resolve_device("cpu")
-    budget_most = host_memory() // activation_bytes_per_token(config, 512, "float32")
-    rows_most = host_memory() // activation_bytes_per_token(config, 1, "float32")
-    check_batch_options(rows_most, budget_most, config, 512, "float32", cpu)
-    check_batch_options(None, None, config, 512, "float32", cpu)
+    budget_most = host_memory() // activation_bytes_per_token(widths, 512, "float32")
+    rows_most = host_memory() // activation_bytes_per_token(widths, 1, "float32")
+    check_batch_options(rows_most, budget_most, widths, 512, "float32", cpu)
+    check_batch_options(None, None, widths, 512, "float32", cpu)
     with pytest.raises(UsageError, match=rf"^--token-budget {budget_most + 1}: .* give at most {budget_most}$"):
-        check_batch_options(None, budget_most + 1, config, 512, "float32", cpu)
+        check_batch_options(None, budget_most + 1, widths, 512, "float32", cpu)
     with pytest.raises(UsageError, match=rf"^--batch-size {rows_most + 1}: .*single token.* at most {rows_most}$"):
-        check_batch_options(rows_most + 1, None, config, 512, "float32", cpu)
+        check_batch_options(rows_most + 1, None, widths, 512, "float32", cpu)
     # half-width activations fit twice the tokens; a shorter --max-length fits more too
-    check_batch_options(None, 2 * budget_most - 1, config, 512, "bfloat16", cpu)
-    check_batch_options(None, budget_most + 1, config, 128, "float32", cpu)
+    check_batch_options(None, 2 * budget_most - 1, widths, 512, "bfloat16", cpu)
+    check_batch_options(None, budget_most + 1, widths, 128, "float32", cpu)
 
 
 @pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:1", "mps"])

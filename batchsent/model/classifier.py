@@ -28,8 +28,9 @@ from batchsent.model.encoding import (
     first_occurrences,
     is_blank,
 )
-from batchsent.model.loading import load_pretrained, model_length_limit, position_capacity
-from batchsent.model.postprocess import SOFTMAX, activate, activation_for, aggregate_windows
+from batchsent.model.loading import Pretrained, load_pretrained, position_capacity
+from batchsent.model.postprocess import SOFTMAX, activate, aggregate_windows
+from batchsent.model.setup import ModelSetup, load_setup
 from batchsent.runtime.backends import OnnxRunner, TorchRunner, check_backend_options, device_refusal, onnx_model
 from batchsent.runtime.cpu import this_cpu
 from batchsent.runtime.device import (
@@ -78,6 +79,11 @@ class Classifier:
     (``mean``, ``max`` or ``first``).
     """
 
+    setup: ModelSetup  # the tokenizer and config as this class reads them (model.setup)
+    _pretrained: Pretrained | None  # transformers' tokenizer and config, once loaded (``pretrained``)
+    identity: dict[str, Any]
+    max_length: int
+
     def __init__(
         self,
         model: str | ModelOptions = DEFAULT_MODEL,
@@ -111,7 +117,12 @@ class Classifier:
         self.batch_size = self.options.batch_size or limits.rows
         self.token_budget = self.options.token_budget or limits.tokens
         check_batch_options(
-            self.options.batch_size, self.options.token_budget, self.config, self.max_length, self.dtype, self.device
+            self.options.batch_size,
+            self.options.token_budget,
+            self.setup.widths,
+            self.max_length,
+            self.dtype,
+            self.device,
         )
         self._prepare_encoder()
         self.model: Any = None
@@ -123,11 +134,37 @@ class Classifier:
         self._input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if self._wants_type_ids else [])
         self._graph_key = (
             graph_key(self.identity, self._input_names, self.dtype, self.kernel)
-            if traceable(self.config, self.backend, self.dtype, self.quantize, self.device.type)
+            if traceable(
+                self.setup.model_type,
+                bool(self.setup.custom_code),
+                self.backend,
+                self.dtype,
+                self.quantize,
+                self.device.type,
+            )
             else None
         )
         if weights:
             self.load_weights()
+
+    @property
+    def pretrained(self) -> Pretrained:
+        """The model's tokenizer and config as transformers loads them: read now when this run's setup was kept
+        (a run that needs no weights, or runs a kept trace or cached export, never imports transformers)."""
+        if self._pretrained is None:
+            revision = self.setup.commit or self.options.revision  # a Hub model: the commit the setup came from
+            self._pretrained = load_pretrained(self.name, revision, self.options.trust_remote_code)
+        return self._pretrained
+
+    @property
+    def tokenizer(self) -> Any:
+        """The transformers tokenizer (``pretrained``); scoring encodes with the setup's own copy."""
+        return self.pretrained.tokenizer
+
+    @property
+    def config(self) -> Any:
+        """The transformers config (``pretrained``)."""
+        return self.pretrained.config
 
     @property
     def weights_loaded(self) -> bool:
@@ -161,7 +198,7 @@ class Classifier:
 
     def _load_model(self) -> Any:
         """The transformers model, float32 on CPU, checked against the length limit and the identity."""
-        model = self._pretrained.load_model()
+        model = self.pretrained.load_model()
         self._capacity = position_capacity(model)
         self._check_capacity()
         self._check_unchanged()
@@ -195,7 +232,7 @@ class Classifier:
         under another's key."""
         if "files" not in self.identity:
             return  # a Hub model: its weights load from the commit its identity names
-        now = model_identity(self.name, self.config)
+        now = model_identity(self.name, None)  # a folder: its files by content
         if now != self.identity:
             before, after = self.identity["files"], now.get("files", {})
             changed = sorted(name for name in {*before, *after} if before.get(name) != after.get(name))
@@ -234,7 +271,7 @@ class Classifier:
         """``--precision fast`` on CPU: the variant this machine's tuning for this model chose (tuned now if none)."""
         from batchsent.runtime.tuning import fast_variant
 
-        self.tuning = fast_variant(self.options, self.config, self.max_length, Classifier, notes)
+        self.tuning = fast_variant(self.options, self.identity, self.max_length, Classifier, notes)
         chosen = self.tuning.candidate()
         check_backend_options(chosen.backend, chosen.quantize, chosen.dtype, chosen.int8_kernel)
         check_dtype_supported(chosen.dtype, self.device)
@@ -246,32 +283,24 @@ class Classifier:
         )
 
     def _load_tokenizer(self) -> None:
-        """Tokenizer and config: labels, activation and length limit (everything but the weights)."""
-        self._pretrained = load_pretrained(self.name, self.options.revision, self.options.trust_remote_code)
-        self.tokenizer, self.config = self._pretrained.tokenizer, self._pretrained.config
+        """Tokenizer and config, as one ModelSetup (kept from an earlier run, or read by transformers now): labels,
+        activation and length limit (everything but the weights)."""
+        setup, pretrained = load_setup(self.name, self.options.revision, self.options.trust_remote_code)
+        self.setup, self._pretrained = setup, pretrained
         # What this model's results are keyed by (resume, cache, manifest), taken before the weights load and
         # checked again once they have (_check_unchanged).
-        self.identity = model_identity(self.name, self.config, self._pretrained.commit)
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise ModelLoadError(f"model '{self.name}' has no fast tokenizer (tokenizer.json); batchsent needs one")
-        config = self.config
-        if getattr(config, "use_cache", False):
-            config.use_cache = (
-                False  # one forward pass per batch: a key/value cache is only memory (and breaks ONNX export)
-            )
-        eos = getattr(config, "eos_token_id", None)
-        self._eos_id = eos if getattr(config, "is_encoder_decoder", False) and isinstance(eos, int) else None
-        self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
-        self.activation = activation_for(config)
+        self.identity = setup.identity
+        self._eos_id = setup.eos_id
+        self.labels, self.activation = list(setup.labels), setup.activation
         self.zero_shot = bool(self.options.candidate_labels)
         if self.zero_shot:
-            self.entailment_id = _entailment_id(self.name, config)
+            self.entailment_id = _entailment_id(self.name, dict(setup.label2id))
             self.labels, self.activation = list(self.options.candidate_labels), "zero-shot"
-        limit = model_length_limit(self.tokenizer, config)
+        limit = setup.length_limit
         max_length = self.options.max_length
         if max_length is not None and max_length > limit:
             raise UsageError(f"--max-length {max_length} exceeds the model's limit of {limit} tokens")
-        specials = self.tokenizer.num_special_tokens_to_add(pair=self.zero_shot)
+        specials = setup.special_tokens[1 if self.zero_shot else 0]
         if max_length is not None and max_length <= specials:  # the tokenizer would not cut at all
             raise UsageError(
                 f"--max-length {max_length} leaves no room for text beside the model's {specials} special "
@@ -282,23 +311,23 @@ class Classifier:
     def _prepare_encoder(self) -> None:
         """A private tokenizer copy with explicit truncation and no padding (and windows in chunk mode).
 
-        Calls through ``self.tokenizer`` change the shared backend's truncation state, and a
+        Calls through a shared tokenizer change its backend's truncation state, and a
         saved tokenizer.json may carry state of its own.
         """
-        self._pad_id = self.tokenizer.pad_token_id or 0
-        self._pad_type_id = getattr(self.tokenizer, "pad_token_type_id", 0) or 0
-        self._wants_type_ids = "token_type_ids" in self.tokenizer.model_input_names
-        self._encoder = copied_tokenizer(self.tokenizer.backend_tokenizer)
+        self._pad_id = self.setup.pad_token_id or 0
+        self._pad_type_id = self.setup.pad_token_type_id
+        self._wants_type_ids = "token_type_ids" in self.setup.input_names
+        self._encoder = self.setup.tokenizer()
         self._encoder.no_padding()
         self._encoder.enable_truncation(
-            self.max_length, stride=0, strategy="longest_first", direction=self.tokenizer.truncation_side
+            self.max_length, stride=0, strategy="longest_first", direction=self.setup.truncation_side
         )
         if self.long_text == "chunk":
             self._prepare_windows()
         if self.zero_shot:  # as the pipeline: only the text is cut, never the hypothesis
             self._hypothesis_encoder = copied_tokenizer(self._encoder)
             self._hypothesis_encoder.enable_truncation(
-                self.max_length, stride=0, strategy="only_first", direction=self.tokenizer.truncation_side
+                self.max_length, stride=0, strategy="only_first", direction=self.setup.truncation_side
             )
         # Equal keys mean equal tokens from ``tokenized``: the tokenizer.json content with this truncation, the
         # windows, the zero-shot hypotheses, and whether token type ids are fed.
@@ -512,7 +541,7 @@ class Classifier:
         """
         if chunk.batches and self._runner is None:
             self.load_weights()
-        width = self.config.num_labels if self.zero_shot else len(self.labels)
+        width = len(self.setup.labels) if self.zero_shot else len(self.labels)
         sequences = np.empty((len(chunk.lengths), width), dtype=np.float32)
         total_tokens, done_tokens = max(int(chunk.lengths.sum()), 1), 0
         for batch in chunk.batches:
@@ -587,12 +616,12 @@ class Classifier:
         return inputs
 
 
-def _entailment_id(name: str, config: Any) -> int:
+def _entailment_id(name: str, label2id: dict[str, int]) -> int:
     """The class id whose label starts with "entail" (as the zero-shot pipeline finds it)."""
-    for label, index in config.label2id.items():
+    for label, index in label2id.items():
         if str(label).lower().startswith("entail"):
             return int(index)
     raise ModelLoadError(
-        f"model '{name}' names no entailment label (its labels: {', '.join(map(str, config.label2id))}); "
+        f"model '{name}' names no entailment label (its labels: {', '.join(map(str, label2id))}); "
         "--labels needs an NLI model whose config has one"
     )

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     pass
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def _offline() -> bool:
@@ -109,6 +109,8 @@ class Pretrained:
         """The sequence-classification model with these weights (refused without a trained head)."""
         from transformers import AutoModelForSequenceClassification
 
+        if getattr(self.config, "use_cache", False):  # one forward pass per batch: a key/value cache is only memory
+            self.config.use_cache = False  # (and breaks ONNX export)
         options = {
             "revision": self.commit or self.revision or "main",
             "trust_remote_code": self.trust_remote_code,
@@ -186,7 +188,7 @@ def load_pretrained(model: str, revision: str | None = None, trust_remote_code: 
             raise
         except Exception as error:
             raise ModelLoadError(f"cannot load the model in {model}: {first_line(error)}") from error
-    if not _HUB_ID.match(model):
+    if not HUB_ID.match(model):
         raise ModelLoadError(f"--model {model}: no such directory, and not a Hugging Face Hub id")
     try:
         return _from_pretrained(model, revision, local_only=True, trust_remote_code=trust_remote_code)

@@ -154,39 +154,52 @@ def device_memory(device: Any) -> int:
     return host_memory()
 
 
-def activation_bytes_per_token(config: Any, longest: int, dtype: str) -> int | None:
-    """Bytes of activations one padded token of a batch holds at its peak, None for a config without the usual
-    width fields (then nothing is checked).
+def model_widths(config: Any) -> tuple[int, int, int] | None:
+    """A model's hidden size, attention heads and feed-forward width, read from its config (None for a config
+    without the usual fields: then its batches are not bounded)."""
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if not isinstance(hidden, int) or not isinstance(heads, int):
+        return None
+    widths = (getattr(config, name, None) for name in FEED_FORWARD_FIELDS)
+    return hidden, heads, next((width for width in widths if isinstance(width, int)), 4 * hidden)
+
+
+def activation_bytes_per_token(widths: tuple[int, int, int], longest: int, dtype: str) -> int:
+    """Bytes of activations one padded token of a batch holds at its peak, for a model of ``widths``
+    (``model_widths``).
 
     An upper estimate, so that only batches that cannot fit are refused: the attention scores and their softmax
     (2 x heads x the batch's longest row, as eager and math attention hold them), the feed-forward layer (twice
     its width, for gated ones) and six hidden-size buffers (residual, norms, projections).
     """
-    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
-    if not isinstance(hidden, int) or not isinstance(heads, int):
-        return None
-    widths = (getattr(config, name, None) for name in FEED_FORWARD_FIELDS)
-    feed_forward = next((width for width in widths if isinstance(width, int)), 4 * hidden)
+    hidden, heads, feed_forward = widths
     elements = 2 * heads * longest + 2 * feed_forward + 6 * hidden
     return elements * (2 if dtype in ("float16", "bfloat16") else 4)
 
 
 def check_batch_options(
-    batch_size: int | None, token_budget: int | None, config: Any, max_length: int, dtype: str, device: Any
+    batch_size: int | None,
+    token_budget: int | None,
+    widths: tuple[int, int, int] | None,
+    max_length: int,
+    dtype: str,
+    device: Any,
 ) -> None:
     """Refuse a --token-budget or --batch-size whose batches could not fit in this device's memory.
 
     A batch holds at most the token budget in padded tokens (a row longer than it runs alone), rows of up to
     ``max_length`` tokens; and every row holds at least one token, which bounds the rows of a batch too.
     """
-    memory = device_memory(device) if batch_size is not None or token_budget is not None else 0
+    if widths is None or (batch_size is None and token_budget is None):
+        return
+    memory = device_memory(device)
     where = f"this {'GPU' if device.type == 'cuda' else 'machine'}'s {memory / 2**30:.1f} GiB"
     for option, value, longest, rows in (
         ("--token-budget", token_budget, max_length, f"rows of up to {max_length} tokens"),
         ("--batch-size", batch_size, 1, "rows of a single token"),
     ):
-        per_token = activation_bytes_per_token(config, longest, dtype)
-        if value is None or per_token is None or value * per_token <= memory:
+        per_token = activation_bytes_per_token(widths, longest, dtype)
+        if value is None or value * per_token <= memory:
             continue
         raise UsageError(
             f"{option} {value}: one batch would need about {value * per_token / 2**30:,.0f} GiB of activations "

@@ -37,9 +37,8 @@ import numpy as np
 from batchsent.data.writers import atomic_file
 from batchsent.runtime.backends import logits_only
 from batchsent.state.identity import digest_memo_path, package_version
+from batchsent.state.kept import PARTIAL_HOURS, UNUSED_DAYS
 
-UNUSED_DAYS = 30  # a trace no run has loaded for this long is removed when another is kept
-PARTIAL_HOURS = 1  # a partial file this old is a killed run's, not one being written now
 GRAPH_FORMAT = 1  # bump when what a trace holds or how it is checked changes: older traces are then not found
 
 # transformers model types whose forward traces into a graph that holds for every batch shape: no branch on a
@@ -68,16 +67,19 @@ def kept_graphs() -> dict[str, Any]:
     }
 
 
-def traceable(config: Any, backend: str, dtype: str, quantize: str | None, device_type: str) -> bool:
-    """Whether this model, run this way, scores with a traced graph."""
+def traceable(
+    model_type: str | None, custom_code: bool, backend: str, dtype: str, quantize: str | None, device_type: str
+) -> bool:
+    """Whether a model of this type, run this way, scores with a traced graph (``custom_code``: its config maps
+    classes to its own code, which runs as its authors wrote it)."""
     return (
         graphs_enabled()
         and backend == "torch"
         and dtype in TRACED_DTYPES
         and quantize in (None, "int8")
         and device_type == "cpu"
-        and getattr(config, "model_type", None) in TRACEABLE
-        and not getattr(config, "auto_map", None)  # a model with code of its own runs as its authors wrote it
+        and model_type in TRACEABLE
+        and not custom_code
     )
 
 

@@ -10,6 +10,7 @@ from batchsent.runtime.cpu import CpuInfo, this_cpu
 from batchsent.runtime.graphs import kept_graphs
 from batchsent.runtime.precision import resolve_precision
 from batchsent.state.identity import package_version
+from batchsent.state.kept import kept_setups
 
 
 def _variants(cpu: CpuInfo) -> dict[str, str]:
@@ -64,6 +65,7 @@ def collect() -> dict[str, Any]:
         "tunings": tunings,
         "tuning_store_error": store_error,
         "graphs": kept_graphs(),
+        "setups": kept_setups(),
     }
 
 
@@ -104,6 +106,11 @@ def render(info: dict[str, Any]) -> list[str]:
         f"kept traces (CPU runs after a model's first, at float32, bfloat16 or torch int8): {graphs['kept']} "
         f"({graphs['bytes'] / 2**20:,.0f} MiB) in {graphs['folder']}"
         + ("" if graphs["enabled"] else "; off (BATCHSENT_GRAPHS)")
+    )
+    setups = info["setups"]
+    lines.append(
+        f"kept setups (tokenizer and config, so runs after a model's first skip transformers): {setups['kept']} "
+        f"({setups['bytes'] / 2**20:,.1f} MiB) in {setups['folder']}"
     )
     if info.get("tuning_store_error"):
         lines.append(f"tuning store: {info['tuning_store_error']}; move it aside to start over")

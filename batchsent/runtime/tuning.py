@@ -35,7 +35,7 @@ from batchsent.runtime.cpu import INT8_DOT_FLAGS, CpuInfo, this_cpu
 from batchsent.runtime.tune_sample import SAMPLE_ROWS, builtin_sample
 from batchsent.settings.options import ModelOptions
 from batchsent.state import sqlite_db
-from batchsent.state.identity import digest_memo_path, model_identity, package_version
+from batchsent.state.identity import digest_memo_path, package_version
 from batchsent.state.lock import waiting_lock
 
 MIN_ROWS = 500  # agreement measured on fewer rows is not evidence enough
@@ -282,10 +282,10 @@ def scope_of(model_ref: str, max_length: int, threads: int, cpu: CpuInfo) -> dic
     }
 
 
-def facts_of(model_ref: str, config: Any) -> dict[str, Any]:
+def facts_of(identity: dict[str, Any]) -> dict[str, Any]:
     """What a tuning was measured with: library versions and the model's identity (its files' content)."""
     versions = {name: package_version(name) for name in ("torch", "onnxruntime", "transformers")}
-    return {"versions": versions, "model": model_identity(model_ref, config)}
+    return {"versions": versions, "model": identity}
 
 
 def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -492,7 +492,7 @@ def run_tuning(
         raise InputError(f"tuning needs at least {MIN_ROWS} texts, got {len(texts)}")
     described = build(FLOAT32.options(base), weights=False)  # tokenizer and config: the scope and facts
     scope = scope_of(base.model, described.max_length, torch.get_num_threads(), this_cpu())
-    facts = facts_of(base.model, described.config)
+    facts = facts_of(described.identity)
     fixed = replace(base.model_options(), max_length=described.max_length)
     if notes is not None:
         notes(f"measuring the variants of {base.model} on {sample}, at most {time_cap:g} s")
@@ -507,7 +507,7 @@ def run_tuning(
 
 
 def fast_variant(
-    base: ModelOptions, config: Any, max_length: int, build: BuildClassifier, notes: Notes | None = None
+    base: ModelOptions, identity: dict[str, Any], max_length: int, build: BuildClassifier, notes: Notes | None = None
 ) -> Tuning:
     """The tuning ``--precision fast`` follows for ``base``'s model on this CPU: stored, or measured now.
 
@@ -517,7 +517,7 @@ def fast_variant(
     import torch
 
     scope = scope_of(base.model, max_length, torch.get_num_threads(), this_cpu())
-    facts = facts_of(base.model, config)
+    facts = facts_of(identity)
     store = TuningStore()
     stored = store.get(scope)  # a current tuning needs no lock (and no write: a read-only state folder serves it)
     if stored is not None and stored.facts == facts:
