@@ -121,6 +121,30 @@ def test_batch_options_are_bounded_by_this_machines_memory():
     check_batch_options(None, budget_most + 1, widths, 128, "float32", cpu)
 
 
+def test_devices_are_written_as_torch_writes_them():
+    import torch
+
+    from batchsent.runtime.device import Device
+
+    assert resolve_device("cpu") == Device("cpu") and str(Device("cpu")) == str(torch.device("cpu"))
+    assert str(Device("cuda", 1)) == str(torch.device("cuda:1")) and str(Device("cuda")) == str(torch.device("cuda"))
+    assert resolve_device("auto", cuda_usable=False) == Device("cpu")
+
+
+def test_threads_reach_torch_when_torch_runs(binary_model):
+    import torch
+
+    from batchsent.model.classifier import Classifier
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        Classifier(str(binary_model), device="cpu", threads=1, backend="torch").predict(["fine"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:1", "mps"])
 def test_device_names_accepted(name):
     check_device_name(name)

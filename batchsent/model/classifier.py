@@ -176,14 +176,13 @@ class Classifier:
         ``Classifier(..., weights=False)`` leaves this to the first batch that needs the model, so a
         run whose rows all come from the cache never loads it.
         """
-        import torch
-
         if self._runner is not None:
             return 0.0
         started = time.monotonic()
         if self.backend == "onnx":
             self._prepare_onnx()
             return time.monotonic() - started
+        torch = self._torch()
         if self._graph_key is not None:
             kept = load_graph(self._graph_key)
             if kept is not None:
@@ -192,7 +191,7 @@ class Classifier:
                 self._runner, self.graph = GraphRunner(graph, self._input_names), "loaded"
                 return time.monotonic() - started
         model = self._load_model()
-        self.model = model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
+        self.model = model.to(device=str(self.device), dtype=getattr(torch, self.dtype)).eval()
         self._prepare_runner()
         return time.monotonic() - started
 
@@ -208,6 +207,7 @@ class Classifier:
         """ONNX Runtime on the cached export; the torch model is loaded only when the export must be made."""
 
         def source() -> tuple[Any, dict[str, np.ndarray], list[dict[str, np.ndarray]], int | None]:
+            self._torch()  # the export runs the torch model
             self.model = self._load_model().eval()
             example, checks = self._sample_batches()
             return self.model, example, checks, self._capacity
@@ -241,10 +241,17 @@ class Classifier:
                 "again once its files are in place"
             )
 
-    def _choose_runtime(self) -> None:
-        """Device, dtype, variant and batch limits: everything decided before the weights load."""
+    def _torch(self) -> Any:
+        """torch, with this run's --threads: imported only by runs that run it (an ONNX Runtime run on CPU, with
+        its export cached, never does)."""
         import torch
 
+        if self.options.threads is not None and torch.get_num_threads() != self.options.threads:
+            torch.set_num_threads(self.options.threads)
+        return torch
+
+    def _choose_runtime(self) -> None:
+        """Device, dtype, variant and batch limits: everything decided before the weights load."""
         options = self.options
         backend, quantize, dtype = options.backend, options.quantize, options.dtype
         cuda_usable = device_refusal(backend, quantize, "cuda") is None
@@ -264,8 +271,6 @@ class Classifier:
             from batchsent.runtime.int8 import choose_kernel
 
             self.kernel = options.int8_kernel or choose_kernel(this_cpu())
-        if options.threads is not None:
-            torch.set_num_threads(options.threads)
 
     def _follow_tuning(self, notes: Callable[[str], None] | None) -> None:
         """``--precision fast`` on CPU: the variant this machine's tuning for this model chose (tuned now if none)."""

@@ -81,16 +81,31 @@ def resolve_dtype(dtype: str, device_type: str) -> str:
     return dtype
 
 
-def resolve_device(device: str, cuda_usable: bool = True) -> Any:
-    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a torch.device that exists here.
+@dataclass(frozen=True)
+class Device:
+    """Where a model runs: ``cpu``, ``cuda`` (all of it, or device ``index``) or ``mps``, written as torch writes it
+    (torch takes ``str(device)``). Deciding on the CPU needs no torch, so an ONNX Runtime run there never imports it."""
 
-    ``auto`` is CUDA when present and ``cuda_usable`` (the backend can run there), else CPU.
+    type: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+def resolve_device(device: str, cuda_usable: bool = True) -> Device:
+    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a device that exists here.
+
+    ``auto`` is CUDA when present and ``cuda_usable`` (the backend can run there), else CPU; torch is asked only
+    where CUDA or MPS could be the answer.
     """
+    check_device_name(device)
+    if device == "cpu" or (device == "auto" and not cuda_usable):
+        return Device("cpu")
     import torch
 
-    check_device_name(device)
     if device == "auto":
-        return torch.device("cuda" if cuda_usable and torch.cuda.is_available() else "cpu")
+        return Device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {device}: no CUDA device is available to this torch ({torch.__version__})")
@@ -99,15 +114,17 @@ def resolve_device(device: str, cuda_usable: bool = True) -> Any:
             raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
     if device == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps: Apple MPS is not available on this machine")
-    return torch.device(device)
+    kind, _, number = device.partition(":")
+    return Device(kind, int(number) if number else None)
 
 
 def check_dtype_supported(dtype: str, device: Any) -> None:
     """Refuse a dtype this device cannot run (or only emulates)."""
-    import torch
+    if dtype == "bfloat16" and device.type == "cuda":
+        import torch
 
-    if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UsageError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} does not support it")
+        if not torch.cuda.is_bf16_supported():
+            raise UsageError(f"--dtype bfloat16: {torch.cuda.get_device_name(str(device))} does not support it")
     if dtype == "bfloat16" and device.type == "cpu" and not this_cpu().native_bf16:
         raise UsageError(
             f"--dtype bfloat16: this CPU ({this_cpu().model}) has no native bfloat16 (AVX512-BF16/AMX), "
@@ -121,8 +138,8 @@ def to_device(array: Any, device: Any) -> Any:
 
     tensor = torch.from_numpy(array)
     if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor if device.type == "cpu" else tensor.to(device)
+        return tensor.pin_memory().to(str(device), non_blocking=True)
+    return tensor if device.type == "cpu" else tensor.to(str(device))
 
 
 def cuda_device_count() -> int:
@@ -150,7 +167,7 @@ def device_memory(device: Any) -> int:
     if device.type == "cuda":
         import torch
 
-        return int(torch.cuda.get_device_properties(device).total_memory)
+        return int(torch.cuda.get_device_properties(str(device)).total_memory)
     return host_memory()
 
 

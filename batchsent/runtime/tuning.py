@@ -282,6 +282,13 @@ def scope_of(model_ref: str, max_length: int, threads: int, cpu: CpuInfo) -> dic
     }
 
 
+def torch_threads() -> int:
+    """torch's threads when a run gives no --threads (a tuning's scope): its default, or what was set."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def facts_of(identity: dict[str, Any]) -> dict[str, Any]:
     """What a tuning was measured with: library versions and the model's identity (its files' content)."""
     versions = {name: package_version(name) for name in ("torch", "onnxruntime", "transformers")}
@@ -486,12 +493,10 @@ def run_tuning(
     notes: Notes | None = None,
 ) -> Tuning:
     """Measure the candidates for ``base``'s model and store the result (replacing the scope's old one)."""
-    import torch
-
     if len(texts) < MIN_ROWS:
         raise InputError(f"tuning needs at least {MIN_ROWS} texts, got {len(texts)}")
     described = build(FLOAT32.options(base), weights=False)  # tokenizer and config: the scope and facts
-    scope = scope_of(base.model, described.max_length, torch.get_num_threads(), this_cpu())
+    scope = scope_of(base.model, described.max_length, base.threads or torch_threads(), this_cpu())
     facts = facts_of(described.identity)
     fixed = replace(base.model_options(), max_length=described.max_length)
     if notes is not None:
@@ -514,9 +519,7 @@ def fast_variant(
     Measured now (once, within AUTO_TIME_CAP_S, on the built-in sample) when nothing is
     stored for this scope or what is stored was measured with other versions; one note says so.
     """
-    import torch
-
-    scope = scope_of(base.model, max_length, torch.get_num_threads(), this_cpu())
+    scope = scope_of(base.model, max_length, base.threads or torch_threads(), this_cpu())
     facts = facts_of(identity)
     store = TuningStore()
     stored = store.get(scope)  # a current tuning needs no lock (and no write: a read-only state folder serves it)
