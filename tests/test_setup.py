@@ -105,8 +105,13 @@ def test_a_changed_file_or_a_damaged_setup_is_built_again(tmp_path, binary_model
     shutil.copytree(binary_model, model)
     built, _ = built_then_kept(model)
     (path,) = setup_folder().glob("*.json")
-    path.write_text('{"identity": ')  # damaged, as a full disk leaves nothing else (it is written atomically)
+    path.write_text('{"identity": ')  # damaged (a disk fault: runs write setups atomically, never half a file)
     assert Classifier(str(model), device="cpu", weights=False)._pretrained is not None
+    damaged = json.loads(path.read_text())
+    damaged["tokenizer_json"] = damaged["tokenizer_json"][:100]  # valid JSON around a tokenizer that is not
+    path.write_text(json.dumps(damaged))
+    rebuilt = Classifier(str(model), device="cpu", weights=False)
+    assert rebuilt._pretrained is not None and rebuilt.encoding_key == built.encoding_key
     config = json.loads((model / "config.json").read_text())
     config["id2label"] = {"0": "BAD", "1": "GOOD"}
     (model / "config.json").write_text(json.dumps(config))

@@ -259,3 +259,34 @@ def test_one_fast_round_does_not_decide(binary_model, monkeypatch, int8_seconds,
     assert made.chosen.variant == chosen
     assert bool(made.too_noisy) == noisy
     assert tuning_module.Tuning.from_json(made.to_json()).load_average == 0.5
+
+
+def test_fast_that_follows_an_onnx_tuning_with_threads_imports_neither_torch_nor_transformers(binary_model):
+    import subprocess
+    import sys
+    import textwrap
+
+    from batchsent.model.classifier import Classifier
+    from batchsent.runtime.cpu import this_cpu
+
+    described = Classifier(str(binary_model), device="cpu", weights=False)
+    scope = tuning.scope_of(str(binary_model), described.max_length, 1, this_cpu())
+    measured = [Measurement("float32", 520, 10.0, 1.0), Measurement("onnx int8", 520, 1.0, 1.0)]
+    TuningStore().put(Tuning(scope, tuning.facts_of(described.identity), "sample", "now", measured, 0.5))
+    script = textwrap.dedent(
+        """
+        import sys
+        from batchsent.model.classifier import Classifier
+        classifier = Classifier(sys.argv[1], device="cpu", precision="fast", threads=1)
+        classifier.predict(["a first review", "and a second, longer one"])
+        print(classifier.variant.split(",")[0], "torch" in sys.modules, "transformers" in sys.modules)
+        """
+    )
+
+    def run() -> list[str]:
+        done = subprocess.run([sys.executable, "-c", script, str(binary_model)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert run()[:3] == ["onnx", "int8/per-channel", "True"]  # the first run exports, with torch
+    assert run() == ["onnx", "int8/per-channel", "False", "False"]

@@ -143,7 +143,8 @@ def kept_setup(model: str, revision: str | None) -> ModelSetup | None:
         return None
     try:
         setup = ModelSetup.from_json(text)
-    except (ValueError, TypeError, KeyError):
+        setup.tokenizer()  # a tokenizer.json the tokenizers library reads
+    except Exception:  # damaged in any way: built again, and kept anew
         return None
     return setup if _source_of(setup) == source else None
 

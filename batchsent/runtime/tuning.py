@@ -83,24 +83,26 @@ class Candidate:
 FLOAT32 = Candidate("float32")
 
 
-def candidates(cpu: CpuInfo) -> list[Candidate]:
+def candidates(cpu: CpuInfo, torch_int8: bool = True) -> list[Candidate]:
     """Every variant worth timing on ``cpu``, float32 (the reference) first.
 
     bfloat16 only with native support, and ``_int_mm`` only with an int8 dot-product
     instruction: elsewhere they run, but 3-50x slower than float32, and would spend the
-    time cap on a result known in advance.
+    time cap on a result known in advance. ``torch_int8=False`` leaves out the torch int8
+    kernels, whose probe imports torch (a run that follows an ONNX tuning never needs it).
     """
     import importlib.util
-
-    from batchsent.runtime.int8 import fbgemm_available, int8_matmul_available
 
     found = [FLOAT32]
     if cpu.flags is not None and cpu.native_bf16:
         found.append(Candidate("bfloat16", dtype="bfloat16"))
-    if cpu.is_x86 and cpu.has_any(INT8_DOT_FLAGS) and int8_matmul_available():
-        found.append(Candidate("int8/int_mm", quantize="int8", int8_kernel="int_mm"))
-    if cpu.is_x86 and cpu.has_any(frozenset({"avx2"})) and fbgemm_available():
-        found.append(Candidate("int8/fbgemm", quantize="int8", int8_kernel="fbgemm"))
+    if torch_int8:
+        from batchsent.runtime.int8 import fbgemm_available, int8_matmul_available
+
+        if cpu.is_x86 and cpu.has_any(INT8_DOT_FLAGS) and int8_matmul_available():
+            found.append(Candidate("int8/int_mm", quantize="int8", int8_kernel="int_mm"))
+        if cpu.is_x86 and cpu.has_any(frozenset({"avx2"})) and fbgemm_available():
+            found.append(Candidate("int8/fbgemm", quantize="int8", int8_kernel="fbgemm"))
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         found += [Candidate("onnx float32", backend="onnx"), Candidate("onnx int8", backend="onnx", quantize="int8")]
     return found
@@ -176,8 +178,10 @@ class Tuning:
         ]
 
     def candidate(self) -> Candidate:
+        """The chosen variant's options, or float32 where this machine can no longer run it."""
         chosen = self.chosen.variant
-        return next((c for c in candidates(this_cpu()) if c.name == chosen), FLOAT32)
+        here = candidates(this_cpu(), torch_int8=chosen.startswith("int8/"))
+        return next((c for c in here if c.name == chosen), FLOAT32)
 
     def speedup(self, measurement: Measurement) -> float | None:
         reference = next((m for m in self.measurements if m.variant == FLOAT32.name), None)
