@@ -185,7 +185,8 @@ def activation_bytes_per_token(widths: tuple[int, int, int], longest: int, dtype
     """Bytes of activations one padded token of a batch holds at its peak, for a model of ``widths``
     (``model_widths``).
 
-    An upper estimate, so that a value it accepts fits whichever attention kernel runs: the attention scores and
+    An upper estimate, as eager attention needs it (check_batch_options refuses a batch whose activations alone
+    would exceed the device's whole memory; the weights come on top): the attention scores and
     their softmax (2 x heads x the batch's longest row, as eager and math attention hold them), the feed-forward
     layer (twice its width, for gated ones) and six hidden-size buffers (residual, norms, projections). Fused
     attention holds far less: on a 2-core Xeon, a 32,768-token MiniLM batch of 512-token rows (float32, kept
