@@ -100,7 +100,7 @@ def gemm_peak(threads: int, size: int = 4096, repeats: int = 5) -> float:
 def torch_model(classifier: Classifier) -> torch.nn.Module:
     """The classifier's transformers model, float32 on CPU: its own where it loaded one, else read now (a kept
     trace or a cached ONNX export runs without it)."""
-    return classifier.model if classifier.model is not None else classifier._pretrained.load_model().eval()
+    return classifier.model if classifier.model is not None else classifier.pretrained.load_model().eval()
 
 
 def eager_model() -> contextlib.AbstractContextManager:
