@@ -290,7 +290,7 @@ class Classifier:
     def _load_tokenizer(self) -> None:
         """Tokenizer and config, as one ModelSetup (kept from an earlier run, or read by transformers now): labels,
         activation and length limit (everything but the weights)."""
-        setup, pretrained = load_setup(self.name, self.options.revision, self.options.trust_remote_code)
+        setup, self._encoder, pretrained = load_setup(self.name, self.options.revision, self.options.trust_remote_code)
         self.setup, self._pretrained = setup, pretrained
         # What this model's results are keyed by (resume, cache, manifest), taken before the weights load and
         # checked again once they have (_check_unchanged).
@@ -314,7 +314,8 @@ class Classifier:
         self.max_length = max_length or limit
 
     def _prepare_encoder(self) -> None:
-        """A private tokenizer copy with explicit truncation and no padding (and windows in chunk mode).
+        """The private tokenizer load_setup parsed for this Classifier, set to explicit truncation and no padding
+        (and windows in chunk mode).
 
         Calls through a shared tokenizer change its backend's truncation state, and a
         saved tokenizer.json may carry state of its own.
@@ -322,7 +323,6 @@ class Classifier:
         self._pad_id = self.setup.pad_token_id or 0
         self._pad_type_id = self.setup.pad_token_type_id
         self._wants_type_ids = "token_type_ids" in self.setup.input_names
-        self._encoder = self.setup.tokenizer()
         self._encoder.no_padding()
         self._encoder.enable_truncation(
             self.max_length, stride=0, strategy="longest_first", direction=self.setup.truncation_side

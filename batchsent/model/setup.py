@@ -143,8 +143,7 @@ def kept_setup(model: str, revision: str | None) -> ModelSetup | None:
         return None
     try:
         setup = ModelSetup.from_json(text)
-        setup.tokenizer()  # a tokenizer.json the tokenizers library reads
-    except Exception:  # damaged in any way: built again, and kept anew
+    except (ValueError, TypeError, KeyError):
         return None
     return setup if _source_of(setup) == source else None
 
@@ -155,13 +154,17 @@ def keep_setup(setup: ModelSetup) -> None:
         write_setup(_setup_key(_source_of(setup)), setup.to_json())
 
 
-def load_setup(model: str, revision: str | None, trust_remote_code: bool) -> tuple[ModelSetup, Pretrained | None]:
-    """The model's setup: kept (then transformers is not imported, and the Pretrained is None), or built from the
-    tokenizer and config transformers loads now, and kept."""
+def load_setup(model: str, revision: str | None, trust_remote_code: bool) -> tuple[ModelSetup, Any, Pretrained | None]:
+    """The model's setup, a ``tokenizers.Tokenizer`` of it (its tokenizer.json parsed once, here), and transformers'
+    tokenizer and config: None when the setup was kept (transformers is then not imported), else loaded now to
+    build the setup, which is kept. A kept setup whose tokenizer.json does not parse is built again."""
     kept = kept_setup(model, revision)
     if kept is not None:
-        return kept, None
+        try:
+            return kept, kept.tokenizer(), None
+        except Exception:  # damaged in a way its JSON does not show
+            pass
     pretrained = load_pretrained(model, revision, trust_remote_code)
     setup = ModelSetup.of(model, pretrained)
     keep_setup(setup)
-    return setup, pretrained
+    return setup, setup.tokenizer(), pretrained

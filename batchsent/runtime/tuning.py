@@ -286,8 +286,10 @@ def scope_of(model_ref: str, max_length: int, threads: int, cpu: CpuInfo) -> dic
     }
 
 
-def torch_threads() -> int:
-    """torch's threads when a run gives no --threads (a tuning's scope): its default, or what was set."""
+def scope_threads(threads: int | None) -> int:
+    """The threads a tuning's scope names: --threads, else torch's own count (only then is torch imported)."""
+    if threads is not None:
+        return threads
     import torch
 
     return int(torch.get_num_threads())
@@ -500,7 +502,7 @@ def run_tuning(
     if len(texts) < MIN_ROWS:
         raise InputError(f"tuning needs at least {MIN_ROWS} texts, got {len(texts)}")
     described = build(FLOAT32.options(base), weights=False)  # tokenizer and config: the scope and facts
-    scope = scope_of(base.model, described.max_length, base.threads or torch_threads(), this_cpu())
+    scope = scope_of(base.model, described.max_length, scope_threads(base.threads), this_cpu())
     facts = facts_of(described.identity)
     fixed = replace(base.model_options(), max_length=described.max_length)
     if notes is not None:
@@ -523,7 +525,7 @@ def fast_variant(
     Measured now (once, within AUTO_TIME_CAP_S, on the built-in sample) when nothing is
     stored for this scope or what is stored was measured with other versions; one note says so.
     """
-    scope = scope_of(base.model, max_length, base.threads or torch_threads(), this_cpu())
+    scope = scope_of(base.model, max_length, scope_threads(base.threads), this_cpu())
     facts = facts_of(identity)
     store = TuningStore()
     stored = store.get(scope)  # a current tuning needs no lock (and no write: a read-only state folder serves it)
