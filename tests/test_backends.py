@@ -219,12 +219,14 @@ def test_auto_device_is_where_the_backend_can_run(monkeypatch):
     import onnxruntime
     import torch
 
+    from batchsent.runtime import device
     from batchsent.runtime.device import resolve_device
 
     def auto_device(backend, quantize):  # as the Classifier resolves --device auto
         usable = backends.device_refusal(backend, quantize, "cuda") is None
         return resolve_device("auto", cuda_usable=usable).type
 
+    monkeypatch.setattr(device, "cuda_impossible", lambda: None)  # only torch can tell: it is asked
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert auto_device("torch", None) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -181,3 +181,15 @@ def test_bfloat16_on_cpu_runs_and_agrees_roughly(binary_model):
     half = Classifier(str(binary_model), device="cpu", dtype="bfloat16").predict(texts).probabilities
     assert half.dtype == np.float32
     assert np.abs(exact - half).max() < 0.05
+
+
+def test_cuda_is_ruled_out_without_torch_only_where_it_cannot_be_there(tmp_path):
+    from batchsent.runtime.device import cuda_impossible
+
+    node = tmp_path / "nvidia0"
+    assert "CPU-only build" in cuda_impossible("2.13.0+cpu", "Linux", (str(node),))
+    assert "macOS" in cuda_impossible("2.13.0", "Darwin", (str(node),))
+    assert "no GPU device node" in cuda_impossible("2.13.0+cu128", "Linux", (str(tmp_path / "nvidia*"),))
+    node.write_text("")
+    assert cuda_impossible("2.13.0+cu128", "Linux", (str(tmp_path / "nvidia*"),)) is None  # torch must tell
+    assert cuda_impossible("2.13.0+rocm6.4", "Windows", ()) is None

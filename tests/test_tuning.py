@@ -261,32 +261,51 @@ def test_one_fast_round_does_not_decide(binary_model, monkeypatch, int8_seconds,
     assert tuning_module.Tuning.from_json(made.to_json()).load_average == 0.5
 
 
-def test_fast_that_follows_an_onnx_tuning_with_threads_imports_neither_torch_nor_transformers(binary_model):
+@pytest.mark.parametrize("threads", [1, None], ids=["threads", "default-threads"])
+def test_fast_that_follows_an_onnx_tuning_imports_neither_torch_nor_transformers(binary_model, threads):
+    """With --threads or without (the scope then names the CPUs, not torch's count), and on --device auto where
+    this torch cannot reach CUDA: the second run finds the ONNX tuning and export and never loads torch."""
     import subprocess
     import sys
     import textwrap
 
     from batchsent.model.classifier import Classifier
     from batchsent.runtime.cpu import this_cpu
+    from batchsent.runtime.device import cuda_impossible
 
+    device = "auto" if cuda_impossible() is not None else "cpu"
     described = Classifier(str(binary_model), device="cpu", weights=False)
-    scope = tuning.scope_of(str(binary_model), described.max_length, 1, this_cpu())
+    scope = tuning.scope_of(str(binary_model), described.max_length, tuning.scope_threads(threads), this_cpu())
     measured = [Measurement("float32", 520, 10.0, 1.0), Measurement("onnx int8", 520, 1.0, 1.0)]
     TuningStore().put(Tuning(scope, tuning.facts_of(described.identity), "sample", "now", measured, 0.5))
     script = textwrap.dedent(
         """
         import sys
         from batchsent.model.classifier import Classifier
-        classifier = Classifier(sys.argv[1], device="cpu", precision="fast", threads=1)
+        threads = None if sys.argv[3] == "None" else int(sys.argv[3])
+        classifier = Classifier(sys.argv[1], device=sys.argv[2], precision="fast", threads=threads)
         classifier.predict(["a first review", "and a second, longer one"])
         print(classifier.variant.split(",")[0], "torch" in sys.modules, "transformers" in sys.modules)
         """
     )
 
     def run() -> list[str]:
-        done = subprocess.run([sys.executable, "-c", script, str(binary_model)], capture_output=True, text=True)
+        command = [sys.executable, "-c", script, str(binary_model), device, str(threads)]
+        done = subprocess.run(command, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         return done.stdout.split()
 
     assert run()[:3] == ["onnx", "int8/per-channel", "True"]  # the first run exports, with torch
     assert run() == ["onnx", "int8/per-channel", "False", "False"]
+
+
+def test_a_scope_without_threads_names_the_cpus_and_thread_variables_not_torch(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(tuning, "usable_cpus", lambda: 6)
+    plain = tuning.scope_threads(None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert (plain, tuning.scope_threads(None)) == ("default (6 CPUs)", "default (6 CPUs, OMP_NUM_THREADS=3)")
+    assert tuning.scope_threads(4) == 4
+    assert tuning.threads_text({"threads": 4}) == "4 threads"
+    assert tuning.threads_text({"threads": plain}) == "default threads (6 CPUs)"

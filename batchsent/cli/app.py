@@ -390,7 +390,7 @@ def tune_command(
     """Time every variant this machine can run on a model and store the fastest that keeps 99.5% of
     float32's labels: what --precision fast then runs here, for this model."""
     from batchsent.model.classifier import Classifier
-    from batchsent.runtime.tuning import run_tuning, sample_texts
+    from batchsent.runtime.tuning import run_tuning, sample_texts, threads_text
     from batchsent.settings.options import ModelOptions
 
     _quiet_libraries()
@@ -418,7 +418,7 @@ def tune_command(
         reporter.fail(f"tuning failed: {first_line(error)}", ExitCode.FAILED)
     typer.echo(
         f"{model}: --precision fast runs {tuning.chosen.variant} here "
-        f"({tuning.scope['cpu']}, {tuning.scope['threads']} threads, max length {tuning.scope['max_length']})"
+        f"({tuning.scope['cpu']}, {threads_text(tuning.scope)}, max length {tuning.scope['max_length']})"
     )
     typer.echo("\n".join(tuning.table()))
     load = "unknown" if tuning.load_average is None else f"{tuning.load_average:g}"

@@ -46,6 +46,9 @@ CUDA_LIMITS = BatchLimits(rows=1024, tokens=65536)
 CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 # Config fields naming a model's feed-forward width, by family (BERT and most, T5, BART, DistilBERT, GPT-2).
 FEED_FORWARD_FIELDS = ("intermediate_size", "d_ff", "encoder_ffn_dim", "hidden_dim", "n_inner")
+# Device nodes (globs) without one of which no CUDA driver can reach a GPU on Linux: NVIDIA's, AMD ROCm's (which
+# torch also calls cuda) and WSL2's GPU bridge.
+GPU_DEVICE_NODES = ("/dev/nvidia*", "/dev/kfd", "/dev/dxg")
 
 
 def check_device_name(device: str) -> None:
@@ -93,14 +96,39 @@ class Device:
         return self.type if self.index is None else f"{self.type}:{self.index}"
 
 
+def cuda_impossible(
+    torch_version: str | None = None, system: str | None = None, device_nodes: tuple[str, ...] = GPU_DEVICE_NODES
+) -> str | None:
+    """Why torch cannot reach a CUDA device here, learnt without importing torch (1.3 s, the whole of a cached
+    ONNX run): a CPU-only build (a ``+cpu`` wheel), macOS, or a Linux machine without a GPU's device nodes. None
+    where only torch can tell (where ``--device auto`` asks it)."""
+    import glob
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    if torch_version is None:
+        try:
+            torch_version = version("torch")
+        except PackageNotFoundError:
+            return None  # the import fails later with the message that says how to install it
+    if torch_version.endswith("+cpu"):
+        return f"torch {torch_version} is a CPU-only build"
+    system = system or platform.system()
+    if system == "Darwin":
+        return "torch has no CUDA on macOS"
+    if system == "Linux" and not any(glob.glob(pattern) for pattern in device_nodes):
+        return f"no GPU device node ({', '.join(device_nodes)}) is present"
+    return None
+
+
 def resolve_device(device: str, cuda_usable: bool = True) -> Device:
     """Turn ``auto|cpu|cuda|cuda:N|mps`` into a device that exists here.
 
     ``auto`` is CUDA when present and ``cuda_usable`` (the backend can run there), else CPU; torch is asked only
-    where CUDA or MPS could be the answer.
+    where CUDA or MPS could be the answer (``cuda_impossible``), so a run that ends on ONNX Runtime need not load it.
     """
     check_device_name(device)
-    if device == "cpu" or (device == "auto" and not cuda_usable):
+    if device == "cpu" or (device == "auto" and (not cuda_usable or cuda_impossible() is not None)):
         return Device("cpu")
     import torch
 

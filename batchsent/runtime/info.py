@@ -71,13 +71,14 @@ def collect() -> dict[str, Any]:
 
 def _tunings(cpu: CpuInfo) -> list[dict[str, Any]]:
     """The stored tunings measured on this CPU (``batchsent tune``, or a first ``--precision fast``)."""
-    from batchsent.runtime.tuning import TuningStore, scope_of
+    from batchsent.runtime.tuning import TuningStore, scope_of, threads_text
 
     here = {key: value for key, value in scope_of("", 0, 0, cpu).items() if key in ("cpu", "cpu_flags", "format")}
     stored = TuningStore().all()  # a damaged store is a UsageError, which collect() shows
     return [
         {
             "scope": tuning.scope,
+            "threads": threads_text(tuning.scope),
             "sample": tuning.sample,
             "measured_at": tuning.measured_at,
             "load_average": tuning.load_average,
@@ -124,7 +125,7 @@ def render(info: dict[str, Any]) -> list[str]:
         scope = tuning["scope"]
         versions = ", ".join(f"{name} {version or 'absent'}" for name, version in tuning["versions"].items())
         lines.append(
-            f"tuning {scope['model']} (max length {scope['max_length']}, {scope['threads']} threads; "
+            f"tuning {scope['model']} (max length {scope['max_length']}, {tuning['threads']}; "
             f"{tuning['measured_at']}, {tuning['sample']}, load average "
             f"{'unknown' if tuning['load_average'] is None else tuning['load_average']}; {versions}): "
             f"fast runs {tuning['chosen']}"

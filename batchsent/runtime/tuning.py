@@ -33,7 +33,7 @@ from batchsent.data import formats, readers
 from batchsent.errors import BatchsentError, InputError, UsageError, first_line
 from batchsent.runtime.cpu import INT8_DOT_FLAGS, CpuInfo, this_cpu
 from batchsent.runtime.tune_sample import SAMPLE_ROWS, builtin_sample
-from batchsent.settings.options import ModelOptions
+from batchsent.settings.options import ModelOptions, usable_cpus
 from batchsent.state import sqlite_db
 from batchsent.state.identity import digest_memo_path, package_version
 from batchsent.state.lock import waiting_lock
@@ -42,6 +42,8 @@ MIN_ROWS = 500  # agreement measured on fewer rows is not evidence enough
 AGREEMENT_FLOOR = 0.995
 AUTO_TIME_CAP_S = 300.0  # what --precision fast may spend tuning when nothing is stored
 ROUNDS = 3  # the sample is scored in this many interleaved rounds: every variant scores round r's rows in turn
+# Environment variables that change torch's default thread count (a scope without --threads names them).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SPEEDUP_MARGIN = 1.10  # a variant replaces float32 only when at least this much faster in every round
 WARMUP_ROWS = 16
 # Bump when what a tuning measures changes: older results are then ignored (3: ONNX graphs fused, int8 per channel;
@@ -273,7 +275,7 @@ def model_scope_ref(model_ref: str) -> str:
     return str(path.resolve()) if path.is_dir() else model_ref
 
 
-def scope_of(model_ref: str, max_length: int, threads: int, cpu: CpuInfo) -> dict[str, Any]:
+def scope_of(model_ref: str, max_length: int, threads: int | str, cpu: CpuInfo) -> dict[str, Any]:
     """Where a tuning holds: this model at this max length, with this many threads, on this CPU."""
     flags = hashlib.sha256(" ".join(sorted(cpu.flags or ())).encode()).hexdigest()[:16]
     return {
@@ -286,13 +288,20 @@ def scope_of(model_ref: str, max_length: int, threads: int, cpu: CpuInfo) -> dic
     }
 
 
-def scope_threads(threads: int | None) -> int:
-    """The threads a tuning's scope names: --threads, else torch's own count (only then is torch imported)."""
+def scope_threads(threads: int | None) -> int | str:
+    """The threads a tuning's scope names: --threads, else what the libraries' default count follows from (the
+    CPUs this process may use and the thread variables set), so that a run without --threads need not import
+    torch to find its tuning (an ONNX Runtime variant then runs without it)."""
     if threads is not None:
         return threads
-    import torch
+    variables = "".join(f", {name}={os.environ[name]}" for name in THREAD_VARIABLES if name in os.environ)
+    return f"default ({usable_cpus()} CPUs{variables})"
 
-    return int(torch.get_num_threads())
+
+def threads_text(scope: dict[str, Any]) -> str:
+    """A scope's threads as a reader says them: "2 threads", "default threads (2 CPUs)"."""
+    threads = scope["threads"]
+    return f"{threads} threads" if isinstance(threads, int) else str(threads).replace("default", "default threads", 1)
 
 
 def facts_of(identity: dict[str, Any]) -> dict[str, Any]:
