@@ -229,7 +229,8 @@ class _FakeClock:
     ],
 )
 def test_one_fast_round_does_not_decide(binary_model, monkeypatch, int8_seconds, chosen, noisy):
-    """float32 takes 1 s a round; int8 the seconds given. Only a speed-up in every round replaces float32."""
+    """float32 takes 1 s a round; int8 the seconds given. Only a speed-up in every round replaces float32. Each
+    variant's first pass, a whole round's rows, takes 100 s and is not timed (the warm-up round)."""
     from batchsent.model.classifier import Classifier
     from batchsent.runtime import tuning as tuning_module
     from batchsent.settings.options import ModelOptions
@@ -238,23 +239,26 @@ def test_one_fast_round_does_not_decide(binary_model, monkeypatch, int8_seconds,
     monkeypatch.setattr(
         tuning_module, "candidates", lambda cpu: [tuning_module.FLOAT32, tuning_module.Candidate("int8/fbgemm")]
     )
-    clock, rounds, names = _FakeClock(), {"float32": 0, "int8/fbgemm": 0}, {}
+    clock, rounds, names, warmups = _FakeClock(), {"float32": 0, "int8/fbgemm": 0}, {}, []
     original = Classifier.predict
 
     def timed(self, texts, pairs=None):
         scores = original(self, texts, pairs)
-        if len(texts) > tuning_module.WARMUP_ROWS:  # float32 is timed first in the first round
-            if id(self) not in names:
-                names[id(self)] = ["float32", "int8/fbgemm"][len(names)]
-            name = names[id(self)]
-            clock.now += 1.0 if name == "float32" else int8_seconds[rounds[name]]
-            rounds[name] += 1
+        if id(self) not in names:  # the warm-up round, float32 first
+            names[id(self)] = ["float32", "int8/fbgemm"][len(names)]
+            warmups.append(len(texts))
+            clock.now += 100.0
+            return scores
+        name = names[id(self)]
+        clock.now += 1.0 if name == "float32" else int8_seconds[rounds[name]]
+        rounds[name] += 1
         return scores
 
     monkeypatch.setattr(Classifier, "predict", timed)
     texts = [f"a fine film number {i}" for i in range(600)]
     measurements = tuning_module.measure(ModelOptions(model=str(binary_model)), texts, 300, Classifier, clock=clock)
     assert [len(m.rounds) for m in measurements] == [tuning_module.ROUNDS] * 2
+    assert warmups == [len(texts[:: tuning_module.ROUNDS])] * 2
     made = tuning_module.Tuning({"cpu": "x", "threads": 1}, {"versions": {}}, "sample", "now", measurements, 0.5)
     assert made.chosen.variant == chosen
     assert bool(made.too_noisy) == noisy
@@ -309,3 +313,21 @@ def test_a_scope_without_threads_names_the_cpus_and_thread_variables_not_torch(m
     assert tuning.scope_threads(4) == 4
     assert tuning.threads_text({"threads": 4}) == "4 threads"
     assert tuning.threads_text({"threads": plain}) == "default threads (6 CPUs)"
+
+
+def test_the_too_noisy_note_names_the_variant_that_runs(binary_model, monkeypatch):
+    from batchsent.model.classifier import Classifier
+
+    measured = [
+        Measurement("float32", 520, 10.0, 1.0, rounds=[50.0, 50.0, 50.0]),
+        Measurement("bfloat16", 520, 5.0, 1.0, rounds=[50.0, 120.0, 120.0]),  # its first round alone lags
+        Measurement("int8/int_mm", 520, 6.0, 1.0, rounds=[80.0, 80.0, 80.0]),
+    ]
+    monkeypatch.setattr(tuning, "measure", lambda *args, **kwargs: measured)
+    notes: list[str] = []
+    classifier = Classifier(str(binary_model), device="cpu", precision="fast", notes=notes.append)
+    assert classifier.tuning.chosen.variant == "int8/int_mm"
+    assert [note for note in notes if "too noisy" in note] == [
+        "--precision fast: bfloat16 measured faster than float32 but not in every round; the machine was too noisy "
+        "to tell, so int8/int_mm runs (batchsent tune on a quiet machine)"
+    ]

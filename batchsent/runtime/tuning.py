@@ -45,7 +45,11 @@ ROUNDS = 3  # the sample is scored in this many interleaved rounds: every varian
 # Environment variables that change torch's default thread count (a scope without --threads names them).
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SPEEDUP_MARGIN = 1.10  # a variant replaces float32 only when at least this much faster in every round
-WARMUP_ROWS = 16
+# Each variant first scores one round's rows untimed, all variants loaded. Less did not do: on a 2-core Xeon with
+# AMX, MiniLM's bfloat16 scored its first timed round at 87-97 rows/s against 140-190 in the next two, after a
+# warm-up on 16 rows, on every 4th or 8th row, or on the 16 longest (never when only two or three variants were
+# loaded), so a first tuning never chose it; after a whole round it scored 142-157 in its first.
+WARMUP_ROUND = 0
 # Bump when what a tuning measures changes: older results are then ignored (3: ONNX graphs fused, int8 per channel;
 # 4: bfloat16 at its own, larger batch budget on AMX).
 FORMAT = 4
@@ -452,10 +456,14 @@ def measure(
             continue
         try:
             loaded[candidate.name] = build(candidate.options(base))
-            loaded[candidate.name].predict(list(texts[:WARMUP_ROWS]))
         except BatchsentError as error:
             measurement.problem = f"cannot run here: {first_line(error)}"
     order = [m for m in measurements if m.variant in loaded]
+    for measurement in order:  # an untimed round first: a variant's first batches are slow (see WARMUP_ROUND)
+        try:
+            loaded[measurement.variant].predict(list(texts[WARMUP_ROUND::ROUNDS]))
+        except BatchsentError as error:
+            measurement.problem = f"cannot run here: {first_line(error)}"
     for round_index in range(ROUNDS):
         turn = round_index % len(order) if order else 0
         for measurement in order[turn:] + order[:turn]:
@@ -564,7 +572,8 @@ def fast_variant(
         if notes is not None and tuning.too_noisy:
             notes(
                 f"--precision fast: {', '.join(tuning.too_noisy)} measured faster than float32 but not in every "
-                "round; the machine was too noisy to tell, so float32 runs (batchsent tune on a quiet machine)"
+                f"round; the machine was too noisy to tell, so {tuning.chosen.variant} runs (batchsent tune on a quiet "
+                "machine)"
             )
         store.put(tuning)
         return tuning
