@@ -76,7 +76,7 @@ class ModelSetup:
                 tokenizer.num_special_tokens_to_add(pair=False),
                 tokenizer.num_special_tokens_to_add(pair=True),
             ),
-            labels=tuple(str(config.id2label[i]) for i in range(config.num_labels)),
+            labels=config_labels(config),
             label2id=tuple((str(label), int(index)) for label, index in config.label2id.items()),
             activation=activation_for(config),
             eos_id=eos if getattr(config, "is_encoder_decoder", False) and isinstance(eos, int) else None,
@@ -106,6 +106,11 @@ class ModelSetup:
             data[name] = tuple(data[name]) if data[name] is not None else None
         data["label2id"] = tuple((str(label), int(index)) for label, index in data["label2id"])
         return cls(**data)
+
+
+def config_labels(config: Any) -> tuple[str, ...]:
+    """A transformers config's class names in id order: the labels a run writes and names --all-scores columns by."""
+    return tuple(str(config.id2label[i]) for i in range(config.num_labels))
 
 
 def _setup_key(source: dict[str, Any]) -> str:

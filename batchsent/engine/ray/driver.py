@@ -51,6 +51,7 @@ from batchsent.engine.record import RunRecord, lift_single_model
 from batchsent.engine.summary import ModelTotals, RunSummary, RunTotals, build_summary
 from batchsent.errors import BatchsentError, Interrupted, OutputError, ScoringError, UsageError, first_line
 from batchsent.model.postprocess import column_names, output_fields
+from batchsent.model.setup import config_labels, kept_setup
 from batchsent.settings.naming import output_location, ray_progress_location, staging_folder
 from batchsent.settings.options import JobConfig
 from batchsent.state.checkpoint import ResumeMismatch, first_difference
@@ -68,23 +69,28 @@ def output_columns(
 ) -> tuple[set[str], list[pa.Field] | None]:
     """Every column the run adds, checked against every input file before Ray starts (as the local engine checks
     them); the readers refuse a JSON Lines object that holds one. Columns named after labels (--all-scores) come
-    from the models' configs in this machine's cache; a model not cached here is checked when its actors load it."""
-    from transformers import AutoConfig
-
+    from the models' kept setups, else their configs in this machine's cache (transformers is then imported); a model
+    not cached here is checked when its actors load it."""
     wanted, names, fields, known = config.scoring_models(), [], [], True
     for model in wanted:
         labels = list(model.options.candidate_labels)
         if config.all_scores and not labels:
-            try:
-                loaded = AutoConfig.from_pretrained(
-                    model.options.model,
-                    revision=model.options.revision or "main",
-                    local_files_only=True,
-                    trust_remote_code=model.options.trust_remote_code,
-                )
-                labels = [str(loaded.id2label[i]) for i in range(loaded.num_labels)]
-            except Exception:
-                known = False
+            kept = kept_setup(model.options.model, model.options.revision)
+            if kept is not None:
+                labels = list(kept.labels)
+            else:
+                try:
+                    from transformers import AutoConfig
+
+                    loaded = AutoConfig.from_pretrained(
+                        model.options.model,
+                        revision=model.options.revision or "main",
+                        local_files_only=True,
+                        trust_remote_code=model.options.trust_remote_code,
+                    )
+                    labels = list(config_labels(loaded))
+                except Exception:
+                    known = False
         names.append(column_names(labels, model.prefix, config.all_scores, model.options.long_text == "chunk"))
         fields += output_fields(labels, model.prefix, config.all_scores, model.options.long_text == "chunk")
     if known:
