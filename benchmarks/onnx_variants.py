@@ -66,8 +66,11 @@ def interleaved(runs: dict[str, Callable[[int], tuple[int, np.ndarray]]]) -> dic
     """Every entry of ``runs`` in ROUNDS interleaved rounds, the order turning by one each round (``runs[name](r)``
     scores round r's share: its row count and labels). Per entry: the median rows/s, the ratio to the first
     entry's in each round (a round a busy machine slowed, it slowed for all), the share of labels equal to the
-    first entry's, and the seconds taken in all."""
+    first entry's, and the seconds taken in all. Every entry first scores round 0's share untimed, as
+    ``batchsent tune`` does (its first batches run slowly: ``runtime.tuning.WARMUP_ROUND``)."""
     names = list(runs)
+    for name in names:
+        runs[name](0)
     rates: dict[str, list[float]] = {name: [] for name in names}
     labels: dict[str, list[np.ndarray]] = {name: [] for name in names}
     seconds = dict.fromkeys(names, 0.0)
