@@ -188,6 +188,7 @@ def test_cuda_is_ruled_out_without_torch_only_where_it_cannot_be_there(tmp_path)
 
     node = tmp_path / "nvidia0"
     assert "CPU-only build" in cuda_impossible("2.13.0+cpu", "Linux", (str(node),))
+    assert "CPU-only build" in cuda_impossible("2.1.0+cpu.cxx11.abi", "Linux", (str(node),))
     assert "macOS" in cuda_impossible("2.13.0", "Darwin", (str(node),))
     assert "no GPU device node" in cuda_impossible("2.13.0+cu128", "Linux", (str(tmp_path / "nvidia*"),))
     node.write_text("")

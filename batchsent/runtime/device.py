@@ -111,7 +111,7 @@ def cuda_impossible(
             torch_version = version("torch")
         except PackageNotFoundError:
             return None  # the import fails later with the message that says how to install it
-    if torch_version.endswith("+cpu"):
+    if torch_version.partition("+")[2].startswith("cpu"):  # "2.13.0+cpu", older "2.1.0+cpu.cxx11.abi"
         return f"torch {torch_version} is a CPU-only build"
     system = system or platform.system()
     if system == "Darwin":

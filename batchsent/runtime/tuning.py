@@ -46,9 +46,9 @@ ROUNDS = 3  # the sample is scored in this many interleaved rounds: every varian
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SPEEDUP_MARGIN = 1.10  # a variant replaces float32 only when at least this much faster in every round
 # Each variant first scores one round's rows untimed, all variants loaded. Less did not do: on a 2-core Xeon with
-# AMX, MiniLM's bfloat16 scored its first timed round at 87-97 rows/s against 140-190 in the next two, after a
+# AMX, MiniLM's bfloat16 scored its first timed round at 87-97 rows/s against 138-200 in the next two, after a
 # warm-up on 16 rows, on every 4th or 8th row, or on the 16 longest (never when only two or three variants were
-# loaded), so a first tuning never chose it; after a whole round it scored 142-157 in its first.
+# loaded), so a first tuning hardly ever chose it; after a whole round it scored 142-200 in its first.
 WARMUP_ROUND = 0
 # Bump when what a tuning measures changes: older results are then ignored (3: ONNX graphs fused, int8 per channel;
 # 4: bfloat16 at its own, larger batch budget on AMX).
