@@ -331,3 +331,28 @@ def test_the_too_noisy_note_names_the_variant_that_runs(binary_model, monkeypatc
         "--precision fast: bfloat16 measured faster than float32 but not in every round; the machine was too noisy "
         "to tell, so int8/int_mm runs (batchsent tune on a quiet machine)"
     ]
+
+
+def test_a_run_that_waits_for_the_tuning_lock_says_so_before_waiting(tmp_path):
+    import threading
+    import time
+
+    store, said, entered = TuningStore(tmp_path / "tuning.sqlite"), [], threading.Event()
+
+    def second_run() -> None:
+        with store.exclusive(said.append):
+            entered.set()
+
+    with store.exclusive():  # another run, tuning
+        second = threading.Thread(target=second_run)
+        second.start()
+        deadline = time.monotonic() + 30
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(said) == 1 and "another batchsent run on this machine is tuning" in said[0]
+        assert not entered.wait(0.2)  # it waits while the lock is held
+    second.join(30)
+    assert entered.is_set() and len(said) == 1
+    with store.exclusive(said.append):
+        pass
+    assert len(said) == 1  # a free lock is taken without a word

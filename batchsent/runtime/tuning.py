@@ -389,13 +389,22 @@ class TuningStore:
             connection.execute("ROLLBACK")
 
     @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Held while a tuning runs: a second run on this machine waits, then finds the stored result."""
+    def exclusive(self, notes: Notes | None = None) -> Iterator[None]:
+        """Held while a tuning runs: a second run on this machine waits, saying so in one note, then finds the
+        stored result."""
         lock = self.path.with_name("tuning.lock")
+
+        def waiting() -> None:
+            if notes is not None:
+                notes(
+                    f"another batchsent run on this machine is tuning (it holds {lock}); waiting for it, at most "
+                    f"{AUTO_TIME_CAP_S:.0f} s when it is a --precision fast run"
+                )
+
         with contextlib.ExitStack() as held:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                held.enter_context(waiting_lock(lock))
+                held.enter_context(waiting_lock(lock, waiting))
             except OSError as error:
                 raise UsageError(
                     f"{lock}: cannot take the tuning lock ({first_line(error)}); set BATCHSENT_STATE_DIR to "
@@ -526,7 +535,7 @@ def run_tuning(
         notes(f"measuring the variants of {base.model} on {sample}, at most {time_cap:g} s")
     store = TuningStore()
     store.check_writable()
-    with store.exclusive():
+    with store.exclusive(notes):
         load = load_average()
         measurements = measure(fixed, texts, time_cap, build, notes)
         tuning = Tuning(scope, facts, sample, datetime.now(UTC).isoformat(timespec="seconds"), measurements, load)
@@ -549,7 +558,7 @@ def fast_variant(
     if stored is not None and stored.facts == facts:
         return stored
     store.check_writable()
-    with store.exclusive():
+    with store.exclusive(notes):
         stored = store.get(scope)  # another run may have measured it while this one waited
         if stored is not None and stored.facts == facts:
             return stored

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -33,11 +33,17 @@ from batchsent.errors import OutputError, first_line
 
 
 @contextlib.contextmanager
-def waiting_lock(path: Path) -> Iterator[None]:
+def waiting_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold the flock of ``path`` (created when missing), waiting for another process that holds it: for
-    work a second run should wait for rather than refuse (a tuning; ``OutputLock`` refuses instead)."""
+    work a second run should wait for rather than refuse (a tuning; ``OutputLock`` refuses instead).
+    ``on_wait`` is called once, before waiting, where another process holds it: a run never waits unsaid."""
     with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
