@@ -356,3 +356,33 @@ def test_a_run_that_waits_for_the_tuning_lock_says_so_before_waiting(tmp_path):
     with store.exclusive(said.append):
         pass
     assert len(said) == 1  # a free lock is taken without a word
+
+
+def test_the_warm_up_round_keeps_to_the_time_cap(binary_model, monkeypatch):
+    """A warm-up that uses up the cap leaves the variants after it unwarmed and unmeasured (never chosen)."""
+    import time
+    import types
+
+    from batchsent.model.classifier import Classifier
+    from batchsent.runtime import tuning as tuning_module
+    from batchsent.settings.options import ModelOptions
+
+    monkeypatch.setattr(
+        tuning_module, "candidates", lambda cpu: [tuning_module.FLOAT32, tuning_module.Candidate("int8/fbgemm")]
+    )
+    now = [0.0]
+    monkeypatch.setattr(
+        tuning_module, "time", types.SimpleNamespace(monotonic=lambda: now[0], perf_counter=time.perf_counter)
+    )
+    original = Classifier.predict
+
+    def slow_first_pass(self, texts, pairs=None):
+        now[0] += 100.0  # every pass takes the whole cap
+        return original(self, texts, pairs)
+
+    monkeypatch.setattr(Classifier, "predict", slow_first_pass)
+    texts = [f"a fine film number {i}" for i in range(600)]
+    measured = tuning_module.measure(ModelOptions(model=str(binary_model)), texts, 50.0, Classifier)
+    # float32's warm-up used the cap: int8 is never warmed (without the check it would be, past the cap)
+    assert [m.problem for m in measured] == ["stopped: time cap reached", "not measured: time cap reached"]
+    assert now[0] == 100.0

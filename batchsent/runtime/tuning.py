@@ -469,6 +469,9 @@ def measure(
             measurement.problem = f"cannot run here: {first_line(error)}"
     order = [m for m in measurements if m.variant in loaded]
     for measurement in order:  # an untimed round first: a variant's first batches are slow (see WARMUP_ROUND)
+        if time.monotonic() >= deadline:
+            measurement.problem = "not measured: time cap reached"
+            continue
         try:
             loaded[measurement.variant].predict(list(texts[WARMUP_ROUND::ROUNDS]))
         except BatchsentError as error:
